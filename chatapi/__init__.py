@@ -1,0 +1,52 @@
+"""chatapi: a self-hosted chat server for a local language model."""
+
+import os
+
+from flask import Blueprint, Flask
+from sqlalchemy import event
+from swagger_ui_bundle import swagger_ui_path
+
+from .errors import register_error_handlers
+from .extensions import api, db, migrate
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, error handlers, in that order."""
+    app = Flask(__name__)
+    app.config.from_object("config.Config")
+    if test_config:
+        app.config.update(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db)
+    api.init_app(app)
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", set_sqlite_pragmas)
+
+
+def set_sqlite_pragmas(dbapi_connection, _record) -> None:
+    """Foreign keys on (for the cascade), WAL so readers never wait, and wait on locks."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import chats, conversations, health
+
+    for module in (chats, conversations, health):
+        api.register_blueprint(module.bp)
+    # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).
+    app.register_blueprint(
+        Blueprint("docs_assets", __name__, static_folder=swagger_ui_path, static_url_path="/docs/assets")
+    )

@@ -1,0 +1,77 @@
+"""Routes under /chats/, exactly as the API document names them."""
+
+from flask import url_for
+
+from .blueprint import Blueprint
+from .extensions import db
+from .models import Chat, get_or_404, utcnow
+from .schemas import (
+    ChatCreateSchema,
+    ChatListQuerySchema,
+    ChatSchema,
+    ChatUpdateSchema,
+    ConversationSchema,
+    DeletedSchema,
+)
+
+bp = Blueprint("chats", __name__, url_prefix="/chats", description="Chats")
+
+
+@bp.route("/", methods=["GET"])
+@bp.arguments(ChatListQuerySchema, location="query")
+@bp.response(200, ChatSchema(many=True), headers={"X-Total-Count": {"description": "chats matching q"}})
+def list_chats(args):
+    """List chats, most recently updated first; limit, offset and q (name contains) narrow it."""
+    chats, total = Chat.page(**args)
+    return chats, 200, {"X-Total-Count": str(total)}
+
+
+@bp.route("/<chat_id>", methods=["GET"])
+@bp.response(200, ChatSchema)
+@bp.alt_response(404, response="DEFAULT_ERROR")
+def get_chat(chat_id):
+    """Get one chat."""
+    return get_or_404(Chat, chat_id)
+
+
+@bp.route("/create", methods=["POST"])
+@bp.arguments(ChatCreateSchema)
+@bp.response(201, ChatSchema)
+def create_chat(args):
+    """Create a chat with the given name."""
+    chat = Chat(name=args["name"])
+    db.session.add(chat)
+    db.session.commit()
+    return chat, 201, {"Location": url_for("chats.get_chat", chat_id=chat.id)}
+
+
+@bp.route("/delete/<chat_id>", methods=["DELETE"])
+@bp.response(200, DeletedSchema)
+@bp.alt_response(404, response="DEFAULT_ERROR")
+def delete_chat(chat_id):
+    """Delete a chat and all its conversations."""
+    chat = get_or_404(Chat, chat_id)
+    db.session.delete(chat)
+    db.session.commit()
+    return {"id": chat.id, "deleted": True}
+
+
+@bp.route("/update/<chat_id>", methods=["PUT"])
+@bp.arguments(ChatUpdateSchema)
+@bp.response(200, ChatSchema)
+@bp.alt_response(404, response="DEFAULT_ERROR")
+def update_chat(args, chat_id):
+    """Rename a chat; updated_at is stored as given (normalised to UTC), else now."""
+    chat = get_or_404(Chat, chat_id)
+    chat.name = args["name"]
+    chat.updated_at = args.get("updated_at") or utcnow()
+    db.session.commit()
+    return chat
+
+
+@bp.route("/<chat_id>/conversations", methods=["GET"])
+@bp.response(200, ConversationSchema(many=True))
+@bp.alt_response(404, response="DEFAULT_ERROR")
+def list_chat_conversations(chat_id):
+    """List a chat's conversations, oldest first."""
+    return get_or_404(Chat, chat_id).history()

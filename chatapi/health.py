@@ -1,0 +1,24 @@
+"""GET /health: is the server able to serve?"""
+
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from .blueprint import Blueprint
+from .extensions import db
+from .schemas import HealthSchema
+
+bp = Blueprint("health", __name__, description="Health")
+
+
+@bp.route("/health", methods=["GET"])
+@bp.response(200, HealthSchema)
+@bp.alt_response(503, schema=HealthSchema)
+def health():
+    """Report whether the database answers; 503 with the reason when it does not."""
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        db.session.rollback()
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        return {"status": "unavailable", "database": "error", "reason": reason}, 503
+    return {"status": "ok", "database": "ok"}

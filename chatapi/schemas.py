@@ -1,0 +1,110 @@
+"""marshmallow schemas: one per representation, plus the request bodies and queries."""
+
+from datetime import UTC, datetime
+
+import marshmallow as ma
+from flask import current_app
+from marshmallow import fields, validate
+
+from .models import ROLES
+
+
+class Timestamp(fields.DateTime):
+    """UTC as in the API document (2023-08-05T14:48:00.000Z); input with any offset is normalised."""
+
+    def _serialize(self, value: datetime | None, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if moment.tzinfo is None:  # no offset given: the document's times are all UTC
+            return moment
+        try:
+            return moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as exc:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from exc
+
+
+class Text(fields.String):
+    """A string that must hold more than white space."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text.strip():
+            raise ma.ValidationError("Must not be empty.")
+        return text
+
+
+def message_length(message: str) -> None:
+    """Messages are capped by CHATAPI_MAX_MESSAGE_CHARS."""
+    limit = current_app.config["CHATAPI_MAX_MESSAGE_CHARS"]
+    if len(message) > limit:
+        raise ma.ValidationError(f"Longer than maximum length {limit}.")
+
+
+class RequestSchema(ma.Schema):
+    class Meta:
+        # Clients may send back a whole object (id, created_at...): extra fields are ignored.
+        unknown = ma.EXCLUDE
+
+
+class ChatSchema(ma.Schema):
+    id = fields.UUID(dump_only=True)
+    name = fields.String()
+    created_at = Timestamp(dump_only=True)
+    updated_at = Timestamp()
+
+
+class ChatCreateSchema(RequestSchema):
+    name = Text(required=True, validate=validate.Length(max=200))
+
+    @ma.post_load
+    def strip_name(self, data, **kwargs):
+        data["name"] = data["name"].strip()
+        return data
+
+
+class ChatUpdateSchema(ChatCreateSchema):
+    updated_at = Timestamp()
+
+
+class ChatListQuerySchema(RequestSchema):
+    limit = fields.Integer(validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    q = fields.String(validate=validate.Length(max=200))
+
+
+class ConversationSchema(ma.Schema):
+    id = fields.UUID(dump_only=True)
+    role = fields.String()
+    chat_id = fields.UUID()
+    message = fields.String()
+    created_at = Timestamp(dump_only=True)
+    updated_at = Timestamp(dump_only=True)
+
+
+class ConversationCreateSchema(RequestSchema):
+    chat_id = fields.UUID(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    message = Text(required=True, validate=message_length)
+
+
+class ConversationUpdateSchema(RequestSchema):
+    message = Text(required=True, validate=message_length)
+
+
+class ConversationListQuerySchema(RequestSchema):
+    chat_id = fields.UUID(required=True)
+
+
+class DeletedSchema(ma.Schema):
+    id = fields.UUID()
+    deleted = fields.Boolean()
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(metadata={"description": "ok, or unavailable"})
+    database = fields.String(metadata={"description": "ok, or error"})
+    reason = fields.String(metadata={"description": "why the server is unavailable"})

@@ -1,0 +1,129 @@
+"""The /chats/ routes against the API document's examples."""
+
+import time
+import uuid
+
+from helpers import TIMESTAMP, add_message, create_chat
+
+
+def test_create_chat_returns_the_chat_with_location(client):
+    response = client.post("/chats/create", json={"name": "Chat 1"})
+    assert response.status_code == 201
+    chat = response.json
+    assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    assert uuid.UUID(chat["id"])
+    assert chat["name"] == "Chat 1"
+    assert TIMESTAMP.match(chat["created_at"]) and chat["created_at"] == chat["updated_at"]
+    assert response.headers["Location"].endswith(f"/chats/{chat['id']}")
+    assert client.get(response.headers["Location"]).json == chat
+
+
+def test_create_chat_strips_the_name_and_accepts_a_form_content_type(client):
+    # curl -d without -H sends application/x-www-form-urlencoded; the body is still JSON.
+    response = client.post(
+        "/chats/create", data='{"name": "  padded  "}', content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 201
+    assert response.json["name"] == "padded"
+
+
+def test_get_chat(client):
+    chat = create_chat(client)
+    response = client.get(f"/chats/{chat['id']}")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    assert response.json == chat
+
+
+def test_list_chats_newest_first_with_total(client):
+    names = [f"chat {i}" for i in range(4)]
+    for name in names:
+        create_chat(client, name)
+    response = client.get("/chats/")
+    assert response.status_code == 200
+    assert [c["name"] for c in response.json] == names[::-1]
+    assert response.headers["X-Total-Count"] == "4"
+
+
+def test_list_chats_orders_by_activity(client):
+    old = create_chat(client, "old")
+    create_chat(client, "new")
+    add_message(client, old["id"], "hello")
+    assert [c["name"] for c in client.get("/chats/").json] == ["old", "new"]
+
+
+def test_list_chats_pagination_and_search(client):
+    for i in range(7):
+        create_chat(client, f"{'alpha' if i % 2 else 'beta'} {i}")
+    page = client.get("/chats/?limit=2&offset=1")
+    assert [c["name"] for c in page.json] == ["alpha 5", "beta 4"]
+    assert page.headers["X-Total-Count"] == "7"
+    found = client.get("/chats/?q=ALPHA&limit=2")
+    assert [c["name"] for c in found.json] == ["alpha 5", "alpha 3"]
+    assert found.headers["X-Total-Count"] == "3"
+    assert client.get("/chats/?offset=100").json == []
+
+
+def test_search_treats_like_wildcards_as_text(client):
+    create_chat(client, "100% done")
+    create_chat(client, "plain_name")
+    create_chat(client, "other")
+    assert [c["name"] for c in client.get("/chats/?q=%25").json] == ["100% done"]
+    assert [c["name"] for c in client.get("/chats/?q=_").json] == ["plain_name"]
+
+
+def test_update_chat_without_updated_at_uses_now(client):
+    chat = create_chat(client)
+    time.sleep(0.01)
+    response = client.put(f"/chats/update/{chat['id']}", json={"name": "Renamed"})
+    assert response.status_code == 200
+    updated = response.json
+    assert updated["name"] == "Renamed"
+    assert updated["created_at"] == chat["created_at"]
+    assert updated["updated_at"] > chat["updated_at"]
+    assert client.get(f"/chats/{chat['id']}").json == updated
+
+
+def test_update_chat_stores_given_updated_at_in_utc(client):
+    chat = create_chat(client)
+    body = {"name": "Chat 1", "updated_at": "2023-08-05T16:48:00.123+02:00"}
+    response = client.put(f"/chats/update/{chat['id']}", json=body)
+    assert response.status_code == 200
+    assert response.json["updated_at"] == "2023-08-05T14:48:00.123Z"
+    assert client.get(f"/chats/{chat['id']}").json["updated_at"] == "2023-08-05T14:48:00.123Z"
+
+
+def test_update_chat_accepts_the_whole_object_back(client):
+    chat = create_chat(client)
+    body = dict(chat, name="Edited", updated_at="2023-08-05T14:48:00.000Z")
+    response = client.put(f"/chats/update/{chat['id']}", json=body)
+    assert response.status_code == 200
+    assert response.json == dict(chat, name="Edited", updated_at="2023-08-05T14:48:00.000Z")
+
+
+def test_delete_chat_cascades_to_its_conversations(client):
+    chat = create_chat(client)
+    other = create_chat(client, "other")
+    message = add_message(client, chat["id"], "hi")
+    kept = add_message(client, other["id"], "stay")
+    response = client.delete(f"/chats/delete/{chat['id']}")
+    assert response.status_code == 200
+    assert response.json == {"id": chat["id"], "deleted": True}
+    assert client.get(f"/chats/{chat['id']}").status_code == 404
+    assert client.get(f"/conversations/{message['id']}").status_code == 404
+    assert client.get(f"/conversations/{kept['id']}").status_code == 200
+    assert client.delete(f"/chats/delete/{chat['id']}").status_code == 404
+
+
+def test_delete_cascades_in_the_database_itself(app, client):
+    """The foreign key cascades even when rows are deleted outside the ORM (SQLite needs the pragma)."""
+    import sqlalchemy as sa
+
+    from chatapi.extensions import db
+
+    chat = create_chat(client)
+    add_message(client, chat["id"], "hi")
+    with app.app_context():
+        db.session.execute(sa.text("DELETE FROM chats"))
+        db.session.commit()
+        assert db.session.scalar(sa.text("SELECT count(*) FROM conversations")) == 0

@@ -1,0 +1,48 @@
+"""/health, /openapi.json and the offline docs page."""
+
+import re
+from urllib.parse import urlparse
+
+
+def test_health_ok(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok"}
+
+
+def test_openapi_lists_every_documented_route(client):
+    spec = client.get("/openapi.json").json
+    routes = {(path, method) for path, item in spec["paths"].items() for method in item}
+    documented = {
+        ("/chats/", "get"),
+        ("/chats/{chat_id}", "get"),
+        ("/chats/create", "post"),
+        ("/chats/delete/{chat_id}", "delete"),
+        ("/chats/update/{chat_id}", "put"),
+        ("/conversations/create", "post"),
+        ("/chats/{chat_id}/conversations", "get"),
+        ("/conversations/", "get"),
+        ("/conversations/{conversation_id}", "get"),
+        ("/conversations/update/{conversation_id}", "put"),
+        ("/conversations/delete/{conversation_id}", "delete"),
+        ("/health", "get"),
+    }
+    assert documented <= routes
+    chat = spec["components"]["schemas"]["Chat"]["properties"]
+    assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    create = spec["paths"]["/chats/create"]["post"]
+    assert "201" in create["responses"] and "422" in create["responses"]
+
+
+def test_docs_page_loads_only_local_assets(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(assets) >= 3
+    for asset in assets:
+        assert not urlparse(asset).netloc, f"{asset} is loaded from another host"
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.data) > 1000
+    assert "/openapi.json" in html

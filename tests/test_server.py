@@ -1,0 +1,27 @@
+"""Smoke test of the real server: gunicorn with a gevent worker, over HTTP."""
+
+import requests
+
+
+def test_gunicorn_gevent_serves_the_api(live_server):
+    created = requests.post(f"{live_server}/chats/create", json={"name": "over http"}, timeout=5)
+    assert created.status_code == 201
+    chat = created.json()
+    assert created.headers["Location"].endswith(f"/chats/{chat['id']}")
+    message = requests.post(
+        f"{live_server}/conversations/create",
+        json={"chat_id": chat["id"], "role": "Human", "message": "hello"},
+        timeout=5,
+    )
+    assert message.status_code == 201
+    listed = requests.get(f"{live_server}/chats/", timeout=5)
+    assert listed.json()[0]["id"] == chat["id"]
+    assert int(listed.headers["X-Total-Count"]) >= 1
+    history = requests.get(f"{live_server}/chats/{chat['id']}/conversations", timeout=5).json()
+    assert [m["message"] for m in history] == ["hello"]
+    missing = requests.get(f"{live_server}/chats/not-a-chat", timeout=5)
+    assert missing.status_code == 404 and missing.json()["code"] == 404
+    bad = requests.post(f"{live_server}/chats/create", data="nope", timeout=5)
+    assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/json"
+    assert requests.get(f"{live_server}/openapi.json", timeout=5).json()["info"]["title"] == "chatapi"
+    assert requests.delete(f"{live_server}/chats/delete/{chat['id']}", timeout=5).json()["deleted"] is True
