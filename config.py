@@ -20,6 +20,23 @@ class Config:
     MAX_CONTENT_LENGTH = int(os.environ.get("CHATAPI_MAX_BODY_BYTES") or 1024 * 1024)
     CHATAPI_MAX_MESSAGE_CHARS = int(os.environ.get("CHATAPI_MAX_MESSAGE_CHARS") or 65536)
 
+    # The model (see chatapi/llm): the bundled Gemma 3 270M unless a GGUF path is given.
+    CHATAPI_MODEL_PATH = os.environ.get("CHATAPI_MODEL_PATH") or None
+    CHATAPI_N_CTX = int(os.environ.get("CHATAPI_N_CTX") or 4096)
+    CHATAPI_N_THREADS = int(os.environ.get("CHATAPI_N_THREADS") or os.cpu_count() or 1)
+    CHATAPI_MAX_TOKENS = int(os.environ.get("CHATAPI_MAX_TOKENS") or 512)
+    CHATAPI_SYSTEM_PROMPT = os.environ.get("CHATAPI_SYSTEM_PROMPT") or (
+        "The following is a conversation between a curious Human and a helpful, honest Assistant. "
+        "The Assistant answers clearly and briefly."
+    )
+    # Generations waiting or running at once; more get 503 with Retry-After.
+    CHATAPI_QUEUE_SIZE = int(os.environ.get("CHATAPI_QUEUE_SIZE") or 8)
+    # Chats whose KV cache is kept, so that their next turn starts where the last one ended.
+    CHATAPI_KV_CHATS = int(os.environ.get("CHATAPI_KV_CHATS") or 3)
+    CHATAPI_PING_SECONDS = float(os.environ.get("CHATAPI_PING_SECONDS") or 15)
+    # A generation nobody has listened to for this long is stopped.
+    CHATAPI_GRACE_SECONDS = float(os.environ.get("CHATAPI_GRACE_SECONDS") or 10)
+
     API_TITLE = "chatapi"
     API_VERSION = "1.0"
     OPENAPI_VERSION = "3.0.3"

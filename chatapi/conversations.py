@@ -1,7 +1,14 @@
-"""Routes under /conversations/: messages of a chat, and (next) the inference streams."""
+"""Routes under /conversations/: messages of a chat, and the inference streams."""
+
+from flask import Response, current_app, request
+from flask_smorest import abort
 
 from .blueprint import Blueprint
 from .extensions import db
+from .llm import replies
+from .llm.prompt import Message
+from .llm.replies import QueueFull, options_from
+from .llm.sse import event_stream_response
 from .models import Chat, Conversation, get_or_404
 from .schemas import (
     ConversationCreateSchema,
@@ -9,7 +16,20 @@ from .schemas import (
     ConversationSchema,
     ConversationUpdateSchema,
     DeletedSchema,
+    InferenceQuerySchema,
+    StoppedSchema,
 )
+
+STREAM_RESPONSES = {
+    "200": {
+        "description": "The reply as Server-Sent Events: start, queued, tokens, then done or error.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    "204": {"description": "Last-Event-ID names the end of a reply already delivered in full."},
+    "404": {"description": "Unknown chat."},
+    "409": {"description": "The chat has no Human message."},
+    "503": {"description": "The model is not loaded, or its queue is full (Retry-After)."},
+}
 
 bp = Blueprint("conversations", __name__, url_prefix="/conversations", description="Conversations")
 
@@ -65,3 +85,58 @@ def delete_conversation(conversation_id):
     db.session.delete(conversation)
     db.session.commit()
     return {"id": conversation.id, "deleted": True}
+
+
+@bp.route("/inference/<chat_id>", methods=["GET"])
+@bp.arguments(InferenceQuerySchema, location="query")
+@bp.doc(responses=STREAM_RESPONSES)
+def inference(args, chat_id):
+    """Stream the chat's next Assistant turn from the local model (Server-Sent Events), then save it."""
+    return stream_reply(chat_id, "local", args)
+
+
+@bp.route("/stop/<chat_id>", methods=["POST"])
+@bp.response(200, StoppedSchema)
+@bp.alt_response(404, response="DEFAULT_ERROR")
+def stop(chat_id):
+    """Stop the chat's running generation; its partial reply is saved as cancelled."""
+    chat = get_or_404(Chat, chat_id)
+    generation = replies().current(str(chat.id))
+    running = generation is not None and not generation.finished
+    if running:
+        generation.cancel()
+    return {"chat_id": chat.id, "stopped": running}
+
+
+def stream_reply(chat_id: str, mode: str, args: dict):
+    """Join the chat's running generation, resume it after Last-Event-ID, or start the next one."""
+    chat = get_or_404(Chat, chat_id)
+    service = replies()
+    generation = service.current(str(chat.id))
+    last_event_id = request.headers.get("Last-Event-ID")
+    if generation and last_event_id is not None:
+        seen = generation.index_of(last_event_id)
+        if seen is not None and not (generation.finished and seen >= len(generation.events) - 1):
+            return event_stream_response(generation.listen(after=seen))
+    if generation and not generation.finished:
+        return event_stream_response(generation.listen())
+    if last_event_id is not None:
+        return Response(status=204)  # delivered in full: tells EventSource not to reconnect
+    history = [Message(c.role, c.message) for c in chat.history()]
+    if not any(m.role == "Human" for m in history):
+        abort(409, message=f"chat {chat.id} has no Human message to answer")
+    if service.status != "ok":
+        abort(503, message=service.describe().get("reason") or f"the model is {service.status}")
+    config = current_app.config
+    try:
+        generation = service.start(
+            current_app._get_current_object(),
+            str(chat.id),
+            mode,
+            history,
+            config["CHATAPI_SYSTEM_PROMPT"],
+            options_from(args, config),
+        )
+    except QueueFull:
+        abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
+    return event_stream_response(generation.listen())

@@ -5,6 +5,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .blueprint import Blueprint
 from .extensions import db
+from .llm import replies
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")
@@ -14,11 +15,15 @@ bp = Blueprint("health", __name__, description="Health")
 @bp.response(200, HealthSchema)
 @bp.alt_response(503, schema=HealthSchema)
 def health():
-    """Report whether the database answers; 503 with the reason when it does not."""
+    """Report the database and the model; 503 with the reason while either cannot serve."""
+    model = replies().describe()
     try:
         db.session.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         db.session.rollback()
         reason = str(exc.orig or exc).strip().splitlines()[0]
-        return {"status": "unavailable", "database": "error", "reason": reason}, 503
-    return {"status": "ok", "database": "ok"}
+        return {"status": "unavailable", "database": "error", "model": model, "reason": reason}, 503
+    if model["status"] != "ok":
+        reason = f"model {model['status']}" + (f": {model['reason']}" if "reason" in model else "")
+        return {"status": "unavailable", "database": "ok", "model": model, "reason": reason}, 503
+    return {"status": "ok", "database": "ok", "model": model}

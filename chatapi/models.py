@@ -81,9 +81,9 @@ class Conversation(db.Model):
         sa.CheckConstraint("role IN ('Human', 'Assistant')", name="role"),
     )
 
-    def __init__(self, chat: Chat, role: str, message: str):
+    def __init__(self, chat: Chat, role: str, message: str, id: uuid.UUID | None = None):
         now = utcnow()
-        super().__init__(chat=chat, role=role, message=message, created_at=now, updated_at=now)
+        super().__init__(id=id or uuid.uuid4(), chat=chat, role=role, message=message, created_at=now, updated_at=now)
         chat.updated_at = now
 
     def edit(self, message: str) -> None:

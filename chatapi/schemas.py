@@ -104,7 +104,35 @@ class DeletedSchema(ma.Schema):
     deleted = fields.Boolean()
 
 
+class ModelHealthSchema(ma.Schema):
+    status = fields.String(metadata={"description": "loading, ok or failed"})
+    name = fields.String()
+    n_ctx = fields.Integer()
+    path = fields.String()
+    reason = fields.String()
+
+
 class HealthSchema(ma.Schema):
     status = fields.String(metadata={"description": "ok, or unavailable"})
     database = fields.String(metadata={"description": "ok, or error"})
+    model = fields.Nested(ModelHealthSchema)
     reason = fields.String(metadata={"description": "why the server is unavailable"})
+
+
+def max_tokens_fit(value: int) -> None:
+    """A reply may take at most half the context window: the rest is for the history."""
+    limit = current_app.config["CHATAPI_N_CTX"] // 2
+    if value > limit:
+        raise ma.ValidationError(f"Must be at most {limit} (half of CHATAPI_N_CTX).")
+
+
+class InferenceQuerySchema(RequestSchema):
+    max_tokens = fields.Integer(validate=[validate.Range(min=1), max_tokens_fit])
+    temperature = fields.Float(validate=validate.Range(min=0, max=2), metadata={"description": "0 is greedy"})
+    top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
+    seed = fields.Integer(validate=validate.Range(min=0, max=2**32 - 1))
+
+
+class StoppedSchema(ma.Schema):
+    chat_id = fields.UUID()
+    stopped = fields.Boolean(metadata={"description": "false when nothing was generating"})

