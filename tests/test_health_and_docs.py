@@ -1,13 +1,21 @@
 """/health, /openapi.json and the offline docs page."""
 
 import re
+import time
 from urllib.parse import urlparse
 
 
-def test_health_ok(client):
+def test_health_reports_database_and_model(app, client):
+    service = app.extensions["replies"]
+    deadline = time.monotonic() + 60
+    while service.status == "loading" and time.monotonic() < deadline:
+        time.sleep(0.1)
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.json == {"status": "ok", "database": "ok"}
+    body = response.json
+    assert (body["status"], body["database"]) == ("ok", "ok")
+    assert body["model"]["status"] == "ok" and body["model"]["n_ctx"] == 4096
+    assert body["model"]["name"] == "Gemma 3 270m" and body["model"]["path"].endswith(".gguf")
 
 
 def test_openapi_lists_every_documented_route(client):
@@ -26,10 +34,20 @@ def test_openapi_lists_every_documented_route(client):
         ("/conversations/update/{conversation_id}", "put"),
         ("/conversations/delete/{conversation_id}", "delete"),
         ("/health", "get"),
+        ("/conversations/inference/{chat_id}", "get"),
+        ("/conversations/stop/{chat_id}", "post"),
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
     assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    inference = spec["paths"]["/conversations/inference/{chat_id}"]["get"]
+    assert {p["name"] for p in inference["parameters"] if p["in"] == "query"} == {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+    }
+    assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]
     assert "201" in create["responses"] and "422" in create["responses"]
 

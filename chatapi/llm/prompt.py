@@ -39,13 +39,17 @@ class TemplateRenderer:
         self.formatter = Jinja2ChatFormatter(
             template=model.chat_template, eos_token=model.eos, bos_token=model.bos, add_generation_prompt=True
         )
-        self.bos = model.bos
-        try:
-            self.formatter(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
-            self.system_role = True
-        except TemplateError:  # templates without one raise "System role not supported"
-            self.system_role = False
+        self.system_role = self._renders_system_role()
         self.stop = self.formatter(messages=[{"role": "user", "content": "u"}]).stop or []
+
+    def _renders_system_role(self) -> bool:
+        """Templates without a system role raise ("System role not supported") or drop it."""
+        marker = "system-role-probe"
+        try:
+            text = self.formatter(messages=[{"role": "system", "content": marker}, {"role": "user", "content": "u"}])
+        except (TemplateError, ValueError):
+            return False
+        return marker in text.prompt
 
     def __call__(self, system_prompt: str, messages: list[Message]) -> str:
         chat = [{"role": TEMPLATE_ROLES[m.role], "content": m.text.strip()} for m in messages]

@@ -33,23 +33,34 @@ class QueueFull(Exception):
 class Generation:
     """One Assistant reply being made: its events so far, replayed to whoever listens."""
 
-    def __init__(self, service: "ReplyService", app: Flask, chat_id: str, mode: str, options: Options, prompt: Prompt):
+    def __init__(self, service: "ReplyService", app: Flask, chat_id: str, mode: str, options: Options):
         self.service = service
         self.app = app
         self.chat_id = chat_id
+        self.mode = mode
+        self.options = options
         self.message_id = str(uuid.uuid4())
         self.events: list[ServerSentEvent] = []
         self.pieces: list[str] = []
         self.listeners = 0
         self.finished = False
+        self.cancelled = False
+        self.job: Job | None = None  # made once the prompt is built
         self.hub = gevent.get_hub()
         self._changed = Event()
         self.created = time.monotonic()
         self.dequeued: float | None = None
-        self.job = Job(chat_id=chat_id, prompt=prompt, options=options, on_text=self._text_from_engine)
-        self.publish(
-            "start", {"chat_id": chat_id, "message_id": self.message_id, "mode": mode, "truncated": prompt.truncated}
-        )
+
+    def begin(self, prompt: Prompt) -> None:
+        """The prompt is ready: make the engine's job and announce the reply."""
+        self.job = Job(self.chat_id, prompt, self.options, on_text=self._text_from_engine, cancelled=self.cancelled)
+        start = {
+            "chat_id": self.chat_id,
+            "message_id": self.message_id,
+            "mode": self.mode,
+            "truncated": prompt.truncated,
+        }
+        self.publish("start", start)
 
     # Producing events (hub thread only)
 
@@ -70,7 +81,9 @@ class Generation:
         self.finished = True
 
     def cancel(self) -> None:
-        self.job.cancelled = True
+        self.cancelled = True
+        if self.job:
+            self.job.cancelled = True
         self.service.withdraw(self)
 
     # Listening
@@ -173,24 +186,23 @@ class ReplyService:
         self.engine: Engine | None = None
         self.waiting: deque[Generation] = deque()
         self.running: Generation | None = None
+        self.preparing = 0  # generations whose prompt is being built
         self.by_chat: OrderedDict[str, Generation] = OrderedDict()
         self._work = Event()
-        self.pool.spawn(self._load).rawlink(self._loaded)
+        self.pool.spawn(self._load)
         gevent.spawn(self._dispatch)
 
-    def _load(self) -> Model:
+    def _load(self) -> None:
+        """Runs in the model's thread; plain attribute writes, so no hub is needed to see the result."""
         s = self.settings
-        path = s["CHATAPI_MODEL_PATH"] or default_model_path(s["model_cache"])
-        return Model(path, s["CHATAPI_N_CTX"], s["CHATAPI_N_THREADS"], s["CHATAPI_KV_CHATS"])
-
-    def _loaded(self, result) -> None:
-        if result.successful():
-            self.model = result.value
+        try:
+            path = s["CHATAPI_MODEL_PATH"] or default_model_path(s["model_cache"])
+            self.model = Model(path, s["CHATAPI_N_CTX"], s["CHATAPI_N_THREADS"], s["CHATAPI_KV_CHATS"])
             self.prompts = PromptBuilder(self.model)
             self.engine = Engine(self.model)
             self.status = "ok"
-        else:
-            self.status, self.error = "failed", f"{type(result.exception).__name__}: {result.exception}"
+        except Exception as exc:
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
 
     def describe(self) -> dict:
         described = {"status": self.status}
@@ -206,26 +218,51 @@ class ReplyService:
         return self.by_chat.get(chat_id)
 
     def start(self, app: Flask, chat_id: str, mode: str, history, system_prompt: str, options: Options) -> Generation:
-        """Queue a new generation for the chat; QueueFull when the queue is at its depth."""
-        if len(self.waiting) + (self.running is not None) >= self.queue_size:
+        """Queue the chat's next reply, or return the one another request started meanwhile.
+
+        QueueFull when the queue is at its depth. Until the prompt is built nothing here yields,
+        so two requests for one chat cannot both start a generation.
+        """
+        existing = self.current(chat_id)
+        if existing and not existing.finished:
+            return existing
+        if self.preparing + len(self.waiting) + (self.running is not None) >= self.queue_size:
             raise QueueFull
-        budget = self.model.n_ctx - options.max_tokens
-        # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
-        # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
-        prompt = gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
-        generation = Generation(self, app, chat_id, mode, options, prompt)
-        self.by_chat[chat_id] = generation
-        self.by_chat.move_to_end(chat_id)
+        generation = Generation(self, app, chat_id, mode, options)
+        self._remember(generation)
+        self.preparing += 1
+        try:
+            # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
+            # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
+            budget = self.model.n_ctx - options.max_tokens
+            prompt = gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
+        except Exception as exc:
+            app.logger.exception("building the prompt failed")
+            generation.finish("error", {"code": 500, "message": f"the prompt could not be built: {exc}"})
+            return generation
+        finally:
+            self.preparing -= 1
+        generation.begin(prompt)
+        self.waiting.append(generation)
+        if generation.cancelled:  # stopped while its prompt was being built
+            self.withdraw(generation)
+            return generation
+        if self.running is not None or len(self.waiting) > 1:
+            generation.publish("queued", {"position": len(self.waiting)})
+        self._work.set()
+        # Covers a request that went away before it ever read its stream.
+        gevent.spawn_later(self.grace_seconds, generation._cancel_if_unheard)
+        return generation
+
+    def _remember(self, generation: Generation) -> None:
+        """The chat's latest generation, kept for joins and reconnects; the oldest finished are dropped."""
+        self.by_chat[generation.chat_id] = generation
+        self.by_chat.move_to_end(generation.chat_id)
         while len(self.by_chat) > FINISHED_KEPT:
             oldest = next(iter(self.by_chat.values()))
             if not oldest.finished:
                 break
             self.by_chat.popitem(last=False)
-        self.waiting.append(generation)
-        if self.running is not None or len(self.waiting) > 1:
-            generation.publish("queued", {"position": len(self.waiting)})
-        self._work.set()
-        return generation
 
     def withdraw(self, generation: Generation) -> None:
         """Take a cancelled generation out of the queue (a running one stops at its next token)."""

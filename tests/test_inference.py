@@ -1,0 +1,298 @@
+"""GET /conversations/inference/<chat_id> against the real server and the real model."""
+
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from sse_client import EventStream, add_message, history, new_chat, read_events
+
+QUESTION = "What is the capital of France?"
+LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
+# A history the default model, at temperature 0, answers with an endless loop of "I don't know.":
+# generations that run to max_tokens, long enough to join, stop or walk away from.
+ENDLESS = (LONG_QUESTION, "I don't know. " * 40, LONG_QUESTION)
+GREEDY = "temperature=0"
+
+
+def infer(base: str, chat_id: str, query: str = f"max_tokens=24&{GREEDY}") -> str:
+    return f"{base}/conversations/inference/{chat_id}?{query}"
+
+
+def pieces(events: list[dict]) -> str:
+    return "".join(e["data"]["content"] for e in events if e["event"] == "message")
+
+
+def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    before = requests.get(f"{base}/chats/{chat_id}", timeout=5).json()["updated_at"]
+    stream = EventStream(infer(base, chat_id))
+    headers = stream.response.headers
+    assert headers["Content-Type"] == "text/event-stream"
+    assert headers["Cache-Control"] == "no-cache" and headers["X-Accel-Buffering"] == "no"
+    events = list(stream)
+
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert set(kinds[1:-1]) == {"message"}, kinds
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == len(ids) and all(ids)
+    start, done = events[0]["data"], events[-1]["data"]
+    assert start == {"chat_id": chat_id, "message_id": start["message_id"], "mode": "local", "truncated": 0}
+
+    saved = done["message"]
+    assert saved["id"] == start["message_id"] and saved["role"] == "Assistant" and saved["chat_id"] == chat_id
+    assert saved["message"] == pieces(events).strip() and saved["message"]
+    assert "Paris" in saved["message"]
+    assert history(base, chat_id)[-1] == saved
+    assert requests.get(f"{base}/chats/{chat_id}", timeout=5).json()["updated_at"] > before
+
+    assert done["finish_reason"] in ("stop", "length")
+    usage, timings = done["usage"], done["timings"]
+    assert usage["prompt_tokens"] > len(QUESTION.split()) and usage["cached_tokens"] == 0
+    assert len(kinds) - 2 <= usage["completion_tokens"] <= 24
+    assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] <= timings["total_ms"]
+    assert timings["tokens_per_second"] > 1
+
+
+def test_temperature_zero_is_repeatable(inference_server, client):
+    base = inference_server
+    replies = [read_events(infer(base, new_chat(base, QUESTION)))[-1]["data"]["message"]["message"] for _ in range(2)]
+    assert replies[0] == replies[1]
+
+
+def test_a_follow_up_turn_reuses_the_cached_history(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, "My name is Ada. Remember it.")
+    first = read_events(infer(base, chat_id))[-1]["data"]
+    add_message(base, chat_id, "What is my name?")
+    second = read_events(infer(base, chat_id))[-1]["data"]
+    # Everything up to the end of the first reply was already in the KV cache.
+    assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert second["usage"]["prompt_tokens"] - second["usage"]["cached_tokens"] < 30
+
+
+def test_chats_taking_turns_keep_their_caches(inference_server, client):
+    base = inference_server
+    chats = [new_chat(base, f"Chat number {n} says hello.") for n in range(3)]
+    firsts = [read_events(infer(base, c))[-1]["data"] for c in chats]
+    for chat_id, first in zip(chats, firsts, strict=True):
+        add_message(base, chat_id, "Say it again.")
+        again = read_events(infer(base, chat_id))[-1]["data"]
+        assert again["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"], (first, again)
+
+
+def test_a_second_request_joins_the_running_generation(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, *ENDLESS)
+    url = infer(base, chat_id, f"max_tokens=60&{GREEDY}")
+    first = EventStream(url)
+    iterator = iter(first)
+    head = [next(iterator) for _ in range(4)]
+    joined = read_events(url)  # while the first is still generating
+    rest = list(iterator)
+    assert joined[0]["data"]["message_id"] == head[0]["data"]["message_id"]
+    assert [e["id"] for e in joined] == [e["id"] for e in head + rest]
+    assert joined[-1]["event"] == "done"
+    saved = history(base, chat_id)
+    assert len(saved) == len(ENDLESS) + 1 and saved[-1]["message"] == pieces(joined).strip()
+
+
+def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, *ENDLESS)
+    url = infer(base, chat_id, f"max_tokens=40&{GREEDY}")
+    stream = EventStream(url)
+    iterator = iter(stream)
+    head = [next(iterator) for _ in range(5)]
+    stream.close()  # the connection drops mid-reply
+    rest = read_events(url, last_event_id=head[-1]["id"])
+    events = head + rest
+    ids = [e["id"] for e in events]
+    assert len(set(ids)) == len(ids), "replay repeated or skipped events"
+    assert [int(i.rsplit(".", 1)[1]) for i in ids] == list(range(len(ids)))
+    done = events[-1]
+    assert done["event"] == "done"
+    assert done["data"]["message"]["message"] == pieces(events).strip()
+    after = requests.get(url, headers={"Last-Event-ID": done["id"]}, timeout=10)
+    assert after.status_code == 204 and after.content == b""
+    assert len(history(base, chat_id)) == len(ENDLESS) + 1  # the 204 started nothing new
+
+
+def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, *ENDLESS)
+    stream = EventStream(infer(base, chat_id, f"max_tokens=400&{GREEDY}"))
+    events = []
+    for event in stream:
+        events.append(event)
+        if len(events) == 4:
+            stopped = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+            assert stopped.json() == {"chat_id": chat_id, "stopped": True}
+    done = events[-1]["data"]
+    assert done["finish_reason"] == "cancelled"
+    assert done["usage"]["completion_tokens"] < 40  # stopped within a token or so, not at 400
+    assert done["message"]["message"] == pieces(events).strip()
+    assert history(base, chat_id)[-1]["message"] == done["message"]["message"]
+    idle = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+    assert idle.json() == {"chat_id": chat_id, "stopped": False}
+
+
+def test_a_client_that_goes_away_frees_the_model(inference_server, client):
+    base = inference_server
+    gone = new_chat(base, *ENDLESS)
+    stream = EventStream(infer(base, gone, f"max_tokens=2000&{GREEDY}"))
+    iterator = iter(stream)
+    head = [next(iterator) for _ in range(3)]
+    stream.close()
+    # Pings (0.5 s) notice the closed socket, the grace period (1 s) runs out, the model is freed.
+    waiting = new_chat(base, QUESTION)
+    done = read_events(infer(base, waiting))[-1]["data"]
+    assert done["timings"]["queue_ms"] < 20_000
+    abandoned = read_events(infer(base, gone), last_event_id=head[-1]["id"])[-1]["data"]
+    assert abandoned["finish_reason"] == "cancelled"
+    assert abandoned["usage"]["completion_tokens"] < 2000
+
+
+def test_waiting_clients_are_told_their_place(inference_server, client):
+    base = inference_server
+    busy = new_chat(base, *ENDLESS)
+    first = EventStream(infer(base, busy, f"max_tokens=100&{GREEDY}"))
+    iterator = iter(first)
+    next(iterator)
+    second = read_events(infer(base, new_chat(base, QUESTION)))
+    kinds = [e["event"] for e in second]
+    assert kinds[:2] == ["start", "queued"] and second[1]["data"] == {"position": 1}
+    assert kinds[-1] == "done" and second[-1]["data"]["timings"]["queue_ms"] > 0
+    list(iterator)
+
+
+def test_other_routes_answer_promptly_during_a_generation(inference_server, client):
+    base = inference_server
+
+    def list_chats_ms() -> float:
+        started = time.perf_counter()
+        assert requests.get(f"{base}/chats/?limit=20", timeout=10).status_code == 200
+        return (time.perf_counter() - started) * 1000
+
+    idle = sorted(list_chats_ms() for _ in range(20))[10]
+    chat_id = new_chat(base, *ENDLESS)
+    stream = EventStream(infer(base, chat_id, f"max_tokens=300&{GREEDY}"))
+    iterator = iter(stream)
+    next(iterator), next(iterator)  # generating now
+    during = sorted(list_chats_ms() for _ in range(20))
+    still_generating = requests.get(infer(base, chat_id), timeout=10)  # joins while unfinished
+    assert still_generating.status_code == 200
+    still_generating.close()
+    requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+    list(iterator)
+    # A blocked hub would hold each request for the rest of the generation (seconds).
+    assert during[10] < max(10 * idle, 100), (idle, during)
+    assert during[-1] < 1000, during
+
+
+def test_long_history_is_trimmed_oldest_first(start_server, client):
+    base = start_server(CHATAPI_N_CTX="512", **{"CHATAPI_PING_SECONDS": "0.5"}).url
+    old = [f"Old message {i}: " + "lorem ipsum dolor sit amet " * 12 for i in range(12)]
+    chat_id = new_chat(base, *old, "Now, what is two plus two?")
+    events = read_events(infer(base, chat_id, f"max_tokens=32&{GREEDY}"))
+    assert events[0]["data"]["truncated"] > 0
+    done = events[-1]["data"]
+    assert done["usage"]["prompt_tokens"] <= 512 - 32
+    huge = new_chat(base, "tell me " * 3000)  # one message longer than the whole window
+    events = read_events(infer(base, huge, f"max_tokens=16&{GREEDY}"))
+    assert events[-1]["event"] == "done"
+    assert events[-1]["data"]["usage"]["prompt_tokens"] <= 512 - 16
+
+
+def test_a_full_queue_answers_503_with_retry_after(start_server, client):
+    base = start_server(CHATAPI_QUEUE_SIZE="1", CHATAPI_PING_SECONDS="0.5").url
+    busy = new_chat(base, *ENDLESS)
+    stream = EventStream(infer(base, busy, f"max_tokens=400&{GREEDY}"))
+    iterator = iter(stream)
+    next(iterator)
+    other = new_chat(base, QUESTION)
+    refused = requests.get(infer(base, other), timeout=10)
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert refused.json()["code"] == 503 and "queue" in refused.json()["message"]
+    assert len(history(base, other)) == 1
+    requests.post(f"{base}/conversations/stop/{busy}", timeout=10)
+    list(iterator)
+    assert read_events(infer(base, other))[-1]["event"] == "done"  # room again
+
+
+def test_deleting_the_chat_mid_reply_ends_with_an_error_and_saves_nothing(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, *ENDLESS)
+    stream = EventStream(infer(base, chat_id, f"max_tokens=200&{GREEDY}"))
+    events = []
+    for event in stream:
+        events.append(event)
+        if len(events) == 3:
+            assert requests.delete(f"{base}/chats/delete/{chat_id}", timeout=10).status_code == 200
+            requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+    assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 404
+    assert requests.get(f"{base}/conversations/{events[0]['data']['message_id']}", timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("max_tokens=0", "max_tokens"),
+        ("max_tokens=abc", "max_tokens"),
+        ("max_tokens=4000", "max_tokens"),
+        ("temperature=-1", "temperature"),
+        ("temperature=3", "temperature"),
+        ("top_p=0", "top_p"),
+        ("top_p=1.5", "top_p"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_bad_options_are_422_before_any_stream(inference_server, client, query, field):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    response = requests.get(infer(base, chat_id, query), timeout=10)
+    assert response.status_code == 422 and response.headers["Content-Type"] == "application/json"
+    assert field in response.json()["errors"]
+    assert len(history(base, chat_id)) == 1
+
+
+def test_unknown_chat_404_and_no_human_message_409(inference_server, client):
+    base = inference_server
+    for ident in (str(uuid.uuid4()), "nope"):
+        response = requests.get(infer(base, ident), timeout=10)
+        assert response.status_code == 404 and response.json()["code"] == 404
+    empty = new_chat(base)
+    assistant_only = new_chat(base, "Hello, I am the assistant.", roles=("Assistant",))
+    for chat_id in (empty, assistant_only):
+        response = requests.get(infer(base, chat_id), timeout=10)
+        assert response.status_code == 409 and "Human" in response.json()["message"]
+    assert requests.post(f"{base}/conversations/stop/{uuid.uuid4()}", timeout=10).status_code == 404
+
+
+def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    base = start_server(ready_status=503, CHATAPI_MODEL_PATH=str(broken)).url
+    health = requests.get(f"{base}/health", timeout=10)
+    assert health.json()["model"]["status"] == "failed" and health.json()["model"]["reason"]
+    chat_id = new_chat(base, QUESTION)
+    response = requests.get(infer(base, chat_id), timeout=10)
+    assert response.status_code == 503 and response.json()["code"] == 503
+    assert requests.get(f"{base}/chats/{chat_id}", timeout=10).status_code == 200  # the rest still works
+
+
+def test_concurrent_requests_for_one_chat_make_one_reply(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(read_events(infer(base, chat_id)))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({r[0]["data"]["message_id"] for r in results}) == 1
+    assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant"]

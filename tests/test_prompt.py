@@ -1,0 +1,145 @@
+"""Prompt building and stop handling, on the real model's tokenizer (no server)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from chatapi.llm.engine import Engine, Job, Options, StopScanner
+from chatapi.llm.model import Model, default_model_path
+from chatapi.llm.prompt import TRANSCRIPT_STOPS, Message, PromptBuilder
+from conftest import ROOT
+
+SYSTEM = "You are a helpful assistant."
+# Gemma's own chat template (it folds a system message into the first user turn itself).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + message['content'] | trim + "
+    "'<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+# A template that refuses a system role, as many do.
+STRICT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n"
+    "{{ message['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def base_path() -> str:
+    return str(default_model_path(ROOT / "instance" / "models"))
+
+
+@pytest.fixture(scope="module")
+def model(base_path) -> Model:
+    return Model(base_path, 4096, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def builder(model) -> PromptBuilder:
+    return PromptBuilder(model)
+
+
+@pytest.fixture(scope="module")
+def templated_path(base_path, tmp_path_factory) -> str:
+    """A copy of the default GGUF that carries Gemma's chat template, made with gguf's own tool."""
+    path = tmp_path_factory.mktemp("gguf") / "templated.gguf"
+    command = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--chat-template", GEMMA_TEMPLATE]
+    subprocess.run([*command, base_path, str(path)], check=True, capture_output=True)
+    return str(path)
+
+
+def text_of(model: Model, tokens: list[int]) -> str:
+    return model.detokenize(tokens)
+
+
+def with_specials(model: Model, tokens: list[int]) -> str:
+    return model.weights.detokenize(tokens, special=True).decode()
+
+
+def test_transcript_for_a_base_model(model, builder):
+    history = [Message("Human", " Hi there "), Message("Assistant", "Hello!"), Message("Human", "How are you?")]
+    prompt = builder.build(SYSTEM, history, 4096)
+    assert prompt.tokens[0] == model.weights.token_bos()
+    assert text_of(model, prompt.tokens[1:]) == (
+        "You are a helpful assistant.\n\nHuman: Hi there\nAssistant: Hello!\nHuman: How are you?\nAssistant:"
+    )
+    assert prompt.truncated == 0 and prompt.stop == TRANSCRIPT_STOPS
+
+
+def test_oldest_messages_go_first_and_the_latest_human_stays(model, builder):
+    history = [Message("Human" if i % 2 == 0 else "Assistant", f"message {i} " + "filler " * 40) for i in range(10)]
+    history.append(Message("Human", "the question"))
+    prompt = builder.build(SYSTEM, history, 200)
+    text = text_of(model, prompt.tokens)
+    assert len(prompt.tokens) <= 200
+    assert text.startswith("You are a helpful assistant.") and text.endswith("Human: the question\nAssistant:")
+    assert prompt.truncated > 0
+    kept = [i for i in range(10) if f"message {i} " in text]
+    assert kept == list(range(10 - len(kept), 10))  # a suffix of the history: the newest kept
+    assert len(kept) == 10 - prompt.truncated
+
+
+def test_a_message_longer_than_the_window_is_cut_keeping_its_end(model, builder):
+    words = " ".join(f"w{i}" for i in range(3000))
+    prompt = builder.build(SYSTEM, [Message("Human", words)], 300)
+    text = text_of(model, prompt.tokens)
+    assert len(prompt.tokens) <= 300
+    assert "w2999" in text and "w0 " not in text
+    assert text.startswith("You are a helpful assistant.") and text.endswith("\nAssistant:")
+
+
+def test_a_template_in_the_gguf_is_used(templated_path):
+    model = Model(templated_path, 1024, 2, 1)
+    assert model.chat_template == GEMMA_TEMPLATE
+    builder = PromptBuilder(model)
+    history = [Message("Human", "Hi"), Message("Assistant", "Hello!"), Message("Human", "Bye")]
+    prompt = builder.build(SYSTEM, history, 1024)
+    assert with_specials(model, prompt.tokens) == (
+        "<bos><start_of_turn>user\nYou are a helpful assistant.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert prompt.tokens.count(model.weights.token_bos()) == 1  # the template's <bos>, not a second one
+    start_of_turn = model.tokenize("<start_of_turn>")
+    assert len(start_of_turn) == 1  # control tokens are parsed as such
+    assert builder.render.system_role is True
+    replies = []
+    result = Engine(model).generate(Job("c", prompt, Options(8, 0, 1, 0), replies.append))
+    assert result.completion_tokens >= 1 and result.finish_reason in ("stop", "length")
+
+
+def test_a_template_without_system_role_gets_it_folded_into_the_first_turn(templated_path):
+    model = Model(templated_path, 1024, 2, 1)
+    model.chat_template = STRICT_TEMPLATE  # another GGUF copy would only repeat the metadata read above
+    builder = PromptBuilder(model)
+    assert builder.render.system_role is False
+    prompt = builder.build(SYSTEM, [Message("Human", "Hi"), Message("Assistant", "Yo"), Message("Human", "Bye")], 1024)
+    text = with_specials(model, prompt.tokens)
+    assert "<start_of_turn>user\nYou are a helpful assistant.\n\nHi<end_of_turn>" in text
+    assert "<start_of_turn>assistant\nYo<end_of_turn>" in text
+    assert text.endswith("<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+@pytest.mark.parametrize(
+    ("pieces", "emitted", "stopped"),
+    [
+        (["Hello", " world"], "Hello world", False),
+        (["Paris.", "\n", "Human", ":"], "Paris.", True),
+        (["a\nHu", "man: b"], "a", True),
+        (["line\n", "Hum", "ble pie"], "line\nHumble pie", False),  # held back, then released
+        (["x\nAssistant:"], "x", True),
+    ],
+)
+def test_stop_strings_are_never_streamed(pieces, emitted, stopped):
+    scanner = StopScanner(TRANSCRIPT_STOPS)
+    out, done = "", False
+    for piece in pieces:
+        text, done = scanner.feed(piece)
+        out += text
+        if done:
+            break
+    if not done:
+        out += scanner.flush()
+    assert (out, done) == (emitted, stopped)
