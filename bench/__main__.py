@@ -1,6 +1,100 @@
-"""Run every benchmark: python -m bench."""
+"""Run every benchmark: python -m bench. Prints each table and writes them all to docs/benchmarks.md."""
 
-from bench import list_chats
+import contextlib
+import io
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import inference, list_chats
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+LIST_CHATS_NOTES = """\
+`GET /chats/` through the Flask test client (no server, no network), on SQLite and, when it answers at
+127.0.0.1:5432, PostgreSQL. Each line is the median time of one request with 100 chats in the table
+(the baseline, 200 requests) and with 100,000 chats (50 requests), and their ratio: 1.0 would mean that
+listing does not slow down at all as the table grows. *page of 50* is `?limit=50`, *deep page*
+`?limit=50&offset=50`, *search* `?q=chat%2099&limit=50`; *all 100,000* is the unpaginated list (3 requests)."""
+
+INFERENCE_NOTES = """\
+The real server (gunicorn, one gevent worker, `gunicorn.conf.py`) started as a subprocess on a free port of
+127.0.0.1 with a fresh SQLite database, and the real model (the bundled Gemma 3 270M Q4_K_M unless
+`CHATAPI_MODEL_PATH` says otherwise). Each line is a ratio against a baseline measured in the same run.
+
+- **streaming tokens/s**: token events (SSE events without an `event:` line) per second that a client
+  receives from `GET /conversations/inference/<chat_id>?max_tokens=256&temperature=0`, from the first token
+  event to the `done` event, divided by llama-cpp-python's own `Llama.create_completion(stream=True)` on the
+  same prompt text and settings in the benchmark's process, first token to last. The baseline runs before
+  the server starts, so the two never share the CPUs. The history makes the model repeat "I don't know."
+  until `max_tokens`. Both sides: one warm-up run, then the median of 3; rate = (tokens - 1) / time.
+  The *details* also give the rate the server itself reports in `done.timings.tokens_per_second`.
+- **follow-up TTFT**: time from sending the request to the first token event, `max_tokens=16`,
+  `temperature=0`. *Cold* is the first question of a chat with about 1,450 prompt tokens of prose history;
+  *warm* is the next question after one short Human message (`POST /conversations/create`), which should
+  find the chat's history in its KV cache (`cached_tokens` in the details). One chat at a time: median of
+  3 chats' warm/cold ratios. Three chats taking turns (A, B, C, then their follow-ups): mean warm TTFT over
+  mean cold TTFT; the server keeps `CHATAPI_KV_CHATS=3` caches, so all three should stay warm.
+- **GET /chats/?limit=20**: 200 sequential requests from the benchmark's process while the model is idle,
+  then 200 while another connection streams a long reply (`max_tokens=2048`, stopped with
+  `POST /conversations/stop/<chat_id>` once the 200 are done); p50 and p99 (nearest rank), ratio
+  generating/idle. The details say how fast the reply kept streaming meanwhile."""
+
+
+class Tee(io.TextIOBase):
+    """Writes to the terminal and keeps a copy."""
+
+    def __init__(self, terminal):
+        self.terminal = terminal
+        self.copy = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.terminal.write(text)
+        self.terminal.flush()
+        return self.copy.write(text)
+
+
+def run(benchmark) -> str:
+    tee = Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        benchmark()
+    return tee.copy.getvalue()
+
+
+def machine() -> str:
+    import llama_cpp
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    gpu = "GPU offload available" if llama_cpp.llama_supports_gpu_offload() else "no GPU (CPU-only llama.cpp)"
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}"
+    )
+
+
+def main() -> None:
+    sections = [
+        ("Listing chats: `GET /chats/` as the table grows", LIST_CHATS_NOTES, run(list_chats.main)),
+        ("Inference over HTTP", INFERENCE_NOTES, run(inference.main)),
+    ]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `make bench` (`.venv/bin/python -m bench`). Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Machine: {machine()}.",
+        "",
+        "This page is rewritten by every run; the tables are the benchmarks' own output.",
+    ]
+    for title, notes, output in sections:
+        lines += ["", f"## {title}", "", notes, "", "```text", output.rstrip(), "```"]
+    PAGE.parent.mkdir(exist_ok=True)
+    PAGE.write_text("\n".join(lines) + "\n")
+    print(f"written to {PAGE.relative_to(PAGE.parent.parent)}")
+
 
 if __name__ == "__main__":
-    list_chats.main()
+    main()

@@ -113,7 +113,3 @@ class Model:
     def sample(self, sampler: _internals.LlamaSampler) -> int:
         """The next token from the last evaluated position's logits."""
         return sampler.sample(self.context, -1)
-
-
-if __name__ == "__main__":  # `make run` prepares the bundled model once: python -m chatapi.llm.model
-    print(default_model_path(Path(__file__).resolve().parents[2] / "instance" / "models"))
