@@ -37,6 +37,15 @@ class Config:
     # A generation nobody has listened to for this long is stopped.
     CHATAPI_GRACE_SECONDS = float(os.environ.get("CHATAPI_GRACE_SECONDS") or 10)
 
+    # Internet mode (see chatapi/web).
+    CHATAPI_SEARCH_BACKEND = os.environ.get("CHATAPI_SEARCH_BACKEND") or "duckduckgo"
+    CHATAPI_SEARCH_URL = os.environ.get("CHATAPI_SEARCH_URL") or None
+    CHATAPI_SEARCH_RESULTS = int(os.environ.get("CHATAPI_SEARCH_RESULTS") or 5)
+    CHATAPI_FETCH_TIMEOUT = float(os.environ.get("CHATAPI_FETCH_TIMEOUT") or 8)
+    # Hosts or CIDRs that may be fetched although not public (a self-hosted wiki, the tests' server).
+    CHATAPI_FETCH_ALLOW = os.environ.get("CHATAPI_FETCH_ALLOW") or ""
+    CHATAPI_RESEARCH_TIMEOUT = float(os.environ.get("CHATAPI_RESEARCH_TIMEOUT") or 15)
+
     API_TITLE = "chatapi"
     API_VERSION = "1.0"
     OPENAPI_VERSION = "3.0.3"

@@ -19,10 +19,13 @@ from .schemas import (
     InferenceQuerySchema,
     StoppedSchema,
 )
+from .web.research import Settings as WebSettings
+from .web.research import grounding
 
 STREAM_RESPONSES = {
     "200": {
-        "description": "The reply as Server-Sent Events: start, queued, tokens, then done or error.",
+        "description": "The reply as Server-Sent Events: start, (internet: search, then sources or warning), "
+        "queued, tokens, then done or error.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     "204": {"description": "Last-Event-ID names the end of a reply already delivered in full."},
@@ -95,6 +98,15 @@ def inference(args, chat_id):
     return stream_reply(chat_id, "local", args)
 
 
+@bp.route("/inference_internet/<chat_id>", methods=["GET"])
+@bp.arguments(InferenceQuerySchema, location="query")
+@bp.doc(responses=STREAM_RESPONSES)
+def inference_internet(args, chat_id):
+    """Stream the next Assistant turn grounded in web pages read for the latest Human message, with
+    numbered sources (`search`, `sources` or `warning` events before the tokens)."""
+    return stream_reply(chat_id, "internet", args)
+
+
 @bp.route("/stop/<chat_id>", methods=["POST"])
 @bp.response(200, StoppedSchema)
 @bp.alt_response(404, response="DEFAULT_ERROR")
@@ -128,6 +140,10 @@ def stream_reply(chat_id: str, mode: str, args: dict):
     if service.status != "ok":
         abort(503, message=service.describe().get("reason") or f"the model is {service.status}")
     config = current_app.config
+    research = None
+    if mode == "internet":
+        question = next(m.text for m in reversed(history) if m.role == "Human")
+        research = grounding(question, WebSettings.from_config(config), service.count_tokens)
     try:
         generation = service.start(
             current_app._get_current_object(),
@@ -136,6 +152,7 @@ def stream_reply(chat_id: str, mode: str, args: dict):
             history,
             config["CHATAPI_SYSTEM_PROMPT"],
             options_from(args, config),
+            research,
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"})

@@ -73,6 +73,8 @@ class Conversation(db.Model):
     message: so.Mapped[str] = so.mapped_column(sa.Text)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    # The numbered web pages an internet-mode answer was grounded in; None on other messages.
+    sources: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
 
     chat: so.Mapped[Chat] = so.relationship(back_populates="conversations")
 
@@ -81,9 +83,19 @@ class Conversation(db.Model):
         sa.CheckConstraint("role IN ('Human', 'Assistant')", name="role"),
     )
 
-    def __init__(self, chat: Chat, role: str, message: str, id: uuid.UUID | None = None):
+    def __init__(
+        self, chat: Chat, role: str, message: str, id: uuid.UUID | None = None, sources: list[dict] | None = None
+    ):
         now = utcnow()
-        super().__init__(id=id or uuid.uuid4(), chat=chat, role=role, message=message, created_at=now, updated_at=now)
+        super().__init__(
+            id=id or uuid.uuid4(),
+            chat=chat,
+            role=role,
+            message=message,
+            sources=sources,
+            created_at=now,
+            updated_at=now,
+        )
         chat.updated_at = now
 
     def edit(self, message: str) -> None:

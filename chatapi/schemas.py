@@ -83,6 +83,12 @@ class ConversationSchema(ma.Schema):
     message = fields.String()
     created_at = Timestamp(dump_only=True)
     updated_at = Timestamp(dump_only=True)
+    sources = fields.List(
+        fields.Dict(),
+        allow_none=True,
+        dump_only=True,
+        metadata={"description": "internet answers: the pages cited as [n] ({n, title, url, snippet}); else null"},
+    )
 
 
 class ConversationCreateSchema(RequestSchema):

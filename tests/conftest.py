@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from chatapi import create_app
 from chatapi.extensions import db
+from web_server import Web
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -159,3 +160,19 @@ def inference_server(app, database_url, tmp_path_factory):
     server = Server(database_url, tmp_path_factory.mktemp("server") / "gunicorn.log", **FAST_STREAM_SETTINGS)
     yield server.wait_until_up().url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def web():
+    """A small web on 127.0.0.1: search backends and article pages (tests/web_server.py)."""
+    server = Web("127.0.0.1")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def elsewhere():
+    """The same web on another loopback address, never in the allow list: nothing may reach it."""
+    server = Web("127.0.0.2")
+    yield server
+    server.close()

@@ -12,7 +12,8 @@ def test_create_conversation(client):
     response = client.post("/conversations/create", json={"chat_id": chat["id"], "role": "Human", "message": "Hello"})
     assert response.status_code == 201
     conversation = response.json
-    assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at"}
+    assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources"}
+    assert conversation["sources"] is None  # only internet answers carry sources
     assert uuid.UUID(conversation["id"])
     assert conversation["chat_id"] == chat["id"]
     assert (conversation["role"], conversation["message"]) == ("Human", "Hello")

@@ -8,6 +8,7 @@ the hub, and tokens would arrive late).
 import time
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import asdict
 
 import gevent
@@ -20,10 +21,15 @@ from ..models import Chat, Conversation
 from ..schemas import ConversationSchema
 from .engine import Engine, Job, Options, Result
 from .model import Model, default_model_path
-from .prompt import Prompt, PromptBuilder
+from .prompt import Message, Prompt, PromptBuilder
 from .sse import PING, ServerSentEvent
 
 FINISHED_KEPT = 1000  # finished generations remembered for reconnects
+SOURCES_ROOM = 1536  # tokens kept free for web sources in internet mode (at most half the budget)
+SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the system prompt
+
+# Internet mode's step between announcing a reply and queueing it: (generation, room) -> prompt text.
+Research = Callable[["Generation", int], str]
 
 
 class QueueFull(Exception):
@@ -50,6 +56,8 @@ class Generation:
         self._changed = Event()
         self.created = time.monotonic()
         self.dequeued: float | None = None
+        self.sources: list[dict] | None = None  # internet mode: the pages the prompt cites
+        self.research_timings: dict = {}
 
     def begin(self, prompt: Prompt) -> None:
         """The prompt is ready: make the engine's job and announce the reply."""
@@ -131,7 +139,7 @@ class Generation:
                 saved = None
                 if text:
                     conversation = Conversation(
-                        chat=chat, role="Assistant", message=text, id=uuid.UUID(self.message_id)
+                        chat=chat, role="Assistant", message=text, id=uuid.UUID(self.message_id), sources=self.sources
                     )
                     db.session.add(conversation)
                     db.session.commit()
@@ -167,6 +175,7 @@ class Generation:
             "ttft_ms": round(((result.first_token or result.ended) - self.created) * 1000, 1),
             "total_ms": round((result.ended - self.created) * 1000, 1),
             "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
+            **self.research_timings,
         }
 
 
@@ -217,11 +226,21 @@ class ReplyService:
     def current(self, chat_id: str) -> Generation | None:
         return self.by_chat.get(chat_id)
 
-    def start(self, app: Flask, chat_id: str, mode: str, history, system_prompt: str, options: Options) -> Generation:
+    def start(
+        self,
+        app: Flask,
+        chat_id: str,
+        mode: str,
+        history: list[Message],
+        system_prompt: str,
+        options: Options,
+        research: Research | None = None,
+    ) -> Generation:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
-        QueueFull when the queue is at its depth. Until the prompt is built nothing here yields,
-        so two requests for one chat cannot both start a generation.
+        QueueFull when the queue is at its depth. Until the generation is registered nothing here
+        yields, so two requests for one chat cannot both start one. `research` (internet mode) runs
+        after the start event and returns text for the system prompt.
         """
         existing = self.current(chat_id)
         if existing and not existing.finished:
@@ -232,19 +251,15 @@ class ReplyService:
         self._remember(generation)
         self.preparing += 1
         try:
-            # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
-            # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
-            budget = self.model.n_ctx - options.max_tokens
-            prompt = gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
+            self._prepare(generation, history, system_prompt, options, research)
         except Exception as exc:
-            app.logger.exception("building the prompt failed")
-            generation.finish("error", {"code": 500, "message": f"the prompt could not be built: {exc}"})
+            app.logger.exception("preparing the reply failed")
+            generation.finish("error", {"code": 500, "message": f"the reply could not be prepared: {exc}"})
             return generation
         finally:
             self.preparing -= 1
-        generation.begin(prompt)
         self.waiting.append(generation)
-        if generation.cancelled:  # stopped while its prompt was being built
+        if generation.cancelled:  # stopped while it was being prepared
             self.withdraw(generation)
             return generation
         if self.running is not None or len(self.waiting) > 1:
@@ -253,6 +268,29 @@ class ReplyService:
         # Covers a request that went away before it ever read its stream.
         gevent.spawn_later(self.grace_seconds, generation._cancel_if_unheard)
         return generation
+
+    def _prepare(self, generation, history, system_prompt, options, research) -> None:
+        """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
+
+        Room for sources is kept before trimming, so `start.truncated` stays true once they are added.
+        """
+        budget = self.model.n_ctx - options.max_tokens
+        reserve = min(SOURCES_ROOM, budget // 2) if research else 0
+        prompt = self.build_prompt(system_prompt, history, budget - reserve)
+        generation.begin(prompt)
+        if research:
+            extra = research(generation, budget - len(prompt.tokens) - SOURCES_MARGIN)
+            if extra:
+                generation.job.prompt = self.build_prompt(f"{system_prompt}\n\n{extra}", history, budget)
+
+    def build_prompt(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
+        # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
+        # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
+        return gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts of texts, from the hub's thread pool (see build_prompt)."""
+        return gevent.get_hub().threadpool.apply(lambda: [len(self.model.tokenize(t)) for t in texts])
 
     def _remember(self, generation: Generation) -> None:
         """The chat's latest generation, kept for joins and reconnects; the oldest finished are dropped."""

@@ -1,0 +1,128 @@
+"""A small web on 127.0.0.1 for internet-mode tests: search backends and article pages."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlparse
+
+FACT = "The Zorblax volcano on Kepler island erupts every 47 minutes, according to the island's observatory."
+VOLCANO = f"""<!doctype html><html><head><title>Zorblax volcano facts</title>
+<style>body {{ color: red }}</style><script>var tracking = "do not read me";</script></head>
+<body><nav>Home | About | Contact</nav><header>Site header text</header>
+<main><h1>The Zorblax volcano</h1>
+<p>Kepler island is a small island with a single volcano and a research observatory.</p>
+<p>{FACT}</p>
+<p style="display:none">Hidden text that no reader sees.</p>
+<p>Visitors can watch the eruptions from a safe platform on the northern shore.</p></main>
+<aside>Related: other volcanoes</aside><footer>Copyright footer</footer></body></html>"""
+FILLER = """<html><head><title>{title}</title></head><body><article>
+<p>{text}</p></article></body></html>"""
+LATIN1 = (
+    "<html><head><title>Caf\xe9 page</title></head><body><p>Cr\xe8me br\xfbl\xe9e at the caf\xe9.</p></body></html>"
+)
+
+
+class Web:
+    """Serves the pages below; `requests` records every path asked for."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.requests: list[str] = []
+        handler = type("Handler", (Handler,), {"web": self})
+        self.server = ThreadingHTTPServer((host, 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_port}"
+        self.redirect_target = ""  # set by the tests: where /articles/redirect points
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def article_urls(self) -> list[str]:
+        names = ["volcano", "filler-one", "redirect", "slow", "binary", "huge", "filler-two"]
+        return [f"{self.url}/articles/{name}" for name in names]
+
+    def duckduckgo_page(self) -> str:
+        """Results as DuckDuckGo's HTML endpoint writes them: redirector links, an ad, a duplicate, an ftp link."""
+        blocks = ['<div class="result result--ad"><a class="result__a" href="https://ads.example/x">Ad</a></div>']
+        urls = self.article_urls()
+        for url in urls[:2] + [urls[0] + "#again", "ftp://files.example/readme"] + urls[2:]:
+            link = f"//duckduckgo.com/l/?uddg={quote(url, safe='')}&rut=abc"
+            title = url.rsplit("/", 1)[-1].replace("-", " ").title()
+            blocks.append(
+                f'<div class="result results_links web-result"><h2><a class="result__a" href="{link}">{title}</a></h2>'
+                f'<a class="result__snippet" href="{link}">Snippet about {title}</a></div>'
+            )
+        return "<html><body><div id='links'>" + "".join(blocks) + "</div></body></html>"
+
+    def searxng_json(self) -> str:
+        results = [{"url": u, "title": u.rsplit("/", 1)[-1], "content": "snippet"} for u in self.article_urls()]
+        return json.dumps({"query": "q", "results": results})
+
+
+class Handler(BaseHTTPRequestHandler):
+    web: Web
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, body: bytes, content_type: str | None = "text/html; charset=utf-8", **headers):
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = urlparse(self.path).path
+        query = parse_qs(urlparse(self.path).query)
+        self.web.requests.append(self.path)
+        web = self.web
+        if path == "/duckduckgo/html/":
+            return self.send(200, web.duckduckgo_page().encode())
+        if path == "/searxng/search":
+            assert query.get("format") == ["json"]
+            return self.send(200, web.searxng_json().encode(), "application/json")
+        if path == "/ratelimited":
+            return self.send(202, b"<html>Please wait</html>")
+        if path == "/broken":
+            return self.send(500, b"oops")
+        if path == "/articles/volcano":
+            return self.send(200, VOLCANO.encode())
+        if path.startswith("/articles/filler"):
+            text = "Gardening tips: water tomatoes in the morning and keep the soil loose. " * 20
+            return self.send(200, FILLER.format(title=path.rsplit("/", 1)[-1], text=text).encode())
+        if path == "/articles/redirect":
+            return self.send(302, b"", None, Location=web.redirect_target or f"{web.url}/articles/volcano")
+        if path == "/articles/hop":
+            return self.send(302, b"", None, Location="/articles/hop")  # forever
+        if path == "/articles/slow":
+            return self.drip()
+        if path == "/articles/binary":
+            return self.send(200, bytes(range(256)) * 64, "application/octet-stream")
+        if path == "/articles/unlabelled-binary":
+            return self.send(200, b"\x89PNG\r\n\x1a\n\x00\x00" * 100, None)
+        if path == "/articles/huge":
+            return self.send(200, b"<html><body><p>" + b"big page words " * 250_000 + b"</p></body></html>")
+        if path == "/articles/latin1":
+            return self.send(200, LATIN1.encode("latin-1"), "text/html; charset=iso-8859-1")
+        if path == "/articles/plain":
+            return self.send(200, b"Plain text line one.\n\nLine   two.", "text/plain; charset=utf-8")
+        return self.send(404, b"not here")
+
+    def drip(self) -> None:
+        """A page that sends a byte every half second, for a minute."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        try:
+            for _ in range(120):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
