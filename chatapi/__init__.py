@@ -44,10 +44,11 @@ def set_sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import chats, conversations, health
+    from . import chats, conversations, health, pages
 
     for module in (chats, conversations, health):
         api.register_blueprint(module.bp)
+    app.register_blueprint(pages.bp)  # the browser page, outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).
     app.register_blueprint(
         Blueprint("docs_assets", __name__, static_folder=swagger_ui_path, static_url_path="/docs/assets")
