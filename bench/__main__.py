@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import inference, list_chats
+from bench import inference, internet, list_chats
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -41,6 +41,16 @@ The real server (gunicorn, one gevent worker, `gunicorn.conf.py`) started as a s
   then 200 while another connection streams a long reply (`max_tokens=2048`, stopped with
   `POST /conversations/stop/<chat_id>` once the 200 are done); p50 and p99 (nearest rank), ratio
   generating/idle. The details say how fast the reply kept streaming meanwhile."""
+
+
+INTERNET_NOTES = """\
+`GET /conversations/inference_internet/<chat_id>` against a web served on 127.0.0.1 by the tests' own
+server (tests/web_server.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
+every half second, one binary, one a redirect). Time to first token as the client sees it, median of 3
+questions, against the same questions in local mode on the same server (the baseline); the phases are the
+server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its time to first token (model).
+*Cold caches*: each question's results point at pages of their own, so nothing is cached; *asked again*:
+the same questions once more, served from the search and page caches."""
 
 
 class Tee(io.TextIOBase):
@@ -80,6 +90,7 @@ def main() -> None:
     sections = [
         ("Listing chats: `GET /chats/` as the table grows", LIST_CHATS_NOTES, run(list_chats.main)),
         ("Inference over HTTP", INFERENCE_NOTES, run(inference.main)),
+        ("Internet mode", INTERNET_NOTES, run(internet.main)),
     ]
     lines = [
         "# Benchmarks",

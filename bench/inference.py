@@ -210,11 +210,12 @@ def free_port() -> int:
 class Server:
     """gunicorn as `make run` starts it (gunicorn.conf.py: one gevent worker), on a free port of 127.0.0.1."""
 
-    def __init__(self, workdir: Path, model: str):
+    def __init__(self, workdir: Path, model: str, **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "gunicorn.log"
         self.env = dict(os.environ, DATABASE_URL=f"sqlite:///{workdir}/bench.db", CHATAPI_MODEL_PATH=model)
+        self.env.update(settings)
         self.process: subprocess.Popen | None = None
         self.http = requests.Session()
         self.problems: list[str] = []  # error lines of its log, read when it stops

@@ -36,6 +36,7 @@ def test_openapi_lists_every_documented_route(client):
         ("/health", "get"),
         ("/conversations/inference/{chat_id}", "get"),
         ("/conversations/stop/{chat_id}", "post"),
+        ("/conversations/inference_internet/{chat_id}", "get"),
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]

@@ -33,23 +33,25 @@ class Web:
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_port}"
         self.redirect_target = ""  # set by the tests: where /articles/redirect points
+        self.pages_per_query = False  # results point at page addresses of their own query (cold caches)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
-    def article_urls(self) -> list[str]:
+    def article_urls(self, query: str = "") -> list[str]:
         names = ["volcano", "filler-one", "redirect", "slow", "binary", "huge", "filler-two"]
-        return [f"{self.url}/articles/{name}" for name in names]
+        suffix = f"?for={quote(query)}" if self.pages_per_query else ""
+        return [f"{self.url}/articles/{name}{suffix}" for name in names]
 
-    def duckduckgo_page(self) -> str:
+    def duckduckgo_page(self, query: str) -> str:
         """Results as DuckDuckGo's HTML endpoint writes them: redirector links, an ad, a duplicate, an ftp link."""
         blocks = ['<div class="result result--ad"><a class="result__a" href="https://ads.example/x">Ad</a></div>']
-        urls = self.article_urls()
+        urls = self.article_urls(query)
         for url in urls[:2] + [urls[0] + "#again", "ftp://files.example/readme"] + urls[2:]:
             link = f"//duckduckgo.com/l/?uddg={quote(url, safe='')}&rut=abc"
-            title = url.rsplit("/", 1)[-1].replace("-", " ").title()
+            title = urlparse(url).path.rsplit("/", 1)[-1].replace("-", " ").title()
             blocks.append(
                 f'<div class="result results_links web-result"><h2><a class="result__a" href="{link}">{title}</a></h2>'
                 f'<a class="result__snippet" href="{link}">Snippet about {title}</a></div>'
@@ -83,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         self.web.requests.append(self.path)
         web = self.web
         if path == "/duckduckgo/html/":
-            return self.send(200, web.duckduckgo_page().encode())
+            return self.send(200, web.duckduckgo_page(query.get("q", [""])[0]).encode())
         if path == "/searxng/search":
             assert query.get("format") == ["json"]
             return self.send(200, web.searxng_json().encode(), "application/json")

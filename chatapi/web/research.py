@@ -17,6 +17,8 @@ from .rank import Source, select_sources, sources_prompt
 from .search import SearchError, SearchResult, make_query, search
 
 CACHE_SECONDS = 300
+ENOUGH_PAGES = 2
+STRAGGLER_SECONDS = 1.0
 searches = TTLCache(CACHE_SECONDS, 256)
 documents = TTLCache(CACHE_SECONDS, 256)
 
@@ -113,9 +115,17 @@ def read_pages(results: list[SearchResult], settings: Settings, deadline: float)
     """The readable pages among the results, fetched at once; a page that fails is left out, and a
     page reached twice (through a redirect) counts once."""
     policy = AddressPolicy(settings.allow)
-    jobs = [gevent.spawn(read_page, r.url, policy, settings.fetch_timeout, deadline) for r in results]
-    gevent.joinall(jobs, timeout=max(0, deadline - time.monotonic()))
-    gevent.killall([job for job in jobs if not job.ready()], block=False)
+    jobs = {gevent.spawn(read_page, r.url, policy, settings.fetch_timeout, deadline): r.url for r in results}
+    pending, read, cutoff = set(jobs), 0, deadline
+    while pending and time.monotonic() < cutoff:
+        for job in gevent.wait(list(pending), timeout=cutoff - time.monotonic(), count=1):
+            pending.discard(job)
+            read += bool(job.successful() and job.value)
+            if read == ENOUGH_PAGES:  # enough to answer from: stragglers get a little longer only
+                cutoff = min(deadline, time.monotonic() + STRAGGLER_SECONDS)
+    gevent.killall(list(pending), block=False)
+    for job in pending:  # too slow this time: remembered as unreadable, so asking again is fast
+        documents.put((jobs[job], policy.allow), False)
     pages = {}
     for job in jobs:
         if job.successful() and job.value and job.value.url not in pages:

@@ -1,0 +1,90 @@
+"""GET /conversations/inference_internet/<chat_id>: the real server and model, a real web on 127.0.0.1."""
+
+import pytest
+import requests
+
+from sse_client import history, new_chat, read_events
+
+QUESTION = "How often does the Zorblax volcano erupt?"
+
+
+def internet(base: str, chat_id: str, query: str = "max_tokens=24&temperature=0") -> str:
+    return f"{base}/conversations/inference_internet/{chat_id}?{query}"
+
+
+def web_settings(web, search_path: str = "/duckduckgo/html/", **more: str) -> dict:
+    return {
+        "CHATAPI_SEARCH_URL": web.url + search_path,
+        "CHATAPI_FETCH_ALLOW": "127.0.0.1",
+        "CHATAPI_FETCH_TIMEOUT": "5",
+        "CHATAPI_RESEARCH_TIMEOUT": "10",
+        **more,
+    }
+
+
+@pytest.fixture
+def internet_server(start_server, web, elsewhere):
+    web.redirect_target = f"{elsewhere.url}/secret"  # one result redirects where nothing may go
+    yield start_server(**web_settings(web))
+    web.redirect_target = ""
+
+
+def test_answer_is_grounded_in_numbered_sources_and_saved_with_them(internet_server, web, elsewhere, client):
+    base = internet_server.url
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(internet(base, chat_id))
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["start", "search", "sources"] and kinds[-1] == "done"
+    assert set(kinds[3:-1]) == {"message"}
+    assert events[0]["data"]["mode"] == "internet"
+    assert events[1]["data"] == {"query": QUESTION}
+
+    sources = events[2]["data"]["sources"]
+    assert [s["n"] for s in sources] == list(range(1, len(sources) + 1))
+    assert sources[0]["url"] == f"{web.url}/articles/volcano" and sources[0]["title"] == "Zorblax volcano facts"
+    assert sources[0]["snippet"] == "Snippet about Volcano"
+    urls = [s["url"] for s in sources]
+    for unreadable in ("slow", "binary", "redirect"):
+        assert f"{web.url}/articles/{unreadable}" not in urls
+    assert elsewhere.requests == []
+
+    done = events[-1]["data"]
+    assert done["message"]["sources"] == sources
+    assert {"search_ms", "fetch_ms", "rank_ms"} <= set(done["timings"])
+    # Once two pages are read, the slow-drip page gets one more second, not its whole 5 s deadline.
+    assert done["timings"]["fetch_ms"] < 4000
+    assert done["usage"]["prompt_tokens"] > 150  # the passages are in the prompt
+    saved = history(base, chat_id)
+    assert saved[0]["sources"] is None and saved[-1]["sources"] == sources
+
+
+@pytest.mark.parametrize("search_path", ["/ratelimited", "/broken"])
+def test_a_failing_search_gives_a_warning_and_still_an_answer(start_server, web, client, search_path):
+    base = start_server(**web_settings(web, search_path)).url
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(internet(base, chat_id))
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["start", "search", "warning"] and "sources" not in kinds
+    assert "search failed" in events[2]["data"]["message"]
+    done = events[-1]
+    assert done["event"] == "done" and done["data"]["message"]["message"]
+    assert done["data"]["message"]["sources"] is None
+
+
+def test_sources_survive_a_restart(start_server, web, client):
+    first = start_server(**web_settings(web))
+    chat_id = new_chat(first.url, QUESTION)
+    done = read_events(internet(first.url, chat_id))[-1]["data"]
+    first.stop()
+    second = start_server(**web_settings(web))
+    saved = requests.get(f"{second.url}/conversations/{done['message']['id']}", timeout=10).json()
+    assert saved["sources"] == done["message"]["sources"] and saved["sources"]
+
+
+def test_asking_twice_uses_the_cache(internet_server, web, client):
+    base = internet_server.url
+    read_events(internet(base, new_chat(base, QUESTION)))
+    before = len(web.requests)
+    events = read_events(internet(base, new_chat(base, QUESTION)))
+    assert len(web.requests) == before
+    assert events[2]["event"] == "sources"
