@@ -1,0 +1,512 @@
+"""The browser page at / in headless Chromium (Debian's, driven by Playwright) against the real server and model."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from conftest import ROOT, Server
+from sse_client import add_message, history, new_chat
+
+CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium, never a downloaded browser; as root it needs --no-sandbox. Nothing phones home.
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# `make screenshot` sets this to docs/: the screenshots the README shows are written there.
+SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
+
+QUESTION = "What is the capital of France?"
+LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
+# With this before LONG_QUESTION the model, at temperature 0, loops until max_tokens (see test_inference.py).
+ENDLESS_START = (LONG_QUESTION, "I don't know. " * 40)
+VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"
+HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b> & more'
+GREEDY = "temperature=0"
+
+# Every EventSource the page opens, so that tests can see its URL and whether it was closed.
+TRACK_EVENT_SOURCES = """
+(() => {
+  const Native = window.EventSource;
+  window.__eventSources = [];
+  window.EventSource = class extends Native {
+    constructor(url, init) {
+      super(url, init);
+      window.__eventSources.push(this);
+    }
+  };
+})();
+"""
+# Every text the last Assistant bubble shows, in order, while a reply streams in.
+RECORD_REPLY_TEXTS = """
+() => {
+  window.__replyTexts = [];
+  const record = () => {
+    const bubbles = document.querySelectorAll("#message-list .message.assistant .bubble");
+    const text = bubbles.length ? bubbles[bubbles.length - 1].textContent : "";
+    const seen = window.__replyTexts;
+    if (text && seen[seen.length - 1] !== text) seen.push(text);
+  };
+  new MutationObserver(record).observe(document.getElementById("message-list"),
+    { childList: true, subtree: true, characterData: true });
+}
+"""
+
+expect.set_options(timeout=30_000)
+
+
+def web_settings(web, search_path: str = "/duckduckgo/html/") -> dict:
+    """Internet mode against the small local web of tests/web_server.py, never the real one."""
+    return {
+        "CHATAPI_SEARCH_URL": web.url + search_path,
+        "CHATAPI_FETCH_ALLOW": "127.0.0.1",
+        "CHATAPI_FETCH_TIMEOUT": "2",
+        "CHATAPI_RESEARCH_TIMEOUT": "6",
+    }
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page_server(app, database_url, web, tmp_path_factory):
+    """One real server for the module; the default grace period, so that a page reload keeps its reply."""
+    log = tmp_path_factory.mktemp("browser") / "gunicorn.log"
+    server = Server(database_url, log, CHATAPI_PING_SECONDS="0.5", **web_settings(web))
+    yield server.wait_until_up().url
+    server.stop()
+
+
+class Tab:
+    """A page in its own browser context, and what it did: uncaught errors and every URL it asked for."""
+
+    def __init__(self, context: BrowserContext, base: str):
+        self.context = context
+        self.base = base
+        self.page: Page = context.new_page()
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+
+    def event_sources(self) -> list[dict]:
+        return self.page.evaluate("window.__eventSources.map(s => ({url: s.url, state: s.readyState}))")
+
+    def check(self) -> None:
+        assert self.errors == [], "uncaught errors in the page"
+        offsite = [url for url in self.requests if not url.startswith(self.base + "/")]
+        assert offsite == [], "the page asked for something that is not on its server"
+
+
+@pytest.fixture
+def open_tab(browser: Browser, client):
+    """Opens pages on a server (desktop size unless told); checks each for errors and outside requests."""
+    tabs: list[Tab] = []
+
+    def open_tab(base: str, **context_options) -> Tab:
+        options = {"viewport": {"width": 1280, "height": 800}, **context_options}
+        context = browser.new_context(base_url=base, **options)
+        context.add_init_script(TRACK_EVENT_SOURCES)
+        tabs.append(Tab(context, base))
+        return tabs[-1]
+
+    yield open_tab
+    for tab in tabs:
+        tab.context.close()
+    for tab in tabs:
+        tab.check()
+
+
+@pytest.fixture
+def tab(open_tab, page_server) -> Tab:
+    return open_tab(page_server)
+
+
+def last_reply(page: Page):
+    return page.locator("#message-list .message.assistant").last
+
+
+def wait_for_reply_text(page: Page, characters: int) -> None:
+    page.wait_for_function(
+        """(n) => {
+          const bubbles = document.querySelectorAll("#message-list .message.assistant .bubble");
+          return bubbles.length && bubbles[bubbles.length - 1].textContent.length > n;
+        }""",
+        arg=characters,
+    )
+
+
+def chat_names(page: Page) -> list[str]:
+    return page.locator("#chat-list .chat-name").all_text_contents()
+
+
+def save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=path, animations="disabled")
+    png = path.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    if SCREENSHOT_DIR:
+        Path(ROOT, SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(ROOT, SCREENSHOT_DIR, name))
+    return path
+
+
+def test_send_streams_the_reply_token_by_token_and_it_is_there_after_a_reload(tab, page_server):
+    page = tab.page
+    page.goto(f"/?max_tokens=24&{GREEDY}")
+    expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
+    expect(page.locator("#model-label")).to_have_text("Gemma 3 270m")
+    page.click("#new-chat")
+    active = page.locator("#chat-list .chat-item.active")
+    expect(active.locator(".chat-name")).to_have_text("New chat")
+    chat_id = active.get_attribute("data-id")
+    assert page.url.endswith(f"#chat={chat_id}")
+    assert requests.get(f"{page_server}/chats/{chat_id}", timeout=10).json()["name"] == "New chat"
+
+    page.evaluate(RECORD_REPLY_TEXTS)
+    page.fill("#message-input", QUESTION)
+    page.press("#message-input", "Enter")
+    expect(page.locator("#message-list .message.human .bubble")).to_have_text([QUESTION])
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done")
+    expect(page.locator("#message-input")).to_have_value("")
+
+    saved = history(page_server, chat_id)
+    assert [m["role"] for m in saved] == ["Human", "Assistant"]
+    answer = saved[1]["message"]
+    assert "Paris" in answer
+    assert reply.locator(".bubble").text_content() == answer
+    assert reply.get_attribute("data-id") == saved[1]["id"]
+    assert re.search(r"\d+ tokens", reply.locator(".meta").text_content())
+
+    # Tokens came in one by one: the bubble grew through several texts, each the start of the next.
+    texts = [t.strip() for t in page.evaluate("window.__replyTexts")]
+    assert len(texts) >= 3, texts
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)), texts
+    assert texts[-1] == answer
+
+    # One stream, on the inference route with the page's options, closed by the page on `done`.
+    streams = tab.event_sources()
+    assert len(streams) == 1
+    assert streams[0]["url"] == f"{page_server}/conversations/inference/{chat_id}?max_tokens=24&temperature=0"
+    assert streams[0]["state"] == 2  # EventSource.CLOSED
+    # A new chat is named after its first message.
+    expect(active.locator(".chat-name")).to_have_text(QUESTION)
+    assert requests.get(f"{page_server}/chats/{chat_id}", timeout=10).json()["name"] == QUESTION
+
+    page.reload()
+    expect(page.locator("#chat-title")).to_have_text(QUESTION)
+    expect(page.locator("#message-list .bubble")).to_have_text([QUESTION, answer])
+    expect(last_reply(page)).to_have_attribute("data-state", "saved")
+    assert tab.event_sources() == []  # the reply is saved: nothing to stream
+    assert len(history(page_server, chat_id)) == 2
+
+
+def test_stop_ends_a_long_reply_and_keeps_what_was_written(tab, page_server):
+    page = tab.page
+    chat_id = new_chat(page_server, *ENDLESS_START)
+    page.goto(f"/?max_tokens=400&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#message-list .message")).to_have_count(2)
+    page.fill("#message-input", LONG_QUESTION)
+    page.click("#send")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "streaming")
+    expect(page.locator("#stop")).to_be_visible()
+    expect(page.locator("#send")).to_be_hidden()
+    wait_for_reply_text(page, 20)
+    page.click("#stop")
+
+    expect(reply).to_have_attribute("data-state", "stopped")
+    expect(reply.locator(".note")).to_have_text("Stopped.")
+    expect(page.locator("#send")).to_be_visible()
+    expect(page.locator("#stop")).to_be_hidden()
+    tokens = int(re.search(r"(\d+) tokens", reply.locator(".meta").text_content()).group(1))
+    assert tokens < 200  # stopped, not run to its 400
+    saved = history(page_server, chat_id)
+    assert [m["role"] for m in saved] == ["Human", "Assistant", "Human", "Assistant"]
+    assert reply.locator(".bubble").text_content() == saved[-1]["message"]
+    assert saved[-1]["message"].startswith("I don't know.")
+    assert [s["state"] for s in tab.event_sources()] == [2]
+
+
+def test_a_reload_in_the_middle_of_a_reply_picks_the_reply_up_again(tab, page_server):
+    page = tab.page
+    chat_id = new_chat(page_server, *ENDLESS_START)
+    page.goto(f"/?max_tokens=300&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#message-list .message")).to_have_count(2)
+    page.fill("#message-input", LONG_QUESTION)
+    page.click("#send")
+    wait_for_reply_text(page, 10)
+    page.reload()  # mid-reply: the generation goes on on the server
+
+    reply = last_reply(page)
+    expect(page.locator("#message-list .message")).to_have_count(4)
+    expect(reply).to_have_attribute("data-state", "done", timeout=60_000)
+    expect(reply.locator(".note")).to_have_text("Reached the max tokens limit.")
+    saved = history(page_server, chat_id)
+    assert len(saved) == 4, "the reload started a second reply"
+    assert reply.get_attribute("data-id") == saved[-1]["id"]
+    assert reply.locator(".bubble").text_content() == saved[-1]["message"]
+    # After the reload the page joined the running reply (replayed from its start) on the same route.
+    streams = tab.event_sources()
+    url = f"{page_server}/conversations/inference/{chat_id}?max_tokens=300&temperature=0"
+    assert [s["url"] for s in streams] == [url]
+    assert streams[0]["state"] == 2
+
+
+def test_chats_are_listed_newest_first_renamed_and_deleted(tab, page_server):
+    page = tab.page
+    ids = {}
+    for name in ("Groceries", "Trip plans", "Recipes"):
+        ids[name] = requests.post(f"{page_server}/chats/create", json={"name": name}, timeout=10).json()["id"]
+    page.goto("/")
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Recipes", "Trip plans", "Groceries"])
+    expect(page.locator("#empty-state")).to_be_visible()
+
+    groceries = page.locator("#chat-list .chat-item", has_text="Groceries")
+    groceries.hover()
+    groceries.locator(".chat-rename").click()
+    page.fill("#chat-list .rename-input", "Shopping list")
+    page.press("#chat-list .rename-input", "Enter")
+    # Renaming moves the chat's updated_at, so it comes first.
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Shopping list", "Recipes", "Trip plans"])
+    assert requests.get(f"{page_server}/chats/{ids['Groceries']}", timeout=10).json()["name"] == "Shopping list"
+
+    trip = page.locator("#chat-list .chat-item", has_text="Trip plans")
+    trip.hover()
+    trip.locator(".chat-delete").click()
+    expect(page.locator("#confirm-delete")).to_be_visible()
+    expect(page.locator("#confirm-name")).to_have_text("Trip plans")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#confirm-delete")).to_be_hidden()
+    assert requests.get(f"{page_server}/chats/{ids['Trip plans']}", timeout=10).status_code == 200
+
+    trip.hover()
+    trip.locator(".chat-delete").click()
+    page.click("#confirm-delete-button")
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Shopping list", "Recipes"])
+    assert requests.get(f"{page_server}/chats/{ids['Trip plans']}", timeout=10).status_code == 404
+
+    # The selected chat, from the header: renamed in place, then deleted, and the page shows no chat.
+    page.locator("#chat-list .chat-item", has_text="Recipes").locator(".chat-open").click()
+    expect(page.locator("#chat-title")).to_have_text("Recipes")
+    assert page.url.endswith(f"#chat={ids['Recipes']}")
+    page.click("#rename-chat")
+    page.fill(".topbar .rename-input", "Family recipes")
+    page.press(".topbar .rename-input", "Enter")
+    expect(page.locator("#chat-title")).to_have_text("Family recipes")
+    assert requests.get(f"{page_server}/chats/{ids['Recipes']}", timeout=10).json()["name"] == "Family recipes"
+    page.click("#delete-chat")
+    page.click("#confirm-delete-button")
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Shopping list"])
+    expect(page.locator("#chat-title")).to_have_text("New conversation")
+    expect(page.locator("#empty-state")).to_be_visible()
+    assert "#chat=" not in page.url
+    assert requests.get(f"{page_server}/chats/{ids['Recipes']}", timeout=10).status_code == 404
+
+    page.fill("#search", "shop")
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Shopping list"])
+    page.fill("#search", "nothing like this")
+    expect(page.locator("#chat-list-empty")).to_have_text("No chat matches.")
+
+
+def test_html_in_names_and_messages_is_shown_as_text(tab, page_server):
+    page = tab.page
+    chat_id = requests.post(f"{page_server}/chats/create", json={"name": HOSTILE}, timeout=10).json()["id"]
+    add_message(page_server, chat_id, "Say something in HTML.")
+    add_message(page_server, chat_id, HOSTILE, role="Assistant")
+    page.goto(f"/?max_tokens=24&{GREEDY}#chat={chat_id}")
+    page.fill("#message-input", HOSTILE)
+    page.click("#send")
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+
+    bubbles = page.locator("#message-list .bubble").all_text_contents()
+    assert bubbles[:3] == ["Say something in HTML.", HOSTILE, HOSTILE]
+    expect(page.locator("#chat-title")).to_have_text(HOSTILE)
+    expect(page.locator("#chat-list .chat-name")).to_have_text([HOSTILE])
+    markup = page.locator("#message-list b, #message-list script, img[src='x'], #chat-list b, #chat-title b")
+    assert markup.count() == 0
+    assert page.evaluate("window.__pwned") is None
+    assert page.title() == f"{HOSTILE} · chatapi"
+
+
+def test_the_page_never_turns_strings_into_html():
+    script = (ROOT / "chatapi/static/app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in script, sink
+
+
+def test_a_bad_option_is_reported_in_the_reply_and_the_stream_is_closed(tab, page_server):
+    page = tab.page
+    chat_id = new_chat(page_server, QUESTION)
+    page.goto(f"/?max_tokens=99999#chat={chat_id}")
+    # The last message is a Human one and this page never started its reply: it offers to.
+    pending = page.locator("#message-list .no-reply")
+    expect(pending.locator(".note")).to_have_text("No reply yet.")
+    assert tab.event_sources() == []
+    pending.get_by_role("button", name="Get a reply").click()
+
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "error")
+    expect(reply.locator(".note.error")).to_contain_text("max_tokens: Must be at most 2048")
+    expect(reply.get_by_role("button", name="Try again")).to_be_visible()
+    assert [s["state"] for s in tab.event_sources()] == [2]
+    assert len(history(page_server, chat_id)) == 1
+
+
+def test_a_failed_request_is_reported_in_the_page(tab, page_server):
+    page = tab.page
+    chat_id = new_chat(page_server, QUESTION)
+    page.goto(f"/?max_tokens=24&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#chat-title")).to_have_text("test")
+    requests.delete(f"{page_server}/chats/delete/{chat_id}", timeout=10)  # by another client
+    page.fill("#message-input", "Are you there?")
+    page.click("#send")
+    expect(page.locator("#alerts .alert-text")).to_have_text(f"Could not send the message: chat {chat_id} not found.")
+    expect(page.locator("#message-input")).to_have_value("Are you there?")  # nothing typed is lost
+
+    page.goto(f"/#chat={chat_id}")  # a link to a chat that is gone
+    expect(page.locator("#alerts .alert-text")).to_have_text("That chat does not exist any more.")
+    expect(page.locator("#empty-state")).to_be_visible()
+
+
+def test_an_error_event_ends_the_reply_in_the_page_and_closes_the_stream(tab, page_server):
+    page = tab.page
+    chat_id = new_chat(page_server, *ENDLESS_START)
+    page.goto(f"/?max_tokens=120&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#message-list .message")).to_have_count(2)
+    page.fill("#message-input", LONG_QUESTION)
+    page.click("#send")
+    wait_for_reply_text(page, 10)
+    # Another client deletes the chat mid-reply: at its end the reply cannot be saved, and the stream
+    # ends with `event: error`.
+    assert requests.delete(f"{page_server}/chats/delete/{chat_id}", timeout=10).status_code == 200
+
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "error", timeout=60_000)
+    expect(reply.locator(".note.error")).to_have_text(f"Error: chat {chat_id} was deleted.")
+    expect(page.locator("#stop")).to_be_hidden()
+    assert [s["state"] for s in tab.event_sources()] == [2]
+
+
+def test_internet_mode_shows_numbered_sources_as_links(tab, page_server, web):
+    page = tab.page
+    page.goto(f"/?max_tokens=24&{GREEDY}")
+    page.click("label.toggle")
+    expect(page.locator("#internet")).to_be_checked()
+    page.fill("#message-input", VOLCANO_QUESTION)
+    page.click("#send")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done")
+
+    chat_id = page.locator("#chat-list .chat-item.active").get_attribute("data-id")
+    saved = history(page_server, chat_id)[-1]
+    assert saved["sources"], "the answer has no sources"
+    links = reply.locator(".sources a.source-link")
+    expect(links).to_have_count(len(saved["sources"]))
+    expect(reply.locator(".sources .source-n")).to_have_text([str(s["n"]) for s in saved["sources"]])
+    assert links.first.get_attribute("href") == f"{web.url}/articles/volcano"
+    expect(links.first).to_have_text("Zorblax volcano facts")
+    assert links.first.get_attribute("target") == "_blank"
+    assert "noopener" in links.first.get_attribute("rel")
+    assert reply.locator(".bubble").text_content() == saved["message"]
+    streams = tab.event_sources()
+    assert [s["url"].split("?")[0] for s in streams] == [f"{page_server}/conversations/inference_internet/{chat_id}"]
+    assert streams[0]["state"] == 2
+
+    page.reload()  # saved with the answer: the same sources, and the toggle is remembered
+    expect(page.locator("#internet")).to_be_checked()
+    links = last_reply(page).locator(".sources a.source-link")
+    expect(links).to_have_count(len(saved["sources"]))
+    expect(links.first).to_have_text("Zorblax volcano facts")
+
+
+def test_internet_mode_shows_the_warning_when_search_fails(open_tab, start_server, web):
+    server = start_server(CHATAPI_PING_SECONDS="0.5", **web_settings(web, "/ratelimited"))
+    tab = open_tab(server.url)
+    page = tab.page
+    page.goto(f"/?max_tokens=24&{GREEDY}&internet=1")
+    expect(page.locator("#internet")).to_be_checked()
+    page.fill("#message-input", VOLCANO_QUESTION)
+    page.click("#send")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done")
+    expect(reply.locator(".note.warning")).to_contain_text("search failed")
+    expect(reply.locator(".sources")).to_have_count(0)
+    assert reply.locator(".bubble").text_content()
+
+
+def test_the_api_docs_are_linked_and_load_offline(tab):
+    page = tab.page
+    page.goto("/")
+    link = page.locator("#docs-link")
+    expect(link).to_have_text("API docs")
+    assert link.get_attribute("href") == "/docs"
+    page.goto(link.get_attribute("href"))
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("chatapi")
+    expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible()
+
+
+def test_a_phone_width_screen_gets_a_drawer_and_no_sideways_scrolling(open_tab, page_server, tmp_path):
+    chat_id = new_chat(page_server, QUESTION, "The capital of France is Paris.")
+    requests.post(f"{page_server}/chats/create", json={"name": "Another chat"}, timeout=10)
+    tab = open_tab(page_server, viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
+    page = tab.page
+    page.goto(f"/#chat={chat_id}")
+    expect(page.locator("#message-list .bubble")).to_have_count(2)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.locator("#sidebar").bounding_box()["x"] < 0  # off screen
+    composer = page.locator("#composer").bounding_box()
+    assert composer["x"] >= 0 and composer["x"] + composer["width"] <= 390 and composer["y"] + composer["height"] <= 844
+    for bubble in page.locator("#message-list .bubble").all():
+        box = bubble.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    save_screenshot(page, tmp_path, "screenshot-phone.png")
+
+    page.click("#open-sidebar")
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Another chat", "test"])
+    page.locator("#chat-list .chat-open", has_text="Another chat").click()
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().right <= 0")
+    expect(page.locator("#chat-title")).to_have_text("Another chat")
+
+
+def test_screenshot_of_a_finished_reply(tab, page_server, tmp_path):
+    for name in ("Weekend trip ideas", "Python list comprehensions", "Birthday message for Ana"):
+        requests.post(f"{page_server}/chats/create", json={"name": name}, timeout=10)
+    chat_id = new_chat(page_server, "Hi! Can you help me with some geography questions?")
+    requests.put(f"{page_server}/chats/update/{chat_id}", json={"name": "Geography questions"}, timeout=10)
+    page = tab.page
+    page.goto(f"/?max_tokens=64&{GREEDY}#chat={chat_id}")
+    pending = page.locator("#message-list .no-reply")
+    pending.get_by_role("button", name="Get a reply").click()
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    page.fill("#message-input", QUESTION)
+    page.click("#send")
+    expect(page.locator("#message-list .message")).to_have_count(4)
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    expect(last_reply(page).locator(".bubble")).to_contain_text("Paris")
+    page.fill("#message-input", "And of Italy?")
+    expect(page.locator("#send")).to_be_enabled()
+    # Side by side at desktop width: the chat list and the conversation.
+    assert page.locator("#sidebar").bounding_box()["x"] == 0
+    assert page.locator("#open-sidebar").is_hidden()
+    expect(page.locator("#chat-list .chat-item.active .chat-name")).to_have_text("Geography questions")
+    save_screenshot(page, tmp_path, "screenshot.png")
