@@ -1,0 +1,117 @@
+"""The Postman collection (postman/), run by newman against the real server: every assertion must pass."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ROOT
+
+NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
+COLLECTION = ROOT / "postman" / "chatapi.postman_collection.json"
+SCHEMA_V21 = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
+VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"  # answered by the local web's volcano page
+
+
+def newman(collection: Path, base: str, report: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run a collection against `base`; returns the process and newman's JSON report of the run."""
+    if not NEWMAN.exists():
+        pytest.fail(f"{NEWMAN} is missing: `make test` installs newman (npm ci)")
+    command = [str(NEWMAN), "run", str(collection), "--env-var", f"baseUrl={base}", *options]
+    command += ["--reporters", "cli,json", "--reporter-json-export", str(report), "--color", "off"]
+    command += ["--timeout-request", "120000"]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return process, json.loads(report.read_text())["run"]
+
+
+def requests_of(items: list[dict]) -> list[dict]:
+    """The collection's requests in run order (folders flattened)."""
+    found = []
+    for item in items:
+        found.extend(requests_of(item["item"]) if "item" in item else [item])
+    return found
+
+
+def test_the_collection_passes_against_the_real_server(start_server, web, client, tmp_path):
+    server = start_server(
+        CHATAPI_PING_SECONDS="0.5",
+        CHATAPI_SEARCH_URL=f"{web.url}/duckduckgo/html/",
+        CHATAPI_FETCH_ALLOW="127.0.0.1",
+        CHATAPI_FETCH_TIMEOUT="2",
+        CHATAPI_RESEARCH_TIMEOUT="6",
+    )
+    process, run = newman(
+        COLLECTION, server.url, tmp_path / "report.json", "--env-var", f"internetQuestion={VOLCANO_QUESTION}"
+    )
+    failures = [f"{f['source']['name']}: {f['error'].get('test')}: {f['error']['message']}" for f in run["failures"]]
+    assert failures == [], process.stdout[-4000:]
+    assert process.returncode == 0, process.stdout[-4000:]
+
+    expected = [item["name"] for item in requests_of(json.loads(COLLECTION.read_text())["item"])]
+    assert [e["item"]["name"] for e in run["executions"]] == expected, "a request was skipped"
+    assert run["stats"]["requests"] == {"total": len(expected), "pending": 0, "failed": 0}
+    assert run["stats"]["assertions"]["failed"] == 0 and run["stats"]["assertions"]["total"] >= 100
+    passed = {a["assertion"] for e in run["executions"] for a in e.get("assertions", []) if "error" not in a}
+    assert "numbered sources, saved with the answer" in passed  # the local web's pages were read
+    assert requests.get(f"{server.url}/chats/", timeout=10).json() == []  # the run cleans up after itself
+
+
+def test_newman_fails_the_run_when_an_assertion_fails(web, tmp_path):
+    collection = {
+        "info": {"name": "must fail", "schema": SCHEMA_V21},
+        "item": [
+            {
+                "name": "expects a teapot",
+                "event": [
+                    {"listen": "test", "script": {"exec": ['pm.test("418", () => pm.response.to.have.status(418));']}}
+                ],
+                "request": {"method": "GET", "url": "{{baseUrl}}/articles/volcano"},
+            }
+        ],
+    }
+    path = tmp_path / "failing.postman_collection.json"
+    path.write_text(json.dumps(collection))
+    process, run = newman(path, web.url, tmp_path / "report.json")
+    assert process.returncode != 0
+    assert run["stats"]["assertions"] == {"total": 1, "pending": 0, "failed": 1}
+
+
+def test_the_collection_has_a_request_with_tests_for_every_route(client):
+    collection = json.loads(COLLECTION.read_text())
+    assert collection["info"]["schema"] == SCHEMA_V21
+    variables = {v["key"]: v["value"] for v in collection["variable"]}
+    assert variables["baseUrl"] == "http://127.0.0.1:5000"
+    items = requests_of(collection["item"])
+    names = [item["name"] for item in items]
+    assert len(names) == len(set(names))
+    for item in items:
+        assert item["request"]["url"]["raw"].startswith("{{baseUrl}}/"), item["name"]
+        assert item["request"].get("description"), item["name"]
+        script = "\n".join(line for e in item["event"] if e["listen"] == "test" for line in e["script"]["exec"])
+        assert "pm.test(" in script and "to.have.status(" in script, item["name"]
+        if "body" in item["request"] and item["request"]["body"]["raw"].startswith("{"):
+            json.loads(item["request"]["body"]["raw"].replace("{{", "").replace("}}", ""))  # example bodies are JSON
+    assert sum(name.startswith("Bad input") for name in names) >= 20
+
+    def covers(method: str, template: str) -> bool:
+        pattern = re.compile("^" + re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)) + "$")
+        paths = [
+            "/" + "/".join(item["request"]["url"]["path"])
+            for item in items
+            if item["request"]["method"] == method.upper() and not item["name"].startswith("Bad input: a method")
+        ]
+        return any(pattern.match(path) for path in paths)
+
+    spec = client.get("/openapi.json").json
+    verbs = {"get", "post", "put", "patch", "delete"}
+    routes = [(method, path) for path, operations in spec["paths"].items() for method in operations if method in verbs]
+    assert len(routes) >= 15
+    assert ("get", "/conversations/inference_internet/{chat_id}") in routes
+    missing = [f"{method.upper()} {path}" for method, path in routes if not covers(method, path)]
+    assert missing == []
+    # The stream routes are plain GETs Postman opens (it shows the events as they arrive).
+    streams = [item for item in items if "/inference" in item["request"]["url"]["raw"]]
+    assert {"inference", "inference_internet"} <= {item["request"]["url"]["path"][1] for item in streams}
