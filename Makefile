@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 export FLASK_APP := wsgi
 
-.PHONY: run test bench lint install db model clean
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test bench lint install db model clients screenshot postman clean
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -30,11 +33,31 @@ run: db model
 lint: install
 	$(BIN)/ruff check .
 
-test: db model lint
+# The clients' test tools: Debian's Chromium for the browser tests (Playwright drives it, no browser
+# download), and newman from the npm registry for the Postman collection.
+/usr/bin/chromium:
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+node_modules/.installed: package.json package-lock.json
+	command -v npm >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+clients: /usr/bin/chromium node_modules/.installed
+
+test: db model lint clients
 	$(BIN)/python -m pytest
+
+# docs/screenshot.png and docs/screenshot-phone.png, from the browser tests.
+screenshot: db model clients
+	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/test_browser.py -k "(screenshot or phone) and sqlite"
+
+# The Postman collection against a server that is already running (`make run` in another terminal).
+postman: node_modules/.installed
+	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT)
 
 bench: db model
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules
