@@ -466,6 +466,7 @@ def test_the_api_docs_are_linked_and_load_offline(tab):
 
 def test_a_phone_width_screen_gets_a_drawer_and_no_sideways_scrolling(open_tab, page_server, tmp_path):
     chat_id = new_chat(page_server, QUESTION, "The capital of France is Paris.")
+    requests.put(f"{page_server}/chats/update/{chat_id}", json={"name": "Capitals"}, timeout=10)
     requests.post(f"{page_server}/chats/create", json={"name": "Another chat"}, timeout=10)
     tab = open_tab(page_server, viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
     page = tab.page
@@ -482,7 +483,7 @@ def test_a_phone_width_screen_gets_a_drawer_and_no_sideways_scrolling(open_tab, 
 
     page.click("#open-sidebar")
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
-    expect(page.locator("#chat-list .chat-name")).to_have_text(["Another chat", "test"])
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["Another chat", "Capitals"])
     page.locator("#chat-list .chat-open", has_text="Another chat").click()
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().right <= 0")
     expect(page.locator("#chat-title")).to_have_text("Another chat")
