@@ -4,6 +4,7 @@ from flask import url_for
 
 from .blueprint import Blueprint
 from .extensions import db
+from .llm import replies
 from .models import Chat, get_or_404, utcnow
 from .schemas import (
     ChatCreateSchema,
@@ -49,10 +50,13 @@ def create_chat(args):
 @bp.response(200, DeletedSchema)
 @bp.alt_response(404, response="DEFAULT_ERROR")
 def delete_chat(chat_id):
-    """Delete a chat and all its conversations."""
+    """Delete a chat and all its conversations; a reply being generated for it stops."""
     chat = get_or_404(Chat, chat_id)
     db.session.delete(chat)
     db.session.commit()
+    generation = replies().current(str(chat.id))
+    if generation and not generation.finished:
+        generation.cancel()  # its end finds the chat gone and sends `error`, saving nothing
     return {"id": chat.id, "deleted": True}
 
 
