@@ -9,3 +9,8 @@ worker_connections = 1000
 # One process per box: each worker would load its own copy of the model.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
+
+
+def post_worker_init(worker):
+    """Load the model as soon as the worker is up, in the background: /health says when it is ready."""
+    worker.wsgi.extensions["replies"].load()

@@ -137,8 +137,9 @@ def stream_reply(chat_id: str, mode: str, args: dict):
     history = [Message(c.role, c.message) for c in chat.history()]
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
+    service.load()
     if service.status != "ok":
-        abort(503, message=service.describe().get("reason") or f"the model is {service.status}")
+        abort(503, message=service.error or f"the model is {service.status}")
     config = current_app.config
     research = None
     if mode == "internet":

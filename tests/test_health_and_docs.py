@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 
 def test_health_reports_database_and_model(app, client):
     service = app.extensions["replies"]
+    service.load()
     deadline = time.monotonic() + 60
     while service.status == "loading" and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -277,8 +277,11 @@ def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
     base = start_server(ready_status=503, CHATAPI_MODEL_PATH=str(broken)).url
-    health = requests.get(f"{base}/health", timeout=10)
-    assert health.json()["model"]["status"] == "failed" and health.json()["model"]["reason"]
+    deadline = time.monotonic() + 30
+    while (health := requests.get(f"{base}/health", timeout=10).json())["model"]["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert health["model"]["status"] == "failed" and health["model"]["reason"]
     chat_id = new_chat(base, QUESTION)
     response = requests.get(infer(base, chat_id), timeout=10)
     assert response.status_code == 503 and response.json()["code"] == 503

