@@ -134,7 +134,10 @@ def stream_reply(chat_id: str, mode: str, args: dict):
         return event_stream_response(generation.listen())
     if last_event_id is not None:
         return Response(status=204)  # delivered in full: tells EventSource not to reconnect
-    history = [Message(c.role, c.message) for c in chat.history()]
+    conversations = chat.history()
+    if "after" in args and (not conversations or conversations[-1].id != args["after"]):
+        return Response(status=204)  # that message was answered already (or is gone): nothing to start
+    history = [Message(c.role, c.message) for c in conversations]
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
     service.load()

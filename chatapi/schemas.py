@@ -137,6 +137,12 @@ class InferenceQuerySchema(RequestSchema):
     temperature = fields.Float(validate=validate.Range(min=0, max=2), metadata={"description": "0 is greedy"})
     top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
     seed = fields.Integer(validate=validate.Range(min=0, max=2**32 - 1))
+    after = fields.UUID(
+        metadata={
+            "description": "the message this reply answers: when the chat has moved on past it (the reply was "
+            "already saved), 204 instead of a new reply; a page reloaded mid-reply never starts a second one"
+        }
+    )
 
 
 class StoppedSchema(ma.Schema):

@@ -266,9 +266,30 @@ def test_a_reload_in_the_middle_of_a_reply_picks_the_reply_up_again(tab, page_se
     assert reply.locator(".bubble").text_content() == saved[-1]["message"]
     # After the reload the page joined the running reply (replayed from its start) on the same route.
     streams = tab.event_sources()
-    url = f"{page_server}/conversations/inference/{chat_id}?max_tokens=300&temperature=0"
+    url = f"{page_server}/conversations/inference/{chat_id}?max_tokens=300&temperature=0&after={saved[-2]['id']}"
     assert [s["url"] for s in streams] == [url]
     assert streams[0]["state"] == 2
+
+
+def test_a_reload_just_after_the_reply_ended_shows_it_and_starts_no_other(tab, page_server):
+    """The page read the messages before the reply was saved, then asked to join it after it ended."""
+    page = tab.page
+    chat_id = new_chat(page_server, "What is the capital of France?")
+    question = history(page_server, chat_id)[-1]
+    page.goto(f"/?max_tokens=24&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#message-list .no-reply")).to_have_count(1)
+    # The reply ends meanwhile (another tab asked for it), while this page still holds its pending mark.
+    requests.get(f"{page_server}/conversations/inference/{chat_id}?max_tokens=24&temperature=0", timeout=60).close()
+    assert len(history(page_server, chat_id)) == 2
+    page.evaluate("([id]) => localStorage.setItem('chatapi.pending', JSON.stringify({[id]: 'local'}))", [chat_id])
+    page.route(f"**/chats/{chat_id}/conversations", lambda route: route.fulfill(json=[question]), times=1)
+    page.reload()  # sees only the question (as if read a moment earlier), so it asks to join the reply
+
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done", timeout=30_000)
+    saved = history(page_server, chat_id)
+    assert len(saved) == 2, "a second reply was started"
+    assert reply.locator(".bubble").text_content() == saved[-1]["message"]
 
 
 def test_chats_are_listed_newest_first_renamed_and_deleted(tab, page_server):

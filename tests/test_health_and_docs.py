@@ -48,6 +48,7 @@ def test_openapi_lists_every_documented_route(client):
         "temperature",
         "top_p",
         "seed",
+        "after",
     }
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]

@@ -122,6 +122,33 @@ def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_s
     assert len(history(base, chat_id)) == len(ENDLESS) + 1  # the 204 started nothing new
 
 
+def test_after_names_the_message_a_reply_answers(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    question = history(base, chat_id)[-1]["id"]
+    done = read_events(infer(base, chat_id, f"max_tokens=8&{GREEDY}&after={question}"))[-1]
+    assert done["event"] == "done"
+    # Asked again for the same message (a page reloaded just as the reply ended): no second reply.
+    again = requests.get(infer(base, chat_id, f"max_tokens=8&{GREEDY}&after={question}"), timeout=10)
+    assert again.status_code == 204 and again.content == b""
+    assert len(history(base, chat_id)) == 2
+    bad = requests.get(infer(base, chat_id, "after=nope"), timeout=10)
+    assert bad.status_code == 422 and "after" in bad.json()["errors"]
+
+
+def test_after_joins_the_reply_still_running(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, *ENDLESS)
+    question = history(base, chat_id)[-1]["id"]
+    url = infer(base, chat_id, f"max_tokens=40&{GREEDY}&after={question}")
+    first = EventStream(url)
+    iterator = iter(first)
+    head = [next(iterator) for _ in range(3)]
+    joined = read_events(url)
+    assert joined[0]["data"]["message_id"] == head[0]["data"]["message_id"]
+    list(iterator)
+
+
 def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)

@@ -345,7 +345,8 @@ class ReplyService:
 
 
 def options_from(args: dict, settings: dict) -> Options:
-    return Options(**{**asdict(default_options(settings)), **args})
+    given = {name: value for name, value in args.items() if name in Options.__dataclass_fields__}
+    return Options(**{**asdict(default_options(settings)), **given})
 
 
 def default_options(settings: dict) -> Options:

@@ -461,8 +461,9 @@
     } else if (last && last.role === "Human") {
       // The page was reloaded (or left) while this chat's reply streamed: join it again. The server
       // replays it from the start if it still runs, or starts it if it never did.
+      // `after` makes the server answer 204 instead of a second reply if this one ended meanwhile.
       const mode = pendingReplies()[chatId];
-      if (mode) startReply(chatId, mode);
+      if (mode) startReply(chatId, mode, last.id);
       else el.messageList.append(noReplyView(chatId));
     } else {
       forgetPending(chatId);
@@ -567,12 +568,13 @@
     return options;
   }
 
-  function replyUrl(chatId, replyMode) {
+  function replyUrl(chatId, replyMode, after) {
     const route = replyMode === "internet" ? "inference_internet" : "inference";
     const params = new URLSearchParams();
     for (const [name, value] of Object.entries(replyOptions())) {
       if (value !== "") params.set(name, value);
     }
+    if (after) params.set("after", after);
     const query = params.toString();
     return `/conversations/${route}/${encodeURIComponent(chatId)}${query ? `?${query}` : ""}`;
   }
@@ -612,10 +614,10 @@
     refreshChats();
   }
 
-  function startReply(chatId, replyMode = mode()) {
+  function startReply(chatId, replyMode = mode(), after = null) {
     const running = replies.get(chatId);
     if (running && running.active) return running;
-    const reply = new Reply(chatId, replyMode);
+    const reply = new Reply(chatId, replyMode, after);
     replies.set(chatId, reply);
     rememberPending(chatId, replyMode);
     if (state.chat && state.chat.id === chatId) {
@@ -644,10 +646,10 @@
 
   /** One Assistant reply arriving over an EventSource: its events, and how it ended. */
   class Reply {
-    constructor(chatId, replyMode) {
+    constructor(chatId, replyMode, after) {
       this.chatId = chatId;
       this.mode = replyMode;
-      this.url = replyUrl(chatId, replyMode);
+      this.url = replyUrl(chatId, replyMode, after);
       this.status = "connecting"; // waiting, queued, searching, reading, streaming, done, error
       this.reconnecting = false;
       this.messageId = null;
@@ -757,11 +759,15 @@
       else this.diagnose();
     }
 
-    /** The stream ended without `done`: the reply may still have been saved. */
+    /** The stream ended without `done`: the reply may still have been saved (the latest message, when
+     * the server said 204 because the message it answers was answered already). */
     async recover() {
       try {
         const messages = await api("GET", `/chats/${encodeURIComponent(this.chatId)}/conversations`);
-        const saved = messages.find((message) => message.id === this.messageId);
+        const latest = messages[messages.length - 1];
+        const saved = this.messageId
+          ? messages.find((message) => message.id === this.messageId)
+          : latest && latest.role === "Assistant" && latest;
         if (saved) {
           this.finish({ message: saved, finish_reason: null });
           return;
@@ -780,6 +786,10 @@
         response = await fetch(this.url, { headers: { Accept: "application/json" }, signal: controller.signal });
       } catch {
         this.fail("the server cannot be reached");
+        return;
+      }
+      if (response.status === 204) {
+        this.recover(); // answered already: show the saved reply
         return;
       }
       if (response.ok) {
