@@ -13,7 +13,6 @@ Every wait is bounded (DEADLINE_SECONDS for a stream, STARTUP_SECONDS for the se
 
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,10 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import live_server  # noqa: E402  (the tests' own server starter, shared rather than copied)
+from live_server import ROOT  # noqa: E402
+
 STARTUP_SECONDS = 180  # the model loads in the background after the worker boots
 DEADLINE_SECONDS = 120  # any one stream
 RUNS = 3  # measured repetitions of the throughput and single-chat TTFT parts, after one warm-up
@@ -201,74 +203,39 @@ def raw_rates(path: str, prompt: str, runs: int) -> tuple[list[float], int]:
 # The server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """gunicorn as `make run` starts it (gunicorn.conf.py: one gevent worker), on a free port of 127.0.0.1."""
+class Server(live_server.Server):
+    """The tests' live server (tests/live_server.py) on a fresh SQLite database, with the API calls
+    the benchmarks make, and the error lines of its log once stopped."""
 
     def __init__(self, workdir: Path, model: str, **settings: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "gunicorn.log"
-        self.env = dict(os.environ, DATABASE_URL=f"sqlite:///{workdir}/bench.db", CHATAPI_MODEL_PATH=model)
-        self.env.update(settings)
-        self.process: subprocess.Popen | None = None
+        database_url = f"sqlite:///{workdir}/bench.db"
+        flask = Path(sys.executable).parent / "flask"
+        upgrade = [str(flask)] if flask.exists() else [sys.executable, "-m", "flask"]
+        upgraded = subprocess.run(
+            [*upgrade, "--app", "wsgi", "db", "upgrade"],
+            cwd=ROOT,
+            env=dict(os.environ, DATABASE_URL=database_url),
+            timeout=120,
+            capture_output=True,
+        )
+        if upgraded.returncode != 0:
+            raise RuntimeError(f"flask db upgrade failed:\n{upgraded.stdout.decode()}{upgraded.stderr.decode()}")
+        super().__init__(database_url, workdir / "gunicorn.log", CHATAPI_MODEL_PATH=model, **settings)
         self.http = requests.Session()
         self.problems: list[str] = []  # error lines of its log, read when it stops
 
     def __enter__(self) -> "Server":
-        flask = Path(sys.executable).parent / "flask"
-        upgrade = [str(flask)] if flask.exists() else [sys.executable, "-m", "flask"]
-        upgraded = subprocess.run(
-            [*upgrade, "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=self.env, timeout=120, capture_output=True
-        )
-        if upgraded.returncode != 0:
-            raise RuntimeError(f"flask db upgrade failed:\n{upgraded.stdout.decode()}{upgraded.stderr.decode()}")
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.wait_until_up()
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_until_up(seconds=STARTUP_SECONDS)
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def wait_until_up(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if self.http.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:  # bound, but the worker is still booting
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"GET /health was not 200 within {STARTUP_SECONDS} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
     def stop(self) -> None:
         self.http.close()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if self.log_path.exists():
-            lines = self.log_path.read_text(errors="replace").splitlines()
-            self.problems = [line for line in lines if any(w in line for w in ("Traceback", "[ERROR]", "[CRITICAL]"))]
+        super().stop()
+        lines = self.output().splitlines()
+        self.problems = [line for line in lines if any(w in line for w in ("Traceback", "[ERROR]", "[CRITICAL]"))]
 
     # The API
 

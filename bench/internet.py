@@ -7,14 +7,11 @@ question, so that every cold run really searches and fetches.
 """
 
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.inference import Server, model_path, stream
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from web_server import Web  # noqa: E402  (the tests' own web, shared rather than copied)
+from bench.inference import Server, model_path, stream  # puts tests/ on the path
+from web_server import Web  # the tests' own web, shared rather than copied
 
 RUNS = 3
 MAX_TOKENS = 16

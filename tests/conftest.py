@@ -1,22 +1,16 @@
 """Fixtures: every test that uses `app` or `client` runs once on SQLite and once on PostgreSQL."""
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import psycopg
 import pytest
-import requests
 import sqlalchemy as sa
 
 from chatapi import create_app
 from chatapi.extensions import db
+from live_server import Server
 from web_server import Web
 
-ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 POSTGRES_TEST_DB = "chatapi_test"
 postgres_skipped: list[str] = []
@@ -84,50 +78,6 @@ def pytest_terminal_summary(terminalreporter):
     if postgres_skipped:
         terminalreporter.write_sep("!", "PostgreSQL WAS NOT TESTED", red=True, bold=True)
         terminalreporter.write_line(f"every PostgreSQL test was skipped: {postgres_skipped[0]}", red=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """The real server, as `make run` starts it (gunicorn, one gevent worker), on a free port."""
-
-    def __init__(self, database_url: str, log_path: Path, **settings: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "w+")
-        env = dict(os.environ, DATABASE_URL=database_url, **settings)
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_until_up(self, ready_status: int = 200) -> "Server":
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == ready_status:
-                    return self
-            except requests.RequestException:  # bound but the worker still booting
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"gunicorn did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.log.close()
 
 
 # Short pings and grace period, so that disconnects are noticed within the tests' patience.

@@ -9,7 +9,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from conftest import ROOT, Server
+from live_server import ROOT, Server
 from sse_client import add_message, history, new_chat
 
 CHROMIUM = "/usr/bin/chromium"

@@ -1,0 +1,61 @@
+"""The real server as `make run` starts it (gunicorn, one gevent worker), on a free port of 127.0.0.1.
+
+Shared by the tests (tests/conftest.py) and the benchmarks (bench/).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path."""
+
+    def __init__(self, database_url: str, log_path: Path, **settings: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = dict(os.environ, DATABASE_URL=database_url, **settings)
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+        with open(log_path, "w") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_until_up(self, ready_status: int = 200, seconds: float = 60) -> "Server":
+        """Wait until GET /health answers ready_status (the model loads after the worker boots)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == ready_status:
+                    return self
+            except requests.RequestException:  # bound but the worker still booting
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = self.output()
+                self.stop()
+                raise RuntimeError(f"gunicorn did not come up (GET /health != {ready_status}):\n{output}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
