@@ -131,6 +131,14 @@ class Engine:
         first_token = None
         produced = 0
         finish_reason = "length"
+        stop_string = False
+
+        def emit(text: str) -> None:
+            nonlocal first_token
+            if text:
+                first_token = first_token or time.monotonic()
+                job.on_text(text)
+
         while produced < options.max_tokens and len(sequence.tokens) < model.n_ctx:
             if job.cancelled:
                 finish_reason = "cancelled"
@@ -140,20 +148,15 @@ class Engine:
             if model.is_end(token):
                 finish_reason = "stop"
                 break
-            text, stopped = scanner.feed(decoder.decode(model.piece(token)))
-            if text:
-                first_token = first_token or time.monotonic()
-                job.on_text(text)
-            if stopped:
+            text, stop_string = scanner.feed(decoder.decode(model.piece(token)))
+            emit(text)
+            if stop_string:
                 finish_reason = "stop"
                 break
             model.evaluate([token], sequence.id, len(sequence.tokens))
             sequence.tokens.append(token)
-        if finish_reason != "stop":
-            rest = scanner.flush() + decoder.decode(b"", final=True)
-            if rest:
-                first_token = first_token or time.monotonic()
-                job.on_text(rest)
+        if not stop_string:  # text held back as a possible stop string is part of the reply after all
+            emit(scanner.flush() + decoder.decode(b"", final=True))
         return Result(
             finish_reason=finish_reason,
             prompt_tokens=len(job.prompt.tokens),
