@@ -50,6 +50,21 @@ def read_events(url: str, last_event_id: str | None = None) -> list[dict]:
         stream.close()
 
 
+def read_events_acting(url: str, after: int, action) -> list[dict]:
+    """Read a stream to its end, calling action() once, as soon as `after` events have arrived."""
+    stream = EventStream(url)
+    assert stream.response.status_code == 200, stream.response.text
+    events = []
+    try:
+        for event in stream:
+            events.append(event)
+            if len(events) == after:
+                action()
+    finally:
+        stream.close()
+    return events
+
+
 def new_chat(base: str, *messages: str, roles=("Human", "Assistant")) -> str:
     """A chat holding the messages, alternating Human and Assistant; returns its id."""
     chat_id = requests.post(f"{base}/chats/create", json={"name": "test"}, timeout=10).json()["id"]

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import requests
 
-from sse_client import EventStream, add_message, history, new_chat, read_events
+from sse_client import EventStream, add_message, history, new_chat, read_events, read_events_acting
 
 QUESTION = "What is the capital of France?"
 LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
@@ -152,13 +152,12 @@ def test_after_joins_the_reply_still_running(inference_server, client):
 def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
-    stream = EventStream(infer(base, chat_id, f"max_tokens=400&{GREEDY}"))
-    events = []
-    for event in stream:
-        events.append(event)
-        if len(events) == 4:
-            stopped = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
-            assert stopped.json() == {"chat_id": chat_id, "stopped": True}
+
+    def stop():
+        stopped = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+        assert stopped.json() == {"chat_id": chat_id, "stopped": True}
+
+    events = read_events_acting(infer(base, chat_id, f"max_tokens=400&{GREEDY}"), 4, stop)
     done = events[-1]["data"]
     assert done["finish_reason"] == "cancelled"
     assert done["usage"]["completion_tokens"] < 40  # stopped within a token or so, not at 400
@@ -254,12 +253,11 @@ def test_a_full_queue_answers_503_with_retry_after(start_server, client):
 def test_deleting_the_chat_mid_reply_stops_it_with_an_error_and_saves_nothing(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
-    stream = EventStream(infer(base, chat_id, f"max_tokens=400&{GREEDY}"))
-    events = []
-    for event in stream:
-        events.append(event)
-        if len(events) == 3:
-            assert requests.delete(f"{base}/chats/delete/{chat_id}", timeout=10).status_code == 200
+
+    def delete():
+        assert requests.delete(f"{base}/chats/delete/{chat_id}", timeout=10).status_code == 200
+
+    events = read_events_acting(infer(base, chat_id, f"max_tokens=400&{GREEDY}"), 3, delete)
     assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 404
     assert len(events) < 40  # the generation stopped with the deletion, not at max_tokens
     assert requests.get(f"{base}/conversations/{events[0]['data']['message_id']}", timeout=5).status_code == 404
