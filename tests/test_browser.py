@@ -139,6 +139,16 @@ def tab(open_tab, page_server) -> Tab:
     return open_tab(page_server)
 
 
+def send_long_question(page: Page, base: str, max_tokens: int) -> str:
+    """Open a chat whose reply runs to max_tokens (ENDLESS_START) and send its question; the chat's id."""
+    chat_id = new_chat(base, *ENDLESS_START)
+    page.goto(f"/?max_tokens={max_tokens}&{GREEDY}#chat={chat_id}")
+    expect(page.locator("#message-list .message")).to_have_count(2)
+    page.fill("#message-input", LONG_QUESTION)
+    page.click("#send")
+    return chat_id
+
+
 def last_reply(page: Page):
     return page.locator("#message-list .message.assistant").last
 
@@ -221,11 +231,7 @@ def test_send_streams_the_reply_token_by_token_and_it_is_there_after_a_reload(ta
 
 def test_stop_ends_a_long_reply_and_keeps_what_was_written(tab, page_server):
     page = tab.page
-    chat_id = new_chat(page_server, *ENDLESS_START)
-    page.goto(f"/?max_tokens=400&{GREEDY}#chat={chat_id}")
-    expect(page.locator("#message-list .message")).to_have_count(2)
-    page.fill("#message-input", LONG_QUESTION)
-    page.click("#send")
+    chat_id = send_long_question(page, page_server, 400)
     reply = last_reply(page)
     expect(reply).to_have_attribute("data-state", "streaming")
     expect(page.locator("#stop")).to_be_visible()
@@ -248,11 +254,7 @@ def test_stop_ends_a_long_reply_and_keeps_what_was_written(tab, page_server):
 
 def test_a_reload_in_the_middle_of_a_reply_picks_the_reply_up_again(tab, page_server):
     page = tab.page
-    chat_id = new_chat(page_server, *ENDLESS_START)
-    page.goto(f"/?max_tokens=300&{GREEDY}#chat={chat_id}")
-    expect(page.locator("#message-list .message")).to_have_count(2)
-    page.fill("#message-input", LONG_QUESTION)
-    page.click("#send")
+    chat_id = send_long_question(page, page_server, 300)
     wait_for_reply_text(page, 10)
     page.reload()  # mid-reply: the generation goes on on the server
 
@@ -410,11 +412,7 @@ def test_a_failed_request_is_reported_in_the_page(tab, page_server):
 
 def test_an_error_event_ends_the_reply_in_the_page_and_closes_the_stream(tab, page_server):
     page = tab.page
-    chat_id = new_chat(page_server, *ENDLESS_START)
-    page.goto(f"/?max_tokens=120&{GREEDY}#chat={chat_id}")
-    expect(page.locator("#message-list .message")).to_have_count(2)
-    page.fill("#message-input", LONG_QUESTION)
-    page.click("#send")
+    chat_id = send_long_question(page, page_server, 120)
     wait_for_reply_text(page, 10)
     # Another client deletes the chat mid-reply: at its end the reply cannot be saved, and the stream
     # ends with `event: error`.
