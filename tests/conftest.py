@@ -1,6 +1,7 @@
 """Fixtures: every test that uses `app` or `client` runs once on SQLite and once on PostgreSQL."""
 
 import os
+import uuid
 
 import psycopg
 import pytest
@@ -12,31 +13,42 @@ from live_server import Server
 from web_server import Web
 
 POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-POSTGRES_TEST_DB = "chatapi_test"
+# A database of this run's own, so that two runs at once never drop each other's schema.
+POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"
 postgres_skipped: list[str] = []
 
 
-def postgres_url() -> str:
-    """A URL for a database of our own on the local PostgreSQL, created when missing."""
+def postgres_admin(statement: str) -> None:
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (POSTGRES_TEST_DB,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{POSTGRES_TEST_DB}"')
+        conn.execute(statement)
+
+
+def postgres_url() -> str:
+    """A URL for this run's database on the local PostgreSQL, created here and dropped at the end."""
+    postgres_admin(f'CREATE DATABASE "{POSTGRES_TEST_DB}"')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     return f"{base}/{POSTGRES_TEST_DB}"
+
+
+def postgres_opted_out() -> bool:
+    """Only CHATAPI_SKIP_POSTGRES=1 lets an unreachable PostgreSQL pass as a skip; otherwise it fails."""
+    return os.environ.get("CHATAPI_SKIP_POSTGRES") == "1"
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/chatapi.db"
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/chatapi.db"
+        return
     try:
-        return postgres_url()
+        url = postgres_url()
     except psycopg.OperationalError as exc:
-        if os.environ.get("CHATAPI_REQUIRE_POSTGRES"):
-            pytest.fail(f"PostgreSQL is required here but unreachable: {exc}")
+        if not postgres_opted_out():
+            pytest.fail(f"PostgreSQL is unreachable (set CHATAPI_SKIP_POSTGRES=1 to test SQLite only): {exc}")
         postgres_skipped.append(str(exc).strip())
-        pytest.skip("PostgreSQL unreachable at 127.0.0.1:5432")
+        pytest.skip("PostgreSQL unreachable at 127.0.0.1:5432 and CHATAPI_SKIP_POSTGRES=1")
+    yield url
+    postgres_admin(f'DROP DATABASE IF EXISTS "{POSTGRES_TEST_DB}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
