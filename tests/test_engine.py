@@ -1,0 +1,70 @@
+"""The engine's sampling loop on a scripted model: what reaches the listener when a reply ends.
+
+The real model cannot be made to end with an end-of-generation token right after text that looks like
+the start of a stop string, so a stub plays the model here: the test is about the engine's bookkeeping,
+not about llama.cpp (test_prompt.py and test_inference.py run the real model).
+"""
+
+import pytest
+
+from chatapi.llm.engine import Engine, Job, Options
+from chatapi.llm.prompt import Prompt
+
+END = 0
+
+
+class ScriptedModel:
+    """Samples the scripted pieces in order, then the end-of-generation token."""
+
+    n_ctx = 4096
+    sequences = 1
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+        self.evaluated: list[int] = []
+
+    def forget(self, sequence: int, from_position: int) -> None:
+        pass
+
+    def evaluate(self, tokens: list[int], sequence: int, position: int) -> None:
+        self.evaluated.extend(tokens)
+
+    def sampler(self, temperature: float, top_p: float, seed: int) -> None:
+        return None
+
+    def sample(self, sampler) -> int:
+        produced = sum(1 for token in self.evaluated if token >= 100)
+        return 100 + produced if produced < len(self.pieces) else END
+
+    def is_end(self, token: int) -> bool:
+        return token == END
+
+    def piece(self, token: int) -> bytes:
+        return self.pieces[token - 100]
+
+
+def generate(pieces: list[bytes], stops: list[str]) -> tuple[str, str]:
+    texts: list[str] = []
+    prompt = Prompt(tokens=[1, 2, 3], stop=stops, truncated=0)
+    job = Job("chat", prompt, Options(max_tokens=50, temperature=0, top_p=1, seed=1), on_text=texts.append)
+    result = Engine(ScriptedModel(pieces)).generate(job)
+    return "".join(texts), result.finish_reason
+
+
+@pytest.mark.parametrize(
+    ("pieces", "reply"),
+    [
+        # "\nHu" could have been the start of "\nHuman:" and was held back; the model then ended.
+        ([b"Paris.", b"\nHu"], "Paris.\nHu"),
+        # Held back across two pieces.
+        ([b"Paris.", b"\n", b"Hum"], "Paris.\nHum"),
+        # Half a UTF-8 character when the model ends: the decoder's replacement, not silence.
+        ([b"caf", b"\xc3"], "caf\ufffd"),
+    ],
+)
+def test_text_held_back_is_flushed_at_an_end_of_generation_token(pieces, reply):
+    assert generate(pieces, ["\nHuman:"]) == (reply, "stop")
+
+
+def test_a_stop_string_is_never_streamed():
+    assert generate([b"Paris.", b"\nHu", b"man:", b" more"], ["\nHuman:"]) == ("Paris.", "stop")
