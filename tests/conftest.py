@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from chatapi import create_app
 from chatapi.extensions import db
+from chatapi.web import research
 from live_server import Server
 from web_server import Web
 
@@ -69,6 +70,12 @@ def reset_schema() -> None:
     with db.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
     db.create_all()
+
+
+@pytest.fixture(autouse=True)
+def clear_web_caches():
+    """Internet mode caches searches and pages in the process: no test may see another test's."""
+    research.clear_caches()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ VOLCANO = f"""<!doctype html><html><head><title>Zorblax volcano facts</title>
 <aside>Related: other volcanoes</aside><footer>Copyright footer</footer></body></html>"""
 FILLER = """<html><head><title>{title}</title></head><body><article>
 <p>{text}</p></article></body></html>"""
+DRIP_BYTES, DRIP_SECONDS = 120, 0.5  # /articles/slow: a byte every half second, for a minute
 LATIN1 = (
     "<html><head><title>Caf\xe9 page</title></head><body><p>Cr\xe8me br\xfbl\xe9e at the caf\xe9.</p></body></html>"
 )
@@ -28,10 +29,12 @@ class Web:
 
     def __init__(self, host: str = "127.0.0.1"):
         self.requests: list[str] = []
+        self.dripped: dict[str, int] = {}  # bytes the slow page has sent, by request path
         handler = type("Handler", (Handler,), {"web": self})
         self.server = ThreadingHTTPServer((host, 0), handler)
         self.server.daemon_threads = True
-        self.url = f"http://{host}:{self.server.server_port}"
+        self.port = self.server.server_port
+        self.url = f"http://{host}:{self.port}"
         self.redirect_target = ""  # set by the tests: where /articles/redirect points
         self.pages_per_query = False  # results point at page addresses of their own query (cold caches)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -117,14 +120,16 @@ class Handler(BaseHTTPRequestHandler):
         return self.send(404, b"not here")
 
     def drip(self) -> None:
-        """A page that sends a byte every half second, for a minute."""
+        """A page that sends a byte every half second, for a minute; `web.dripped` counts what it sent."""
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.end_headers()
+        self.web.dripped[self.path] = 0
         try:
-            for _ in range(120):
+            for _ in range(DRIP_BYTES):
                 self.wfile.write(b"x")
                 self.wfile.flush()
-                time.sleep(0.5)
+                self.web.dripped[self.path] += 1
+                time.sleep(DRIP_SECONDS)
         except OSError:
             pass

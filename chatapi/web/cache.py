@@ -28,3 +28,6 @@ class TTLCache:
         self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()

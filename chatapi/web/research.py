@@ -23,6 +23,12 @@ searches = TTLCache(CACHE_SECONDS, 256)
 documents = TTLCache(CACHE_SECONDS, 256)
 
 
+def clear_caches() -> None:
+    """Forget every search and page (the tests start each test with cold caches)."""
+    searches.clear()
+    documents.clear()
+
+
 @dataclass
 class Settings:
     backend: str
