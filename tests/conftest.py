@@ -3,6 +3,7 @@
 import os
 import uuid
 
+import flask_migrate
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -63,13 +64,18 @@ def app(database_url):
         db.engine.dispose()
 
 
-def reset_schema() -> None:
-    """Drop everything (alembic's table too) and create the models' tables."""
+def drop_everything() -> None:
+    """Drop the models' tables and alembic's, leaving an empty database."""
     db.session.remove()
     db.drop_all()
     with db.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    db.create_all()
+
+
+def reset_schema() -> None:
+    """An empty database brought to head by the migrations: the schema production runs on."""
+    drop_everything()
+    flask_migrate.upgrade()
 
 
 @pytest.fixture(autouse=True)

@@ -1,22 +1,51 @@
-"""The migrations build exactly the schema the models describe, on both databases."""
+"""The migrations build exactly the schema the models describe, on both databases, and keep the rows."""
+
+import re
+import uuid
+from datetime import datetime, timedelta
 
 import flask_migrate
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from chatapi.extensions import db
-from conftest import reset_schema
+from chatapi.models import ROLES, Chat, Conversation
+from conftest import drop_everything, reset_schema
+
+
+def check_sql(sql: str) -> str:
+    """A CHECK condition in one form for both databases: PostgreSQL gives `role IN ('Human', 'Assistant')`
+    back as `(role)::text = ANY ((ARRAY['Human'::character varying, 'Assistant'::character varying])::text[])`."""
+    sql = re.sub(r"::[\w ]+(\[\])?", "", sql)  # casts
+    sql = re.sub(r"= ANY \(*ARRAY\[(.*?)\]", r"IN (\1", sql)
+    return re.sub(r"[\s()]", "", sql)
+
+
+def check_differences(conn) -> list:
+    """What alembic's comparison leaves out: each table's CHECK constraints, by name and condition."""
+    inspector = sa.inspect(conn)
+    differences = []
+    for table in db.metadata.sorted_tables:
+        models = {c.name: check_sql(str(c.sqltext)) for c in table.constraints if isinstance(c, sa.CheckConstraint)}
+        database = {c["name"]: check_sql(c["sqltext"]) for c in inspector.get_check_constraints(table.name)}
+        if database != models:
+            differences.append(("check_constraints", table.name, {"database": database, "models": models}))
+    return differences
 
 
 def schema_differences() -> list:
     with db.engine.connect() as conn:
-        return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, db.metadata) + check_differences(conn)
 
 
 def test_upgrade_on_an_empty_database_matches_the_models(app):
     with app.app_context():
-        db.drop_all()
         try:
+            drop_everything()
             flask_migrate.upgrade()
             assert schema_differences() == []
             flask_migrate.downgrade(revision="base")
@@ -36,3 +65,87 @@ def test_the_comparison_notices_a_missing_index(app):
             assert any("ix_chats_updated_at_id" in str(diff) for diff in schema_differences())
         finally:
             reset_schema()
+
+
+@pytest.mark.parametrize("role_check", [None, "role IN ('Human', 'System')"])
+def test_the_comparison_notices_a_missing_or_changed_check(app, role_check):
+    """Guards the comparison of CHECK constraints, which alembic's own leaves out."""
+    schema = sa.MetaData()
+    for table in db.metadata.sorted_tables:
+        table.to_metadata(schema)
+    conversations = schema.tables["conversations"]
+    conversations.constraints -= {c for c in conversations.constraints if isinstance(c, sa.CheckConstraint)}
+    if role_check:
+        conversations.append_constraint(sa.CheckConstraint(role_check, name="ck_conversations_role"))
+    with app.app_context():
+        try:
+            drop_everything()
+            schema.create_all(db.engine)
+            assert [diff[:2] for diff in schema_differences()] == [("check_constraints", "conversations")]
+        finally:
+            reset_schema()
+
+
+def test_upgrade_keeps_every_row_of_a_0001_database(app):
+    chats = sa.table(
+        "chats",
+        sa.column("id", sa.Uuid),
+        sa.column("name", sa.String),
+        sa.column("created_at", sa.DateTime),
+        sa.column("updated_at", sa.DateTime),
+    )
+    conversations = sa.table(
+        "conversations",
+        sa.column("id", sa.Uuid),
+        sa.column("chat_id", sa.Uuid),
+        sa.column("role", sa.String),
+        sa.column("message", sa.Text),
+        sa.column("created_at", sa.DateTime),
+        sa.column("updated_at", sa.DateTime),
+    )
+    start = datetime(2023, 8, 5, 14, 48, 0, 123000)
+    chat_rows = [
+        {"id": uuid.uuid4(), "name": f"chat {i}", "created_at": start, "updated_at": start + timedelta(minutes=i)}
+        for i in range(3)
+    ]
+    conversation_rows = [
+        {
+            "id": uuid.uuid4(),
+            "chat_id": chat["id"],
+            "role": role,
+            "message": f"{role} in {chat['name']}: ünïcode 🙂",
+            "created_at": chat["updated_at"] + timedelta(seconds=i),
+            "updated_at": chat["updated_at"] + timedelta(seconds=i),
+        }
+        for chat in chat_rows
+        for i, role in enumerate(ROLES)
+    ]
+    with app.app_context():
+        try:
+            drop_everything()
+            flask_migrate.upgrade(revision="0001")
+            with db.engine.begin() as conn:
+                conn.execute(chats.insert(), chat_rows)
+                conn.execute(conversations.insert(), conversation_rows)
+            flask_migrate.upgrade()
+            assert schema_differences() == []
+            kept_chats = db.session.scalars(sa.select(Chat)).all()
+            assert sorted((c.id, c.name, c.created_at, c.updated_at) for c in kept_chats) == sorted(
+                tuple(row.values()) for row in chat_rows
+            )
+            kept = db.session.scalars(sa.select(Conversation)).all()
+            columns = ("id", "chat_id", "role", "message", "created_at", "updated_at")
+            assert sorted(tuple(getattr(c, name) for name in columns) for c in kept) == sorted(
+                tuple(row.values()) for row in conversation_rows
+            )
+            assert [c.sources for c in kept] == [None] * len(conversation_rows)
+        finally:
+            reset_schema()
+
+
+def test_the_tests_run_on_the_migrated_schema(app):
+    """conftest builds every test's schema with the migrations, as production does, not with create_all."""
+    with app.app_context(), db.engine.connect() as conn:
+        head = ScriptDirectory(app.extensions["migrate"].directory).get_current_head()
+        assert MigrationContext.configure(conn).get_current_revision() == head
+        assert schema_differences() == []
