@@ -41,6 +41,13 @@ def set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+    # SQLite's own lower() folds ASCII letters only; the chat search must match "École" for "ÉCOLE"
+    # as PostgreSQL's lower() does.
+    dbapi_connection.create_function("lower", 1, unicode_lower, deterministic=True)
+
+
+def unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def register_blueprints(app: Flask) -> None:

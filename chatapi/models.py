@@ -53,6 +53,7 @@ class Chat(db.Model):
         """Chats whose name contains q, most recently updated first, and their total."""
         query = sa.select(cls)
         if q:
+            # lower(name) LIKE lower(q): on SQLite, the Unicode-aware lower() of chatapi/__init__.py.
             query = query.where(cls.name.icontains(q, autoescape=True))
         total = db.session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))
         query = query.order_by(cls.updated_at.desc(), cls.id.desc()).offset(offset).limit(limit)

@@ -1,9 +1,14 @@
 """The /chats/ routes against the API document's examples."""
 
-import time
 import uuid
+from datetime import UTC, datetime
 
 from helpers import TIMESTAMP, add_message, create_chat
+
+
+def now() -> str:
+    """The time now as the API writes it (milliseconds, truncated): the bounds of a request's "now"."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def test_create_chat_returns_the_chat_with_location(client):
@@ -64,6 +69,23 @@ def test_list_chats_pagination_and_search(client):
     assert client.get("/chats/?offset=100").json == []
 
 
+def test_search_ignores_case_beyond_ascii(client):
+    """SQLite's own lower() folds ASCII only; both databases must find these as PostgreSQL does."""
+    for name in ["École du soir", "petite école", "ÉCOLE", "Ωmega", "ωMEGA ω", "Привет мир", "ecole"]:
+        create_chat(client, name)
+    searches = {
+        "ÉCOLE": ["ÉCOLE", "petite école", "École du soir"],
+        "école": ["ÉCOLE", "petite école", "École du soir"],
+        "ωmega": ["ωMEGA ω", "Ωmega"],
+        "ПРИВЕТ": ["Привет мир"],
+        "ECOLE": ["ecole"],
+    }
+    for q, names in searches.items():
+        found = client.get("/chats/", query_string={"q": q})
+        assert [c["name"] for c in found.json] == names, q
+        assert found.headers["X-Total-Count"] == str(len(names))
+
+
 def test_search_treats_like_wildcards_as_text(client):
     create_chat(client, "100% done")
     create_chat(client, "plain_name")
@@ -74,13 +96,16 @@ def test_search_treats_like_wildcards_as_text(client):
 
 def test_update_chat_without_updated_at_uses_now(client):
     chat = create_chat(client)
-    time.sleep(0.01)
+    old = client.put(f"/chats/update/{chat['id']}", json={"name": "Old", "updated_at": "2023-08-05T14:48:00.000Z"})
+    assert old.json["updated_at"] == "2023-08-05T14:48:00.000Z"
+    before = now()
     response = client.put(f"/chats/update/{chat['id']}", json={"name": "Renamed"})
+    after = now()
     assert response.status_code == 200
     updated = response.json
     assert updated["name"] == "Renamed"
     assert updated["created_at"] == chat["created_at"]
-    assert updated["updated_at"] > chat["updated_at"]
+    assert before <= updated["updated_at"] <= after
     assert client.get(f"/chats/{chat['id']}").json == updated
 
 
