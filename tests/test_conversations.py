@@ -1,15 +1,24 @@
 """The /conversations/ routes and the added per-chat listing."""
 
-import time
 import uuid
+from datetime import UTC, datetime
 
+from chatapi.extensions import db
+from chatapi.models import Conversation
 from helpers import TIMESTAMP, add_message, create_chat
+
+
+def now() -> str:
+    """The time now as the API writes it (milliseconds, truncated): the bounds of a request's "now"."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def test_create_conversation(client):
     chat = create_chat(client)
-    time.sleep(0.01)
+    client.put(f"/chats/update/{chat['id']}", json={"name": "Chat 1", "updated_at": "2023-08-05T14:48:00.000Z"})
+    before = now()
     response = client.post("/conversations/create", json={"chat_id": chat["id"], "role": "Human", "message": "Hello"})
+    after = now()
     assert response.status_code == 201
     conversation = response.json
     assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources"}
@@ -18,9 +27,21 @@ def test_create_conversation(client):
     assert conversation["chat_id"] == chat["id"]
     assert (conversation["role"], conversation["message"]) == ("Human", "Hello")
     assert TIMESTAMP.match(conversation["created_at"])
-    # The chat's updated_at moves to the message's time.
+    assert before <= conversation["created_at"] == conversation["updated_at"] <= after
+    # The chat's updated_at (set to 2023 above) moves to the message's time.
     assert client.get(f"/chats/{chat['id']}").json["updated_at"] == conversation["created_at"]
-    assert conversation["created_at"] > chat["updated_at"]
+
+
+def written_in_2023(app, client, message: dict) -> dict:
+    """The message with both its timestamps moved back to 2023 (the API cannot set them)."""
+    with app.app_context():
+        conversation = db.session.get(Conversation, uuid.UUID(message["id"]))
+        conversation.created_at = conversation.updated_at = datetime(2023, 8, 5, 14, 48)
+        db.session.commit()
+        db.session.remove()
+    moved = client.get(f"/conversations/{message['id']}").json
+    assert moved["created_at"] == moved["updated_at"] == "2023-08-05T14:48:00.000Z"
+    return moved
 
 
 def test_both_listings_are_oldest_first_and_per_chat(client):
@@ -34,16 +55,18 @@ def test_both_listings_are_oldest_first_and_per_chat(client):
     assert by_chat.json == by_query.json == sent
 
 
-def test_get_update_delete_conversation(client):
+def test_get_update_delete_conversation(app, client):
     chat = create_chat(client)
     message = add_message(client, chat["id"], "first")
     assert client.get(f"/conversations/{message['id']}").json == message
-    time.sleep(0.01)
+    message = written_in_2023(app, client, message)
+    before = now()
     updated = client.put(f"/conversations/update/{message['id']}", json={"message": "second"})
+    after = now()
     assert updated.status_code == 200
     assert updated.json["message"] == "second"
     assert updated.json["created_at"] == message["created_at"]
-    assert updated.json["updated_at"] > message["updated_at"]
+    assert before <= updated.json["updated_at"] <= after
     assert client.get(f"/chats/{chat['id']}").json["updated_at"] == updated.json["updated_at"]
     deleted = client.delete(f"/conversations/delete/{message['id']}")
     assert deleted.json == {"id": message["id"], "deleted": True}
