@@ -1,5 +1,6 @@
 """Bad input: a clear JSON error, the right status, and nothing changed in the database."""
 
+import json
 import uuid
 
 import pytest
@@ -116,10 +117,28 @@ def test_body_that_is_not_a_json_object_is_400(app, client, seeded, method, path
     assert snapshot(app) == before
 
 
-def test_oversized_body_is_413(app, client, seeded):
+def padded_to(limit: int, body: dict) -> str:
+    """The body, valid but for its size: an ignored field makes it one byte over the limit."""
+    text = json.dumps(dict(body, padding=""))
+    return text.replace('"padding": ""', '"padding": "' + "x" * (limit + 1 - len(text)) + '"')
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/chats/create", {"name": "big"}),
+        ("put", "/chats/update/{chat}", {"name": "big"}),
+        ("post", "/conversations/create", {"chat_id": "{chat}", "role": "Human", "message": "big"}),
+        ("put", "/conversations/update/{message}", {"message": "big"}),
+    ],
+)
+def test_oversized_body_is_413(app, client, seeded, method, path, body):
+    """Every route that takes a body refuses one over CHATAPI_MAX_BODY_BYTES, though it is valid otherwise."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    data = padded_to(limit, {name: value.format(**seeded) for name, value in body.items()})
+    assert len(data.encode()) == limit + 1
     before = snapshot(app)
-    body = '{"name": "' + "x" * (2 * 1024 * 1024) + '"}'
-    assert_error(client.post("/chats/create", data=body, content_type="application/json"), 413)
+    assert_error(getattr(client, method)(path.format(**seeded), data=data, content_type="application/json"), 413)
     assert snapshot(app) == before
 
 
@@ -168,21 +187,28 @@ def test_conversation_list_needs_a_valid_chat_id(client, query):
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "allowed"),
     [
-        ("post", "/chats/"),
-        ("delete", "/chats/{chat}"),
-        ("get", "/chats/delete/{chat}"),
-        ("patch", "/chats/update/{chat}"),
-        ("get", "/conversations/delete/{message}"),
-        ("post", "/health"),
+        ("post", "/chats/", "GET"),
+        ("delete", "/chats/{chat}", "GET"),
+        ("get", "/chats/delete/{chat}", "DELETE"),
+        ("patch", "/chats/update/{chat}", "PUT"),
+        ("get", "/conversations/delete/{message}", "DELETE"),
+        ("post", "/health", "GET"),
+        ("post", "/conversations/inference/{chat}", "GET"),
+        ("delete", "/conversations/inference/{chat}", "GET"),
+        ("post", "/conversations/inference_internet/{chat}", "GET"),
+        ("put", "/conversations/inference_internet/{chat}", "GET"),
+        ("get", "/conversations/stop/{chat}", "POST"),
+        ("delete", "/conversations/stop/{chat}", "POST"),
     ],
 )
-def test_wrong_method_is_405_json(app, client, seeded, method, path):
+def test_wrong_method_is_405_json(app, client, seeded, method, path, allowed):
     before = snapshot(app)
     response = getattr(client, method)(path.format(**seeded))
     assert_error(response, 405)
-    assert response.headers["Allow"]
+    assert allowed in response.headers["Allow"].split(", ")
+    assert method.upper() not in response.headers["Allow"].split(", ")
     assert snapshot(app) == before
 
 
