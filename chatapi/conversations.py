@@ -7,7 +7,7 @@ from .blueprint import Blueprint
 from .extensions import db
 from .llm import replies
 from .llm.prompt import Message
-from .llm.replies import QueueFull, options_from
+from .llm.replies import Generation, QueueFull, options_from
 from .llm.sse import event_stream_response
 from .models import Chat, Conversation, get_or_404
 from .schemas import (
@@ -126,17 +126,14 @@ def stream_reply(chat_id: str, mode: str, args: dict):
     service = replies()
     generation = service.current(str(chat.id))
     last_event_id = request.headers.get("Last-Event-ID")
-    if generation and last_event_id is not None:
-        seen = generation.index_of(last_event_id)
-        if seen is not None and not (generation.finished and seen >= len(generation.events) - 1):
-            return event_stream_response(generation.listen(after=seen))
+    seen = generation.index_of(last_event_id) if generation and last_event_id is not None else None
     if generation and not generation.finished:
-        return event_stream_response(generation.listen())
-    if last_event_id is not None:
-        return Response(status=204)  # delivered in full: tells EventSource not to reconnect
+        return event_stream_response(generation.listen(after=-1 if seen is None else seen))
+    if seen is not None and seen < len(generation.events) - 1:
+        return event_stream_response(generation.listen(after=seen))  # the rest of a finished reply
     conversations = chat.history()
-    if "after" in args and (not conversations or conversations[-1].id != args["after"]):
-        return Response(status=204)  # that message was answered already (or is gone): nothing to start
+    if not answer_is_wanted(conversations, generation, last_event_id, args.get("after")):
+        return Response(status=204)  # tells EventSource not to reconnect
     history = [Message(c.role, c.message) for c in conversations]
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
@@ -157,7 +154,24 @@ def stream_reply(chat_id: str, mode: str, args: dict):
             config["CHATAPI_SYSTEM_PROMPT"],
             options_from(args, config),
             research,
+            answering=conversations[-1].id if conversations else None,
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
     return event_stream_response(generation.listen())
+
+
+def answer_is_wanted(conversations: list[Conversation], last: Generation | None, last_event_id, after) -> bool:
+    """Whether a request that no running reply can serve should start one.
+
+    A plain request always does. A reconnect (Last-Event-ID naming a reply that is over, unknown, or
+    from before a restart) and `after=<message id>` (a reloaded page) only do for a Human message that
+    no reply has answered yet, so a reply delivered in full is never made twice, while a Human message
+    added since the old reply is still answered.
+    """
+    if last_event_id is None and after is None:
+        return True
+    latest = conversations[-1] if conversations else None
+    if latest is None or latest.role != "Human" or (after is not None and latest.id != after):
+        return False
+    return last is None or last.answering != latest.id

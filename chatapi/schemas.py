@@ -110,12 +110,18 @@ class DeletedSchema(ma.Schema):
     deleted = fields.Boolean()
 
 
+class RepliesHealthSchema(ma.Schema):
+    running = fields.Integer(metadata={"description": "replies being generated now"})
+    waiting = fields.Integer(metadata={"description": "replies queued or being prepared"})
+
+
 class ModelHealthSchema(ma.Schema):
     status = fields.String(metadata={"description": "loading, ok or failed"})
     name = fields.String()
     n_ctx = fields.Integer()
     path = fields.String()
     reason = fields.String()
+    replies = fields.Nested(RepliesHealthSchema)
 
 
 class HealthSchema(ma.Schema):

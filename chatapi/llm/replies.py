@@ -39,8 +39,17 @@ class QueueFull(Exception):
 class Generation:
     """One Assistant reply being made: its events so far, replayed to whoever listens."""
 
-    def __init__(self, service: "ReplyService", app: Flask, chat_id: str, mode: str, options: Options):
+    def __init__(
+        self,
+        service: "ReplyService",
+        app: Flask,
+        chat_id: str,
+        mode: str,
+        options: Options,
+        answering: uuid.UUID | None,
+    ):
         self.service = service
+        self.answering = answering  # the id of the message this reply answers
         self.app = app
         self.chat_id = chat_id
         self.mode = mode
@@ -226,6 +235,7 @@ class ReplyService:
             described.update(name=self.model.name, n_ctx=self.model.n_ctx, path=self.model.path)
         if self.error:
             described["reason"] = self.error
+        described["replies"] = {"running": int(self.running is not None), "waiting": self.preparing + len(self.waiting)}
         return described
 
     # Starting and joining
@@ -242,19 +252,21 @@ class ReplyService:
         system_prompt: str,
         options: Options,
         research: Research | None = None,
+        answering: uuid.UUID | None = None,
     ) -> Generation:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
         QueueFull when the queue is at its depth. Until the generation is registered nothing here
         yields, so two requests for one chat cannot both start one. `research` (internet mode) runs
-        after the start event and returns text for the system prompt.
+        after the start event and returns text for the system prompt. `answering` is the id of the
+        latest message, the one the reply answers.
         """
         existing = self.current(chat_id)
         if existing and not existing.finished:
             return existing
         if self.preparing + len(self.waiting) + (self.running is not None) >= self.queue_size:
             raise QueueFull
-        generation = Generation(self, app, chat_id, mode, options)
+        generation = Generation(self, app, chat_id, mode, options, answering)
         self._remember(generation)
         self.preparing += 1
         try:
