@@ -1,5 +1,8 @@
 """GET /conversations/inference_internet/<chat_id>: the real server and model, a real web on 127.0.0.1."""
 
+import threading
+import time
+
 import pytest
 import requests
 
@@ -16,8 +19,9 @@ def web_settings(web, search_path: str = "/duckduckgo/html/", **more: str) -> di
     return {
         "CHATAPI_SEARCH_URL": web.url + search_path,
         "CHATAPI_FETCH_ALLOW": "127.0.0.1",
-        "CHATAPI_FETCH_TIMEOUT": "5",
-        "CHATAPI_RESEARCH_TIMEOUT": "10",
+        # Deadlines far beyond what reading the pages takes, so that a page held to its deadline shows.
+        "CHATAPI_FETCH_TIMEOUT": "30",
+        "CHATAPI_RESEARCH_TIMEOUT": "60",
         **more,
     }
 
@@ -36,6 +40,8 @@ def test_answer_is_grounded_in_numbered_sources_and_saved_with_them(internet_ser
     kinds = [e["event"] for e in events]
     assert kinds[:3] == ["start", "search", "sources"] and kinds[-1] == "done"
     assert set(kinds[3:-1]) == {"message"}
+    message_id = events[0]["data"]["message_id"]
+    assert [e["id"] for e in events] == [f"{message_id}.{i}" for i in range(len(events))]
     assert events[0]["data"]["mode"] == "internet"
     assert events[1]["data"] == {"query": QUESTION}
 
@@ -51,8 +57,8 @@ def test_answer_is_grounded_in_numbered_sources_and_saved_with_them(internet_ser
     done = events[-1]["data"]
     assert done["message"]["sources"] == sources
     assert {"search_ms", "fetch_ms", "rank_ms"} <= set(done["timings"])
-    # Once two pages are read, the slow-drip page gets one more second, not its whole 5 s deadline.
-    assert done["timings"]["fetch_ms"] < 4000
+    # Once two pages are read, the slow-drip page gets one more second, not its whole 30 s deadline.
+    assert done["timings"]["fetch_ms"] < 15_000
     assert done["usage"]["prompt_tokens"] > 150  # the passages are in the prompt
     saved = history(base, chat_id)
     assert saved[0]["sources"] is None and saved[-1]["sources"] == sources
@@ -88,3 +94,25 @@ def test_asking_twice_uses_the_cache(internet_server, web, client):
     events = read_events(internet(base, new_chat(base, QUESTION)))
     assert len(web.requests) == before
     assert events[2]["event"] == "sources"
+
+
+def test_stopping_during_the_web_search_ends_the_reply_before_the_model_runs(start_server, web, client):
+    # The search backend drips its answer a byte at a time: the reply is stuck in its research phase.
+    base = start_server(**web_settings(web, "/articles/slow", CHATAPI_RESEARCH_TIMEOUT="3")).url
+    chat_id = new_chat(base, QUESTION)
+    result: dict = {}
+    reader = threading.Thread(target=lambda: result.update(events=read_events(internet(base, chat_id))))
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not any(path.startswith("/articles/slow?") for path in web.requests):
+        assert time.monotonic() < deadline and reader.is_alive()
+        time.sleep(0.02)
+    stopped = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+    assert stopped.json() == {"chat_id": chat_id, "stopped": True}
+    reader.join()
+    events = result["events"]
+    assert "message" not in [e["event"] for e in events]
+    done = events[-1]
+    assert done["event"] == "done" and done["data"]["finish_reason"] == "cancelled"
+    assert done["data"]["usage"]["completion_tokens"] == 0 and done["data"]["message"] is None
+    assert len(history(base, chat_id)) == 1
