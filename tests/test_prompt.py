@@ -102,6 +102,18 @@ def test_a_message_longer_than_the_window_is_cut_keeping_its_end(model, builder)
     assert text.startswith("You are a helpful assistant.") and text.endswith("\nAssistant:")
 
 
+def test_a_system_prompt_longer_than_the_window_keeps_its_beginning_and_the_question_its_end(model, builder):
+    system = "Rule one: be kind. " + " ".join(f"s{i}" for i in range(2000))
+    words = " ".join(f"w{i}" for i in range(2000))
+    prompt = builder.build(system, [Message("Human", words)], 300)
+    text = text_of(model, prompt.tokens)
+    assert len(prompt.tokens) <= 300
+    assert text.startswith("Rule one: be kind. s0 s1") and "s1999" not in text
+    assert "w1999" in text and "w0 " not in text and text.endswith("\nAssistant:")
+    # The question keeps about half of the window.
+    assert len(model.tokenize(text[text.index("Human:") :])) > 100
+
+
 def test_a_template_in_the_gguf_is_used(templated_path):
     model = Model(templated_path, 1024, 2, 1)
     assert model.chat_template == GEMMA_TEMPLATE

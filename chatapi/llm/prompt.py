@@ -83,8 +83,9 @@ class PromptBuilder:
     def build(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
         """The prompt for the next Assistant turn within `budget` tokens.
 
-        The oldest messages go first; the system prompt and the latest Human message always stay,
-        and a latest Human message too long by itself is cut, keeping its end.
+        The oldest messages go first; the system prompt and the latest Human message always stay.
+        A latest Human message too long by itself is cut, keeping its end; a system prompt that leaves
+        it less than half the budget is cut too, keeping its beginning.
         """
         keep_from = max(i for i, m in enumerate(history) if m.role == "Human")
         dropped = 0
@@ -102,9 +103,21 @@ class PromptBuilder:
             dropped += count
             tokens = self.tokens(self.render(system_prompt, messages))
         if len(tokens) > budget:
+            system_prompt = self._cut_system_prompt(system_prompt, messages, keep_from - dropped, budget)
             messages = self._cut_latest(system_prompt, messages, keep_from - dropped, budget)
-            tokens = self.tokens(self.render(system_prompt, messages))[-budget:]
+            tokens = self.tokens(self.render(system_prompt, messages))
         return Prompt(tokens=tokens, stop=self.stop, truncated=dropped)
+
+    def _cut_system_prompt(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> str:
+        """The system prompt, shortened to its beginning when it would leave the latest Human message
+        (messages[index]) less than half of the budget."""
+        without = list(messages)
+        without[index] = Message("Human", ELLIPSIS)
+        over = len(self.tokens(self.render(system_prompt, without))) - budget // 2
+        if over <= 0:
+            return system_prompt
+        system_tokens = self.model.tokenize(system_prompt)
+        return self.model.detokenize(system_tokens[: max(0, len(system_tokens) - over - 2)]).rstrip() + " …"
 
     def _cut_latest(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> list[Message]:
         """Shorten messages[index] (the latest Human one) to its end so that the prompt fits."""
