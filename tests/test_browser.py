@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -33,6 +34,11 @@ ENDLESS_START = (LONG_QUESTION, "I don't know. " * 40)
 VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b> & more'
 GREEDY = "temperature=0"
+# What the page and its files must be served with, written out here so that a loosened policy fails.
+EXPECTED_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 # Every EventSource the page opens, so that tests can see its URL and whether it was closed.
 TRACK_EVENT_SOURCES = """
@@ -470,6 +476,52 @@ def test_internet_mode_shows_the_warning_when_search_fails(open_tab, start_serve
     expect(reply.locator(".note.warning")).to_contain_text("search failed")
     expect(reply.locator(".sources")).to_have_count(0)
     assert reply.locator(".bubble").text_content()
+
+
+def test_the_page_and_its_files_carry_the_policy_and_nosniff_and_inline_code_is_blocked(tab):
+    page = tab.page
+    responses = {}
+    page.on("response", lambda response: responses.setdefault(urlparse(response.url).path, response))
+    page.goto("/")
+    expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
+    types = {
+        "/": "text/html",
+        "/static/app.js": "text/javascript",
+        "/static/app.css": "text/css",
+        "/static/favicon.svg": "image/svg+xml",
+    }
+    for path, content_type in types.items():
+        headers = responses[path].all_headers()
+        assert responses[path].status == 200, path
+        assert headers["content-type"].split(";")[0] == content_type, path
+        assert headers["content-security-policy"] == EXPECTED_CSP, path
+        assert headers["x-content-type-options"] == "nosniff", path
+
+    # The policy at work: a script, an event handler and a stylesheet written into the page do nothing,
+    # and the browser reports each one it refused.
+    page.evaluate("""() => {
+      window.__violations = [];
+      document.addEventListener("securitypolicyviolation",
+        (event) => window.__violations.push(`${event.effectiveDirective} ${event.blockedURI}`));
+      const script = document.createElement("script");
+      script.textContent = "window.__pwned = 'script'";
+      document.body.append(script);
+      const image = document.createElement("img");
+      image.setAttribute("onerror", "window.__pwned = 'handler'");
+      image.src = "/static/no-such-image.png";
+      document.body.append(image);
+      const style = document.createElement("style");
+      style.textContent = "#chat-title { visibility: hidden }";
+      document.head.append(style);
+    }""")
+    page.wait_for_function("() => window.__violations.length >= 3 || window.__pwned")
+    assert page.evaluate("window.__pwned") is None
+    assert sorted(page.evaluate("window.__violations")) == [
+        "script-src-attr inline",
+        "script-src-elem inline",
+        "style-src-elem inline",
+    ]
+    expect(page.locator("#chat-title")).to_be_visible()
 
 
 def test_the_api_docs_are_linked_and_load_offline(tab):
