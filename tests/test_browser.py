@@ -1,8 +1,10 @@
 """The browser page at / in headless Chromium (Debian's, driven by Playwright) against the real server and model."""
 
+import json
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,6 +12,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from chatapi.extensions import db
+from chatapi.models import Chat, Conversation
 from live_server import ROOT, Server
 from sse_client import add_message, history, new_chat
 
@@ -34,6 +38,18 @@ ENDLESS_START = (LONG_QUESTION, "I don't know. " * 40)
 VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b> & more'
 GREEDY = "temperature=0"
+# Sources as a hostile page or a tampered database could give them: script URLs (also disguised, which the
+# URL parser undoes) and markup in titles. Only the last is a web address, so only it may become a link.
+HOSTILE_SOURCES = [
+    {"n": 1, "title": '<img src=x onerror="window.__pwned = 1">Evil page', "url": "javascript:window.__pwned = 2",
+     "snippet": "<b>snippet</b>"},
+    {"n": 2, "title": "<script>window.__pwned = 3</script>Shouting", "url": " JavaScript:window.__pwned = 4",
+     "snippet": ""},
+    {"n": 3, "title": "Split scheme", "url": "java\tscript:window.__pwned = 5", "snippet": ""},
+    {"n": 4, "title": "Data page", "url": "data:text/html,<script>window.__pwned = 6</script>", "snippet": ""},
+    {"n": 5, "title": "", "url": "vbscript:msgbox(1)", "snippet": ""},
+    {"n": 6, "title": "A real page <b>bold</b>", "url": "https://example.org/volcano?q=<b>", "snippet": ""},
+]
 # What the page and its files must be served with, written out here so that a loosened policy fails.
 EXPECTED_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -167,6 +183,46 @@ def wait_for_reply_text(page: Page, characters: int) -> None:
         }""",
         arg=characters,
     )
+
+
+def check_sources_are_inert(page: Page, reply) -> None:
+    """HOSTILE_SOURCES shown in the reply: every title as text, and only the web address as a link."""
+    expect(reply.locator(".sources .source-n")).to_have_text([str(s["n"]) for s in HOSTILE_SOURCES])
+    labels = reply.locator(".sources .source-link")
+    assert labels.all_text_contents() == [s["title"] or s["url"] for s in HOSTILE_SOURCES]
+    links = reply.locator(".sources a")
+    expect(links).to_have_count(1)
+    assert links.get_attribute("href") == "https://example.org/volcano?q=%3Cb%3E"
+    expect(links).to_have_text(HOSTILE_SOURCES[-1]["title"])
+    assert reply.locator(".sources img, .sources script, .sources b").count() == 0
+    # No attribute anywhere in the messages runs script or names a script URL.
+    risky = page.evaluate("""() => [...document.querySelectorAll("#message-list *")].flatMap((element) =>
+        [...element.attributes]
+          .filter((a) => /^on/i.test(a.name) || /^(java|vb)script:|^data:/i.test(a.value.replace(/[\\s\\0]/g, "")))
+          .map((a) => `${element.tagName} ${a.name}=${a.value}`))""")
+    assert risky == []
+    for inert in reply.locator(".sources span.source-link").all():
+        inert.click()
+    assert page.evaluate("window.__pwned") is None
+    assert urlparse(page.url).path == "/"
+
+
+def with_sources(body: str, sources: list[dict]) -> tuple[str, int]:
+    """An event stream's text with the sources of its `sources` event and of its `done` message replaced."""
+    blocks = body.split("\n\n")
+    replaced = 0
+    for i, block in enumerate(blocks):
+        lines = block.split("\n")
+        kind = next((line.removeprefix("event: ") for line in lines if line.startswith("event: ")), None)
+        if kind not in ("sources", "done"):
+            continue
+        data_at = next(j for j, line in enumerate(lines) if line.startswith("data: "))
+        data = json.loads(lines[data_at].removeprefix("data: "))
+        (data if kind == "sources" else data["message"])["sources"] = sources
+        lines[data_at] = "data: " + json.dumps(data)
+        blocks[i] = "\n".join(lines)
+        replaced += 1
+    return "\n\n".join(blocks), replaced
 
 
 def chat_names(page: Page) -> list[str]:
@@ -476,6 +532,44 @@ def test_internet_mode_shows_the_warning_when_search_fails(open_tab, start_serve
     expect(reply.locator(".note.warning")).to_contain_text("search failed")
     expect(reply.locator(".sources")).to_have_count(0)
     assert reply.locator(".bubble").text_content()
+
+
+def test_saved_sources_with_script_urls_and_html_titles_are_inert_text(tab, page_server, app):
+    """An answer's saved sources, as the page shows them when it loads the chat."""
+    chat_id = new_chat(page_server, VOLCANO_QUESTION)
+    with app.app_context():  # straight into the database: no route takes sources
+        chat = db.session.get(Chat, uuid.UUID(chat_id))
+        db.session.add(Conversation(chat, "Assistant", "It erupts every 47 minutes [1].", sources=HOSTILE_SOURCES))
+        db.session.commit()
+    assert history(page_server, chat_id)[-1]["sources"] == HOSTILE_SOURCES
+    page = tab.page
+    page.goto(f"/#chat={chat_id}")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "saved")
+    expect(reply.locator(".bubble")).to_have_text("It erupts every 47 minutes [1].")
+    check_sources_are_inert(page, reply)
+
+
+def test_streamed_sources_with_script_urls_and_html_titles_are_inert_text(tab, page_server):
+    """The server's own internet-mode stream, with the sources in its `sources` and `done` events replaced on
+    the way to the page (the server never fetches such addresses, but a search result can name them)."""
+    page = tab.page
+    replaced = []
+
+    def tamper(route):
+        response = route.fetch(timeout=120_000)
+        body, count = with_sources(response.text(), HOSTILE_SOURCES)
+        replaced.append(count)
+        route.fulfill(status=response.status, content_type=response.headers["content-type"], body=body)
+
+    page.route("**/conversations/inference_internet/**", tamper)
+    page.goto(f"/?max_tokens=24&{GREEDY}&internet=1")
+    page.fill("#message-input", VOLCANO_QUESTION)
+    page.click("#send")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done", timeout=120_000)
+    assert replaced == [2], "the stream had no sources event (the local web was not read?)"
+    check_sources_are_inert(page, reply)
 
 
 def test_the_page_and_its_files_carry_the_policy_and_nosniff_and_inline_code_is_blocked(tab):
