@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -69,15 +71,19 @@ TRACK_EVENT_SOURCES = """
   };
 })();
 """
-# Every text the last Assistant bubble shows, in order, while a reply streams in.
+# Every text the last Assistant bubble shows, in order, while a reply streams in; and the last one it showed
+# while streaming, made of the streamed pieces only (`done` then shows the saved text).
 RECORD_REPLY_TEXTS = """
 () => {
   window.__replyTexts = [];
+  window.__streamedText = null;
   const record = () => {
-    const bubbles = document.querySelectorAll("#message-list .message.assistant .bubble");
-    const text = bubbles.length ? bubbles[bubbles.length - 1].textContent : "";
+    const replies = document.querySelectorAll("#message-list .message.assistant");
+    const reply = replies[replies.length - 1];
+    const text = reply ? reply.querySelector(".bubble").textContent : "";
     const seen = window.__replyTexts;
     if (text && seen[seen.length - 1] !== text) seen.push(text);
+    if (reply && reply.dataset.state === "streaming") window.__streamedText = text;
   };
   new MutationObserver(record).observe(document.getElementById("message-list"),
     { childList: true, subtree: true, characterData: true });
@@ -223,6 +229,92 @@ def with_sources(body: str, sources: list[dict]) -> tuple[str, int]:
         blocks[i] = "\n".join(lines)
         replaced += 1
     return "\n\n".join(blocks), replaced
+
+
+class Cable:
+    """A TCP proxy between the browser and the server that a test can pull out: every open connection is cut
+    (the server sees its stream drop and goes on generating), and new ones wait until it is plugged back in."""
+
+    def __init__(self, server_url: str):
+        self.server = ("127.0.0.1", urlparse(server_url).port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.plugged = threading.Event()
+        self.plugged.set()
+        self.lock = threading.Lock()
+        self.sockets: set[socket.socket] = set()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.connect, args=(client,), daemon=True).start()
+
+    def connect(self, client: socket.socket) -> None:
+        self.plugged.wait()
+        try:
+            server = socket.create_connection(self.server)
+        except OSError:
+            client.close()
+            return
+        pair = [client, server]
+        with self.lock:
+            self.sockets.update(pair)
+        pumps = [threading.Thread(target=self.pump, args=ends, daemon=True) for ends in (pair, pair[::-1])]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join()
+        self.cut(pair)
+
+    @staticmethod
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        """Copy one direction; its end (FIN) is passed on, so that no byte in flight is lost."""
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:  # a side is gone, or the cable was pulled: end the other direction too
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self, sockets) -> None:
+        with self.lock:
+            self.sockets.difference_update(sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def unplug(self) -> None:
+        self.plugged.clear()
+        with self.lock:
+            sockets = list(self.sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # both ways at once, mid-response: the pumps end and close them
+            except OSError:
+                pass
+
+    def plug(self) -> None:
+        self.plugged.set()
+
+    def close(self) -> None:
+        self.unplug()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
+        self.listener.close()
+        self.plug()  # lets the waiting connections fail
 
 
 def chat_names(page: Page) -> list[str]:
@@ -616,6 +708,55 @@ def test_the_page_and_its_files_carry_the_policy_and_nosniff_and_inline_code_is_
         "style-src-elem inline",
     ]
     expect(page.locator("#chat-title")).to_be_visible()
+
+
+def test_a_stream_cut_mid_reply_shows_the_reconnect_and_resumes_after_the_last_event(open_tab, page_server):
+    """The connection drops under the page (no reload): the EventSource reconnects with Last-Event-ID, the
+    server sends what the page missed and the rest, and the page ends with exactly the saved reply."""
+    cable = Cable(page_server)
+    try:
+        tab = open_tab(cable.url)
+        page = tab.page
+        streams = []
+        page.on("request", lambda request: "/conversations/inference/" in request.url and streams.append(request))
+        chat_id = send_long_question(page, page_server, 300)
+        reply = last_reply(page)
+        wait_for_reply_text(page, 1)
+        page.evaluate(RECORD_REPLY_TEXTS)
+        page.evaluate("""() => {
+          window.__ids = [];
+          window.__eventSources[0].addEventListener("message", (event) => window.__ids.push(event.lastEventId));
+        }""")
+        wait_for_reply_text(page, 40)
+
+        with page.expect_request(lambda request: "/conversations/inference/" in request.url) as again:
+            cable.unplug()  # new connections wait until the cable is back
+            expect(reply.get_by_role("status")).to_have_text("Reconnecting…")
+        cut_at = len(reply.locator(".bubble").text_content())
+        ids = page.evaluate("window.__ids")  # what the page got before the cut
+        cable.plug()
+        # (The request's headers are known once it has reached the server.)
+        assert again.value.header_value("last-event-id") == ids[-1]
+
+        expect(reply).to_have_attribute("data-state", "done", timeout=120_000)
+        expect(reply.get_by_role("status")).to_have_count(0)
+        # Not cancelled: the server went on while nobody listened, and the page got the rest.
+        expect(reply.locator(".note")).to_have_text("Reached the max tokens limit.")
+        saved = history(page_server, chat_id)[-1]
+        assert saved["role"] == "Assistant" and len(saved["message"]) > cut_at
+        assert reply.locator(".bubble").text_content() == saved["message"]
+        assert again.value.response().status == 200  # resumed, not "already delivered" (204)
+        # The text only ever grew, and the pieces streamed before `done` make the saved reply: none was shown
+        # twice (a replay from the start) or skipped.
+        texts = [text.strip() for text in page.evaluate("window.__replyTexts")]
+        assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)), texts
+        assert texts[-1] == saved["message"]
+        assert page.evaluate("window.__streamedText").strip() == saved["message"]
+        # The page's one EventSource did it (the browser's own reconnect), and the page closed it at the end.
+        assert [request.url for request in streams] == [streams[0].url] * 2
+        assert [s["state"] for s in tab.event_sources()] == [2]
+    finally:
+        cable.close()
 
 
 def test_the_api_docs_are_linked_and_load_offline(tab):

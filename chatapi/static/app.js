@@ -887,6 +887,7 @@
     else if (reply.status === "reading") text = `Reading ${reply.sources.length} pages…`;
     else if (reply.text) return null;
     const status = node("div", "status");
+    status.setAttribute("role", "status"); // read out: "Reconnecting…", "Searching the web…"
     const dots = node("span", "typing");
     dots.setAttribute("aria-label", "Writing");
     dots.append(node("span"), node("span"), node("span"));
