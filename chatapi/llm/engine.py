@@ -8,6 +8,7 @@ evaluates only the tokens that are new since the chat's last turn.
 
 import codecs
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,8 +28,8 @@ class Options:
 class Job:
     """One generation as the engine sees it."""
 
-    chat_id: str
-    prompt: Prompt
+    chat_id: uuid.UUID
+    prompt: Prompt | None  # set once the prompt is built
     options: Options
     on_text: Callable[[str], None]  # called from the engine thread
     cancelled: bool = False  # set from the server side; read between tokens
@@ -50,7 +51,7 @@ class Sequence:
     """A KV-cache sequence and the tokens it holds."""
 
     id: int
-    chat_id: str | None = None
+    chat_id: uuid.UUID | None = None
     tokens: list[int] = field(default_factory=list)
     used: float = 0.0
 
@@ -96,7 +97,7 @@ class Engine:
         self.model = model
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
 
-    def sequence_for(self, chat_id: str) -> Sequence:
+    def sequence_for(self, chat_id: uuid.UUID) -> Sequence:
         """The chat's own sequence, else the least recently used one."""
         sequence = next((s for s in self.sequences if s.chat_id == chat_id), None)
         if sequence is None:
