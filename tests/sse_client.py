@@ -4,6 +4,22 @@ import json
 
 import requests
 
+QUESTION = "What is the capital of France?"
+LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
+# A history the default model, at temperature 0, answers with an endless loop of "I don't know.":
+# replies that run to max_tokens, long enough to join, stop or walk away from.
+ENDLESS = (LONG_QUESTION, "I don't know. " * 40, LONG_QUESTION)
+GREEDY = "temperature=0"
+
+
+def infer(base: str, chat_id: str, query: str = f"max_tokens=24&{GREEDY}", route: str = "inference") -> str:
+    return f"{base}/conversations/{route}/{chat_id}?{query}"
+
+
+def pieces(events: list[dict]) -> str:
+    """The reply's text as streamed: its token events joined."""
+    return "".join(e["data"]["content"] for e in events if e["event"] == "message")
+
 
 class EventStream:
     """GET an SSE route and iterate over its events as dicts: id, event ("message" if none), data."""

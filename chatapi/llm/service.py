@@ -21,6 +21,7 @@ from .reply import Reply
 FINISHED_KEPT = 1000  # finished replies remembered for reconnects
 SOURCES_ROOM = 1536  # tokens kept free for web sources in internet mode (at most half the budget)
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the system prompt
+STEP_TOKENS = 256  # tokens decoded in one engine step: a long prompt is read in chunks of about this size
 log = logging.getLogger(__name__)
 
 # Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
@@ -47,8 +48,9 @@ class Settings:
     n_ctx: int
     n_threads: int
     max_tokens: int
+    parallel: int  # replies generated together
     queue_size: int  # replies waiting or running at once; more get QueueFull
-    kv_chats: int  # chats whose KV cache is kept
+    kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
     ping_seconds: float
     grace_seconds: float  # a reply nobody listens to for this long is stopped
 
@@ -60,8 +62,9 @@ class Settings:
             n_ctx=config["CHATAPI_N_CTX"],
             n_threads=config["CHATAPI_N_THREADS"],
             max_tokens=config["CHATAPI_MAX_TOKENS"],
+            parallel=config["CHATAPI_PARALLEL"],
             queue_size=config["CHATAPI_QUEUE_SIZE"],
-            kv_chats=config["CHATAPI_KV_CHATS"],
+            kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
             ping_seconds=config["CHATAPI_PING_SECONDS"],
             grace_seconds=config["CHATAPI_GRACE_SECONDS"],
         )
@@ -79,7 +82,7 @@ class ReplyService:
         self.prompts: PromptBuilder | None = None
         self.engine: Engine | None = None
         self.waiting: deque[Reply] = deque()
-        self.running: Reply | None = None
+        self.running: list[Reply] = []
         self.preparing = 0  # replies whose prompt is being built
         self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
@@ -100,7 +103,7 @@ class ReplyService:
             path = s.model_path or default_model_path(s.model_cache)
             self.model = Model(path, s.n_ctx, s.n_threads, s.kv_chats)
             self.prompts = PromptBuilder(self.model)
-            self.engine = Engine(self.model)
+            self.engine = Engine(self.model, STEP_TOKENS)
             self.status = "ok"
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -112,7 +115,7 @@ class ReplyService:
             described.update(name=self.model.name, n_ctx=self.model.n_ctx, path=self.model.path)
         if self.error:
             described["reason"] = self.error
-        described["replies"] = {"running": int(self.running is not None), "waiting": self.preparing + len(self.waiting)}
+        described["replies"] = {"running": len(self.running), "waiting": self.preparing + len(self.waiting)}
         return described
 
     def options_from(self, given: dict) -> Options:
@@ -152,7 +155,7 @@ class ReplyService:
         existing = self.current(chat_id)
         if existing and not existing.finished:
             return existing
-        if self.preparing + len(self.waiting) + (self.running is not None) >= self.settings.queue_size:
+        if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
             raise QueueFull
         s = self.settings
         reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel)
@@ -172,8 +175,9 @@ class ReplyService:
         if reply.cancelled:  # stopped while it was being prepared
             self.cancel(reply)
             return reply
-        if self.running is not None or len(self.waiting) > 1:
-            reply.publish("queued", {"position": len(self.waiting)})
+        behind = len(self.running) + len(self.waiting) - self.settings.parallel
+        if behind > 0:
+            reply.publish("queued", {"position": behind})
         self._work.set()
         reply.watch_listeners()  # covers a request that went away before it ever read its stream
         return reply
@@ -233,27 +237,36 @@ class ReplyService:
             waiting.publish("queued", {"position": position})
 
     def _dispatch(self) -> None:
-        """Feed the engine thread one reply at a time, in arrival order."""
+        """Run engine steps while replies are running, admitting waiting ones (in arrival order) as places
+        free up; each step is one call into the engine's thread."""
         while True:
-            if not self.waiting:
+            if not self.waiting and not self.running:
                 self._work.clear()
                 self._work.wait()
                 continue
-            reply = self.running = self.waiting.popleft()
-            reply.dequeued = time.monotonic()
-            self._announce_positions()
+            admitted = []
+            while self.waiting and len(self.running) < self.settings.parallel:
+                reply = self.waiting.popleft()
+                reply.dequeued = time.monotonic()
+                self.running.append(reply)
+                admitted.append(reply.job)
+            if admitted:
+                self._announce_positions()
             try:
-                result = self.pool.spawn(self.engine.generate, reply.job).get()
+                ended = self.pool.spawn(self.engine.step, admitted).get()
             except Exception as exc:
                 log.exception("generation failed")
-                self.saves.pop(reply)
-                reply.finish("error", {"code": 500, "message": f"generation failed: {exc}"})
-            else:
+                for reply in self.running:
+                    self.saves.pop(reply)
+                    reply.finish("error", {"code": 500, "message": f"generation failed: {exc}"})
+                self.running = []
+                continue
+            for job, result in ended:
+                reply = next(r for r in self.running if r.job is job)
+                self.running.remove(reply)
                 # Queued behind the text callbacks the engine thread already made, so no piece is lost;
                 # saving talks to the database, which the hub itself must not do: a greenlet does.
                 reply.hub.loop.run_callback(gevent.spawn, self._end, reply, result)
-            finally:
-                self.running = None
 
     def _end(self, reply: Reply, result: Result) -> None:
         """Store the reply through its `save` callback and send `done` with it (or `error`)."""
