@@ -14,14 +14,13 @@ from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
 from .engine import Engine, Options, Result
-from .model import Model, default_model_path
+from .model import BATCH_SIZE, Model, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
 from .reply import Reply
 
 FINISHED_KEPT = 1000  # finished replies remembered for reconnects
 SOURCES_ROOM = 1536  # tokens kept free for web sources in internet mode (at most half the budget)
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the system prompt
-STEP_TOKENS = 256  # tokens decoded in one engine step: a long prompt is read in chunks of about this size
 log = logging.getLogger(__name__)
 
 # Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
@@ -49,6 +48,7 @@ class Settings:
     n_threads: int
     max_tokens: int
     parallel: int  # replies generated together
+    step_tokens: int  # tokens decoded in one engine step at most: a long prompt is read in chunks this size
     queue_size: int  # replies waiting or running at once; more get QueueFull
     kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
     ping_seconds: float
@@ -63,6 +63,8 @@ class Settings:
             n_threads=config["CHATAPI_N_THREADS"],
             max_tokens=config["CHATAPI_MAX_TOKENS"],
             parallel=config["CHATAPI_PARALLEL"],
+            # Room for every running reply's token and some prompt, within one llama.cpp batch.
+            step_tokens=min(max(config["CHATAPI_STEP_TOKENS"], config["CHATAPI_PARALLEL"] + 1), BATCH_SIZE),
             queue_size=config["CHATAPI_QUEUE_SIZE"],
             kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
             ping_seconds=config["CHATAPI_PING_SECONDS"],
@@ -103,7 +105,7 @@ class ReplyService:
             path = s.model_path or default_model_path(s.model_cache)
             self.model = Model(path, s.n_ctx, s.n_threads, s.kv_chats)
             self.prompts = PromptBuilder(self.model)
-            self.engine = Engine(self.model, STEP_TOKENS)
+            self.engine = Engine(self.model, s.step_tokens)
             self.status = "ok"
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
