@@ -14,6 +14,7 @@ from sse_client import (
     GREEDY,
     QUESTION,
     EventStream,
+    add_message,
     history,
     infer,
     new_chat,
@@ -180,3 +181,22 @@ def test_a_long_prompt_is_read_in_chunks_while_a_reply_streams(inference_server,
     start, first_token = arrivals.first("long", "start"), arrivals.first("long", "message")
     tokens_meanwhile = [e for who, e in arrivals.log[start:first_token] if who == "running" and e["event"] == "message"]
     assert len(tokens_meanwhile) >= 4
+
+
+def test_a_follow_up_reads_only_its_new_tokens_while_other_chats_generate(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, "My name is Ada. Remember it.")
+    first = read_events(infer(base, chat_id))[-1]["data"]
+    busy = [new_chat(base, *ENDLESS) for _ in range(3)]
+    streams = [EventStream(infer(base, other, f"max_tokens=1000&{GREEDY}")) for other in busy]
+    readers = [iter(stream) for stream in streams]
+    for reader in readers:
+        assert [next(reader)["event"], next(reader)["event"]] == ["start", "message"]
+    add_message(base, chat_id, "What is my name?")
+    second = read_events(infer(base, chat_id))[-1]["data"]
+    for other in busy:
+        requests.post(f"{base}/conversations/stop/{other}", timeout=10)
+    assert all(list(reader)[-1]["data"]["finish_reason"] == "cancelled" for reader in readers)
+    # Everything up to the end of the first reply was still in the chat's own cache.
+    assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
+    assert second["usage"]["prompt_tokens"] - second["usage"]["cached_tokens"] < 30
