@@ -64,7 +64,7 @@ model as above; every line a ratio against a baseline measured in the same run.
 
 INTERNET_NOTES = """\
 `GET /conversations/inference_internet/<chat_id>` against a web served on 127.0.0.1 by the tests' own
-server (tests/web_server.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
+server (tests/support/web.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
 every half second, one binary, one a redirect). Time to first token as the client sees it, median of 3
 questions, against the same questions in local mode on the same server (the baseline); the phases are the
 server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its time to first token (model).

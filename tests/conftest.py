@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.web import research
-from live_server import Server
-from web_server import Web
+from tests.support.server import Server
+from tests.support.web import Web
 
 POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # A database of this run's own, so that two runs at once never drop each other's schema.
@@ -176,7 +176,7 @@ def leave_idle(base: str) -> None:
 
 @pytest.fixture(scope="session")
 def web():
-    """A small web on 127.0.0.1: search backends and article pages (tests/web_server.py)."""
+    """A small web on 127.0.0.1: search backends and article pages (tests/support/web.py)."""
     server = Web("127.0.0.1")
     yield server
     server.close()

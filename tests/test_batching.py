@@ -9,18 +9,8 @@ import time
 
 import requests
 
-from sse_client import (
-    ENDLESS,
-    GREEDY,
-    QUESTION,
-    EventStream,
-    add_message,
-    history,
-    infer,
-    new_chat,
-    pieces,
-    read_events,
-)
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
+from tests.support.sse import EventStream, read_events
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -9,8 +9,8 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from live_server import ROOT, Server
-from sse_client import add_message, history, new_chat
+from tests.support.chats import add_message, history, new_chat
+from tests.support.server import ROOT, Server
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium, never a downloaded browser; as root it needs --no-sandbox. Nothing phones home.
@@ -66,7 +66,7 @@ expect.set_options(timeout=30_000)
 
 
 def web_settings(web, search_path: str = "/duckduckgo/html/") -> dict:
-    """Internet mode against the small local web of tests/web_server.py, never the real one."""
+    """Internet mode against the small local web of tests/support/web.py, never the real one."""
     return {
         "CHATAPI_SEARCH_URL": web.url + search_path,
         "CHATAPI_FETCH_ALLOW": "127.0.0.1",

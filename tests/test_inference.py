@@ -8,19 +8,8 @@ import pytest
 import requests
 
 from conftest import FAST_STREAM_SETTINGS
-from sse_client import (
-    ENDLESS,
-    GREEDY,
-    QUESTION,
-    EventStream,
-    add_message,
-    history,
-    infer,
-    new_chat,
-    pieces,
-    read_events,
-    read_events_acting,
-)
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
+from tests.support.sse import EventStream, read_events, read_events_acting
 
 # Both stream routes check their input the same way before any stream (or web search) starts.
 STREAM_ROUTES = pytest.mark.parametrize("route", ["inference", "inference_internet"])

@@ -10,7 +10,7 @@ from chatapi.web.fetch import AddressPolicy, FetchError, fetch_page
 from chatapi.web.rank import select_sources, sources_prompt
 from chatapi.web.research import Settings, gather
 from chatapi.web.search import SearchError, make_query, search
-from web_server import DRIP_BYTES, FACT
+from tests.support.web import DRIP_BYTES, FACT
 
 ALLOW = AddressPolicy("127.0.0.1")
 
