@@ -424,3 +424,26 @@ def test_concurrent_requests_for_one_chat_make_one_reply(inference_server, clien
     assert all(r[0]["event"] == "start" and r[-1]["event"] == "done" for r in results.values())
     assert len({r[0]["data"]["message_id"] for r in results.values()}) == 1
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant"]
+
+
+def test_a_client_back_within_the_grace_period_keeps_its_reply(start_server, client):
+    """The grace period counts from the moment the last listener left, whatever timers an earlier moment
+    started: here the reply's own first timer (at start + 4 s) falls inside the client's absence."""
+    base = start_server(CHATAPI_GRACE_SECONDS="4", CHATAPI_PING_SECONDS="0.5").url
+    chat_id = new_chat(base, *ENDLESS)
+    url = infer(base, chat_id, f"max_tokens=2000&{GREEDY}")
+    started = time.monotonic()
+    stream = EventStream(url)
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if time.monotonic() - started > 3:
+            break
+    stream.close()  # gone from about 3 s to 5 s
+    time.sleep(max(0.0, 5 - (time.monotonic() - started)))
+    back = EventStream(url, last_event_id=seen[-1]["id"])
+    resumed = [event for _, event in zip(range(5), back, strict=False)]
+    back.close()
+    assert [e["event"] for e in resumed] == ["message"] * 5, resumed
+    # Still being generated at about 5 s: the stop route finds it running (a grace cancel would have ended it).
+    assert requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is True

@@ -42,6 +42,7 @@ class Reply:
         self.events: list[str] = []
         self.pieces: list[str] = []
         self.listeners = 0
+        self.departures = 0  # times the last listener left: a grace timer only acts on the latest one
         self.finished = False
         self.hub = gevent.get_hub()
         self._changed = Event()
@@ -101,15 +102,18 @@ class Reply:
                     yield PING
         finally:
             self.listeners -= 1
-            self.watch_listeners()
+            if self.listeners == 0:
+                self.departures += 1
+                self.watch_listeners()
 
     def watch_listeners(self) -> None:
-        """Cancel the reply if nobody listens to it within the grace period."""
+        """Cancel the reply if nobody listens to it for a whole grace period from now."""
         if self.listeners == 0 and not self.finished:
-            gevent.spawn_later(self.grace_seconds, self._cancel_if_unheard)
+            gevent.spawn_later(self.grace_seconds, self._cancel_if_unheard, self.departures)
 
-    def _cancel_if_unheard(self) -> None:
-        if self.listeners == 0 and not self.finished:
+    def _cancel_if_unheard(self, departures: int) -> None:
+        # A listener that came and went meanwhile started a grace period of its own.
+        if self.listeners == 0 and self.departures == departures and not self.finished:
             self.on_unheard(self)
 
     def index_of(self, event_id: str) -> int | None:
