@@ -29,10 +29,16 @@ class Config:
         "The following is a conversation between a curious Human and a helpful, honest Assistant. "
         "The Assistant answers clearly and briefly."
     )
-    # Generations waiting or running at once; more get 503 with Retry-After.
+    # Replies generated together (continuous batching); more wait in the queue.
+    CHATAPI_PARALLEL = int(os.environ.get("CHATAPI_PARALLEL") or 4)
+    # Tokens decoded in one step at most (one per running reply, the rest from prompts being read): a long
+    # prompt stalls the running replies for one step of this size at a time.
+    CHATAPI_STEP_TOKENS = int(os.environ.get("CHATAPI_STEP_TOKENS") or 256)
+    # Replies waiting or running at once; more get 503 with Retry-After.
     CHATAPI_QUEUE_SIZE = int(os.environ.get("CHATAPI_QUEUE_SIZE") or 8)
-    # Chats whose KV cache is kept, so that their next turn starts where the last one ended.
-    CHATAPI_KV_CHATS = int(os.environ.get("CHATAPI_KV_CHATS") or 3)
+    # Chats whose KV cache is kept, so that their next turn starts where the last one ended
+    # (at least CHATAPI_PARALLEL: each running reply holds one).
+    CHATAPI_KV_CHATS = int(os.environ.get("CHATAPI_KV_CHATS") or 6)
     CHATAPI_PING_SECONDS = float(os.environ.get("CHATAPI_PING_SECONDS") or 15)
     # A generation nobody has listened to for this long is stopped.
     CHATAPI_GRACE_SECONDS = float(os.environ.get("CHATAPI_GRACE_SECONDS") or 10)

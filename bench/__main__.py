@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import inference, internet, list_chats
+from bench import batching, inference, internet, list_chats
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -44,9 +44,27 @@ The real server (gunicorn, one gevent worker, `gunicorn.conf.py`) started as a s
   generating/idle. The details say how fast the reply kept streaming meanwhile."""
 
 
+BATCHING_NOTES = """\
+The real server with its defaults (CHATAPI_PARALLEL=4: continuous batching) on a fresh SQLite database, the
+model as above; every line a ratio against a baseline measured in the same run.
+
+- **aggregate tokens/s**: *n* replies asked at once from threads of the benchmark's process (distinct chats
+  with the looping history, `max_tokens=128`, `temperature=0`): all token events over the time from the first
+  request to the last `done`; median of 3 runs after a warm-up, over the same for one reply alone. llama.cpp's
+  own server with 4 slots on this machine: 1.57.
+- **worst first token / one reply's whole time**: the slowest of the *n* clients' time to first token, over
+  the time one reply alone takes from request to `done`. Replies made one after another would put this near
+  *n* - 1; batching keeps it far below 1.
+- **token gap p99**: the 99th percentile of the gaps between two token events of a running reply while a
+  chat with a ~2,000-token prompt is asked beside it (from that request to its first token), over the same
+  reply's gaps before (chunked prefill: the prompt is read 256 tokens a step, between the reply's tokens).
+- **CHATAPI_N_THREADS**: one server per setting; one reply's tokens/s alone (`max_tokens=256`, median of 2),
+  while 200 `GET /chats/?limit=20` run back to back on another connection (with their p50/p99 idle and
+  meanwhile), and 4 replies together."""
+
 INTERNET_NOTES = """\
 `GET /conversations/inference_internet/<chat_id>` against a web served on 127.0.0.1 by the tests' own
-server (tests/web_server.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
+server (tests/support/web.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
 every half second, one binary, one a redirect). Time to first token as the client sees it, median of 3
 questions, against the same questions in local mode on the same server (the baseline); the phases are the
 server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its time to first token (model).
@@ -94,6 +112,7 @@ def main() -> None:
     sections = [
         ("Listing chats: `GET /chats/` as the table grows", LIST_CHATS_NOTES, run(list_chats.main)),
         ("Inference over HTTP", INFERENCE_NOTES, run(inference.main)),
+        ("Several replies at once", BATCHING_NOTES, run(batching.main)),
         ("Internet mode", INTERNET_NOTES, run(internet.main)),
     ]
     lines = [

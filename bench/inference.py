@@ -19,23 +19,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import live_server  # noqa: E402  (the tests' own server starter, shared rather than copied)
-from live_server import ROOT  # noqa: E402
+from tests.support import server as live_server  # the tests' own server starter, shared rather than copied
+from tests.support.chats import ENDLESS as ENDLESS_MESSAGES
+from tests.support.chats import as_history
+from tests.support.server import ROOT
+from tests.support.sse import EventStream
 
 STARTUP_SECONDS = 180  # the model loads in the background after the worker boots
 DEADLINE_SECONDS = 120  # any one stream
 RUNS = 3  # measured repetitions of the throughput and single-chat TTFT parts, after one warm-up
 
 # 1. A history the bundled model answers, greedily, with "I don't know." until max_tokens runs out.
-QUESTION = "Tell me everything you know about the history of Rome, in detail."
-ENDLESS = [("Human", QUESTION), ("Assistant", "I don't know. " * 40), ("Human", QUESTION)]
+ENDLESS = as_history(ENDLESS_MESSAGES)
 STREAM_TOKENS = 256
 STREAM_GOAL = 0.95
 
@@ -204,7 +204,7 @@ def raw_rates(path: str, prompt: str, runs: int) -> tuple[list[float], int]:
 
 
 class Server(live_server.Server):
-    """The tests' live server (tests/live_server.py) on a fresh SQLite database, with the API calls
+    """The tests' live server (tests/support/server.py) on a fresh SQLite database, with the API calls
     the benchmarks make, and the error lines of its log once stopped."""
 
     def __init__(self, workdir: Path, model: str, **settings: str):
@@ -277,46 +277,29 @@ class Reply:
         return (len(self.tokens) - 1) / (self.done_at - self.tokens[0])
 
 
-def events(url: str, deadline: float) -> Iterator[tuple[float, str, dict | None]]:
-    """(arrival time, event name or "" for a token, the parsed data) for each event of an SSE stream."""
-    import json
-
-    with requests.get(url, headers={"Accept": "text/event-stream"}, stream=True, timeout=30) as response:
-        response.raise_for_status()
-        pending, name, data = "", "", None
-        for chunk in response.iter_content(chunk_size=None):
-            now = time.perf_counter()
-            pending += chunk.decode("utf-8")
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                elif line == "" and data is not None:
-                    yield now, name, data
-                    name, data = "", None
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} still streaming after {DEADLINE_SECONDS} s")
-
-
 def stream(url: str, on_token=None) -> Reply:
-    """Read one reply to its end (done, or error: raised)."""
+    """Read one reply to its end (done, or error: raised), timing each token event as it arrives."""
     reply = Reply(sent=time.perf_counter())
-    received = events(url, time.monotonic() + DEADLINE_SECONDS)
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    events = EventStream(url, timeout=30)
     try:
-        for at, name, data in received:
-            if name == "":
+        if events.response.status_code != 200:
+            raise RuntimeError(f"{url}: {events.response.status_code} {events.response.text}")
+        for event in events:
+            at = time.perf_counter()
+            if event["event"] == "message":
                 reply.tokens.append(at)
                 if on_token:
                     on_token(len(reply.tokens))
-            elif name == "done":
-                reply.done_at, reply.done = at, data
+            elif event["event"] == "done":
+                reply.done_at, reply.done = at, event["data"]
                 break
-            elif name == "error":
-                raise RuntimeError(f"{url}: {data}")
+            elif event["event"] == "error":
+                raise RuntimeError(f"{url}: {event['data']}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} still streaming after {DEADLINE_SECONDS} s")
     finally:
-        received.close()  # closes the response
+        events.close()
     if reply.done is None or not reply.tokens:
         raise RuntimeError(f"{url} ended without done or without tokens")
     return reply

@@ -1,7 +1,7 @@
 """Internet mode: time from request to first token against a local test web, split into its phases.
 
 The baseline is the same question in local mode, on the same server in the same run. The web is
-tests/web_server.py on 127.0.0.1 (a DuckDuckGo-format results page, seven article pages of which
+tests/support/web.py on 127.0.0.1 (a DuckDuckGo-format results page, seven article pages of which
 one drips slowly, one is binary and one redirects); results point at page addresses of their own
 question, so that every cold run really searches and fetches.
 """
@@ -10,8 +10,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.inference import Server, model_path, stream  # puts tests/ on the path
-from web_server import Web  # the tests' own web, shared rather than copied
+from bench.inference import Server, model_path, stream
+from tests.support.web import Web, web_settings  # the tests' own web, shared rather than copied
 
 RUNS = 3
 MAX_TOKENS = 16
@@ -26,7 +26,7 @@ def ask(server: Server, question: str, route: str):
 def main() -> None:
     web = Web("127.0.0.1")
     web.pages_per_query = True
-    settings = {"CHATAPI_SEARCH_URL": f"{web.url}/duckduckgo/html/", "CHATAPI_FETCH_ALLOW": "127.0.0.1"}
+    settings = web_settings(web, CHATAPI_FETCH_TIMEOUT="8", CHATAPI_RESEARCH_TIMEOUT="15")  # the defaults
     print("Internet mode: request to first token on 127.0.0.1, a local web (one page drips slowly)")
     try:
         with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:

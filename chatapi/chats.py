@@ -2,9 +2,9 @@
 
 from flask import url_for
 
+from . import replies
 from .blueprint import Blueprint
 from .extensions import db
-from .llm import replies
 from .models import Chat, get_or_404, utcnow
 from .schemas import (
     ChatCreateSchema,
@@ -54,9 +54,7 @@ def delete_chat(chat_id):
     chat = get_or_404(Chat, chat_id)
     db.session.delete(chat)
     db.session.commit()
-    generation = replies().current(str(chat.id))
-    if generation and not generation.finished:
-        generation.cancel()  # its end finds the chat gone and sends `error`, saving nothing
+    replies.stop(chat.id)  # its end finds the chat gone and sends `error`, saving nothing
     return {"id": chat.id, "deleted": True}
 
 

@@ -3,9 +3,9 @@
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import replies
 from .blueprint import Blueprint
 from .extensions import db
-from .llm import replies
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")
@@ -16,7 +16,7 @@ bp = Blueprint("health", __name__, description="Health")
 @bp.alt_response(503, schema=HealthSchema)
 def health():
     """Report the database and the model; 503 with the reason while either cannot serve."""
-    model = replies().describe()
+    model = replies.service().describe()
     try:
         db.session.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:

@@ -1,18 +1,20 @@
 """Fixtures: every test that uses `app` or `client` runs once on SQLite and once on PostgreSQL."""
 
 import os
+import time
 import uuid
 
 import flask_migrate
 import psycopg
 import pytest
+import requests
 import sqlalchemy as sa
 
 from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.web import research
-from live_server import Server
-from web_server import Web
+from tests.support.server import Server
+from tests.support.web import Web
 
 POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # A database of this run's own, so that two runs at once never drop each other's schema.
@@ -137,9 +139,44 @@ def inference_server(app, database_url, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def one_at_a_time_server(app, database_url, tmp_path_factory):
+    """A server that generates one reply at a time (CHATAPI_PARALLEL=1), for the tests of its queue."""
+    log = tmp_path_factory.mktemp("server") / "gunicorn.log"
+    server = Server(database_url, log, CHATAPI_PARALLEL="1", **FAST_STREAM_SETTINGS)
+    yield server.wait_until_up().url
+    server.stop()
+
+
+# Servers shared by the tests of a module; each test leaves them idle for the next.
+SHARED_SERVERS = ("inference_server", "one_at_a_time_server")
+IDLE = {"running": 0, "waiting": 0}
+
+
+@pytest.fixture(autouse=True)
+def shared_servers_left_idle(request):
+    """After each test on a shared server, stop whatever it left running (a failed test may leave a long
+    reply behind) and wait until the model is idle, so that the next test starts on an empty queue."""
+    servers = [request.getfixturevalue(name) for name in SHARED_SERVERS if name in request.fixturenames]
+    if servers:
+        request.getfixturevalue("client")  # set up first, so that its teardown (emptying the tables) comes after
+    yield
+    for base in servers:
+        leave_idle(base)
+
+
+def leave_idle(base: str) -> None:
+    for chat in requests.get(f"{base}/chats/", timeout=10).json():
+        requests.post(f"{base}/conversations/stop/{chat['id']}", timeout=10)
+    deadline = time.monotonic() + 120
+    while (busy := requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]) != IDLE:
+        assert time.monotonic() < deadline, busy
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def web():
-    """A small web on 127.0.0.1: search backends and article pages (tests/web_server.py)."""
+    """A small web on 127.0.0.1: search backends and article pages (tests/support/web.py)."""
     server = Web("127.0.0.1")
     yield server
     server.close()

@@ -16,8 +16,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 
 from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
-from live_server import ROOT, Server
-from sse_client import add_message, history, new_chat
+from tests.support.chats import ENDLESS, LONG_QUESTION, add_message, history, new_chat
+from tests.support.server import ROOT, Server
+from tests.support.web import web_settings
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's Chromium, never a downloaded browser; as root it needs --no-sandbox. Nothing phones home.
@@ -34,9 +35,8 @@ LAUNCH_ARGS = [
 SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
 
 QUESTION = "What is the capital of France?"
-LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
-# With this before LONG_QUESTION the model, at temperature 0, loops until max_tokens (see test_inference.py).
-ENDLESS_START = (LONG_QUESTION, "I don't know. " * 40)
+# The looping history without its last question, which the tests type into the page.
+ENDLESS_START = ENDLESS[:-1]
 VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><b>bold</b> & more'
 GREEDY = "temperature=0"
@@ -91,16 +91,6 @@ RECORD_REPLY_TEXTS = """
 """
 
 expect.set_options(timeout=30_000)
-
-
-def web_settings(web, search_path: str = "/duckduckgo/html/") -> dict:
-    """Internet mode against the small local web of tests/web_server.py, never the real one."""
-    return {
-        "CHATAPI_SEARCH_URL": web.url + search_path,
-        "CHATAPI_FETCH_ALLOW": "127.0.0.1",
-        "CHATAPI_FETCH_TIMEOUT": "2",
-        "CHATAPI_RESEARCH_TIMEOUT": "6",
-    }
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,13 @@ class ScriptedModel:
     def forget(self, sequence: int, from_position: int) -> None:
         pass
 
-    def evaluate(self, tokens: list[int], sequence: int, position: int) -> None:
-        self.evaluated.extend(tokens)
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        self.evaluated.extend(token for token, _position, _sequence, _logits in entries)
 
     def sampler(self, temperature: float, top_p: float, seed: int) -> None:
         return None
 
-    def sample(self, sampler) -> int:
+    def sample(self, sampler, index: int = -1) -> int:
         produced = sum(1 for token in self.evaluated if token >= 100)
         return 100 + produced if produced < len(self.pieces) else END
 

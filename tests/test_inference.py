@@ -8,42 +8,11 @@ import pytest
 import requests
 
 from conftest import FAST_STREAM_SETTINGS
-from sse_client import EventStream, add_message, history, new_chat, read_events, read_events_acting
-
-QUESTION = "What is the capital of France?"
-LONG_QUESTION = "Tell me everything you know about the history of Rome, in detail."
-# A history the default model, at temperature 0, answers with an endless loop of "I don't know.":
-# generations that run to max_tokens, long enough to join, stop or walk away from.
-ENDLESS = (LONG_QUESTION, "I don't know. " * 40, LONG_QUESTION)
-GREEDY = "temperature=0"
-
-
-def infer(base: str, chat_id: str, query: str = f"max_tokens=24&{GREEDY}", route: str = "inference") -> str:
-    return f"{base}/conversations/{route}/{chat_id}?{query}"
-
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
+from tests.support.sse import EventStream, read_events, read_events_acting
 
 # Both stream routes check their input the same way before any stream (or web search) starts.
 STREAM_ROUTES = pytest.mark.parametrize("route", ["inference", "inference_internet"])
-
-
-@pytest.fixture(autouse=True)
-def model_left_idle(request, client):
-    """After each test on the shared server, stop whatever it left running (a failed test may leave a
-    long reply behind) and wait until the model is idle, so that the next test starts on an empty queue."""
-    yield
-    if "inference_server" not in request.fixturenames:
-        return
-    base = request.getfixturevalue("inference_server")
-    for chat in requests.get(f"{base}/chats/", timeout=10).json():
-        requests.post(f"{base}/conversations/stop/{chat['id']}", timeout=10)
-    deadline = time.monotonic() + 120
-    while (busy := requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]) != IDLE:
-        assert time.monotonic() < deadline, busy
-        time.sleep(0.1)
-
-
-IDLE = {"running": 0, "waiting": 0}
-
 
 def wait_for_reply(base: str, chat_id: str, count: int, seconds: float = 300) -> dict:
     """The chat's last message once it holds `count`; the deadline only keeps a broken server from hanging."""
@@ -52,11 +21,6 @@ def wait_for_reply(base: str, chat_id: str, count: int, seconds: float = 300) ->
         assert time.monotonic() < deadline, saved
         time.sleep(0.2)
     return saved[-1]
-
-
-def pieces(events: list[dict]) -> str:
-    return "".join(e["data"]["content"] for e in events if e["event"] == "message")
-
 
 def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client):
     base = inference_server
@@ -91,12 +55,10 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] <= timings["total_ms"]
     assert timings["tokens_per_second"] > 1
 
-
 def test_temperature_zero_is_repeatable(inference_server, client):
     base = inference_server
     replies = [read_events(infer(base, new_chat(base, QUESTION)))[-1]["data"]["message"]["message"] for _ in range(2)]
     assert replies[0] == replies[1]
-
 
 def test_a_follow_up_turn_reuses_the_cached_history(inference_server, client):
     base = inference_server
@@ -108,7 +70,6 @@ def test_a_follow_up_turn_reuses_the_cached_history(inference_server, client):
     assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
     assert second["usage"]["prompt_tokens"] - second["usage"]["cached_tokens"] < 30
 
-
 def test_chats_taking_turns_keep_their_caches(inference_server, client):
     base = inference_server
     chats = [new_chat(base, f"Chat number {n} says hello.") for n in range(3)]
@@ -117,7 +78,6 @@ def test_chats_taking_turns_keep_their_caches(inference_server, client):
         add_message(base, chat_id, "Say it again.")
         again = read_events(infer(base, chat_id))[-1]["data"]
         assert again["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"], (first, again)
-
 
 def test_a_second_request_joins_the_running_generation(inference_server, client):
     base = inference_server
@@ -133,7 +93,6 @@ def test_a_second_request_joins_the_running_generation(inference_server, client)
     assert joined[-1]["event"] == "done"
     saved = history(base, chat_id)
     assert len(saved) == len(ENDLESS) + 1 and saved[-1]["message"] == pieces(joined).strip()
-
 
 def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_server, client):
     base = inference_server
@@ -155,7 +114,6 @@ def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_s
     assert after.status_code == 204 and after.content == b""
     assert len(history(base, chat_id)) == len(ENDLESS) + 1  # the 204 started nothing new
 
-
 def test_after_names_the_message_a_reply_answers(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
@@ -168,7 +126,6 @@ def test_after_names_the_message_a_reply_answers(inference_server, client):
     assert len(history(base, chat_id)) == 2
     bad = requests.get(infer(base, chat_id, "after=nope"), timeout=10)
     assert bad.status_code == 422 and "after" in bad.json()["errors"]
-
 
 def test_after_joins_the_reply_still_running(inference_server, client):
     base = inference_server
@@ -184,14 +141,12 @@ def test_after_joins_the_reply_still_running(inference_server, client):
     assert joined[-1]["event"] == "done" and joined == head + rest
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant", "Human", "Assistant"]
 
-
 def test_after_an_unknown_message_starts_nothing(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
     response = requests.get(infer(base, chat_id, f"after={uuid.uuid4()}"), timeout=10)
     assert response.status_code == 204 and response.content == b""
     assert len(history(base, chat_id)) == 1
-
 
 @pytest.mark.parametrize("last_event_id", ["nonsense", f"{uuid.uuid4()}.3", f"{uuid.uuid4()}.x", ""])
 def test_an_unknown_last_event_id_starts_the_unanswered_reply(inference_server, client, last_event_id):
@@ -207,7 +162,6 @@ def test_an_unknown_last_event_id_starts_the_unanswered_reply(inference_server, 
     assert again.status_code == 204
     assert len(history(base, chat_id)) == 2
 
-
 def test_a_stale_last_event_id_does_not_suppress_the_reply_to_a_newer_message(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
@@ -219,7 +173,6 @@ def test_a_stale_last_event_id_does_not_suppress_the_reply_to_a_newer_message(in
     assert new[0]["data"]["message_id"] != old[0]["data"]["message_id"]
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant", "Human", "Assistant"]
     assert history(base, chat_id)[-1]["message"] == new[-1]["data"]["message"]["message"]
-
 
 def test_a_last_event_id_from_before_a_restart(start_server, client):
     first = start_server(**FAST_STREAM_SETTINGS)
@@ -233,7 +186,6 @@ def test_a_last_event_id_from_before_a_restart(start_server, client):
     # A reply lost with the old process (here: never started) is made by the new one.
     events = read_events(infer(second, unanswered), last_event_id=f"{uuid.uuid4()}.7")
     assert events[-1]["event"] == "done" and len(history(second, unanswered)) == 2
-
 
 def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, client):
     base = inference_server
@@ -252,9 +204,8 @@ def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, 
     idle = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
     assert idle.json() == {"chat_id": chat_id, "stopped": False}
 
-
-def test_stopping_a_queued_reply_takes_it_out_of_the_queue(inference_server, client):
-    base = inference_server
+def test_stopping_a_queued_reply_takes_it_out_of_the_queue(one_at_a_time_server, client):
+    base = one_at_a_time_server
     busy = new_chat(base, *ENDLESS)
     running = EventStream(infer(base, busy, f"max_tokens=2000&{GREEDY}"))
     running_events = iter(running)
@@ -279,7 +230,6 @@ def test_stopping_a_queued_reply_takes_it_out_of_the_queue(inference_server, cli
     assert list(running_events)[-1]["data"]["finish_reason"] == "cancelled"
     assert list(behind_events)[-1]["event"] == "done"
 
-
 def test_a_stream_nobody_reads_is_cancelled_after_the_grace_period(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
@@ -292,9 +242,8 @@ def test_a_stream_nobody_reads_is_cancelled_after_the_grace_period(inference_ser
     assert rest[-1]["event"] == "done" and rest[-1]["data"]["finish_reason"] == "cancelled"
     assert rest[-1]["data"]["usage"]["completion_tokens"] < 2000
 
-
-def test_a_client_that_goes_away_frees_the_model(inference_server, client):
-    base = inference_server
+def test_a_client_that_goes_away_frees_the_model(one_at_a_time_server, client):
+    base = one_at_a_time_server
     gone = new_chat(base, *ENDLESS)
     stream = EventStream(infer(base, gone, f"max_tokens=2000&{GREEDY}"))
     iterator = iter(stream)
@@ -307,9 +256,8 @@ def test_a_client_that_goes_away_frees_the_model(inference_server, client):
     assert abandoned["finish_reason"] == "cancelled"
     assert abandoned["usage"]["completion_tokens"] < 2000
 
-
-def test_waiting_clients_are_told_their_place(inference_server, client):
-    base = inference_server
+def test_waiting_clients_are_told_their_place(one_at_a_time_server, client):
+    base = one_at_a_time_server
     arrivals: list[tuple[str, dict]] = []  # every event of the three streams, in the order they arrived
 
     def read(name: str, stream: EventStream) -> None:
@@ -339,7 +287,6 @@ def test_waiting_clients_are_told_their_place(inference_server, client):
     assert arrival("second", "done") < arrival("third", "message")
     assert streams["second"].pings > 0  # kept alive while it waited
 
-
 def test_other_routes_answer_promptly_during_a_generation(inference_server, client):
     base = inference_server
 
@@ -362,7 +309,6 @@ def test_other_routes_answer_promptly_during_a_generation(inference_server, clie
     # Sharing the two cores with the model slows a listing down, but not by orders of magnitude.
     assert during[10] < 50 * idle, (idle, during)
 
-
 def test_long_history_is_trimmed_oldest_first(start_server, client):
     base = start_server(CHATAPI_N_CTX="512", **{"CHATAPI_PING_SECONDS": "0.5"}).url
     # Messages of different lengths, so that which ones were kept shows in the prompt's length.
@@ -383,7 +329,6 @@ def test_long_history_is_trimmed_oldest_first(start_server, client):
     assert events[-1]["event"] == "done"
     assert events[-1]["data"]["usage"]["prompt_tokens"] <= 512 - 16
 
-
 def test_a_full_queue_answers_503_with_retry_after(start_server, client):
     base = start_server(CHATAPI_QUEUE_SIZE="1", CHATAPI_PING_SECONDS="0.5").url
     busy = new_chat(base, *ENDLESS)
@@ -399,7 +344,6 @@ def test_a_full_queue_answers_503_with_retry_after(start_server, client):
     list(iterator)
     assert read_events(infer(base, other))[-1]["event"] == "done"  # room again
 
-
 def test_deleting_the_chat_mid_reply_stops_it_with_an_error_and_saves_nothing(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
@@ -411,7 +355,6 @@ def test_deleting_the_chat_mid_reply_stops_it_with_an_error_and_saves_nothing(in
     assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 404
     assert len(events) < 40  # the generation stopped with the deletion, not at max_tokens
     assert requests.get(f"{base}/conversations/{events[0]['data']['message_id']}", timeout=5).status_code == 404
-
 
 @pytest.mark.parametrize(
     ("query", "field"),
@@ -435,7 +378,6 @@ def test_bad_options_are_422_before_any_stream(inference_server, client, query, 
     assert field in response.json()["errors"]
     assert len(history(base, chat_id)) == 1
 
-
 @STREAM_ROUTES
 def test_unknown_chat_404_and_no_human_message_409(inference_server, client, route):
     base = inference_server
@@ -450,7 +392,6 @@ def test_unknown_chat_404_and_no_human_message_409(inference_server, client, rou
         assert len(history(base, chat_id)) == (chat_id == assistant_only)
     assert requests.post(f"{base}/conversations/stop/{uuid.uuid4()}", timeout=10).status_code == 404
 
-
 def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
@@ -464,7 +405,6 @@ def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp
     response = requests.get(infer(base, chat_id), timeout=10)
     assert response.status_code == 503 and response.json()["code"] == 503
     assert requests.get(f"{base}/chats/{chat_id}", timeout=10).status_code == 200  # the rest still works
-
 
 def test_concurrent_requests_for_one_chat_make_one_reply(inference_server, client):
     base = inference_server
@@ -484,3 +424,26 @@ def test_concurrent_requests_for_one_chat_make_one_reply(inference_server, clien
     assert all(r[0]["event"] == "start" and r[-1]["event"] == "done" for r in results.values())
     assert len({r[0]["data"]["message_id"] for r in results.values()}) == 1
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant"]
+
+
+def test_a_client_back_within_the_grace_period_keeps_its_reply(start_server, client):
+    """The grace period counts from the moment the last listener left, whatever timers an earlier moment
+    started: here the reply's own first timer (at start + 4 s) falls inside the client's absence."""
+    base = start_server(CHATAPI_GRACE_SECONDS="4", CHATAPI_PING_SECONDS="0.5").url
+    chat_id = new_chat(base, *ENDLESS)
+    url = infer(base, chat_id, f"max_tokens=2000&{GREEDY}")
+    started = time.monotonic()
+    stream = EventStream(url)
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if time.monotonic() - started > 3:
+            break
+    stream.close()  # gone from about 3 s to 5 s
+    time.sleep(max(0.0, 5 - (time.monotonic() - started)))
+    back = EventStream(url, last_event_id=seen[-1]["id"])
+    resumed = [event for _, event in zip(range(5), back, strict=False)]
+    back.close()
+    assert [e["event"] for e in resumed] == ["message"] * 5, resumed
+    # Still being generated at about 5 s: the stop route finds it running (a grace cancel would have ended it).
+    assert requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is True

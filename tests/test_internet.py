@@ -6,24 +6,15 @@ import time
 import pytest
 import requests
 
-from sse_client import history, new_chat, read_events
+from tests.support.chats import history, new_chat
+from tests.support.sse import read_events
+from tests.support.web import web_settings
 
 QUESTION = "How often does the Zorblax volcano erupt?"
 
 
 def internet(base: str, chat_id: str, query: str = "max_tokens=24&temperature=0") -> str:
     return f"{base}/conversations/inference_internet/{chat_id}?{query}"
-
-
-def web_settings(web, search_path: str = "/duckduckgo/html/", **more: str) -> dict:
-    return {
-        "CHATAPI_SEARCH_URL": web.url + search_path,
-        "CHATAPI_FETCH_ALLOW": "127.0.0.1",
-        # Deadlines far beyond what reading the pages takes, so that a page held to its deadline shows.
-        "CHATAPI_FETCH_TIMEOUT": "30",
-        "CHATAPI_RESEARCH_TIMEOUT": "60",
-        **more,
-    }
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from live_server import ROOT
+from tests.support.server import ROOT
 
 NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
 COLLECTION = ROOT / "postman" / "chatapi.postman_collection.json"

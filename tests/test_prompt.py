@@ -8,7 +8,7 @@ import pytest
 from chatapi.llm.engine import Engine, Job, Options, StopScanner
 from chatapi.llm.model import Model, default_model_path
 from chatapi.llm.prompt import TRANSCRIPT_STOPS, Message, PromptBuilder
-from live_server import ROOT
+from tests.support.server import ROOT
 
 SYSTEM = "You are a helpful assistant."
 # Gemma's own chat template (it folds a system message into the first user turn itself).

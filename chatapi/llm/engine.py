@@ -1,13 +1,16 @@
-"""The model's owner: one real OS thread runs every generation, one at a time.
+"""The model's owner: one real OS thread runs every generation, several at once (continuous batching).
 
-Greenlets never call llama.cpp here; they hand a Job to `Engine.generate` through a one-thread
-pool and get text pieces back through thread-safe callbacks. Each chat keeps its own KV-cache
-sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted), so a follow-up turn
-evaluates only the tokens that are new since the chat's last turn.
+Greenlets never call llama.cpp here; they hand Jobs to `Engine.step` through a one-thread pool and get
+text pieces back through thread-safe callbacks. Each step decodes, in one llama.cpp batch, the next
+token of every running reply plus a chunk of the prompts still being read (chunked prefill, at most
+`step_tokens` in all), so a long new prompt stalls the running replies for one chunk at a time only.
+Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted),
+so a follow-up turn evaluates only the tokens that are new since the chat's last turn.
 """
 
 import codecs
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,8 +30,8 @@ class Options:
 class Job:
     """One generation as the engine sees it."""
 
-    chat_id: str
-    prompt: Prompt
+    chat_id: uuid.UUID
+    prompt: Prompt | None  # set once the prompt is built
     options: Options
     on_text: Callable[[str], None]  # called from the engine thread
     cancelled: bool = False  # set from the server side; read between tokens
@@ -50,7 +53,7 @@ class Sequence:
     """A KV-cache sequence and the tokens it holds."""
 
     id: int
-    chat_id: str | None = None
+    chat_id: uuid.UUID | None = None
     tokens: list[int] = field(default_factory=list)
     used: float = 0.0
 
@@ -89,80 +92,156 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+@dataclass
+class Slot:
+    """A running job: its sequence, its own sampler, decoder and stop scanner, and how far it has got."""
+
+    job: Job
+    sequence: Sequence
+    sampler: object
+    decoder: codecs.IncrementalDecoder
+    scanner: StopScanner | None  # None once a stop string matched: nothing held back belongs to the reply
+    started: float
+    cached: int  # prompt tokens found in the sequence already
+    read: int  # prompt tokens in the sequence so far (the rest are read in chunks)
+    pending: int | None = None  # the last sampled token, evaluated at the next step
+    produced: int = 0
+    first_token: float | None = None
+
+
 class Engine:
     """Runs generations on a loaded Model. Call only from the model's own thread."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, step_tokens: int = 256):
         self.model = model
+        self.step_tokens = step_tokens  # tokens decoded in one step at most (one per running reply first)
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
+        self.slots: list[Slot] = []
 
-    def sequence_for(self, chat_id: str) -> Sequence:
-        """The chat's own sequence, else the least recently used one."""
+    def sequence_for(self, chat_id: uuid.UUID) -> Sequence:
+        """The chat's own sequence, else the least recently used one that no running job holds."""
         sequence = next((s for s in self.sequences if s.chat_id == chat_id), None)
         if sequence is None:
-            sequence = min(self.sequences, key=lambda s: s.used)
+            busy = {slot.sequence.id for slot in self.slots}
+            sequence = min((s for s in self.sequences if s.id not in busy), key=lambda s: s.used)
             sequence.chat_id = chat_id
         sequence.used = time.monotonic()
         return sequence
 
     def generate(self, job: Job) -> Result:
-        started = time.monotonic()
-        model = self.model
+        """One job from start to end (the engine's other jobs, if any, go on beside it)."""
+        new = [job]
+        while True:
+            for done, result in self.step(new):
+                if done is job:
+                    return result
+            new = []
+
+    def step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
+        """Admit new jobs, then decode one batch and sample a token for each job it ends on; returns the
+        jobs that ended (cancelled, stopped, or at their length) with their results."""
+        for job in new_jobs:
+            self.slots.append(self._admit(job))
+        ended = [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
+        batch, sampled = self._fill_batch()
+        if not batch:
+            return ended
+        try:
+            self.model.decode(batch)
+        except Exception:
+            self._forget_all()
+            raise
+        for slot, index in sampled:
+            reason = self._take(slot, self.model.sample(slot.sampler, index))
+            if reason:
+                ended.append(self._end(slot, reason))
+        return ended
+
+    def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
         sequence = self.sequence_for(job.chat_id)
         # Reuse what the sequence already holds; at least one token must run to get logits.
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - 1)
-        model.forget(sequence.id, cached)
+        self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
-        try:
-            model.evaluate(prompt[cached:], sequence.id, cached)
-            sequence.tokens = list(prompt)
-            return self._sample(job, sequence, started, cached)
-        except Exception:
-            model.forget(sequence.id, 0)  # its cells are in an unknown state
-            sequence.tokens = []
-            raise
+        options = job.options
+        return Slot(
+            job=job,
+            sequence=sequence,
+            sampler=self.model.sampler(options.temperature, options.top_p, options.seed),
+            decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            scanner=StopScanner(job.prompt.stop),
+            started=time.monotonic(),
+            cached=cached,
+            read=cached,
+        )
 
-    def _sample(self, job: Job, sequence: Sequence, started: float, cached: int) -> Result:
-        model, options = self.model, job.options
-        sampler = model.sampler(options.temperature, options.top_p, options.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        scanner = StopScanner(job.prompt.stop)
-        first_token = None
-        produced = 0
-        finish_reason = "length"
-        stop_string = False
+    def _fill_batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Slot, int]]]:
+        """The step's batch, as (token, position, sequence, wants logits), and the slots to sample with the
+        batch index of their logits: every generating slot's last token first, then prompt chunks in order."""
+        batch: list[tuple[int, int, int, bool]] = []
+        sampled: list[tuple[Slot, int]] = []
+        for slot in self.slots:
+            if slot.pending is not None:
+                sequence = slot.sequence
+                batch.append((slot.pending, len(sequence.tokens), sequence.id, True))
+                sequence.tokens.append(slot.pending)
+                slot.pending = None
+                sampled.append((slot, len(batch) - 1))
+        for slot in self.slots:
+            prompt = slot.job.prompt.tokens
+            room = self.step_tokens - len(batch)
+            if slot.read == len(prompt) or room <= 0:
+                continue
+            chunk = prompt[slot.read : slot.read + room]
+            last = slot.read + len(chunk) == len(prompt)
+            for offset, token in enumerate(chunk):
+                batch.append((token, slot.read + offset, slot.sequence.id, last and offset == len(chunk) - 1))
+            slot.read += len(chunk)
+            slot.sequence.tokens.extend(chunk)
+            if last:
+                sampled.append((slot, len(batch) - 1))
+        return batch, sampled
 
-        def emit(text: str) -> None:
-            nonlocal first_token
-            if text:
-                first_token = first_token or time.monotonic()
-                job.on_text(text)
+    def _take(self, slot: Slot, token: int) -> str | None:
+        """Stream a sampled token's text; the finish reason if the job ends with it."""
+        model, job = self.model, slot.job
+        slot.produced += 1
+        if model.is_end(token):
+            return "stop"
+        text, stop_string = slot.scanner.feed(slot.decoder.decode(model.piece(token)))
+        self._emit(slot, text)
+        if stop_string:
+            slot.scanner = None  # nothing held back is part of the reply
+            return "stop"
+        if slot.produced >= job.options.max_tokens or len(slot.sequence.tokens) >= model.n_ctx:
+            return "length"
+        slot.pending = token
+        return None
 
-        while produced < options.max_tokens and len(sequence.tokens) < model.n_ctx:
-            if job.cancelled:
-                finish_reason = "cancelled"
-                break
-            token = model.sample(sampler)
-            produced += 1
-            if model.is_end(token):
-                finish_reason = "stop"
-                break
-            text, stop_string = scanner.feed(decoder.decode(model.piece(token)))
-            emit(text)
-            if stop_string:
-                finish_reason = "stop"
-                break
-            model.evaluate([token], sequence.id, len(sequence.tokens))
-            sequence.tokens.append(token)
-        if not stop_string:  # text held back as a possible stop string is part of the reply after all
-            emit(scanner.flush() + decoder.decode(b"", final=True))
-        return Result(
+    def _emit(self, slot: Slot, text: str) -> None:
+        if text:
+            slot.first_token = slot.first_token or time.monotonic()
+            slot.job.on_text(text)
+
+    def _end(self, slot: Slot, finish_reason: str) -> tuple[Job, Result]:
+        self.slots.remove(slot)
+        if slot.scanner is not None:  # text held back as a possible stop string is part of the reply after all
+            self._emit(slot, slot.scanner.flush() + slot.decoder.decode(b"", final=True))
+        result = Result(
             finish_reason=finish_reason,
-            prompt_tokens=len(job.prompt.tokens),
-            completion_tokens=produced,
-            cached_tokens=cached,
-            started=started,
-            first_token=first_token,
+            prompt_tokens=len(slot.job.prompt.tokens),
+            completion_tokens=slot.produced,
+            cached_tokens=slot.cached,
+            started=slot.started,
+            first_token=slot.first_token,
             ended=time.monotonic(),
         )
+        return slot.job, result
+
+    def _forget_all(self) -> None:
+        """After a failed decode every running sequence's cells are in an unknown state."""
+        for slot in self.slots:
+            self.model.forget(slot.sequence.id, 0)
+            slot.sequence.tokens = []
+        self.slots = []

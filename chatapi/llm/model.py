@@ -97,19 +97,26 @@ class Model:
         llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, from_position, -1)
 
     def evaluate(self, tokens: list[int], sequence: int, position: int) -> None:
-        """Run tokens through the model at position..; logits are kept for the last one."""
-        batch = self.batch.batch
+        """Run one sequence's tokens through the model at position..; logits are kept for the last one."""
         for start in range(0, len(tokens), BATCH_SIZE):
             chunk = tokens[start : start + BATCH_SIZE]
-            batch.n_tokens = len(chunk)
-            for i, token in enumerate(chunk):
-                batch.token[i] = token
-                batch.pos[i] = position + start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = sequence
-                batch.logits[i] = False
-            batch.logits[len(chunk) - 1] = True
-            self.context.decode(self.batch)
+            last = start + len(chunk) == len(tokens)
+            self.decode(
+                [(t, position + start + i, sequence, last and i == len(chunk) - 1) for i, t in enumerate(chunk)]
+            )
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of at most BATCH_SIZE (token, position, sequence, keep logits) entries, which
+        may belong to different sequences; `sample` then reads the logits by the entry's index."""
+        batch = self.batch.batch
+        batch.n_tokens = len(entries)
+        for i, (token, position, sequence, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = sequence
+            batch.logits[i] = logits
+        self.context.decode(self.batch)
 
     def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler:
         """A sampler chain: greedy at temperature 0 (repeatable), else top-p, temperature, seeded draw."""
@@ -123,6 +130,6 @@ class Model:
             sampler.add_dist(seed)
         return sampler
 
-    def sample(self, sampler: _internals.LlamaSampler) -> int:
-        """The next token from the last evaluated position's logits."""
-        return sampler.sample(self.context, -1)
+    def sample(self, sampler: _internals.LlamaSampler, index: int = -1) -> int:
+        """The next token from the logits of the last decode's entry `index` (-1: its last)."""
+        return sampler.sample(self.context, index)

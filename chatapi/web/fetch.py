@@ -30,8 +30,7 @@ class Page:
     url: str  # after redirects
     content_type: str  # text/html or text/plain
     charset: str | None
-    body: bytes
-    cut: bool  # the body was longer than the cap and was cut
+    body: bytes  # at most the cap: a longer page is cut there
 
 
 class AddressPolicy:
@@ -142,7 +141,7 @@ def read_page(response: requests.Response, url: str, deadline: float, max_bytes:
     content_type = header.split(";")[0].strip().lower()
     if content_type and content_type not in READABLE_TYPES:
         raise FetchError(f"not a readable page ({content_type})")
-    body, cut = bytearray(), False
+    body = bytearray()
     raw = response.raw
     while True:
         if time.monotonic() > deadline:
@@ -157,11 +156,10 @@ def read_page(response: requests.Response, url: str, deadline: float, max_bytes:
         body += chunk
         if len(body) > max_bytes:
             del body[max_bytes:]
-            cut = True
             break
     if not content_type:  # no header: sniff, and never pass binary on
         if b"\x00" in body[:1024]:
             raise FetchError("not a readable page (binary)")
         content_type = "text/html" if body.lstrip()[:1] == b"<" else "text/plain"
     declared = "charset=" in header.lower()
-    return Page(url, content_type, response.encoding if declared else None, bytes(body), cut)
+    return Page(url, content_type, response.encoding if declared else None, bytes(body))

@@ -156,20 +156,3 @@ def read_page(url: str, policy: AddressPolicy, fetch_timeout: float, deadline: f
         document = None
     documents.put(key, document if document and document.text else False)
     return document if document and document.text else None
-
-
-def grounding(question: str, settings: Settings, count_tokens: Callable[[list[str]], list[int]]):
-    """The research step of an internet-mode generation: it tells the listeners what it searched and
-    found (`search`, then `sources` or `warning`) and returns the sources' text for the system prompt."""
-
-    def research(generation, room: int) -> str:
-        findings = gather(question, settings, room, count_tokens, lambda q: generation.publish("search", {"query": q}))
-        generation.research_timings = findings.timings
-        if findings.warning:
-            generation.publish("warning", {"message": findings.warning})
-        if findings.sources:
-            generation.sources = [source.public() for source in findings.sources]
-            generation.publish("sources", {"sources": generation.sources})
-        return findings.prompt()
-
-    return research

@@ -1,4 +1,4 @@
-"""A small Server-Sent Events client over requests, for tests against the real server."""
+"""A small Server-Sent Events client over requests, for the tests and benchmarks against the real server."""
 
 import json
 
@@ -63,23 +63,3 @@ def read_events_acting(url: str, after: int, action) -> list[dict]:
     finally:
         stream.close()
     return events
-
-
-def new_chat(base: str, *messages: str, roles=("Human", "Assistant")) -> str:
-    """A chat holding the messages, alternating Human and Assistant; returns its id."""
-    chat_id = requests.post(f"{base}/chats/create", json={"name": "test"}, timeout=10).json()["id"]
-    for i, message in enumerate(messages):
-        add_message(base, chat_id, message, roles[i % 2])
-    return chat_id
-
-
-def add_message(base: str, chat_id: str, message: str, role: str = "Human") -> dict:
-    response = requests.post(
-        f"{base}/conversations/create", json={"chat_id": chat_id, "role": role, "message": message}, timeout=10
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def history(base: str, chat_id: str) -> list[dict]:
-    return requests.get(f"{base}/chats/{chat_id}/conversations", timeout=10).json()

@@ -133,3 +133,15 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(DRIP_SECONDS)
         except OSError:
             pass
+
+
+def web_settings(web: Web, search_path: str = "/duckduckgo/html/", **more: str) -> dict:
+    """A server's settings for internet mode against this web (and nowhere else but 127.0.0.1)."""
+    return {
+        "CHATAPI_SEARCH_URL": web.url + search_path,
+        "CHATAPI_FETCH_ALLOW": "127.0.0.1",
+        # Deadlines far beyond what reading the pages takes, so that a page held to its deadline shows.
+        "CHATAPI_FETCH_TIMEOUT": "30",
+        "CHATAPI_RESEARCH_TIMEOUT": "60",
+        **more,
+    }

@@ -1,0 +1,275 @@
+"""Several replies at once (continuous batching), and the model's thread count, against baselines from the same run.
+
+1. 1, 2 and 4 replies asked together (distinct chats whose ~260-token prompts no cache holds but for the
+   system prompt, max_tokens=128, temperature 0): aggregate tokens/s
+   (all token events over the time from the first request to the last `done`), each client's time to first
+   token. Ratios: aggregate at 4 over 1 reply alone; the worst first-token time at 4 over one reply's whole
+   time alone (1.0 would mean the last client waited for a whole reply).
+2. Gaps between two tokens of one reply (p99) while a ~2,000-token prompt is read beside it, over the same
+   reply's gaps before that prompt arrived.
+3. CHATAPI_N_THREADS 1 and 2: one reply's tokens/s alone, and while GET /chats/?limit=20 runs back to back
+   on another connection, with the listings' p50 and p99.
+
+Every wait is bounded (the streams' deadline, the server's start-up) and every loop counted.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import requests
+
+from bench.inference import (
+    ENDLESS,
+    LIST_REQUESTS,
+    Reply,
+    Server,
+    latencies_during_generation,
+    list_latencies,
+    model_path,
+    percentile,
+    prompt_text,
+    stream,
+)
+from config import Config
+from tests.support.server import free_port
+
+TOKENS = 128
+RUNS = 3  # measured repetitions of each concurrency, after one warm-up
+CONCURRENCY = (1, 2, 4)
+AGGREGATE_GOAL = 1.6  # llama.cpp's server with 4 slots on this machine: 1.57
+WAIT_GOAL = 0.25
+LONG_PROMPT = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 200
+THREADS = (1, 2)
+PARALLEL = Config.CHATAPI_PARALLEL
+LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
+
+
+def cold_history() -> list[tuple[str, str]]:
+    """The looping history, made distinct at its start: no cache holds more of it than the system prompt."""
+    (role, first), *rest = ENDLESS
+    return [(role, f"(Conversation {uuid.uuid4().hex[:8]}) {first}"), *rest]
+
+
+def together(asks: list[Callable[[], Reply]]) -> tuple[list[Reply], float]:
+    """The replies asked at once from threads of this process, and their aggregate tokens/s."""
+    replies: list[Reply | BaseException | None] = [None] * len(asks)
+
+    def ask(n: int) -> None:
+        try:
+            replies[n] = asks[n]()
+        except BaseException as exc:  # reported below
+            replies[n] = exc
+
+    threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in range(len(asks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [r for r in replies if not isinstance(r, Reply)]
+    if failed:
+        raise RuntimeError(f"a reply failed: {failed[0]}")
+    tokens = sum(len(r.tokens) for r in replies)
+    elapsed = max(r.done_at for r in replies) - min(r.sent for r in replies)
+    return replies, tokens / elapsed
+
+
+def ours(server: Server, count: int) -> tuple[list[Reply], float]:
+    urls = [server.infer_url(server.new_chat(cold_history()), TOKENS) for _ in range(count)]
+    return together([partial(stream, url) for url in urls])
+
+
+class LlamaServer:
+    """llama.cpp's own server (built from the vendored source of the pinned llama-cpp-python, outside this
+    repository; its path in CHATAPI_BENCH_LLAMA_SERVER) with PARALLEL slots of the same context size."""
+
+    def __init__(self, binary: str, model: str, log: Path, threads: int):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        command = [binary, "-m", model, "--host", "127.0.0.1", "--port", port, "-np", str(PARALLEL)]
+        command += ["-c", str(4096 * PARALLEL), "-t", str(threads), "-tb", str(threads)]
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"llama-server did not come up:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stream(self, prompt: str) -> Reply:
+        """One streamed completion of the prompt (what our server sends the model for the same history)."""
+        reply = Reply(sent=time.perf_counter())
+        body = {"prompt": prompt, "n_predict": TOKENS, "temperature": 0, "stream": True}
+        with requests.post(f"{self.url}/completion", json=body, stream=True, timeout=120) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith(b"data: "):
+                    continue
+                data = json.loads(line[6:])
+                if data.get("content"):
+                    reply.tokens.append(time.perf_counter())
+                if data.get("stop"):
+                    reply.done_at, reply.done = time.perf_counter(), data
+                    break
+        return reply
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def theirs(server: LlamaServer, count: int) -> tuple[list[Reply], float]:
+    return together([partial(server.stream, prompt_text(cold_history())) for _ in range(count)])
+
+
+def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float], dict]:
+    """Gaps (ms) between a running reply's tokens before and while a long prompt is read beside it."""
+    running = server.new_chat(ENDLESS)
+    long_chat = server.new_chat([("Human", LONG_PROMPT)])
+    outcome: dict = {}
+    enough = threading.Event()
+
+    def listen() -> None:
+        try:
+            outcome["running"] = stream(server.infer_url(running, 2000), on_token=lambda n: n >= 60 and enough.set())
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            enough.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    enough.wait(120)
+    sent = time.perf_counter()
+    long_reply = stream(server.infer_url(long_chat, 8))
+    server.stop_generation(running)
+    listener.join(120)
+    if "error" in outcome or "running" not in outcome:
+        raise RuntimeError(f"the running reply failed: {outcome.get('error')}")
+    times = outcome["running"].tokens
+    before = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if b < sent]
+    during = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if sent <= a and b <= long_reply.tokens[0]]
+    return before, during, long_reply.done
+
+
+def threads_part(path: str, workdir: Path) -> list[tuple]:
+    rows = []
+    for n_threads in THREADS:
+        with Server(workdir / f"threads-{n_threads}", path, CHATAPI_N_THREADS=str(n_threads)) as server:
+            stream(server.infer_url(server.new_chat(ENDLESS), 16))  # warm-up
+            alone = statistics.median(stream(server.infer_url(server.new_chat(ENDLESS), 256)).rate for _ in range(2))
+            list_latencies(server, 10)
+            idle = list_latencies(server, LIST_REQUESTS)
+            during, info = latencies_during_generation(server)
+            four = statistics.median(ours(server, 4)[1] for _ in range(2))
+        rows.append((n_threads, alone, info["tokens_per_second"], idle, during, four))
+    return rows
+
+
+def main() -> None:
+    path = model_path()
+    print(f"Several replies at once: gunicorn + gevent on 127.0.0.1, model {Path(path).name}, {os.cpu_count()} CPUs")
+    print(f"server defaults: CHATAPI_PARALLEL={PARALLEL}, CHATAPI_N_THREADS={Config.CHATAPI_N_THREADS}")
+    with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as tmp:
+        workdir = Path(tmp)
+        for name in ("batching", *(f"threads-{n}" for n in THREADS)):
+            (workdir / name).mkdir()
+        with Server(workdir / "batching", path) as server:
+            ours(server, 1)  # warm-up
+            results = {n: [ours(server, n) for _ in range(RUNS)] for n in CONCURRENCY}
+            before, during, long_done = gaps_beside_a_long_prompt(server)
+        compared = {}
+        if LLAMA_SERVER:
+            llama = LlamaServer(LLAMA_SERVER, path, workdir / "llama-server.log", Config.CHATAPI_N_THREADS)
+            try:
+                theirs(llama, 1)  # warm-up
+                compared = {n: [theirs(llama, n) for _ in range(RUNS)] for n in CONCURRENCY}
+            finally:
+                llama.stop()
+        threads = threads_part(path, workdir)
+
+    print(f"{'measure':58} {'baseline':>16} {'measured':>16} {'ratio':>7}  goal")
+
+    def row(name: str, baseline: str, measured: str, ratio: float, goal: str = "") -> None:
+        print(f"{name:58} {baseline:>16} {measured:>16} {ratio:7.3f}  {goal}".rstrip())
+
+    def summary(runs: dict) -> tuple[dict, float, dict]:
+        aggregate = {n: statistics.median(rate for _, rate in runs[n]) for n in CONCURRENCY}
+        single_total = statistics.median(r[0].done_at - r[0].sent for r, _ in runs[1])
+        worst = {n: statistics.median(max(r.ttft for r in replies) for replies, _ in runs[n]) for n in CONCURRENCY}
+        return aggregate, single_total, worst
+
+    for who, runs in (("chatapi", results), ("llama-server", compared)):
+        if not runs:
+            continue
+        aggregate, single_total, worst = summary(runs)
+        for n in CONCURRENCY[1:]:
+            goal = f">= {AGGREGATE_GOAL}" if n == 4 and who == "chatapi" else ""
+            row(
+                f"{who}: aggregate tokens/s, {n} replies together",
+                f"{aggregate[1]:.1f} alone",
+                f"{aggregate[n]:.1f}",
+                aggregate[n] / aggregate[1],
+                goal,
+            )
+        for n in CONCURRENCY[1:]:
+            goal = f"<= {WAIT_GOAL}" if n == 4 and who == "chatapi" else ""
+            row(
+                f"{who}: worst first token, {n} together / 1 reply's time",
+                f"{single_total * 1000:.0f} ms",
+                f"{worst[n] * 1000:.0f} ms",
+                worst[n] / single_total,
+                goal,
+            )
+    if compared:
+        ours_4, theirs_4 = summary(results)[0][4], summary(compared)[0][4]
+        row(
+            "aggregate tokens/s at 4: chatapi / llama-server",
+            f"{theirs_4:.1f} llama",
+            f"{ours_4:.1f} ours",
+            ours_4 / theirs_4,
+        )
+    else:
+        print("llama-server: not compared (set CHATAPI_BENCH_LLAMA_SERVER to a llama-server binary)")
+    row(
+        "token gap p99 while a 2,000-token prompt is read",
+        f"{percentile(before, 99):.1f} ms",
+        f"{percentile(during, 99):.1f} ms",
+        percentile(during, 99) / percentile(before, 99),
+    )
+    print(
+        f"{'CHATAPI_N_THREADS':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
+        f"{'list p99 idle/gen ms':>22} {'4 together tok/s':>17}"
+    )
+    for n_threads, alone, beside, idle, during_list, four in threads:
+        print(
+            f"{n_threads:<18} {alone:12.1f} {beside:16.1f} "
+            f"{percentile(idle, 50):10.1f}/{percentile(during_list, 50):<11.1f}"
+            f"{percentile(idle, 99):10.1f}/{percentile(during_list, 99):<11.1f} {four:17.1f}"
+        )
+    print("details:")
+    for who, runs in (("chatapi", results), ("llama-server", compared)):
+        for n in runs:
+            ttfts = "; ".join(", ".join(f"{r.ttft * 1000:.0f}" for r in replies) for replies, _ in runs[n])
+            print(
+                f"  {who}, {n} together: aggregate tokens/s {', '.join(f'{rate:.1f}' for _, rate in runs[n])}; "
+                f"first-token ms per run {ttfts}"
+            )
+    print(
+        f"  long prompt: {long_done['usage']['prompt_tokens']} tokens, read beside the reply in "
+        f"{long_done['timings']['ttft_ms']:.0f} ms; gaps measured {len(before)} before, {len(during)} during"
+    )

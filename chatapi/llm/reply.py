@@ -1,0 +1,134 @@
+"""The event log of one Assistant reply: its events so far, replayed to whoever listens, resumable.
+
+Everything here runs in greenlets of the server's hub; the engine thread only reports text through
+`Hub.loop.run_callback_threadsafe` (a gevent queue filled from a thread would not wake the hub, and
+tokens would arrive late).
+"""
+
+import time
+import uuid
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+
+from .engine import Job, Options
+from .prompt import Prompt
+from .sse import PING, event_text
+
+
+class Reply:
+    """One Assistant reply being made. `on_unheard` runs when nobody has listened for `grace_seconds`."""
+
+    def __init__(
+        self,
+        chat_id: uuid.UUID,
+        mode: str,
+        options: Options,
+        answering: uuid.UUID | None,
+        ping_seconds: float,
+        grace_seconds: float,
+        on_unheard: Callable[["Reply"], None],
+    ):
+        self.chat_id = chat_id
+        self.mode = mode
+        self.answering = answering  # the id of the message this reply answers
+        self.message_id = uuid.uuid4()  # the id the saved reply will have
+        self.ping_seconds = ping_seconds
+        self.grace_seconds = grace_seconds
+        self.on_unheard = on_unheard
+        # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
+        self.job = Job(chat_id, None, options, on_text=self._text_from_engine)
+        self.events: list[str] = []
+        self.pieces: list[str] = []
+        self.listeners = 0
+        self.departures = 0  # times the last listener left: a grace timer only acts on the latest one
+        self.finished = False
+        self.hub = gevent.get_hub()
+        self._changed = Event()
+        self.created = time.monotonic()
+        self.dequeued: float | None = None
+        self.sources: list[dict] | None = None  # internet mode: the pages the prompt cites
+        self.research_timings: dict = {}
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job.cancelled
+
+    @property
+    def text(self) -> str:
+        """The reply as saved: the streamed pieces joined, surrounding white space stripped."""
+        return "".join(self.pieces).strip()
+
+    def begin(self, prompt: Prompt) -> None:
+        """The prompt is ready: announce the reply."""
+        self.job.prompt = prompt
+        start = {"chat_id": str(self.chat_id), "message_id": str(self.message_id), "mode": self.mode}
+        self.publish("start", {**start, "truncated": prompt.truncated})
+
+    # Producing events (hub thread only)
+
+    def publish(self, event: str | None, data: dict) -> None:
+        self.events.append(event_text(f"{self.message_id}.{len(self.events)}", data, event))
+        changed, self._changed = self._changed, Event()
+        changed.set()
+
+    def _text_from_engine(self, text: str) -> None:
+        self.hub.loop.run_callback_threadsafe(self._add_text, text)
+
+    def _add_text(self, text: str) -> None:
+        self.pieces.append(text)
+        self.publish(None, {"content": text})
+
+    def finish(self, event: str, data: dict) -> None:
+        self.publish(event, data)
+        self.finished = True
+
+    # Listening
+
+    def listen(self, after: int = -1):
+        """The events after index `after`, then each new one as it comes, with pings between."""
+        self.listeners += 1
+        try:
+            sent = after + 1
+            while True:
+                changed = self._changed
+                while sent < len(self.events):
+                    yield self.events[sent]
+                    sent += 1
+                if self.finished:
+                    return
+                if not changed.wait(timeout=self.ping_seconds):
+                    yield PING
+        finally:
+            self.listeners -= 1
+            if self.listeners == 0:
+                self.departures += 1
+                self.watch_listeners()
+
+    def watch_listeners(self) -> None:
+        """Cancel the reply if nobody listens to it for a whole grace period from now."""
+        if self.listeners == 0 and not self.finished:
+            gevent.spawn_later(self.grace_seconds, self._cancel_if_unheard, self.departures)
+
+    def _cancel_if_unheard(self, departures: int) -> None:
+        # A listener that came and went meanwhile started a grace period of its own.
+        if self.listeners == 0 and self.departures == departures and not self.finished:
+            self.on_unheard(self)
+
+    def index_of(self, event_id: str) -> int | None:
+        """The position of an event id of this reply, else None."""
+        message_id, _, index = event_id.rpartition(".")
+        if message_id != str(self.message_id) or not index.isdigit():
+            return None
+        return int(index)
+
+    def resumable_after(self, event_id: str | None) -> int | None:
+        """Where a listener that saw `event_id` picks up: -1 (from the start) when it names nothing
+        of a running reply, the index after which events remain, or None when nothing is left."""
+        seen = self.index_of(event_id) if event_id is not None else None
+        if not self.finished:
+            return -1 if seen is None else seen
+        if seen is not None and seen < len(self.events) - 1:
+            return seen  # the rest of a finished reply
+        return None

@@ -1,0 +1,303 @@
+"""The model room's service: the model (load and status), the queue in front of it, and the replies of
+every chat. It knows nothing of HTTP or the database: the app gives each reply a `save` callback.
+"""
+
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import gevent
+from gevent.event import Event
+from gevent.threadpool import ThreadPool
+
+from .engine import Engine, Options, Result
+from .model import BATCH_SIZE, Model, default_model_path
+from .prompt import Message, Prompt, PromptBuilder
+from .reply import Reply
+
+FINISHED_KEPT = 1000  # finished replies remembered for reconnects
+SOURCES_ROOM = 1536  # tokens kept free for web sources in internet mode (at most half the budget)
+SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the system prompt
+log = logging.getLogger(__name__)
+
+# Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
+Research = Callable[[Reply, int], str]
+# Stores a finished reply (reply.text, reply.sources); returns the saved message, or None when the reply has
+# no text. Raises ChatGone when the chat was deleted meanwhile.
+SaveReply = Callable[[Reply], dict | None]
+
+
+class QueueFull(Exception):
+    pass
+
+
+class ChatGone(Exception):
+    """The chat was deleted while its reply was being made."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The model room's settings, from the app's CHATAPI_* configuration."""
+
+    model_path: str | None  # None: the bundled model, assembled into model_cache
+    model_cache: str
+    n_ctx: int
+    n_threads: int
+    max_tokens: int
+    parallel: int  # replies generated together
+    step_tokens: int  # tokens decoded in one engine step at most: a long prompt is read in chunks this size
+    queue_size: int  # replies waiting or running at once; more get QueueFull
+    kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
+    ping_seconds: float
+    grace_seconds: float  # a reply nobody listens to for this long is stopped
+
+    @classmethod
+    def from_config(cls, config: Mapping, model_cache: str) -> "Settings":
+        return cls(
+            model_path=config["CHATAPI_MODEL_PATH"],
+            model_cache=model_cache,
+            n_ctx=config["CHATAPI_N_CTX"],
+            n_threads=config["CHATAPI_N_THREADS"],
+            max_tokens=config["CHATAPI_MAX_TOKENS"],
+            parallel=config["CHATAPI_PARALLEL"],
+            # Room for every running reply's token and some prompt, within one llama.cpp batch.
+            step_tokens=min(max(config["CHATAPI_STEP_TOKENS"], config["CHATAPI_PARALLEL"] + 1), BATCH_SIZE),
+            queue_size=config["CHATAPI_QUEUE_SIZE"],
+            kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
+            ping_seconds=config["CHATAPI_PING_SECONDS"],
+            grace_seconds=config["CHATAPI_GRACE_SECONDS"],
+        )
+
+
+class ReplyService:
+    """The process's model, its queue, and the replies of every chat."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pool = ThreadPool(1)  # the one real OS thread that owns the model
+        self.status = "not loaded"
+        self.error: str | None = None
+        self.model: Model | None = None
+        self.prompts: PromptBuilder | None = None
+        self.engine: Engine | None = None
+        self.waiting: deque[Reply] = deque()
+        self.running: list[Reply] = []
+        self.preparing = 0  # replies whose prompt is being built
+        self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
+        self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
+        self._work = Event()
+        gevent.spawn(self._dispatch)
+
+    def load(self) -> None:
+        """Start loading the model in its thread, once. The server calls this as its worker starts
+        (gunicorn.conf.py); elsewhere the first request that needs the model does (not `flask db upgrade`)."""
+        if self.status == "not loaded":
+            self.status = "loading"
+            self.pool.spawn(self._load)
+
+    def _load(self) -> None:
+        """Runs in the model's thread; plain attribute writes, so no hub is needed to see the result."""
+        s = self.settings
+        try:
+            path = s.model_path or default_model_path(s.model_cache)
+            self.model = Model(path, s.n_ctx, s.n_threads, s.kv_chats)
+            self.prompts = PromptBuilder(self.model)
+            self.engine = Engine(self.model, s.step_tokens)
+            self.status = "ok"
+        except Exception as exc:
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+
+    def describe(self) -> dict:
+        self.load()
+        described = {"status": self.status}
+        if self.model:
+            described.update(name=self.model.name, n_ctx=self.model.n_ctx, path=self.model.path)
+        if self.error:
+            described["reason"] = self.error
+        described["replies"] = {"running": len(self.running), "waiting": self.preparing + len(self.waiting)}
+        return described
+
+    def options_from(self, given: dict) -> Options:
+        """The reply's options: the request's, else the defaults (a fresh seed each time)."""
+        defaults = Options(
+            max_tokens=self.settings.max_tokens,
+            temperature=0.7,
+            top_p=0.95,
+            seed=int.from_bytes(uuid.uuid4().bytes[:4], "little"),
+        )
+        known = {name: value for name, value in given.items() if name in Options.__dataclass_fields__}
+        return Options(**{**asdict(defaults), **known})
+
+    # Starting, joining, stopping
+
+    def current(self, chat_id: uuid.UUID) -> Reply | None:
+        """The chat's latest reply, running or finished, while it is remembered."""
+        return self.by_chat.get(chat_id)
+
+    def start(
+        self,
+        chat_id: uuid.UUID,
+        mode: str,
+        history: list[Message],
+        system_prompt: str,
+        options: Options,
+        answering: uuid.UUID | None,
+        save: SaveReply,
+        research: Research | None = None,
+    ) -> Reply:
+        """Queue the chat's next reply, or return the one another request started meanwhile.
+
+        QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
+        two requests for one chat cannot both start one. `answering` is the id of the message the reply
+        answers; `research` (internet mode) runs after the start event and returns text for the system prompt.
+        """
+        existing = self.current(chat_id)
+        if existing and not existing.finished:
+            return existing
+        if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
+            raise QueueFull
+        s = self.settings
+        reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel)
+        self._remember(reply)
+        self.saves[reply] = save
+        self.preparing += 1
+        try:
+            self._prepare(reply, history, system_prompt, options, research)
+        except Exception as exc:
+            log.exception("preparing the reply failed")
+            self.saves.pop(reply)
+            reply.finish("error", {"code": 500, "message": f"the reply could not be prepared: {exc}"})
+            return reply
+        finally:
+            self.preparing -= 1
+        self.waiting.append(reply)
+        if reply.cancelled:  # stopped while it was being prepared
+            self.cancel(reply)
+            return reply
+        behind = len(self.running) + len(self.waiting) - self.settings.parallel
+        if behind > 0:
+            reply.publish("queued", {"position": behind})
+        self._work.set()
+        reply.watch_listeners()  # covers a request that went away before it ever read its stream
+        return reply
+
+    def stop(self, chat_id: uuid.UUID) -> bool:
+        """Stop the chat's reply if one is being made; its partial text is saved as cancelled."""
+        reply = self.current(chat_id)
+        if reply is None or reply.finished:
+            return False
+        self.cancel(reply)
+        return True
+
+    def cancel(self, reply: Reply) -> None:
+        """A queued reply leaves the queue at once; a running one stops at its next token."""
+        reply.job.cancelled = True
+        if reply in self.waiting:
+            self.waiting.remove(reply)
+            self._announce_positions()
+            now = time.monotonic()
+            self._end(reply, Result("cancelled", len(reply.job.prompt.tokens), 0, 0, now, None, now))
+
+    def _prepare(self, reply, history, system_prompt, options, research) -> None:
+        """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
+
+        Room for sources is kept before trimming, so `start.truncated` stays true once they are added.
+        """
+        budget = self.model.n_ctx - options.max_tokens
+        reserve = min(SOURCES_ROOM, budget // 2) if research else 0
+        prompt = self.build_prompt(system_prompt, history, budget - reserve)
+        reply.begin(prompt)
+        if research:
+            extra = research(reply, budget - len(prompt.tokens) - SOURCES_MARGIN)
+            if extra:
+                reply.job.prompt = self.build_prompt(f"{system_prompt}\n\n{extra}", history, budget)
+
+    def build_prompt(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
+        # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
+        # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
+        return gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts of texts, from the hub's thread pool (see build_prompt)."""
+        return gevent.get_hub().threadpool.apply(lambda: [len(self.model.tokenize(t)) for t in texts])
+
+    def _remember(self, reply: Reply) -> None:
+        """The chat's latest reply, kept for joins and reconnects; the oldest finished are dropped."""
+        self.by_chat[reply.chat_id] = reply
+        self.by_chat.move_to_end(reply.chat_id)
+        while len(self.by_chat) > FINISHED_KEPT:
+            oldest = next(iter(self.by_chat.values()))
+            if not oldest.finished:
+                break
+            self.by_chat.popitem(last=False)
+
+    def _announce_positions(self) -> None:
+        for position, waiting in enumerate(self.waiting, start=1):
+            waiting.publish("queued", {"position": position})
+
+    def _dispatch(self) -> None:
+        """Run engine steps while replies are running, admitting waiting ones (in arrival order) as places
+        free up; each step is one call into the engine's thread."""
+        while True:
+            if not self.waiting and not self.running:
+                self._work.clear()
+                self._work.wait()
+                continue
+            admitted = []
+            while self.waiting and len(self.running) < self.settings.parallel:
+                reply = self.waiting.popleft()
+                reply.dequeued = time.monotonic()
+                self.running.append(reply)
+                admitted.append(reply.job)
+            if admitted:
+                self._announce_positions()
+            try:
+                ended = self.pool.spawn(self.engine.step, admitted).get()
+            except Exception as exc:
+                log.exception("generation failed")
+                for reply in self.running:
+                    self.saves.pop(reply)
+                    reply.finish("error", {"code": 500, "message": f"generation failed: {exc}"})
+                self.running = []
+                continue
+            for job, result in ended:
+                reply = next(r for r in self.running if r.job is job)
+                self.running.remove(reply)
+                # Queued behind the text callbacks the engine thread already made, so no piece is lost;
+                # saving talks to the database, which the hub itself must not do: a greenlet does.
+                reply.hub.loop.run_callback(gevent.spawn, self._end, reply, result)
+
+    def _end(self, reply: Reply, result: Result) -> None:
+        """Store the reply through its `save` callback and send `done` with it (or `error`)."""
+        save = self.saves.pop(reply)
+        try:
+            saved = save(reply)
+        except ChatGone:
+            return reply.finish("error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
+        except Exception as exc:  # the stream must still end with an event
+            log.exception("saving the reply failed")
+            return reply.finish("error", {"code": 500, "message": f"the reply could not be saved: {exc}"})
+        done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
+        reply.finish("done", {**done, "timings": timings(reply, result)})
+
+
+def usage(result: Result) -> dict:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cached_tokens": result.cached_tokens,
+    }
+
+
+def timings(reply: Reply, result: Result) -> dict:
+    generating = result.ended - (result.first_token or result.ended)
+    return {
+        "queue_ms": round(((reply.dequeued or result.started) - reply.created) * 1000, 1),
+        "ttft_ms": round(((result.first_token or result.ended) - reply.created) * 1000, 1),
+        "total_ms": round((result.ended - reply.created) * 1000, 1),
+        "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
+        **reply.research_timings,
+    }

@@ -1,0 +1,144 @@
+"""The chats' replies as the API serves them: start, join or resume a reply's stream, stop it, save it.
+
+This is the app's side of the model room (chatapi/llm): it reads and writes the database, runs internet
+mode's research (chatapi/web) and publishes what it finds, and turns a reply into an HTTP response.
+"""
+
+import os
+import uuid
+from functools import partial
+
+from flask import Flask, Response, current_app
+from flask_smorest import abort
+
+from .extensions import db
+from .llm.prompt import Message
+from .llm.reply import Reply
+from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings
+from .models import Chat, Conversation
+from .schemas import ConversationSchema
+from .web.research import Settings as WebSettings
+from .web.research import gather
+
+# One service per model settings in a process (the tests make several apps with the same model).
+_services: dict[Settings, ReplyService] = {}
+
+
+def init_app(app: Flask) -> None:
+    settings = Settings.from_config(app.config, os.path.join(app.instance_path, "models"))
+    if settings not in _services:
+        _services[settings] = ReplyService(settings)
+    app.extensions["replies"] = _services[settings]
+
+
+def service() -> ReplyService:
+    """The reply service of the current app."""
+    return current_app.extensions["replies"]
+
+
+def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:
+    """Join the chat's running reply, resume one after Last-Event-ID, or start the next (404/409/503
+    before any stream); 204 when there is nothing to send."""
+    replies = service()
+    reply = replies.current(chat.id)
+    resume_after = reply.resumable_after(last_event_id) if reply else None
+    if resume_after is not None:
+        return event_stream_response(reply.listen(after=resume_after))
+    conversations = chat.history()
+    if not answer_is_wanted(conversations, reply, last_event_id, args.get("after")):
+        return Response(status=204)  # tells EventSource not to reconnect
+    history = [Message(c.role, c.message) for c in conversations]
+    if not any(m.role == "Human" for m in history):
+        abort(409, message=f"chat {chat.id} has no Human message to answer")
+    replies.load()
+    if replies.status != "ok":
+        abort(503, message=replies.error or f"the model is {replies.status}")
+    config = current_app.config
+    research = None
+    if mode == "internet":
+        question = next(m.text for m in reversed(history) if m.role == "Human")
+        research = research_for(question, WebSettings.from_config(config), replies)
+    try:
+        reply = replies.start(
+            chat.id,
+            mode,
+            history,
+            config["CHATAPI_SYSTEM_PROMPT"],
+            replies.options_from(args),
+            answering=conversations[-1].id,
+            save=partial(save_reply, current_app._get_current_object()),
+            research=research,
+        )
+    except QueueFull:
+        abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
+    return event_stream_response(reply.listen())
+
+
+def answer_is_wanted(conversations: list[Conversation], last: Reply | None, last_event_id, after) -> bool:
+    """Whether a request that no reply can serve from memory should start one.
+
+    A plain request always does. A reconnect (Last-Event-ID naming a reply that is over, unknown, or
+    from before a restart) and `after=<message id>` (a reloaded page) only do for a Human message that
+    no reply has answered yet, so a reply delivered in full is never made twice, while a Human message
+    added since the old reply is still answered.
+    """
+    if last_event_id is None and after is None:
+        return True
+    latest = conversations[-1] if conversations else None
+    if latest is None or latest.role != "Human" or (after is not None and latest.id != after):
+        return False
+    return last is None or last.answering != latest.id
+
+
+def stop(chat_id: uuid.UUID) -> bool:
+    """Stop the chat's running reply (its partial text is saved as cancelled); whether one was running."""
+    return service().stop(chat_id)
+
+
+def save_reply(app: Flask, reply: Reply) -> dict | None:
+    """Store a finished reply as the chat's Assistant message; the saved message, or None without text."""
+    with app.app_context():
+        try:
+            chat = db.session.get(Chat, reply.chat_id)
+            if chat is None:
+                raise ChatGone
+            if not reply.text:
+                return None
+            conversation = Conversation(
+                chat=chat, role="Assistant", message=reply.text, id=reply.message_id, sources=reply.sources
+            )
+            db.session.add(conversation)
+            db.session.commit()
+            return ConversationSchema().dump(conversation)
+        except Exception:
+            db.session.rollback()
+            raise
+        finally:
+            db.session.remove()
+
+
+def research_for(question: str, settings: WebSettings, replies: ReplyService) -> Research:
+    """Internet mode's research step: it tells the reply's listeners what it searched and found
+    (`search`, then `sources` or `warning`) and returns the sources' text for the system prompt."""
+
+    def research(reply: Reply, room: int) -> str:
+        findings = gather(
+            question, settings, room, replies.count_tokens, lambda query: reply.publish("search", {"query": query})
+        )
+        reply.research_timings = findings.timings
+        if findings.warning:
+            reply.publish("warning", {"message": findings.warning})
+        if findings.sources:
+            reply.sources = [source.public() for source in findings.sources]
+            reply.publish("sources", {"sources": reply.sources})
+        return findings.prompt()
+
+    return research
+
+
+def event_stream_response(chunks) -> Response:
+    """A streaming response with the headers proxies and browsers need for SSE."""
+    response = Response(chunks, content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
