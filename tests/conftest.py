@@ -101,6 +101,18 @@ def backend(database_url) -> str:
     return database_url.split(":", 1)[0].split("+")[0]
 
 
+# Modules whose tests see the database only through the API, whose own tests run on both: SQLite is enough.
+SQLITE_ONLY = ("test_browser.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out the PostgreSQL runs of the SQLite-only modules (reported as deselected)."""
+    dropped = [item for item in items if item.path.name in SQLITE_ONLY and "[postgresql" in item.name]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 def pytest_terminal_summary(terminalreporter):
     if postgres_skipped:
         terminalreporter.write_sep("!", "PostgreSQL WAS NOT TESTED", red=True, bold=True)
