@@ -33,7 +33,7 @@ class Config:
     CHATAPI_PARALLEL = int(os.environ.get("CHATAPI_PARALLEL") or 4)
     # Tokens decoded in one step at most (one per running reply, the rest from prompts being read): a long
     # prompt stalls the running replies for one step of this size at a time.
-    CHATAPI_STEP_TOKENS = int(os.environ.get("CHATAPI_STEP_TOKENS") or 256)
+    CHATAPI_STEP_TOKENS = int(os.environ.get("CHATAPI_STEP_TOKENS") or 128)
     # Replies waiting or running at once; more get 503 with Retry-After.
     CHATAPI_QUEUE_SIZE = int(os.environ.get("CHATAPI_QUEUE_SIZE") or 8)
     # Chats whose KV cache is kept, so that their next turn starts where the last one ended

@@ -37,7 +37,7 @@ The real server (gunicorn, one gevent worker, `gunicorn.conf.py`) started as a s
   *warm* is the next question after one short Human message (`POST /conversations/create`), which should
   find the chat's history in its KV cache (`cached_tokens` in the details). One chat at a time: median of
   3 chats' warm/cold ratios. Three chats taking turns (A, B, C, then their follow-ups): mean warm TTFT over
-  mean cold TTFT; the server keeps `CHATAPI_KV_CHATS=3` caches, so all three should stay warm.
+  mean cold TTFT; the server keeps `CHATAPI_KV_CHATS=6` caches, so all three should stay warm.
 - **GET /chats/?limit=20**: 200 sequential requests from the benchmark's process while the model is idle,
   then 200 while another connection streams a long reply (`max_tokens=2048`, stopped with
   `POST /conversations/stop/<chat_id>` once the 200 are done); p50 and p99 (nearest rank), ratio
@@ -46,18 +46,24 @@ The real server (gunicorn, one gevent worker, `gunicorn.conf.py`) started as a s
 
 BATCHING_NOTES = """\
 The real server with its defaults (CHATAPI_PARALLEL=4: continuous batching) on a fresh SQLite database, the
-model as above; every line a ratio against a baseline measured in the same run.
+model as above; every ratio against a baseline measured in the same run. llama.cpp's own `llama-server`, when
+`CHATAPI_BENCH_LLAMA_SERVER` names a binary built from the llama.cpp source vendored in the pinned
+llama-cpp-python sdist (outside this repository), gets the same requests: 4 slots of 4,096 tokens,
+`--swa-full` (as our engine, so that a cached prefix can be reused), the same thread count, `/completion`
+streamed at temperature 0, the prompt our server builds for the same history.
 
-- **aggregate tokens/s**: *n* replies asked at once from threads of the benchmark's process (distinct chats
-  with the looping history, `max_tokens=128`, `temperature=0`): all token events over the time from the first
-  request to the last `done`; median of 3 runs after a warm-up, over the same for one reply alone. llama.cpp's
-  own server with 4 slots on this machine: 1.57.
-- **worst first token / one reply's whole time**: the slowest of the *n* clients' time to first token, over
-  the time one reply alone takes from request to `done`. Replies made one after another would put this near
-  *n* - 1; batching keeps it far below 1.
-- **token gap p99**: the 99th percentile of the gaps between two token events of a running reply while a
-  chat with a ~2,000-token prompt is asked beside it (from that request to its first token), over the same
-  reply's gaps before (chunked prefill: the prompt is read 256 tokens a step, between the reply's tokens).
+- **aggregate tok/s**: *n* replies asked at once from threads of the benchmark's process, distinct chats,
+  `max_tokens=128`, `temperature=0`: all token events over the time from the first request to the last
+  `done`; median of 3 runs after a warm-up, over the same for one reply alone. Two workloads: *new ~15 tokens*,
+  the looping history with a distinct last line (another chat's cache holds all but the last ~15 tokens:
+  the replies' generation is the work, which is what batching shares), and *cold ~260 tokens*, the same
+  history made distinct at its start (every prompt is read whole; reading is compute-bound, so no scheduling
+  makes four cold prompts faster than one after another). The goals apply to the first.
+- **worst 1st token / 1 reply's time**: the slowest of the *n* clients' time to first token, over the time
+  one reply alone takes from request to `done`. Replies made one after another would put this near *n* - 1.
+- **token gap p99 beside a 2,000-token prompt**: the 99th percentile of the gaps between two token events of
+  a running reply while a chat with a ~2,000-token prompt is asked beside it (from that request to its first
+  token), over the same reply's gaps before; one server per `CHATAPI_STEP_TOKENS` (the chunk read per step).
 - **CHATAPI_N_THREADS**: one server per setting; one reply's tokens/s alone (`max_tokens=256`, median of 2),
   while 200 `GET /chats/?limit=20` run back to back on another connection (with their p50/p99 idle and
   meanwhile), and 4 replies together."""

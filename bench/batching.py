@@ -49,6 +49,7 @@ AGGREGATE_GOAL = 1.6  # llama.cpp's server with 4 slots on this machine: 1.57
 WAIT_GOAL = 0.25
 LONG_PROMPT = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 200
 THREADS = (1, 2)
+STEPS = (64, 128, 256)  # CHATAPI_STEP_TOKENS compared
 PARALLEL = Config.CHATAPI_PARALLEL
 LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
 
@@ -57,6 +58,17 @@ def cold_history() -> list[tuple[str, str]]:
     """The looping history, made distinct at its start: no cache holds more of it than the system prompt."""
     (role, first), *rest = ENDLESS
     return [(role, f"(Conversation {uuid.uuid4().hex[:8]}) {first}"), *rest]
+
+
+def warm_history() -> list[tuple[str, str]]:
+    """The looping history, made distinct at its end: a cache holding another chat's copy has all but ~15 tokens."""
+    *rest, (role, last) = ENDLESS
+    return [*rest, (role, f"{last} (Conversation {uuid.uuid4().hex[:8]})")]
+
+
+# The two kinds of request: prompts mostly in the cache (what batching is for: generating), and prompts read
+# whole (~260 tokens each: reading them is most of the work, and no scheduling makes reading faster).
+WORKLOADS = {"new ~15 tokens": warm_history, "cold ~260 tokens": cold_history}
 
 
 def together(asks: list[Callable[[], Reply]]) -> tuple[list[Reply], float]:
@@ -82,8 +94,8 @@ def together(asks: list[Callable[[], Reply]]) -> tuple[list[Reply], float]:
     return replies, tokens / elapsed
 
 
-def ours(server: Server, count: int) -> tuple[list[Reply], float]:
-    urls = [server.infer_url(server.new_chat(cold_history()), TOKENS) for _ in range(count)]
+def ours(server: Server, count: int, history: Callable = warm_history) -> tuple[list[Reply], float]:
+    urls = [server.infer_url(server.new_chat(history()), TOKENS) for _ in range(count)]
     return together([partial(stream, url) for url in urls])
 
 
@@ -96,6 +108,7 @@ class LlamaServer:
         port = self.url.rsplit(":", 1)[1]
         command = [binary, "-m", model, "--host", "127.0.0.1", "--port", port, "-np", str(PARALLEL)]
         command += ["-c", str(4096 * PARALLEL), "-t", str(threads), "-tb", str(threads)]
+        command += ["--swa-full"]  # as our engine: Gemma's sliding-window cache can then be reused for a prefix
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -132,8 +145,8 @@ class LlamaServer:
         self.process.wait(30)
 
 
-def theirs(server: LlamaServer, count: int) -> tuple[list[Reply], float]:
-    return together([partial(server.stream, prompt_text(cold_history())) for _ in range(count)])
+def theirs(server: LlamaServer, count: int, history: Callable = warm_history) -> tuple[list[Reply], float]:
+    return together([partial(server.stream, prompt_text(history())) for _ in range(count)])
 
 
 def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float], dict]:
@@ -180,77 +193,85 @@ def threads_part(path: str, workdir: Path) -> list[tuple]:
     return rows
 
 
+def step_part(path: str, workdir: Path) -> list[tuple]:
+    """For each step size: the running reply's token gaps before and beside the long prompt, and the prompt."""
+    rows = []
+    for step in STEPS:
+        with Server(workdir / f"step-{step}", path, CHATAPI_STEP_TOKENS=str(step)) as server:
+            stream(server.infer_url(server.new_chat(ENDLESS), 16))  # warm-up
+            rows.append((step, *gaps_beside_a_long_prompt(server)))
+    return rows
+
+
+def summary(runs: dict) -> tuple[dict, float, dict]:
+    """Median aggregate tokens/s by concurrency, one reply's whole time alone, worst first token by concurrency."""
+    aggregate = {n: statistics.median(rate for _, rate in runs[n]) for n in CONCURRENCY}
+    single_total = statistics.median(r[0].done_at - r[0].sent for r, _ in runs[1])
+    worst = {n: statistics.median(max(r.ttft for r in replies) for replies, _ in runs[n]) for n in CONCURRENCY}
+    return aggregate, single_total, worst
+
+
 def main() -> None:
     path = model_path()
     print(f"Several replies at once: gunicorn + gevent on 127.0.0.1, model {Path(path).name}, {os.cpu_count()} CPUs")
-    print(f"server defaults: CHATAPI_PARALLEL={PARALLEL}, CHATAPI_N_THREADS={Config.CHATAPI_N_THREADS}")
+    print(
+        f"server defaults: CHATAPI_PARALLEL={PARALLEL}, CHATAPI_N_THREADS={Config.CHATAPI_N_THREADS}, "
+        f"CHATAPI_STEP_TOKENS={Config.CHATAPI_STEP_TOKENS}"
+    )
+    runs: dict[tuple[str, str], dict] = {}  # (server, workload) -> concurrency -> [(replies, aggregate)]
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as tmp:
         workdir = Path(tmp)
-        for name in ("batching", *(f"threads-{n}" for n in THREADS)):
+        for name in ("batching", *(f"threads-{n}" for n in THREADS), *(f"step-{n}" for n in STEPS)):
             (workdir / name).mkdir()
         with Server(workdir / "batching", path) as server:
-            ours(server, 1)  # warm-up
-            results = {n: [ours(server, n) for _ in range(RUNS)] for n in CONCURRENCY}
-            before, during, long_done = gaps_beside_a_long_prompt(server)
-        compared = {}
+            for workload, history in WORKLOADS.items():
+                ours(server, Config.CHATAPI_KV_CHATS, history)  # warm-up: every KV sequence has been used
+                runs["chatapi", workload] = {n: [ours(server, n, history) for _ in range(RUNS)] for n in CONCURRENCY}
         if LLAMA_SERVER:
             llama = LlamaServer(LLAMA_SERVER, path, workdir / "llama-server.log", Config.CHATAPI_N_THREADS)
             try:
-                theirs(llama, 1)  # warm-up
-                compared = {n: [theirs(llama, n) for _ in range(RUNS)] for n in CONCURRENCY}
+                for workload, history in WORKLOADS.items():
+                    theirs(llama, PARALLEL, history)  # warm-up: every slot has been used
+                    runs["llama-server", workload] = {
+                        n: [theirs(llama, n, history) for _ in range(RUNS)] for n in CONCURRENCY
+                    }
             finally:
                 llama.stop()
+        steps = step_part(path, workdir)
         threads = threads_part(path, workdir)
 
-    print(f"{'measure':58} {'baseline':>16} {'measured':>16} {'ratio':>7}  goal")
+    print(f"{'measure':62} {'baseline':>15} {'measured':>14} {'ratio':>7}  goal")
 
     def row(name: str, baseline: str, measured: str, ratio: float, goal: str = "") -> None:
-        print(f"{name:58} {baseline:>16} {measured:>16} {ratio:7.3f}  {goal}".rstrip())
+        print(f"{name:62} {baseline:>15} {measured:>14} {ratio:7.3f}  {goal}".rstrip())
 
-    def summary(runs: dict) -> tuple[dict, float, dict]:
-        aggregate = {n: statistics.median(rate for _, rate in runs[n]) for n in CONCURRENCY}
-        single_total = statistics.median(r[0].done_at - r[0].sent for r, _ in runs[1])
-        worst = {n: statistics.median(max(r.ttft for r in replies) for replies, _ in runs[n]) for n in CONCURRENCY}
-        return aggregate, single_total, worst
-
-    for who, runs in (("chatapi", results), ("llama-server", compared)):
-        if not runs:
-            continue
-        aggregate, single_total, worst = summary(runs)
+    for (who, workload), by_count in runs.items():
+        aggregate, single_total, worst = summary(by_count)
+        with_goals = who == "chatapi" and workload == next(iter(WORKLOADS))
         for n in CONCURRENCY[1:]:
-            goal = f">= {AGGREGATE_GOAL}" if n == 4 and who == "chatapi" else ""
-            row(
-                f"{who}: aggregate tokens/s, {n} replies together",
-                f"{aggregate[1]:.1f} alone",
-                f"{aggregate[n]:.1f}",
-                aggregate[n] / aggregate[1],
-                goal,
-            )
+            name = f"{who}, {workload}: aggregate tok/s, {n} together"
+            goal = f">= {AGGREGATE_GOAL}" if n == 4 and with_goals else ""
+            row(name, f"{aggregate[1]:.1f} alone", f"{aggregate[n]:.1f}", aggregate[n] / aggregate[1], goal)
         for n in CONCURRENCY[1:]:
-            goal = f"<= {WAIT_GOAL}" if n == 4 and who == "chatapi" else ""
-            row(
-                f"{who}: worst first token, {n} together / 1 reply's time",
-                f"{single_total * 1000:.0f} ms",
-                f"{worst[n] * 1000:.0f} ms",
-                worst[n] / single_total,
-                goal,
-            )
-    if compared:
-        ours_4, theirs_4 = summary(results)[0][4], summary(compared)[0][4]
-        row(
-            "aggregate tokens/s at 4: chatapi / llama-server",
-            f"{theirs_4:.1f} llama",
-            f"{ours_4:.1f} ours",
-            ours_4 / theirs_4,
-        )
-    else:
+            name = f"{who}, {workload}: worst 1st token, {n} / 1 reply's time"
+            goal = f"<= {WAIT_GOAL}" if n == 4 and with_goals else ""
+            row(name, f"{single_total * 1000:.0f} ms", f"{worst[n] * 1000:.0f} ms", worst[n] / single_total, goal)
+    for workload in WORKLOADS:
+        if ("llama-server", workload) in runs:
+            ours_4 = summary(runs["chatapi", workload])[0][4]
+            theirs_4 = summary(runs["llama-server", workload])[0][4]
+            name = f"{workload}: aggregate tok/s at 4, chatapi / llama-server"
+            row(name, f"{theirs_4:.1f} llama", f"{ours_4:.1f} ours", ours_4 / theirs_4)
+    if not LLAMA_SERVER:
         print("llama-server: not compared (set CHATAPI_BENCH_LLAMA_SERVER to a llama-server binary)")
-    row(
-        "token gap p99 while a 2,000-token prompt is read",
-        f"{percentile(before, 99):.1f} ms",
-        f"{percentile(during, 99):.1f} ms",
-        percentile(during, 99) / percentile(before, 99),
-    )
+    for step, before, during, _ in steps:
+        name = f"token gap p99 beside a 2,000-token prompt, step {step}"
+        row(
+            name,
+            f"{percentile(before, 99):.1f} ms",
+            f"{percentile(during, 99):.1f} ms",
+            percentile(during, 99) / percentile(before, 99),
+        )
     print(
         f"{'CHATAPI_N_THREADS':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
         f"{'list p99 idle/gen ms':>22} {'4 together tok/s':>17}"
@@ -262,14 +283,13 @@ def main() -> None:
             f"{percentile(idle, 99):10.1f}/{percentile(during_list, 99):<11.1f} {four:17.1f}"
         )
     print("details:")
-    for who, runs in (("chatapi", results), ("llama-server", compared)):
-        for n in runs:
-            ttfts = "; ".join(", ".join(f"{r.ttft * 1000:.0f}" for r in replies) for replies, _ in runs[n])
-            print(
-                f"  {who}, {n} together: aggregate tokens/s {', '.join(f'{rate:.1f}' for _, rate in runs[n])}; "
-                f"first-token ms per run {ttfts}"
-            )
-    print(
-        f"  long prompt: {long_done['usage']['prompt_tokens']} tokens, read beside the reply in "
-        f"{long_done['timings']['ttft_ms']:.0f} ms; gaps measured {len(before)} before, {len(during)} during"
-    )
+    for (who, workload), by_count in runs.items():
+        for n, measured in by_count.items():
+            ttfts = "; ".join(", ".join(f"{r.ttft * 1000:.0f}" for r in replies) for replies, _ in measured)
+            rates = ", ".join(f"{rate:.1f}" for _, rate in measured)
+            print(f"  {who}, {workload}, {n} together: aggregate tok/s {rates}; first-token ms per run {ttfts}")
+    for step, before, during, long_done in steps:
+        print(
+            f"  step {step}: the {long_done['usage']['prompt_tokens']}-token prompt's first token after "
+            f"{long_done['timings']['ttft_ms']:.0f} ms; gaps measured {len(before)} before, {len(during)} during"
+        )

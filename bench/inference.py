@@ -5,7 +5,7 @@
    server starts, so that the two never share the CPUs).
 2. Follow-up time to first token: a chat with a ~1,500-token history, asked once (cold), then again after a
    short Human message (warm: the chat's KV cache should hold everything but the new tokens). Ratio warm/cold,
-   for one chat at a time and for three chats taking turns (the server keeps CHATAPI_KV_CHATS=3 caches).
+   for one chat at a time and for three chats taking turns (the server keeps CHATAPI_KV_CHATS=6 caches).
 3. GET /chats/?limit=20 while the model is idle and while it generates: p50 and p99, ratio during/idle.
 
 Every wait is bounded (DEADLINE_SECONDS for a stream, STARTUP_SECONDS for the server) and every loop counted.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from config import Config
 from tests.support import server as live_server  # the tests' own server starter, shared rather than copied
 from tests.support.chats import ENDLESS as ENDLESS_MESSAGES
 from tests.support.chats import as_history
@@ -161,7 +162,6 @@ def model_path() -> str:
 def prompt_text(history: list[tuple[str, str]]) -> str:
     """The prompt the server builds for this history (the bundled GGUF has no chat template: a transcript)."""
     from chatapi.llm.prompt import Message, render_transcript
-    from config import Config
 
     return render_transcript(Config.CHATAPI_SYSTEM_PROMPT, [Message(role, text) for role, text in history])
 
@@ -182,7 +182,8 @@ def raw_rates(path: str, prompt: str, runs: int) -> tuple[list[float], int]:
     from chatapi.llm.model import _silence_llama_log
 
     _silence_llama_log()  # as the server does: llama.cpp's notes on stderr, errors only
-    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    # The same thread count as the server's, so that the ratio measures serving, not threads.
+    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=Config.CHATAPI_N_THREADS, verbose=False)
     try:
         prompt_tokens = len(llm.tokenize(prompt.encode("utf-8")))
         rates = []
