@@ -1,7 +1,6 @@
 """Fixtures: every test that uses `app` or `client` runs once on SQLite and once on PostgreSQL."""
 
 import os
-import time
 import uuid
 
 import flask_migrate
@@ -13,6 +12,7 @@ import sqlalchemy as sa
 from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.web import research
+from tests.support import wait_for
 from tests.support.server import Server
 from tests.support.web import Web
 
@@ -180,10 +180,11 @@ def shared_servers_left_idle(request):
 def leave_idle(base: str) -> None:
     for chat in requests.get(f"{base}/chats/", timeout=10).json():
         requests.post(f"{base}/conversations/stop/{chat['id']}", timeout=10)
-    deadline = time.monotonic() + 120
-    while (busy := requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]) != IDLE:
-        assert time.monotonic() < deadline, busy
-        time.sleep(0.1)
+
+    def idle() -> bool:
+        return requests.get(f"{base}/health", timeout=10).json()["model"]["replies"] == IDLE
+
+    wait_for(idle, 120, "an idle model")
 
 
 @pytest.fixture(scope="session")

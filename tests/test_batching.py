@@ -4,13 +4,11 @@ Concurrency is shown by the order in which events arrive at the clients, never b
 made one after another would deliver each reply's `done` before the next one's first token.
 """
 
-import threading
-import time
-
 import requests
 
+from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
-from tests.support.sse import EventStream, read_events
+from tests.support.sse import Arrivals, EventStream, read_events
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -18,38 +16,6 @@ QUESTIONS = [
     "How many legs does a spider have?",
     "What do bees make?",
 ]
-
-
-class Arrivals:
-    """Reads several streams at once, each in its own thread, and records every event in arrival order."""
-
-    def __init__(self):
-        self.log: list[tuple[str, dict]] = []
-        self.threads: list[threading.Thread] = []
-
-    def read(self, name: str, stream: EventStream) -> None:
-        thread = threading.Thread(target=lambda: self.log.extend((name, event) for event in stream))
-        thread.start()
-        self.threads.append(thread)
-
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join()
-
-    def events(self, name: str) -> list[dict]:
-        return [event for who, event in self.log if who == name]
-
-    def first(self, name: str, kind: str) -> int:
-        """The position of the stream's first event of this kind among all arrivals."""
-        return next(i for i, (who, event) in enumerate(self.log) if who == name and event["event"] == kind)
-
-
-def wait_for(condition, seconds: float = 300) -> None:
-    """Until condition() holds; the deadline only keeps a broken server from hanging the suite."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.05)
 
 
 def ended(arrivals: Arrivals, name: str) -> bool:

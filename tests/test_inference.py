@@ -8,19 +8,19 @@ import pytest
 import requests
 
 from conftest import FAST_STREAM_SETTINGS
+from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
-from tests.support.sse import EventStream, read_events, read_events_acting
+from tests.support.sse import Arrivals, EventStream, read_events, read_events_acting
 
 # Both stream routes check their input the same way before any stream (or web search) starts.
 STREAM_ROUTES = pytest.mark.parametrize("route", ["inference", "inference_internet"])
 
-def wait_for_reply(base: str, chat_id: str, count: int, seconds: float = 300) -> dict:
-    """The chat's last message once it holds `count`; the deadline only keeps a broken server from hanging."""
-    deadline = time.monotonic() + seconds
-    while len(saved := history(base, chat_id)) < count:
-        assert time.monotonic() < deadline, saved
-        time.sleep(0.2)
-    return saved[-1]
+
+def wait_for_reply(base: str, chat_id: str, count: int) -> dict:
+    """The chat's last message once it holds `count`."""
+    wait_for(lambda: len(history(base, chat_id)) >= count, what=f"{count} messages")
+    return history(base, chat_id)[-1]
+
 
 def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client):
     base = inference_server
@@ -55,10 +55,12 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] <= timings["total_ms"]
     assert timings["tokens_per_second"] > 1
 
+
 def test_temperature_zero_is_repeatable(inference_server, client):
     base = inference_server
     replies = [read_events(infer(base, new_chat(base, QUESTION)))[-1]["data"]["message"]["message"] for _ in range(2)]
     assert replies[0] == replies[1]
+
 
 def test_a_follow_up_turn_reuses_the_cached_history(inference_server, client):
     base = inference_server
@@ -70,6 +72,7 @@ def test_a_follow_up_turn_reuses_the_cached_history(inference_server, client):
     assert second["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]
     assert second["usage"]["prompt_tokens"] - second["usage"]["cached_tokens"] < 30
 
+
 def test_chats_taking_turns_keep_their_caches(inference_server, client):
     base = inference_server
     chats = [new_chat(base, f"Chat number {n} says hello.") for n in range(3)]
@@ -78,6 +81,7 @@ def test_chats_taking_turns_keep_their_caches(inference_server, client):
         add_message(base, chat_id, "Say it again.")
         again = read_events(infer(base, chat_id))[-1]["data"]
         assert again["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"], (first, again)
+
 
 def test_a_second_request_joins_the_running_generation(inference_server, client):
     base = inference_server
@@ -93,6 +97,7 @@ def test_a_second_request_joins_the_running_generation(inference_server, client)
     assert joined[-1]["event"] == "done"
     saved = history(base, chat_id)
     assert len(saved) == len(ENDLESS) + 1 and saved[-1]["message"] == pieces(joined).strip()
+
 
 def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_server, client):
     base = inference_server
@@ -114,6 +119,7 @@ def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_s
     assert after.status_code == 204 and after.content == b""
     assert len(history(base, chat_id)) == len(ENDLESS) + 1  # the 204 started nothing new
 
+
 def test_after_names_the_message_a_reply_answers(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
@@ -126,6 +132,7 @@ def test_after_names_the_message_a_reply_answers(inference_server, client):
     assert len(history(base, chat_id)) == 2
     bad = requests.get(infer(base, chat_id, "after=nope"), timeout=10)
     assert bad.status_code == 422 and "after" in bad.json()["errors"]
+
 
 def test_after_joins_the_reply_still_running(inference_server, client):
     base = inference_server
@@ -141,12 +148,14 @@ def test_after_joins_the_reply_still_running(inference_server, client):
     assert joined[-1]["event"] == "done" and joined == head + rest
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant", "Human", "Assistant"]
 
+
 def test_after_an_unknown_message_starts_nothing(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
     response = requests.get(infer(base, chat_id, f"after={uuid.uuid4()}"), timeout=10)
     assert response.status_code == 204 and response.content == b""
     assert len(history(base, chat_id)) == 1
+
 
 @pytest.mark.parametrize("last_event_id", ["nonsense", f"{uuid.uuid4()}.3", f"{uuid.uuid4()}.x", ""])
 def test_an_unknown_last_event_id_starts_the_unanswered_reply(inference_server, client, last_event_id):
@@ -162,6 +171,7 @@ def test_an_unknown_last_event_id_starts_the_unanswered_reply(inference_server, 
     assert again.status_code == 204
     assert len(history(base, chat_id)) == 2
 
+
 def test_a_stale_last_event_id_does_not_suppress_the_reply_to_a_newer_message(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)
@@ -173,6 +183,7 @@ def test_a_stale_last_event_id_does_not_suppress_the_reply_to_a_newer_message(in
     assert new[0]["data"]["message_id"] != old[0]["data"]["message_id"]
     assert [m["role"] for m in history(base, chat_id)] == ["Human", "Assistant", "Human", "Assistant"]
     assert history(base, chat_id)[-1]["message"] == new[-1]["data"]["message"]["message"]
+
 
 def test_a_last_event_id_from_before_a_restart(start_server, client):
     first = start_server(**FAST_STREAM_SETTINGS)
@@ -186,6 +197,7 @@ def test_a_last_event_id_from_before_a_restart(start_server, client):
     # A reply lost with the old process (here: never started) is made by the new one.
     events = read_events(infer(second, unanswered), last_event_id=f"{uuid.uuid4()}.7")
     assert events[-1]["event"] == "done" and len(history(second, unanswered)) == 2
+
 
 def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, client):
     base = inference_server
@@ -203,6 +215,7 @@ def test_stop_ends_the_generation_and_saves_the_partial_reply(inference_server, 
     assert history(base, chat_id)[-1]["message"] == done["message"]["message"]
     idle = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
     assert idle.json() == {"chat_id": chat_id, "stopped": False}
+
 
 def test_stopping_a_queued_reply_takes_it_out_of_the_queue(one_at_a_time_server, client):
     base = one_at_a_time_server
@@ -230,6 +243,7 @@ def test_stopping_a_queued_reply_takes_it_out_of_the_queue(one_at_a_time_server,
     assert list(running_events)[-1]["data"]["finish_reason"] == "cancelled"
     assert list(behind_events)[-1]["event"] == "done"
 
+
 def test_a_stream_nobody_reads_is_cancelled_after_the_grace_period(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
@@ -241,6 +255,7 @@ def test_a_stream_nobody_reads_is_cancelled_after_the_grace_period(inference_ser
     rest = read_events(infer(base, chat_id), last_event_id=f"{saved['id']}.0")
     assert rest[-1]["event"] == "done" and rest[-1]["data"]["finish_reason"] == "cancelled"
     assert rest[-1]["data"]["usage"]["completion_tokens"] < 2000
+
 
 def test_a_client_that_goes_away_frees_the_model(one_at_a_time_server, client):
     base = one_at_a_time_server
@@ -256,36 +271,27 @@ def test_a_client_that_goes_away_frees_the_model(one_at_a_time_server, client):
     assert abandoned["finish_reason"] == "cancelled"
     assert abandoned["usage"]["completion_tokens"] < 2000
 
+
 def test_waiting_clients_are_told_their_place(one_at_a_time_server, client):
     base = one_at_a_time_server
-    arrivals: list[tuple[str, dict]] = []  # every event of the three streams, in the order they arrived
-
-    def read(name: str, stream: EventStream) -> None:
-        arrivals.extend((name, event) for event in stream)
-
     streams = {"first": EventStream(infer(base, new_chat(base, *ENDLESS), f"max_tokens=200&{GREEDY}"))}
     for name in ("second", "third"):  # each queued before the next is asked for
         streams[name] = EventStream(infer(base, new_chat(base, QUESTION)))
-    threads = [threading.Thread(target=read, args=item) for item in streams.items()]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    arrivals = Arrivals()  # every event of the three streams, in the order they arrived
+    for name, stream in streams.items():
+        arrivals.read(name, stream)
+    arrivals.join()
 
-    def events_of(name: str) -> list[dict]:
-        return [event for who, event in arrivals if who == name]
-
-    def arrival(name: str, kind: str) -> int:
-        return next(i for i, (who, event) in enumerate(arrivals) if who == name and event["event"] == kind)
-
-    assert [e["data"] for e in events_of("second") if e["event"] == "queued"] == [{"position": 1}]
+    assert [e["data"] for e in arrivals.events("second") if e["event"] == "queued"] == [{"position": 1}]
     # The third moves up when the first ends and the second starts.
-    assert [e["data"] for e in events_of("third") if e["event"] == "queued"] == [{"position": 2}, {"position": 1}]
-    assert all(events_of(name)[-1]["event"] == "done" for name in streams)
+    third_queued = [e["data"] for e in arrivals.events("third") if e["event"] == "queued"]
+    assert third_queued == [{"position": 2}, {"position": 1}]
+    assert all(arrivals.events(name)[-1]["event"] == "done" for name in streams)
     # Each waited: its first token came after the reply ahead of it was done.
-    assert arrival("first", "done") < arrival("second", "message")
-    assert arrival("second", "done") < arrival("third", "message")
+    assert arrivals.first("first", "done") < arrivals.first("second", "message")
+    assert arrivals.first("second", "done") < arrivals.first("third", "message")
     assert streams["second"].pings > 0  # kept alive while it waited
+
 
 def test_other_routes_answer_promptly_during_a_generation(inference_server, client):
     base = inference_server
@@ -309,6 +315,7 @@ def test_other_routes_answer_promptly_during_a_generation(inference_server, clie
     # Sharing the two cores with the model slows a listing down, but not by orders of magnitude.
     assert during[10] < 50 * idle, (idle, during)
 
+
 def test_long_history_is_trimmed_oldest_first(start_server, client):
     base = start_server(CHATAPI_N_CTX="512", **{"CHATAPI_PING_SECONDS": "0.5"}).url
     # Messages of different lengths, so that which ones were kept shows in the prompt's length.
@@ -329,6 +336,7 @@ def test_long_history_is_trimmed_oldest_first(start_server, client):
     assert events[-1]["event"] == "done"
     assert events[-1]["data"]["usage"]["prompt_tokens"] <= 512 - 16
 
+
 def test_a_full_queue_answers_503_with_retry_after(start_server, client):
     base = start_server(CHATAPI_QUEUE_SIZE="1", CHATAPI_PING_SECONDS="0.5").url
     busy = new_chat(base, *ENDLESS)
@@ -344,6 +352,7 @@ def test_a_full_queue_answers_503_with_retry_after(start_server, client):
     list(iterator)
     assert read_events(infer(base, other))[-1]["event"] == "done"  # room again
 
+
 def test_deleting_the_chat_mid_reply_stops_it_with_an_error_and_saves_nothing(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
@@ -355,6 +364,7 @@ def test_deleting_the_chat_mid_reply_stops_it_with_an_error_and_saves_nothing(in
     assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 404
     assert len(events) < 40  # the generation stopped with the deletion, not at max_tokens
     assert requests.get(f"{base}/conversations/{events[0]['data']['message_id']}", timeout=5).status_code == 404
+
 
 @pytest.mark.parametrize(
     ("query", "field"),
@@ -378,6 +388,7 @@ def test_bad_options_are_422_before_any_stream(inference_server, client, query, 
     assert field in response.json()["errors"]
     assert len(history(base, chat_id)) == 1
 
+
 @STREAM_ROUTES
 def test_unknown_chat_404_and_no_human_message_409(inference_server, client, route):
     base = inference_server
@@ -392,6 +403,7 @@ def test_unknown_chat_404_and_no_human_message_409(inference_server, client, rou
         assert len(history(base, chat_id)) == (chat_id == assistant_only)
     assert requests.post(f"{base}/conversations/stop/{uuid.uuid4()}", timeout=10).status_code == 404
 
+
 def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")
@@ -405,6 +417,7 @@ def test_model_that_cannot_load_is_503_with_the_reason(start_server, client, tmp
     response = requests.get(infer(base, chat_id), timeout=10)
     assert response.status_code == 503 and response.json()["code"] == 503
     assert requests.get(f"{base}/chats/{chat_id}", timeout=10).status_code == 200  # the rest still works
+
 
 def test_concurrent_requests_for_one_chat_make_one_reply(inference_server, client):
     base = inference_server

@@ -1,11 +1,11 @@
 """GET /conversations/inference_internet/<chat_id>: the real server and model, a real web on 127.0.0.1."""
 
 import threading
-import time
 
 import pytest
 import requests
 
+from tests.support import wait_for
 from tests.support.chats import history, new_chat
 from tests.support.sse import read_events
 from tests.support.web import web_settings
@@ -95,10 +95,12 @@ def test_stopping_during_the_web_search_ends_the_reply_before_the_model_runs(sta
     result: dict = {}
     reader = threading.Thread(target=lambda: result.update(events=read_events(internet(base, chat_id))))
     reader.start()
-    deadline = time.monotonic() + 60
-    while not any(path.startswith("/articles/slow?") for path in web.requests[earlier:]):
-        assert time.monotonic() < deadline and reader.is_alive()
-        time.sleep(0.02)
+
+    def searching() -> bool:
+        return any(path.startswith("/articles/slow?") for path in web.requests[earlier:])
+
+    wait_for(lambda: searching() or not reader.is_alive(), 60, "the search request")
+    assert searching()
     stopped = requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
     assert stopped.json() == {"chat_id": chat_id, "stopped": True}
     reader.join()

@@ -96,15 +96,6 @@ class Model:
         """Drop a sequence's cached tokens from a position on."""
         llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, from_position, -1)
 
-    def evaluate(self, tokens: list[int], sequence: int, position: int) -> None:
-        """Run one sequence's tokens through the model at position..; logits are kept for the last one."""
-        for start in range(0, len(tokens), BATCH_SIZE):
-            chunk = tokens[start : start + BATCH_SIZE]
-            last = start + len(chunk) == len(tokens)
-            self.decode(
-                [(t, position + start + i, sequence, last and i == len(chunk) - 1) for i, t in enumerate(chunk)]
-            )
-
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of at most BATCH_SIZE (token, position, sequence, keep logits) entries, which
         may belong to different sequences; `sample` then reads the logits by the entry's index."""

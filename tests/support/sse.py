@@ -1,6 +1,7 @@
 """A small Server-Sent Events client over requests, for the tests and benchmarks against the real server."""
 
 import json
+import threading
 
 import requests
 
@@ -63,3 +64,27 @@ def read_events_acting(url: str, after: int, action) -> list[dict]:
     finally:
         stream.close()
     return events
+
+
+class Arrivals:
+    """Reads several streams at once, each in its own thread, and records every event in arrival order."""
+
+    def __init__(self):
+        self.log: list[tuple[str, dict]] = []
+        self.threads: list[threading.Thread] = []
+
+    def read(self, name: str, stream: EventStream) -> None:
+        thread = threading.Thread(target=lambda: self.log.extend((name, event) for event in stream))
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+    def events(self, name: str) -> list[dict]:
+        return [event for who, event in self.log if who == name]
+
+    def first(self, name: str, kind: str) -> int:
+        """The position of the stream's first event of this kind among all arrivals."""
+        return next(i for i, (who, event) in enumerate(self.log) if who == name and event["event"] == kind)
