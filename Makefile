@@ -7,7 +7,7 @@ export FLASK_APP := wsgi
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint install db model clients screenshot postman clean
+.PHONY: run test bench lint install db model clients postgres-server screenshot postman clean
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -45,7 +45,12 @@ node_modules/.installed: package.json package-lock.json
 
 clients: /usr/bin/chromium node_modules/.installed
 
-test: db model lint clients
+# Debian's PostgreSQL server binaries (initdb, pg_ctl): tests/test_postgres_down.py runs a cluster of its own,
+# which it stops and starts, beside the shared server.
+postgres-server:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
+test: db model lint clients postgres-server
 	$(BIN)/python -m pytest
 
 # docs/screenshot.png and docs/screenshot-phone.png, from the browser tests.

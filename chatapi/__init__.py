@@ -25,6 +25,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 def register_extensions(app: Flask) -> None:
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     db.init_app(app)
     migrate.init_app(app, db)
     api.init_app(app)
@@ -32,6 +33,15 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)
+
+
+def engine_options(url: str) -> dict:
+    """PostgreSQL may restart under the app: pool_pre_ping replaces a connection it dropped before a request
+    uses it, so a restart costs no request; connect_timeout turns a server that does not answer into a 503
+    within seconds rather than a hung request. A SQLite file needs neither."""
+    if not url.startswith("postgresql"):
+        return {}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
 
 
 def set_sqlite_pragmas(dbapi_connection, _record) -> None:

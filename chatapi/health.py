@@ -5,6 +5,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import replies
 from .blueprint import Blueprint
+from .errors import DATABASE_RETRY_AFTER
 from .extensions import db
 from .schemas import HealthSchema
 
@@ -21,8 +22,9 @@ def health():
         db.session.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         db.session.rollback()
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        return {"status": "unavailable", "database": "error", "model": model, "reason": reason}, 503
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        body = {"status": "unavailable", "database": "error", "model": model, "reason": reason}
+        return body, 503, {"Retry-After": DATABASE_RETRY_AFTER}
     if model["status"] != "ok":
         reason = f"model {model['status']}" + (f": {model['reason']}" if "reason" in model else "")
         return {"status": "unavailable", "database": "ok", "model": model, "reason": reason}, 503

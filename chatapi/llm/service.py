@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
 Research = Callable[[Reply, int], str]
 # Stores a finished reply (reply.text, reply.sources); returns the saved message, or None when the reply has
-# no text. Raises ChatGone when the chat was deleted meanwhile.
+# no text. Raises ChatGone when the chat was deleted meanwhile, StoreUnavailable when it cannot be saved for now.
 SaveReply = Callable[[Reply], dict | None]
 
 
@@ -36,6 +36,10 @@ class QueueFull(Exception):
 
 class ChatGone(Exception):
     """The chat was deleted while its reply was being made."""
+
+
+class StoreUnavailable(Exception):
+    """The reply could not be saved because its store (the database) cannot be reached for now."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,9 @@ class ReplyService:
             saved = save(reply)
         except ChatGone:
             return reply.finish("error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
+        except StoreUnavailable as exc:
+            log.error("the reply could not be saved: %s", exc.__cause__ or exc)
+            return reply.finish("error", {"code": 503, "message": str(exc)})
         except Exception as exc:  # the stream must still end with an event
             log.exception("saving the reply failed")
             return reply.finish("error", {"code": 500, "message": f"the reply could not be saved: {exc}"})
