@@ -79,19 +79,22 @@ server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its t
 the same questions once more, served from the search and page caches."""
 
 LOAD_NOTES = f"""\
-The real server (gunicorn, one gevent worker, the model with `CHATAPI_N_THREADS` one fewer than the cores, since
-locust needs one) on 127.0.0.1 with a fresh database, SQLite and PostgreSQL; `bench/load.py` runs locust
-{load.locust_version()} headless (`bench/locustfile.py`): {load.USERS} clients for {load.SECONDS} s, all started
-in the first second, none pausing between requests. {load.USERS - load.STREAMS} create chats, add messages
-(Human or Assistant) to their chats, list (`?limit=20`), search (`?q=`), and read chats and their messages
-(weights 1, 4, 3, 1, 2, 2); {load.STREAMS} add a Human message, read the reply's stream to `done`
-(`max_tokens=16`) and start again. *requests*, *req/s*, *p50*, *p99*: the API requests (not the streams), nearest
-rank; *replies*: how many were streamed, and the median time from request to `done`. Afterwards every write the
-server acknowledged (*writes*: each 201, and each reply its `done` said was saved) is looked for in the database
-(*lost*: not found), *5xx* counts server errors and requests without an answer, and *locked* the times the
-server's log says "database is locked"; *load* is the machine's 1-minute load average as the run started (other
-programs on the same cores). `tests/test_load.py` runs the same in `make test` and asserts that the
-last three are 0."""
+The real server (gunicorn, one gevent worker; the model with `CHATAPI_N_THREADS` one fewer than the cores,
+since locust needs one) on 127.0.0.1 with a fresh database, SQLite and PostgreSQL. `bench/load.py` runs locust
+{load.locust_version()} headless with the clients of `bench/locustfile.py`: {load.USERS} for {load.SECONDS} s,
+all started in the first second, none pausing between requests. {load.USERS - load.STREAMS} create chats, add
+messages (Human or Assistant) to their chats, list (`?limit=20`), search (`?q=`), and read chats and their
+messages (weights 1, 4, 3, 1, 2, 2); {load.STREAMS} add a Human message, read the reply's stream to `done`
+(`max_tokens=16`) and start again.
+
+*requests*, *req/s*, *p50*, *p99*: the API requests (not the streams), nearest rank. *replies*: how many were
+streamed, and the median time from request to `done`; *alone*: the same median with the {load.STREAMS} streaming
+clients alone, for {load.ALONE_SECONDS} s on the same server just before. Afterwards every write the server
+acknowledged (*writes*: each 201, and each reply its `done` said was saved) is looked for in the database
+(*lost*: not found); *5xx* counts server errors and requests without an answer, *locked* the times the
+server's log says "database is locked", and *load* is the machine's 1-minute load average as the run started
+(other programs on the same cores). `tests/test_load.py` runs the same in `make test` (without *alone*) and
+asserts that 5xx, lost and locked are 0."""
 
 
 class Tee(io.TextIOBase):

@@ -25,6 +25,7 @@ from chatapi.models import Chat, Conversation
 from tests.support.server import Server
 
 USERS, SECONDS, STREAMS = 50, 30, 3
+ALONE_SECONDS = 15  # the streaming clients alone, first: their replies' time without the API load beside them
 # locust takes a core of its own: the model gets one fewer, as the README advises for a shared box.
 SERVER_SETTINGS = {"CHATAPI_N_THREADS": str(max(1, (os.cpu_count() or 2) - 1))}
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -46,11 +47,12 @@ class Outcome:
 
     @property
     def api_times(self) -> list[float]:
-        return [ms for name, times in self.times.items() if not name.startswith("reply") for ms in times]
+        """Every request's time but the streams'."""
+        return [ms for name, times in self.times.items() if not name.startswith("stream:") for ms in times]
 
     @property
     def replies(self) -> list[float]:
-        return self.times.get("reply: request to done", [])
+        return self.times.get("stream: request to done", [])
 
     @property
     def server_failures(self) -> int:
@@ -108,23 +110,27 @@ def missing_rows(database_url: str, written: dict[str, list[str]]) -> list[str]:
 
 
 def percentile(values: list[float], share: float) -> float:
-    """Nearest rank."""
+    """Nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))]
 
 
-def report(backend: str, outcome: Outcome) -> None:
-    api = outcome.api_times
-    replies = outcome.replies
+def report(backend: str, outcome: Outcome, alone: Outcome | None = None) -> None:
+    """One line of the table; `alone` is a run of the streaming clients only, for their replies' time."""
+    api, replies = outcome.api_times, outcome.replies
+    replies_alone = percentile(alone.replies, 0.5) if alone else float("nan")
     print(
         f"{backend:10} {len(api):8} {len(api) / outcome.seconds:7.1f} {percentile(api, 0.5):7.1f} "
-        f"{percentile(api, 0.99):7.1f} {len(replies):7} {percentile(replies, 0.5) if replies else 0:9.0f} "
+        f"{percentile(api, 0.99):7.1f} {len(replies):7} {percentile(replies, 0.5):9.0f} {replies_alone:9.0f} "
         f"{outcome.server_failures:5} {outcome.written:7} {len(outcome.lost):5} {outcome.locked:7} "
         f"{outcome.machine_load:5.1f}"
     )
 
 
 def measure(backend: str, url: str, log_dir: Path) -> Outcome:
+    """A fresh schema, a server, the streaming clients alone, then the whole load; prints its line."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         db.drop_all()
@@ -132,9 +138,12 @@ def measure(backend: str, url: str, log_dir: Path) -> Outcome:
         db.engine.dispose()
     server = Server(url, log_dir / f"gunicorn-{backend}.log", **SERVER_SETTINGS).wait_until_up()
     try:
-        return run(server, url)
+        alone = run(server, url, users=STREAMS, seconds=ALONE_SECONDS)  # the streaming clients only
+        outcome = run(server, url)
     finally:
         server.stop()
+    report(backend, outcome, alone)
+    return outcome
 
 
 def main() -> str | None:
@@ -144,21 +153,21 @@ def main() -> str | None:
     backends = {"sqlite": f"sqlite:///{scratch}/load.db", "postgresql": postgresql}
     print(
         f"{USERS} clients ({USERS - STREAMS} API, {STREAMS} streaming replies) for {SECONDS} s, locust headless; "
-        "API requests: count, per second, p50 and p99 ms; replies: count, p50 ms request to done"
+        "API requests: count, per second, p50 and p99 ms; replies: count, p50 ms request to done, and the same "
+        f"with the {STREAMS} streaming clients alone ({ALONE_SECONDS} s before)"
     )
     print(
         f"{'backend':10} {'requests':>8} {'req/s':>7} {'p50':>7} {'p99':>7} {'replies':>7} {'reply p50':>9} "
-        f"{'5xx':>5} {'writes':>7} {'lost':>5} {'locked':>7} {'load':>5}"
+        f"{'alone':>9} {'5xx':>5} {'writes':>7} {'lost':>5} {'locked':>7} {'load':>5}"
     )
     outcomes = {}
     for backend, url in backends.items():
         if url is not None:
             outcomes[backend] = measure(backend, url, scratch)
-            report(backend, outcomes[backend])
     for backend, outcome in outcomes.items():
         print(f"\n{backend}, per request: count, p50 and p99 ms")
         for name, times in sorted(outcome.times.items()):
-            print(f"  {name:42} {len(times):7} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}")
+            print(f"  {name:46} {len(times):7} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}")
     if postgresql is None:
         warning = f"POSTGRESQL WAS NOT MEASURED ({reason}): this table is SQLite only."
         print(f"!!! {warning} !!!")

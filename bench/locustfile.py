@@ -18,7 +18,7 @@ from collections import Counter
 from locust import FastHttpUser, HttpUser, constant, events, task
 
 REPLY_QUERY = "max_tokens=16"
-REPLY = "reply: request to done"  # the name of a whole reply's time in the record
+REPLY = "stream: request to done"  # a whole reply's time; the streams' names start with "stream:"
 
 record = {"times": [], "statuses": Counter(), "server_errors": [], "written": {"chats": [], "conversations": []}}
 
@@ -113,7 +113,7 @@ class ReplyClient(HttpUser):
         start = time.perf_counter()
         url = f"/conversations/inference/{self.chat}?{REPLY_QUERY}"
         last, data = None, {}
-        response = self.client.get(url, stream=True, name="/conversations/inference/[id] (headers)")
+        response = self.client.get(url, stream=True, name="stream: /conversations/inference/[id] headers")
         try:
             for line in response.iter_lines(decode_unicode=True):
                 if line.startswith("event: "):
