@@ -166,11 +166,11 @@ def session_cookie(response: Response, value: str, max_age: int) -> Response:
     return response
 
 
-def require_keys() -> Keys:
-    keys = configured_keys()
-    if not keys:
+@bp.before_request
+def require_keys() -> None:
+    """Before the body is read: without keys there is no session to open or close."""
+    if not configured_keys():
         abort(404, message="this server has no API keys: there is nothing to sign in to")
-    return keys
 
 
 @bp.route("/session", methods=["POST"])
@@ -182,7 +182,7 @@ def require_keys() -> Keys:
 def open_session(args):
     """Trade an API key for a session cookie (signed, expiring, HttpOnly, SameSite=Strict): the browser page's
     sign-in, since EventSource cannot send an Authorization header."""
-    keys = require_keys()
+    keys = configured_keys()
     found = keys.find(args["key"])
     if found is None:
         unauthorized("the API key is not valid")
@@ -196,5 +196,4 @@ def open_session(args):
 @bp.doc(security=[])
 def close_session():
     """Sign out: this browser's session cookie is cleared (a copy of it stays valid until it expires)."""
-    require_keys()
     return session_cookie(make_response("", 204), "", 0)
