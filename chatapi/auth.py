@@ -9,6 +9,7 @@ is no secret, for rate limits and metrics. Without keys `g.key_id` is never set.
 import copy
 import hashlib
 import hmac
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, make_response, request
@@ -98,7 +99,7 @@ def configured_keys() -> Keys:
     return current_app.extensions["auth"]
 
 
-def unauthorized(message: str):
+def unauthorized(message: str) -> NoReturn:
     abort(401, message=message, headers=WWW_AUTHENTICATE)
 
 
@@ -111,7 +112,7 @@ def authenticate() -> None:
     header = request.headers.get("Authorization")
     if header is not None:
         g.key_id = key_from_header(header)
-        return  # a key in a header is something no other site can make a browser send
+        return  # a browser never adds this header by itself: whoever sent it holds the key
     g.key_id = key_from_cookie()
     if request.method not in SAFE_METHODS:
         require_same_origin()
