@@ -57,9 +57,11 @@ test: db model lint clients postgres-server
 screenshot: db model clients
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/test_browser.py -k "screenshot or phone"
 
-# The Postman collection against a server that is already running (`make run` in another terminal).
+# The Postman collection against a server that is already running (`make run` in another terminal);
+# API_KEY=... for a server with keys.
 postman: node_modules/.installed
-	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT)
+	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT) \
+		$(if $(API_KEY),--env-var apiKey=$(API_KEY))
 
 bench: db model
 	$(BIN)/python -m bench

@@ -5,8 +5,9 @@ import os
 from flask import Blueprint, Flask
 from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import replies
+from . import auth, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -18,13 +19,22 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    trust_proxy(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
     return app
 
 
+def trust_proxy(app: Flask) -> None:
+    """Behind a reverse proxy (CHATAPI_TRUST_PROXY=1), the client's address, the scheme (https: Secure
+    cookies) and the host as the proxy received them. Never otherwise: any client could claim them."""
+    if app.config["CHATAPI_TRUST_PROXY"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+
+
 def register_extensions(app: Flask) -> None:
+    auth.init_app(app)  # first: its request hook decides who is asking before any other hook runs
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     db.init_app(app)
     migrate.init_app(app, db)
@@ -69,7 +79,7 @@ def unicode_lower(value):
 def register_blueprints(app: Flask) -> None:
     from . import chats, conversations, health, pages
 
-    for module in (chats, conversations, health):
+    for module in (chats, conversations, health, auth):
         api.register_blueprint(module.bp)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).

@@ -23,14 +23,15 @@ def free_port() -> int:
 
 
 class Server:
-    """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path."""
+    """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path. It listens on
+    bind_host (reached at 127.0.0.1 all the same)."""
 
-    def __init__(self, database_url: str, log_path: Path, **settings: str):
+    def __init__(self, database_url: str, log_path: Path, bind_host: str = "127.0.0.1", **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = dict(os.environ, DATABASE_URL=database_url, **settings)
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"{bind_host}:{self.port}", "wsgi:app"]
         with open(log_path, "w") as log:
             # A process group of its own (the master and its worker), which kill() ends at once.
             self.process = subprocess.Popen(
