@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from llama_cpp import _internals
 
 from chatapi.llm.engine import Engine, Job, Options, StopScanner
 from chatapi.llm.model import Model, default_model_path
@@ -166,3 +167,17 @@ def test_stop_strings_are_never_streamed(pieces, emitted, stopped):
     if not done:
         out += scanner.flush()
     assert (out, done) == (emitted, stopped)
+
+
+def test_greedy_sampling_picks_what_llama_cpps_greedy_sampler_picks(model):
+    """Temperature 0 reads the highest logit itself (llama.cpp's sampler copies the whole vocabulary first):
+    the same token as llama.cpp's greedy sampler, for each entry of a batch, not the batch's last only."""
+    tokens = model.tokenize("Human: Name three colours.\nAssistant:", add_bos=True)
+    model.forget(0, 0)
+    model.decode([(token, i, 0, True) for i, token in enumerate(tokens)])
+    greedy = _internals.LlamaSampler()
+    greedy.add_greedy()
+    picked = [model.sample(model.sampler(0, 1, 0), i) for i in range(len(tokens))]
+    expected = [greedy.sample(model.context, i) for i in range(len(tokens))]
+    assert picked == expected
+    assert len(set(picked)) > 3  # the entries' logits differ: a wrong index would show

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 BATCH_SIZE = 512
@@ -71,6 +72,7 @@ class Model:
         self.sequences = sequences
         self._piece = ctypes.create_string_buffer(256)
         self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
+        self.n_vocab = self.weights.n_vocab()
         self.metadata = self.weights.metadata()
         self.name = self.metadata.get("general.name") or Path(self.path).stem
         self.chat_template = self.metadata.get("tokenizer.chat_template")
@@ -109,18 +111,22 @@ class Model:
             batch.logits[i] = logits
         self.context.decode(self.batch)
 
-    def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler:
-        """A sampler chain: greedy at temperature 0 (repeatable), else top-p, temperature, seeded draw."""
-        sampler = _internals.LlamaSampler()
+    def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler | None:
+        """A sampler chain of top-k, top-p, temperature and a seeded draw; None at temperature 0 (greedy)."""
         if temperature <= 0:
-            sampler.add_greedy()
-        else:
-            sampler.add_top_k(40)
-            sampler.add_top_p(top_p, 1)
-            sampler.add_temp(temperature)
-            sampler.add_dist(seed)
+            return None
+        sampler = _internals.LlamaSampler()
+        sampler.add_top_k(40)
+        sampler.add_top_p(top_p, 1)
+        sampler.add_temp(temperature)
+        sampler.add_dist(seed)
         return sampler
 
-    def sample(self, sampler: _internals.LlamaSampler, index: int = -1) -> int:
+    def sample(self, sampler: _internals.LlamaSampler | None, index: int = -1) -> int:
         """The next token from the logits of the last decode's entry `index` (-1: its last)."""
+        if sampler is None:
+            # Greedy: the first highest logit, as llama.cpp's greedy sampler picks, read in place. Its
+            # sampler first copies all 262,144 of Gemma's candidates: 0.57 ms a reply a step against 0.06.
+            logits = llama_cpp.llama_get_logits_ith(self.context.ctx, index)
+            return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.n_vocab,))))
         return sampler.sample(self.context, index)
