@@ -7,8 +7,9 @@
    time alone (1.0 would mean the last client waited for a whole reply).
 2. Gaps between two tokens of one reply (p99) while a ~2,000-token prompt is read beside it, over the same
    reply's gaps before that prompt arrived.
-3. CHATAPI_N_THREADS 1 and 2: one reply's tokens/s alone, and while GET /chats/?limit=20 runs back to back
-   on another connection, with the listings' p50 and p99.
+3. CHATAPI_N_THREADS 1 and 2, and with 2 threads OpenMP's two ways of waiting at llama.cpp's barriers
+   (OMP_WAIT_POLICY: PASSIVE sleeps, the server's default; ACTIVE spins): one reply's tokens/s alone, and
+   while GET /chats/?limit=20 runs back to back on another connection, with the listings' p50 and p99.
 
 Every wait is bounded (the streams' deadline, the server's start-up) and every loop counted.
 """
@@ -48,7 +49,7 @@ CONCURRENCY = (1, 2, 4)
 AGGREGATE_GOAL = 1.6  # llama.cpp's server with 4 slots on this machine: 1.57
 WAIT_GOAL = 0.25
 LONG_PROMPT = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 200
-THREADS = (1, 2)
+THREADS = ((1, "PASSIVE"), (2, "PASSIVE"), (2, "ACTIVE"))  # (CHATAPI_N_THREADS, OMP_WAIT_POLICY)
 STEPS = (64, 128, 256)  # CHATAPI_STEP_TOKENS compared
 PARALLEL = Config.CHATAPI_PARALLEL
 LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
@@ -109,8 +110,10 @@ class LlamaServer:
         command = [binary, "-m", model, "--host", "127.0.0.1", "--port", port, "-np", str(PARALLEL)]
         command += ["-c", str(4096 * PARALLEL), "-t", str(threads), "-tb", str(threads)]
         command += ["--swa-full"]  # as our engine: Gemma's sliding-window cache can then be reused for a prefix
+        # As its users run it: OpenMP's default wait at the barriers, whatever this process has set.
+        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
         with open(log, "w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -181,15 +184,16 @@ def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float],
 
 def threads_part(path: str, workdir: Path) -> list[tuple]:
     rows = []
-    for n_threads in THREADS:
-        with Server(workdir / f"threads-{n_threads}", path, CHATAPI_N_THREADS=str(n_threads)) as server:
+    for n_threads, wait in THREADS:
+        settings = {"CHATAPI_N_THREADS": str(n_threads), "OMP_WAIT_POLICY": wait}
+        with Server(workdir / f"threads-{n_threads}-{wait}", path, **settings) as server:
             stream(server.infer_url(server.new_chat(ENDLESS), 16))  # warm-up
             alone = statistics.median(stream(server.infer_url(server.new_chat(ENDLESS), 256)).rate for _ in range(2))
             list_latencies(server, 10)
             idle = list_latencies(server, LIST_REQUESTS)
             during, info = latencies_during_generation(server)
             four = statistics.median(ours(server, 4)[1] for _ in range(2))
-        rows.append((n_threads, alone, info["tokens_per_second"], idle, during, four))
+        rows.append((f"{n_threads}, {wait.lower()}", alone, info["tokens_per_second"], idle, during, four))
     return rows
 
 
@@ -221,7 +225,7 @@ def main() -> None:
     runs: dict[tuple[str, str], dict] = {}  # (server, workload) -> concurrency -> [(replies, aggregate)]
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as tmp:
         workdir = Path(tmp)
-        for name in ("batching", *(f"threads-{n}" for n in THREADS), *(f"step-{n}" for n in STEPS)):
+        for name in ("batching", *(f"threads-{n}-{wait}" for n, wait in THREADS), *(f"step-{n}" for n in STEPS)):
             (workdir / name).mkdir()
         with Server(workdir / "batching", path) as server:
             for workload, history in WORKLOADS.items():
@@ -273,7 +277,7 @@ def main() -> None:
             percentile(during, 99) / percentile(before, 99),
         )
     print(
-        f"{'CHATAPI_N_THREADS':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
+        f"{'threads, OMP wait':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
         f"{'list p99 idle/gen ms':>22} {'4 together tok/s':>17}"
     )
     for n_threads, alone, beside, idle, during_list, four in threads:
