@@ -6,7 +6,7 @@ from flask import Blueprint, Flask
 from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 
-from . import replies
+from . import cors, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -29,6 +29,7 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db)
     api.init_app(app)
     replies.init_app(app)
+    cors.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)
