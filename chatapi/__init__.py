@@ -6,7 +6,7 @@ from flask import Blueprint, Flask
 from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 
-from . import cors, replies
+from . import cors, limits, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -30,6 +30,7 @@ def register_extensions(app: Flask) -> None:
     api.init_app(app)
     replies.init_app(app)
     cors.init_app(app)
+    limits.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)

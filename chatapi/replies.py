@@ -11,6 +11,7 @@ from functools import partial
 from flask import Flask, Response, current_app
 from flask_smorest import abort
 
+from . import limits
 from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
@@ -58,6 +59,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     if mode == "internet":
         question = next(m.text for m in reversed(history) if m.role == "Human")
         research = research_for(question, WebSettings.from_config(config), replies)
+    limits.count_reply_start()
     try:
         reply = replies.start(
             chat.id,
