@@ -6,7 +6,7 @@ from flask import Blueprint, Flask
 from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 
-from . import cors, limits, replies
+from . import cors, limits, metrics, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -31,6 +31,7 @@ def register_extensions(app: Flask) -> None:
     replies.init_app(app)
     cors.init_app(app)
     limits.init_app(app)
+    metrics.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)
@@ -55,7 +56,7 @@ def unicode_lower(value):
 def register_blueprints(app: Flask) -> None:
     from . import chats, conversations, health, pages
 
-    for module in (chats, conversations, health):
+    for module in (chats, conversations, health, metrics):
         api.register_blueprint(module.bp)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).

@@ -11,7 +11,7 @@ from functools import partial
 from flask import Flask, Response, current_app
 from flask_smorest import abort
 
-from . import limits
+from . import limits, metrics
 from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
@@ -70,6 +70,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
             answering=conversations[-1].id,
             save=partial(save_reply, current_app._get_current_object()),
             research=research,
+            on_event=metrics.reply_events(),
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
