@@ -90,17 +90,18 @@ def test_requests_are_counted_by_route_and_status(inference_server, client):
 
 def test_the_gauges_show_replies_running_and_waiting(one_at_a_time_server, client):
     base = one_at_a_time_server
-    running_chat, waiting_chat = new_chat(base, *ENDLESS), new_chat(base, QUESTION)
+    running_chat = new_chat(base, *ENDLESS)
     running = iter(EventStream(infer(base, running_chat, f"max_tokens=2000&{GREEDY}")))
     assert [next(running)["event"], next(running)["event"]] == ["start", "message"]
-    waiting = iter(EventStream(infer(base, waiting_chat)))
-    assert [next(waiting)["event"], next(waiting)["event"]] == ["start", "queued"]
+    waiting = [iter(EventStream(infer(base, new_chat(base, QUESTION)))) for _ in range(2)]
+    for stream in waiting:
+        assert [next(stream)["event"], next(stream)["event"]] == ["start", "queued"]
     during = scrape(base)
-    assert value(during, "chatapi_replies_running") == 1 and value(during, "chatapi_replies_waiting") == 1
+    assert value(during, "chatapi_replies_running") == 1 and value(during, "chatapi_replies_waiting") == 2
 
     requests.post(f"{base}/conversations/stop/{running_chat}", timeout=10)
     assert list(running)[-1]["data"]["finish_reason"] == "cancelled"
-    assert list(waiting)[-1]["event"] == "done"
+    assert all(list(stream)[-1]["event"] == "done" for stream in waiting)
     after = scrape(base)
     assert value(after, "chatapi_replies_running") == 0 and value(after, "chatapi_replies_waiting") == 0
     assert moved(during, after, "chatapi_replies_finished_total", mode="local", finish_reason="cancelled") == 1
