@@ -161,3 +161,8 @@ def test_each_app_counts_in_its_own_registry(database_url, app):
         return value(samples, "chatapi_http_requests_total", route="/chats/", method="GET", status="200")
 
     assert [chat_lists(one) for one in apps] == [1, 0]
+
+
+def test_the_api_document_has_the_route(client):
+    responses = client.get("/openapi.json").json["paths"]["/metrics"]["get"]["responses"]
+    assert list(responses["200"]["content"]) == ["text/plain"]
