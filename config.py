@@ -57,9 +57,11 @@ class Config:
     CHATAPI_CORS_ORIGINS = os.environ.get("CHATAPI_CORS_ORIGINS") or ""
     # Rate limits per API key, else per client address, in Flask-Limiter's notation ("600/minute", several
     # joined by ";"). Off when empty: how many requests are too many depends on how many people share a key
-    # or an address, which only the one running the server knows (the README suggests values).
-    CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""  # every request but /health and preflights
-    CHATAPI_RATE_LIMIT_REPLIES = os.environ.get("CHATAPI_RATE_LIMIT_REPLIES") or ""  # requests that start a reply
+    # or an address, which only the one running the server knows (the README gives examples).
+    # Every request but /health, CORS preflights and static files:
+    CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""
+    # Requests that start a reply (joining or resuming one never counts):
+    CHATAPI_RATE_LIMIT_REPLIES = os.environ.get("CHATAPI_RATE_LIMIT_REPLIES") or ""
     # Where the counts live: in the process, or a URL the limits library knows (redis://host:6379 needs the
     # redis package), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"

@@ -160,7 +160,7 @@ class ReplyQueueCollector:
         replies = self.replies
         yield GaugeMetricFamily(
             "chatapi_replies_waiting",
-            "Replies waiting for the model (queue depth)",
+            "Replies waiting for the model: queued, or being prepared (internet mode: researching)",
             value=replies.preparing + len(replies.waiting),
         )
         yield GaugeMetricFamily("chatapi_replies_running", "Replies being generated", value=len(replies.running))
