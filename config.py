@@ -85,6 +85,20 @@ class Config:
     # Behind a reverse proxy: believe its X-Forwarded-For, -Proto, -Host and -Port (one proxy in front).
     CHATAPI_TRUST_PROXY = flag("CHATAPI_TRUST_PROXY")
 
+    # Serving others (see chatapi/cors.py, chatapi/limits.py).
+    # Origins whose pages may call the API from a browser, comma-separated (https://app.example.com); none when empty.
+    CHATAPI_CORS_ORIGINS = os.environ.get("CHATAPI_CORS_ORIGINS") or ""
+    # Rate limits per API key, else per client address, in Flask-Limiter's notation ("600/minute", several
+    # joined by ";"). Off when empty: how many requests are too many depends on how many people share a key
+    # or an address, which only the one running the server knows (the README gives examples).
+    # Every request but /health, CORS preflights and static files:
+    CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""
+    # Requests that start a reply (joining or resuming one never counts):
+    CHATAPI_RATE_LIMIT_REPLIES = os.environ.get("CHATAPI_RATE_LIMIT_REPLIES") or ""
+    # Where the counts live: in the process, or a URL the limits library knows (redis://host:6379 needs the
+    # redis package), shared by several servers.
+    CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
+
     API_TITLE = "chatapi"
     API_VERSION = "1.0"
     OPENAPI_VERSION = "3.0.3"

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, replies
+from . import auth, cors, limits, metrics, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -40,6 +40,9 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db)
     api.init_app(app)
     replies.init_app(app)
+    cors.init_app(app)
+    limits.init_app(app)
+    metrics.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)
@@ -79,7 +82,7 @@ def unicode_lower(value):
 def register_blueprints(app: Flask) -> None:
     from . import chats, conversations, health, pages
 
-    for module in (chats, conversations, health, auth):
+    for module in (chats, conversations, health, auth, metrics):
         api.register_blueprint(module.bp)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).

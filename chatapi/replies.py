@@ -12,6 +12,7 @@ from flask import Flask, Response, current_app
 from flask_smorest import abort
 from sqlalchemy.exc import OperationalError
 
+from . import limits, metrics
 from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
@@ -59,6 +60,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     if mode == "internet":
         question = next(m.text for m in reversed(history) if m.role == "Human")
         research = research_for(question, WebSettings.from_config(config), replies)
+    limits.count_reply_start()
     try:
         reply = replies.start(
             chat.id,
@@ -69,6 +71,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
             answering=conversations[-1].id,
             save=partial(save_reply, current_app._get_current_object()),
             research=research,
+            on_event=metrics.reply_events(),
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"})

@@ -17,7 +17,8 @@ from .sse import PING, event_text
 
 
 class Reply:
-    """One Assistant reply being made. `on_unheard` runs when nobody has listened for `grace_seconds`."""
+    """One Assistant reply being made. `on_unheard` runs when nobody has listened for `grace_seconds`;
+    `on_event`, if given, is told of every event published (the app counts them for its metrics)."""
 
     def __init__(
         self,
@@ -28,6 +29,7 @@ class Reply:
         ping_seconds: float,
         grace_seconds: float,
         on_unheard: Callable[["Reply"], None],
+        on_event: Callable[["Reply", str | None, dict], None] | None = None,
     ):
         self.chat_id = chat_id
         self.mode = mode
@@ -36,6 +38,7 @@ class Reply:
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds
         self.on_unheard = on_unheard
+        self.on_event = on_event
         # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
         self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
         self.events: list[str] = []
@@ -68,6 +71,8 @@ class Reply:
 
     def publish(self, event: str | None, data: dict) -> None:
         self.events.append(event_text(f"{self.message_id}.{len(self.events)}", data, event))
+        if self.on_event:
+            self.on_event(self, event, data)
         changed, self._changed = self._changed, Event()
         changed.set()
 

@@ -28,6 +28,8 @@ Research = Callable[[Reply, int], str]
 # Stores a finished reply (reply.text, reply.sources); returns the saved message, or None when the reply has
 # no text. Raises ChatGone when the chat was deleted meanwhile, StoreUnavailable when it cannot be saved for now.
 SaveReply = Callable[[Reply], dict | None]
+# Told of each event a reply publishes: (reply, event name or None for a text piece, data).
+ReplyEvents = Callable[[Reply, str | None, dict], None]
 
 
 class QueueFull(Exception):
@@ -156,12 +158,14 @@ class ReplyService:
         answering: uuid.UUID | None,
         save: SaveReply,
         research: Research | None = None,
+        on_event: ReplyEvents | None = None,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
         QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
         two requests for one chat cannot both start one. `answering` is the id of the message the reply
-        answers; `research` (internet mode) runs after the start event and returns text for the system prompt.
+        answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
+        `on_event` is told of the new reply's events (not of a running reply's that is returned instead).
         """
         existing = self.current(chat_id)
         if existing and not existing.finished:
@@ -169,7 +173,7 @@ class ReplyService:
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
             raise QueueFull
         s = self.settings
-        reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel)
+        reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event)
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self._remember(reply)
         self.saves[reply] = save

@@ -1,0 +1,190 @@
+"""GET /metrics: the server's requests and replies in Prometheus text format (prometheus_client).
+
+Each app has a registry of its own (the tests make several apps in one process). Requests are counted
+by their URL rule, never the raw path, so that ids do not make a series each. A reply reports through
+the `on_event` callback the app gives each reply it starts (chatapi/replies.py); the queue's gauges are
+read from the reply service at each scrape.
+"""
+
+import time
+
+from flask import Flask, Response, current_app, g, request, request_started
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from .blueprint import Blueprint
+from .llm.reply import Reply
+from .llm.service import ReplyService
+
+SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+RESEARCH_PHASES = ("search", "fetch", "rank")  # in order; the timings name each `<phase>_ms`
+
+# No `_created` series beside each counter and histogram: they double what Prometheus stores, for nothing.
+disable_created_metrics()
+
+bp = Blueprint("metrics", __name__, description="Metrics")
+
+
+@bp.route("/metrics", methods=["GET"])
+@bp.doc(
+    responses={
+        "200": {
+            "description": "Prometheus text format (version 0.0.4).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    }
+)
+def metrics():
+    """The server's requests and replies, for Prometheus to scrape."""
+    registry = current_app.extensions["metrics"].registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+class Metrics:
+    """The app's registry and its metrics."""
+
+    def __init__(self, replies: ReplyService):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "chatapi_http_requests",
+            "HTTP requests by URL rule, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "chatapi_http_request_duration_seconds",
+            "Time until a response's headers (a stream's body is not included), by URL rule and method",
+            ["route", "method"],
+            registry=r,
+        )
+        self.replies_started = Counter("chatapi_replies_started", "Replies started", ["mode"], registry=r)
+        self.replies_finished = Counter(
+            "chatapi_replies_finished",
+            "Replies finished, by finish reason (stop, length, cancelled, error)",
+            ["mode", "finish_reason"],
+            registry=r,
+        )
+        self.completion_tokens = Counter("chatapi_reply_completion_tokens", "Tokens generated", ["mode"], registry=r)
+        self.prompt_tokens = Counter("chatapi_reply_prompt_tokens", "Prompt tokens of replies", ["mode"], registry=r)
+        self.cached_tokens = Counter(
+            "chatapi_reply_cached_prompt_tokens",
+            "Prompt tokens found in the KV cache, not read again",
+            ["mode"],
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "chatapi_reply_queue_seconds",
+            "Time from a reply's request to the model taking it up",
+            ["mode"],
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "chatapi_reply_time_to_first_token_seconds",
+            "Time from a reply's request to its first token",
+            ["mode"],
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.tokens_per_second = Histogram(
+            "chatapi_reply_tokens_per_second",
+            "Generation speed of a reply after its first token",
+            ["mode"],
+            buckets=TOKENS_PER_SECOND,
+            registry=r,
+        )
+        self.research_time = Histogram(
+            "chatapi_research_phase_seconds",
+            "Internet mode: time of each research phase (search, fetch, rank)",
+            ["phase"],
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.research_failures = Counter(
+            "chatapi_research_failures",
+            "Internet mode: research that gave no sources, by the phase it ended in (search, fetch, rank)",
+            ["phase"],
+            registry=r,
+        )
+        r.register(ReplyQueueCollector(replies))
+
+    def count_request(self, response: Response) -> None:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("metrics_started")
+        if started is not None:
+            self.latency.labels(route, request.method).observe(time.perf_counter() - started)
+
+    def reply_event(self, reply: Reply, event: str | None, data: dict) -> None:
+        """Called for every event of a reply this app started (in the server's hub, never blocking)."""
+        mode = reply.mode
+        if event == "start":
+            self.replies_started.labels(mode).inc()
+        elif event == "warning" and reply.research_timings:
+            self.research_failures.labels(last_phase(reply.research_timings)).inc()
+        elif event == "error":
+            self.replies_finished.labels(mode, "error").inc()
+        elif event == "done":
+            self.replies_finished.labels(mode, data["finish_reason"]).inc()
+            self.reply_done(mode, data["usage"], data["timings"])
+
+    def reply_done(self, mode: str, usage: dict, timings: dict) -> None:
+        self.completion_tokens.labels(mode).inc(usage["completion_tokens"])
+        self.prompt_tokens.labels(mode).inc(usage["prompt_tokens"])
+        self.cached_tokens.labels(mode).inc(usage["cached_tokens"])
+        self.queue_time.labels(mode).observe(timings["queue_ms"] / 1000)
+        if usage["completion_tokens"]:  # a reply stopped before its first token has no such time
+            self.time_to_first_token.labels(mode).observe(timings["ttft_ms"] / 1000)
+        if timings["tokens_per_second"] is not None:
+            self.tokens_per_second.labels(mode).observe(timings["tokens_per_second"])
+        for phase in RESEARCH_PHASES:
+            if f"{phase}_ms" in timings:
+                self.research_time.labels(phase).observe(timings[f"{phase}_ms"] / 1000)
+
+
+def last_phase(timings: dict) -> str:
+    """The research phase that ran last: the one where research that found nothing stopped."""
+    return [phase for phase in RESEARCH_PHASES if f"{phase}_ms" in timings][-1]
+
+
+class ReplyQueueCollector:
+    """Gauges read from the reply service when scraped: replies waiting, running, and whether the model is ready."""
+
+    def __init__(self, replies: ReplyService):
+        self.replies = replies
+
+    def collect(self):
+        replies = self.replies
+        yield GaugeMetricFamily(
+            "chatapi_replies_waiting",
+            "Replies waiting for the model: queued, or being prepared (internet mode: researching)",
+            value=replies.preparing + len(replies.waiting),
+        )
+        yield GaugeMetricFamily("chatapi_replies_running", "Replies being generated", value=len(replies.running))
+        yield GaugeMetricFamily(
+            "chatapi_model_ready", "1 when the model is loaded and serving", value=int(replies.status == "ok")
+        )
+
+
+def start_timer(_app: Flask, **_extra) -> None:
+    """Runs before every before_request hook, so that a request the auth hook refuses is timed too."""
+    g.metrics_started = time.perf_counter()
+
+
+def count_request(response: Response) -> Response:
+    current_app.extensions["metrics"].count_request(response)
+    return response
+
+
+def reply_events():
+    """The callback through which a reply this app starts reports its events."""
+    return current_app.extensions["metrics"].reply_event
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["metrics"] = Metrics(app.extensions["replies"])
+    request_started.connect(start_timer, app)
+    app.after_request(count_request)

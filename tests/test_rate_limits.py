@@ -1,0 +1,130 @@
+"""Rate limits (CHATAPI_RATE_LIMIT, CHATAPI_RATE_LIMIT_REPLIES): the real server, and the key function in-process."""
+
+import pytest
+import requests
+from flask import g, request
+
+from chatapi import create_app
+from chatapi.limits import client_key
+from conftest import FAST_STREAM_SETTINGS
+from helpers import snapshot
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, infer, new_chat
+from tests.support.sse import EventStream, read_events
+
+ORIGIN = "https://app.example"
+
+
+def assert_too_many(response: requests.Response, window_seconds: int = 60) -> None:
+    """A 429 in the usual error body, with the seconds to wait."""
+    assert response.status_code == 429, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["code"] == 429 and body["status"] == "Too Many Requests" and "at most" in body["message"]
+    assert 0 < int(response.headers["Retry-After"]) <= window_seconds
+
+
+def test_the_request_over_the_limit_gets_429_and_changes_nothing(start_server, app, client):
+    base = start_server(CHATAPI_RATE_LIMIT="4/minute", CHATAPI_CORS_ORIGINS=ORIGIN).url
+    assert requests.post(f"{base}/chats/create", json={"name": "one"}, timeout=10).status_code == 201
+    for _ in range(3):
+        assert requests.get(f"{base}/chats/", timeout=10).status_code == 200
+    before = snapshot(app)
+    over = requests.post(f"{base}/chats/create", json={"name": "two"}, headers={"Origin": ORIGIN}, timeout=10)
+    assert_too_many(over)
+    assert snapshot(app) == before
+    # A page on an allowed origin can read the 429 and when to come back.
+    assert over.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Retry-After" in over.headers["Access-Control-Expose-Headers"]
+    assert_too_many(requests.get(f"{base}/chats/", timeout=10))
+    assert_too_many(requests.get(f"{base}/metrics", timeout=10))
+    # Never counted: the health probe and CORS preflights.
+    for _ in range(10):
+        assert requests.get(f"{base}/health", timeout=10).status_code == 200
+    preflight = requests.options(
+        f"{base}/chats/create", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}, timeout=10
+    )
+    assert preflight.status_code == 200 and preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+def test_the_reply_limit_counts_only_requests_that_start_a_reply(start_server, client):
+    base = start_server(CHATAPI_RATE_LIMIT_REPLIES="2/minute", **FAST_STREAM_SETTINGS).url
+    # One reply started (1 of 2), joined by a second request and resumed after its end: neither starts one.
+    endless = new_chat(base, *ENDLESS)
+    url = infer(base, endless, f"max_tokens=400&{GREEDY}")
+    first = iter(EventStream(url))
+    head = [next(first) for _ in range(3)]
+    joined = EventStream(url)
+    assert joined.response.status_code == 200
+    assert next(iter(joined))["data"]["message_id"] == head[0]["data"]["message_id"]
+    joined.close()
+    requests.post(f"{base}/conversations/stop/{endless}", timeout=10)
+    done = list(first)[-1]
+    assert done["data"]["finish_reason"] == "cancelled"
+    assert requests.get(url, headers={"Last-Event-ID": done["id"]}, timeout=10).status_code == 204
+    # Requests that start nothing do not count either: bad options, a chat with nothing to answer.
+    assert requests.get(infer(base, endless, "max_tokens=0"), timeout=10).status_code == 422
+    assert requests.get(infer(base, new_chat(base)), timeout=10).status_code == 409
+
+    assert read_events(infer(base, new_chat(base, QUESTION)))[-1]["event"] == "done"  # 2 of 2
+    refused = new_chat(base, QUESTION)
+    for route in ("inference", "inference_internet"):
+        assert_too_many(requests.get(infer(base, refused, route=route), timeout=10))
+    assert len(history(base, refused)) == 1  # nothing was answered
+    health = requests.get(f"{base}/health", timeout=10).json()
+    assert health["model"]["replies"] == {"running": 0, "waiting": 0}  # nothing was queued
+    # Only starting replies is limited: everything else goes on.
+    assert requests.get(f"{base}/chats/", timeout=10).status_code == 200
+    assert requests.post(f"{base}/conversations/stop/{refused}", timeout=10).status_code == 200
+
+
+def test_no_limits_by_default(start_server, client):
+    base = start_server().url
+    for _ in range(3):  # more than the limits the other tests set, and replies too
+        assert read_events(infer(base, new_chat(base, QUESTION), f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
+    assert all(requests.get(f"{base}/chats/", timeout=10).status_code == 200 for _ in range(100))
+
+
+# The key function, in-process: until the auth hook is there to set g.key_id from a real key, a stand-in
+# does it from a test header, registered first as the auth hook is; the client address comes from the
+# WSGI environ (on the real server everything comes from 127.0.0.1).
+
+
+@pytest.fixture
+def limited(app, database_url):
+    limited = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_RATE_LIMIT": "2/minute"})
+
+    def key_from_test_header():
+        if "X-Test-Key" in request.headers:
+            g.key_id = request.headers["X-Test-Key"]
+
+    limited.before_request_funcs.setdefault(None, []).insert(0, key_from_test_header)
+    return limited.test_client()
+
+
+def statuses(client, address: str, key: str | None = None, times: int = 3) -> list[int]:
+    headers = {"X-Test-Key": key} if key else {}
+    return [
+        client.get("/chats/", headers=headers, environ_base={"REMOTE_ADDR": address}).status_code for _ in range(times)
+    ]
+
+
+def test_limits_count_per_key_else_per_address(limited):
+    assert statuses(limited, "10.0.0.1") == [200, 200, 429]
+    assert statuses(limited, "10.0.0.2") == [200, 200, 429]  # another address has its own count
+    # A key has its own count wherever it comes from, and shares it across addresses.
+    assert statuses(limited, "10.0.0.1", key="key-a", times=1) == [200]
+    assert statuses(limited, "10.0.0.3", key="key-a") == [200, 429, 429]
+    assert statuses(limited, "10.0.0.1", key="key-b", times=1) == [200]
+
+
+def test_the_key_function_prefers_the_key(app):
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "10.1.2.3"}):
+        assert client_key() == "10.1.2.3"
+        g.key_id = "key-a"
+        assert client_key() == "key-a"
+
+
+@pytest.mark.parametrize("name", ["CHATAPI_RATE_LIMIT", "CHATAPI_RATE_LIMIT_REPLIES"])
+def test_a_bad_limit_stops_the_app_with_its_name(database_url, name):
+    with pytest.raises(ValueError, match=name):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, name: "lots"})
