@@ -8,6 +8,9 @@ from marshmallow import fields, validate
 
 from .models import ROLES
 
+# The largest integer SQLite and PostgreSQL take (a BIGINT): a larger OFFSET is an error in the database.
+BIGINT_MAX = 2**63 - 1
+
 
 class Timestamp(fields.DateTime):
     """UTC as in the API document (2023-08-05T14:48:00.000Z); input with any offset is normalised."""
@@ -15,7 +18,8 @@ class Timestamp(fields.DateTime):
     def _serialize(self, value: datetime | None, attr, obj, **kwargs):
         if value is None:
             return None
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        # isoformat, unlike strftime("%Y"), writes years before 1000 with four digits too (0999-...).
+        return value.isoformat(timespec="milliseconds") + "Z"
 
     def _deserialize(self, value, attr, data, **kwargs) -> datetime:
         moment = super()._deserialize(value, attr, data, **kwargs)
@@ -72,7 +76,7 @@ class ChatUpdateSchema(ChatCreateSchema):
 
 class ChatListQuerySchema(RequestSchema):
     limit = fields.Integer(validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
     q = fields.String(validate=validate.Length(max=200))
 
 
