@@ -31,7 +31,22 @@ class Timestamp(fields.DateTime):
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from exc
 
 
-class Text(fields.String):
+class StorableString(fields.String):
+    """A string both databases can store and compare: no NUL (PostgreSQL's text refuses it) and no lone
+    surrogate (JSON can escape one, but it is no UTF-8)."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ma.ValidationError("Must not contain NUL characters.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ma.ValidationError("Must not contain lone surrogates (invalid Unicode).") from exc
+        return text
+
+
+class Text(StorableString):
     """A string that must hold more than white space."""
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
@@ -77,7 +92,7 @@ class ChatUpdateSchema(ChatCreateSchema):
 class ChatListQuerySchema(RequestSchema):
     limit = fields.Integer(validate=validate.Range(min=1, max=1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
-    q = fields.String(validate=validate.Length(max=200))
+    q = StorableString(validate=validate.Length(max=200))
 
 
 class ConversationSchema(ma.Schema):

@@ -41,6 +41,9 @@ CHAT_BODIES = [
     ({"name": 42}, "name"),
     ({"name": None}, "name"),
     ({"name": ["a"]}, "name"),
+    # Found by fuzzing: PostgreSQL's text takes no NUL, and a lone surrogate is no UTF-8 for either database.
+    ({"name": "a\x00b"}, "name"),
+    ({"name": "a\ud800b"}, "name"),
 ]
 
 
@@ -77,13 +80,15 @@ def conversation_bodies(chat_id: str):
         (dict(good, message=" \n "), "message", 422),
         (dict(good, message=7), "message", 422),
         (dict(good, message="x" * 65537), "message", 422),
+        (dict(good, message="nul \x00"), "message", 422),
+        (dict(good, message="surrogate \udfff"), "message", 422),
         ({k: v for k, v in good.items() if k != "chat_id"}, "chat_id", 422),
         (dict(good, chat_id="not-a-uuid"), "chat_id", 422),
         (dict(good, chat_id=UNKNOWN), None, 404),
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(12))
 def test_create_conversation_rejects(app, client, seeded, case):
     body, field, code = conversation_bodies(seeded["chat"])[case]
     before = snapshot(app)
@@ -91,7 +96,9 @@ def test_create_conversation_rejects(app, client, seeded, case):
     assert snapshot(app) == before
 
 
-@pytest.mark.parametrize("body", [{}, {"message": ""}, {"message": 3}, {"message": "x" * 65537}])
+@pytest.mark.parametrize(
+    "body", [{}, {"message": ""}, {"message": 3}, {"message": "x" * 65537}, {"message": "\x00"}, {"message": "\ud83d"}]
+)
 def test_update_conversation_rejects(app, client, seeded, body):
     before = snapshot(app)
     assert_error(client.put(f"/conversations/update/{seeded['message']}", json=body), 422, "message")
@@ -171,6 +178,7 @@ def test_unknown_or_malformed_id_is_404(app, client, seeded, method, path, ident
         ("limit=1001", "limit"),
         ("offset=-1", "offset"),
         ("q=" + "x" * 201, "q"),
+        ("q=a%00b", "q"),
     ],
 )
 def test_bad_list_query_is_422(client, query, field):
