@@ -18,6 +18,8 @@ class JSONBodyParser(FlaskParser):
             body = json.loads(req.get_data(cache=True))
         except (ValueError, UnicodeDecodeError):
             abort(400, message="request body must be JSON")
+        except RecursionError:  # a valid body too, but nested deeper than any request needs
+            abort(400, message="request body is nested too deeply")
         if not isinstance(body, dict):
             abort(400, message="request body must be a JSON object")
         return body

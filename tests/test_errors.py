@@ -115,7 +115,18 @@ def test_update_conversation_rejects(app, client, seeded, body):
     ],
 )
 @pytest.mark.parametrize(
-    "data", ["", "not json", "{'name': 'single quotes'}", '["a", "list"]', '"a string"', "\xff\xfe"]
+    "data",
+    [
+        "",
+        "not json",
+        "{'name': 'single quotes'}",
+        '["a", "list"]',
+        '"a string"',
+        "\xff\xfe",
+        # Found by hand while fuzzing: nesting deeper than Python's parser goes was a 500 (RecursionError).
+        "[" * 100_000,
+        '{"name": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    ],
 )
 def test_body_that_is_not_a_json_object_is_400(app, client, seeded, method, path, data):
     before = snapshot(app)
