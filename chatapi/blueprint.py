@@ -1,4 +1,5 @@
-"""The Blueprint every route module uses: flask-smorest's, with a stricter JSON body parser."""
+"""The Blueprint every route module uses: flask-smorest's, with a stricter JSON body parser, and the errors
+that any operation can answer added to its document."""
 
 import json
 
@@ -25,5 +26,36 @@ class JSONBodyParser(FlaskParser):
         return body
 
 
+def common_errors(doc: dict) -> dict:
+    """The errors an operation can answer whatever it does, by status: a missing or wrong key (unless the
+    operation asks for none), a body that is not a JSON object or too large, a URL too long (gunicorn's
+    limit), too many requests, and a database that cannot be reached."""
+    errors = {}
+    if doc.get("security") != []:
+        errors[401] = "UNAUTHORIZED"
+    if "requestBody" in doc:
+        errors[400] = "BAD_REQUEST"
+        errors[413] = "REQUEST_ENTITY_TOO_LARGE"
+    errors[414] = "REQUEST_URI_TOO_LONG"
+    errors[429] = "TOO_MANY_REQUESTS"
+    errors[503] = "SERVICE_UNAVAILABLE"
+    return errors
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = JSONBodyParser()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_common_errors_doc)
+
+    @staticmethod
+    def _prepare_common_errors_doc(doc: dict, doc_info: dict, **kwargs) -> dict:
+        """Add common_errors() to the operation's responses, where it does not document them itself."""
+        manual = doc_info.get("manual_doc", {})
+        responses = doc.setdefault("responses", {})
+        documented = {str(status) for status in [*responses, *manual.get("responses", {})]}
+        for status, response in common_errors({**doc, **manual}).items():
+            if str(status) not in documented:
+                responses[status] = response
+        return doc

@@ -55,6 +55,44 @@ def test_openapi_lists_every_documented_route(client):
     assert "201" in create["responses"] and "422" in create["responses"]
 
 
+def test_openapi_documents_every_error_and_how_to_authenticate(client):
+    spec = client.get("/openapi.json").json
+    schemes = spec["components"]["securitySchemes"]
+    assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
+    assert (schemes["cookieAuth"]["type"], schemes["cookieAuth"]["in"]) == ("apiKey", "cookie")
+    assert schemes["cookieAuth"]["name"] == "chatapi_session"
+    assert spec["security"] == [{"bearerAuth": []}, {"cookieAuth": []}]
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"code", "status", "message"} and "errors" in error["properties"]
+    responses = spec["components"]["responses"]
+    assert responses["UNAUTHORIZED"]["headers"]["WWW-Authenticate"]["required"] is True
+    assert responses["TOO_MANY_REQUESTS"]["headers"]["Retry-After"]["required"] is True
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":  # the path's own, shared by its operations
+                continue
+            where = f"{method.upper()} {path}"
+            statuses = set(operation["responses"])
+            assert "default" not in statuses, f"{where}: a catch-all response hides undocumented statuses"
+            assert {"414", "429", "503"} <= statuses, where
+            public = operation.get("security") == []
+            assert ("401" in statuses) != public, where
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= statuses, where
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")) and "$ref" not in response:
+                    assert "application/json" in response["content"], f"{where} {status}"
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    for route in ("/conversations/inference/{chat_id}", "/conversations/inference_internet/{chat_id}"):
+        stream = spec["paths"][route]["get"]
+        assert {"200", "204", "404", "409", "422", "503"} <= set(stream["responses"])
+        assert list(stream["responses"]["200"]["content"]) == ["text/event-stream"]
+        assert "Retry-After" in stream["responses"]["503"]["headers"]
+        assert spec["paths"][route]["parameters"][0]["name"] == "Last-Event-ID"
+    offset = next(p for p in spec["paths"]["/chats/"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 2**63 - 1
+
+
 def test_docs_page_loads_only_local_assets(client):
     page = client.get("/docs")
     assert page.status_code == 200
