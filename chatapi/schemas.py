@@ -52,11 +52,18 @@ class StorableString(fields.String):
 class Text(StorableString):
     """A string that must hold more than white space."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.metadata = {"pattern": r"\S", **self.metadata}  # the document says so too
+
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if not text.strip():
             raise ma.ValidationError("Must not be empty.")
         return text
+
+
+MESSAGE_LENGTH = {"description": "at most CHATAPI_MAX_MESSAGE_CHARS characters (65536 by default)"}
 
 
 def message_length(message: str) -> None:
@@ -125,11 +132,11 @@ class ConversationSchema(ma.Schema):
 class ConversationCreateSchema(RequestSchema):
     chat_id = fields.UUID(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    message = Text(required=True, validate=message_length)
+    message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
 
 
 class ConversationUpdateSchema(RequestSchema):
-    message = Text(required=True, validate=message_length)
+    message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
 
 
 class ConversationListQuerySchema(RequestSchema):
@@ -175,7 +182,10 @@ class InferenceQuerySchema(RequestSchema):
         metadata={"description": "at most half of CHATAPI_N_CTX (2048 by default); CHATAPI_MAX_TOKENS if not given"},
     )
     temperature = fields.Float(validate=validate.Range(min=0, max=2), metadata={"description": "0 is greedy"})
-    top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
+    top_p = fields.Float(
+        validate=validate.Range(min=0, max=1, min_inclusive=False),
+        metadata={"exclusiveMinimum": True},  # apispec leaves min_inclusive out of the document
+    )
     seed = fields.Integer(validate=validate.Range(min=0, max=2**32 - 1))
     after = fields.UUID(
         metadata={
