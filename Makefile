@@ -7,7 +7,7 @@ export FLASK_APP := wsgi
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint install db model clients screenshot postman clean
+.PHONY: run test bench lint install db model clients postgres-server screenshot postman clean
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -45,16 +45,23 @@ node_modules/.installed: package.json package-lock.json
 
 clients: /usr/bin/chromium node_modules/.installed
 
-test: db model lint clients
+# Debian's PostgreSQL server binaries (initdb, pg_ctl): tests/test_postgres_down.py runs a cluster of its own,
+# which it stops and starts, beside the shared server.
+postgres-server:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
+test: db model lint clients postgres-server
 	$(BIN)/python -m pytest
 
 # docs/screenshot.png and docs/screenshot-phone.png, from the browser tests.
 screenshot: db model clients
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/test_browser.py -k "screenshot or phone"
 
-# The Postman collection against a server that is already running (`make run` in another terminal).
+# The Postman collection against a server that is already running (`make run` in another terminal);
+# API_KEY=... for a server with keys.
 postman: node_modules/.installed
-	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT)
+	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT) \
+		$(if $(API_KEY),--env-var apiKey=$(API_KEY))
 
 bench: db model
 	$(BIN)/python -m bench

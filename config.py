@@ -14,6 +14,26 @@ def database_url() -> str:
     return url
 
 
+def flag(name: str) -> bool:
+    """An on/off setting: 1, true, yes or on."""
+    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def api_keys() -> tuple[str, ...]:
+    """The keys of CHATAPI_API_KEYS (comma-separated) and of the file CHATAPI_API_KEYS_FILE (one a line; blank
+    lines and # comments left out). A keys file that cannot be read or holds no key stops the server: whoever
+    named it wanted keys, and serving without them would open everything."""
+    keys = [key.strip() for key in (os.environ.get("CHATAPI_API_KEYS") or "").split(",")]
+    path = os.environ.get("CHATAPI_API_KEYS_FILE")
+    if path:
+        with open(path, encoding="utf-8") as lines:
+            from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not from_file:
+            raise ValueError(f"CHATAPI_API_KEYS_FILE {path} holds no key")
+        keys += from_file
+    return tuple(dict.fromkeys(key for key in keys if key))
+
+
 class Config:
     SQLALCHEMY_DATABASE_URI = database_url()
     # Bodies above this size get a 413 before they are read.
@@ -51,6 +71,19 @@ class Config:
     # Hosts or CIDRs that may be fetched although not public (a self-hosted wiki, the tests' server).
     CHATAPI_FETCH_ALLOW = os.environ.get("CHATAPI_FETCH_ALLOW") or ""
     CHATAPI_RESEARCH_TIMEOUT = float(os.environ.get("CHATAPI_RESEARCH_TIMEOUT") or 15)
+
+    # Authentication (chatapi/auth.py): any key turns it on for every route but /health, the page and the API
+    # document. Clients send `Authorization: Bearer <key>`; the page trades a key for a cookie (POST /session).
+    CHATAPI_API_KEYS = api_keys()
+    # Signs the session cookies. Unset, a secret derived from the keys: sessions outlive restarts and every
+    # worker accepts them, and changing the keys ends them all.
+    SECRET_KEY = os.environ.get("CHATAPI_SECRET_KEY") or os.environ.get("SECRET_KEY") or None
+    CHATAPI_SESSION_SECONDS = int(os.environ.get("CHATAPI_SESSION_SECONDS") or 7 * 24 * 3600)
+    # Without keys gunicorn.conf.py refuses to listen on anything but a loopback address, unless told that the
+    # network is trusted.
+    CHATAPI_ALLOW_NO_AUTH = flag("CHATAPI_ALLOW_NO_AUTH")
+    # Behind a reverse proxy: believe its X-Forwarded-For, -Proto, -Host and -Port (one proxy in front).
+    CHATAPI_TRUST_PROXY = flag("CHATAPI_TRUST_PROXY")
 
     API_TITLE = "chatapi"
     API_VERSION = "1.0"

@@ -1,9 +1,15 @@
 """gunicorn settings shared by `make run` and the Procfile."""
 
+import ipaddress
 import json
 import os
+import socket
+import sys
 
 from gunicorn import util
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from config import Config  # noqa: E402  (light: os only; the app itself is loaded in the worker)
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 # gevent: one process serves many slow clients (event streams) at once.
@@ -12,6 +18,51 @@ worker_connections = 1000
 # One process per box: each worker would load its own copy of the model.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
+# X-Forwarded-* are believed in one place only, the app's ProxyFix (CHATAPI_TRUST_PROXY=1); gunicorn's own
+# rule would believe any local client that says X-Forwarded-Proto: https.
+secure_scheme_headers = {}
+
+REFUSAL = """refusing to serve {where} without API keys: anyone who can reach it could read, change and delete
+every chat. Either
+  - set keys: CHATAPI_API_KEYS=key1,key2 or CHATAPI_API_KEYS_FILE=/path/to/keys (one a line), for example
+    CHATAPI_API_KEYS="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+  - or serve 127.0.0.1 only (HOST=127.0.0.1, the default),
+  - or, on a network you trust, CHATAPI_ALLOW_NO_AUTH=1."""
+
+
+def on_starting(server):
+    """Before binding: no keys means loopback only, unless CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
+    if Config.CHATAPI_API_KEYS:
+        return
+    exposed = [address for address in server.cfg.address if not local_only(address)]
+    if not exposed:
+        return
+    where = ", ".join(describe(address) for address in exposed)
+    if not Config.CHATAPI_ALLOW_NO_AUTH:
+        server.log.error(REFUSAL.format(where=where))
+        sys.exit(1)
+    server.log.warning(
+        "serving %s WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1): anyone who can reach it can read, change and "
+        "delete every chat and use the model",
+        where,
+    )
+
+
+def local_only(address) -> bool:
+    """A unix socket, or a host whose every address is a loopback one."""
+    if isinstance(address, str | bytes):
+        return True
+    if not isinstance(address, tuple) or not address[0]:  # fd://N (made elsewhere), or every interface
+        return False
+    try:
+        found = socket.getaddrinfo(address[0], None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in found)
+
+
+def describe(address) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
 
 def post_worker_init(worker):

@@ -1,4 +1,5 @@
-"""Run every benchmark: python -m bench. Prints each table and writes them all to docs/benchmarks.md."""
+"""Run the benchmarks: python -m bench [name ...]. Prints each table and writes them to docs/benchmarks.md; with
+names (list_chats, inference, batching, internet, load) only those run and their sections are replaced."""
 
 import contextlib
 import io
@@ -8,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import batching, inference, internet, list_chats
+from bench import batching, inference, internet, list_chats, load
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -77,6 +78,24 @@ server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its t
 *Cold caches*: each question's results point at pages of their own, so nothing is cached; *asked again*:
 the same questions once more, served from the search and page caches."""
 
+LOAD_NOTES = f"""\
+The real server (gunicorn, one gevent worker; the model with `CHATAPI_N_THREADS` one fewer than the cores,
+since locust needs one) on 127.0.0.1 with a fresh database, SQLite and PostgreSQL. `bench/load.py` runs locust
+{load.locust_version()} headless with the clients of `bench/locustfile.py`: {load.USERS} for {load.SECONDS} s,
+all started in the first second, none pausing between requests. {load.USERS - load.STREAMS} create chats, add
+messages (Human or Assistant) to their chats, list (`?limit=20`), search (`?q=`), and read chats and their
+messages (weights 1, 4, 3, 1, 2, 2); {load.STREAMS} add a Human message, read the reply's stream to `done`
+(`max_tokens=16`) and start again.
+
+*requests*, *req/s*, *p50*, *p99*: the API requests (not the streams), nearest rank. *replies*: how many were
+streamed, and the median time from request to `done`; *alone*: the same median with the {load.STREAMS} streaming
+clients alone, for {load.ALONE_SECONDS} s on the same server just before. Afterwards every write the server
+acknowledged (*writes*: each 201, and each reply its `done` said was saved) is looked for in the database
+(*lost*: not found); *5xx* counts server errors and requests without an answer, *locked* the times the
+server's log says "database is locked", and *load* is the machine's 1-minute load average as the run started
+(other programs on the same cores). `tests/test_load.py` runs the same in `make test` (without *alone*) and
+asserts that 5xx, lost and locked are 0."""
+
 
 class Tee(io.TextIOBase):
     """Writes to the terminal and keeps a copy."""
@@ -114,27 +133,51 @@ def machine() -> str:
     )
 
 
-def main() -> None:
-    sections = [
-        ("Listing chats: `GET /chats/` as the table grows", LIST_CHATS_NOTES, run(list_chats.main)),
-        ("Inference over HTTP", INFERENCE_NOTES, run(inference.main)),
-        ("Several replies at once", BATCHING_NOTES, run(batching.main)),
-        ("Internet mode", INTERNET_NOTES, run(internet.main)),
-    ]
+BENCHMARKS = {
+    "list_chats": ("Listing chats: `GET /chats/` as the table grows", LIST_CHATS_NOTES, list_chats.main),
+    "inference": ("Inference over HTTP", INFERENCE_NOTES, inference.main),
+    "batching": ("Several replies at once", BATCHING_NOTES, batching.main),
+    "internet": ("Internet mode", INTERNET_NOTES, internet.main),
+    "load": ("Load: 50 clients, SQLite and PostgreSQL", LOAD_NOTES, load.main),
+}
+
+
+def earlier_sections() -> dict[str, str]:
+    """The page's sections as the last run wrote them, by title."""
+    if not PAGE.exists():
+        return {}
+    sections = PAGE.read_text().split("\n## ")[1:]
+    return dict(section.rstrip().split("\n\n", 1) for section in sections)
+
+
+def main(names: list[str]) -> None:
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark {', '.join(unknown)}; there are {', '.join(BENCHMARKS)}")
+    now = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    sections = earlier_sections() if names else {}
+    for name in names or BENCHMARKS:
+        title, notes, benchmark = BENCHMARKS[name]
+        when = f"\n\nRun alone: `.venv/bin/python -m bench {name}`, {now}." if names else ""
+        sections[title] = f"{notes}{when}\n\n{run(benchmark)}"
     lines = [
         "# Benchmarks",
         "",
-        f"Command: `make bench` (`.venv/bin/python -m bench`). Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"Command: `make bench` (`.venv/bin/python -m bench`). Run: {now}.",
         f"Machine: {machine()}.",
         "",
-        "This page is rewritten by every run; the tables are the benchmarks' own output.",
+        "This page is rewritten by every run; the tables are the benchmarks' own output. A section run alone "
+        "(`python -m bench NAME`) says when it ran; the others are from the run above.",
     ]
-    for title, notes, output in sections:
-        lines += ["", f"## {title}", "", notes, "", output]
+    if names and PAGE.exists():  # the header of the last whole run stays
+        lines = PAGE.read_text().split("\n## ")[0].rstrip().splitlines()
+    for title, _, _ in BENCHMARKS.values():
+        if title in sections:
+            lines += ["", f"## {title}", "", sections[title]]
     PAGE.parent.mkdir(exist_ok=True)
     PAGE.write_text("\n".join(lines) + "\n")
     print(f"written to {PAGE.relative_to(PAGE.parent.parent)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

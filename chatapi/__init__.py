@@ -5,8 +5,9 @@ import os
 from flask import Blueprint, Flask
 from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import replies
+from . import auth, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -18,13 +19,23 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    trust_proxy(app)
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
     return app
 
 
+def trust_proxy(app: Flask) -> None:
+    """Behind a reverse proxy (CHATAPI_TRUST_PROXY=1), the client's address, the scheme (https: Secure
+    cookies) and the host as the proxy received them. Never otherwise: any client could claim them."""
+    if app.config["CHATAPI_TRUST_PROXY"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1, x_port=1)
+
+
 def register_extensions(app: Flask) -> None:
+    auth.init_app(app)  # first: its request hook decides who is asking before any other hook runs
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     db.init_app(app)
     migrate.init_app(app, db)
     api.init_app(app)
@@ -34,11 +45,26 @@ def register_extensions(app: Flask) -> None:
             event.listen(db.engine, "connect", set_sqlite_pragmas)
 
 
+def engine_options(url: str) -> dict:
+    """PostgreSQL may restart under the app: pool_pre_ping replaces a connection it dropped before a request
+    uses it, so a restart costs no request; connect_timeout turns a server that does not answer into a 503
+    within seconds rather than a hung request. A SQLite file needs neither."""
+    if not url.startswith("postgresql"):
+        return {}
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+
+
 def set_sqlite_pragmas(dbapi_connection, _record) -> None:
-    """Foreign keys on (for the cascade), WAL so readers never wait, and wait on locks."""
+    """Foreign keys on (for the cascade), WAL so readers never wait, and wait on locks.
+
+    synchronous=NORMAL: in WAL mode a commit is then durable across a crash of the server (SIGKILL; see
+    tests/test_crash.py) and the file never corrupt, and only a power cut may undo the last commits; FULL would
+    fsync every commit, some 7 ms here during which the one gevent worker serves nobody.
+    """
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
     # SQLite's own lower() folds ASCII letters only; the chat search must match "École" for "ÉCOLE"
@@ -53,7 +79,7 @@ def unicode_lower(value):
 def register_blueprints(app: Flask) -> None:
     from . import chats, conversations, health, pages
 
-    for module in (chats, conversations, health):
+    for module in (chats, conversations, health, auth):
         api.register_blueprint(module.bp)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).

@@ -26,12 +26,12 @@ class JSONBodyParser(FlaskParser):
         return body
 
 
-def common_errors(doc: dict) -> dict:
-    """The errors an operation can answer whatever it does, by status: a missing or wrong key (unless the
-    operation asks for none), a body that is not a JSON object or too large, a URL too long (gunicorn's
-    limit), too many requests, and a database that cannot be reached."""
+def common_errors(doc: dict, keys_on: bool) -> dict:
+    """The errors an operation can answer whatever it does, by status: a missing or wrong key (when the server
+    has keys, unless the operation asks for none), a body that is not a JSON object or too large, a URL too long
+    (gunicorn's limit), too many requests, and a database that cannot be reached."""
     errors = {}
-    if doc.get("security") != []:
+    if keys_on and doc.get("security") != []:
         errors[401] = "UNAUTHORIZED"
     if "requestBody" in doc:
         errors[400] = "BAD_REQUEST"
@@ -50,12 +50,13 @@ class Blueprint(flask_smorest.Blueprint):
         self._prepare_doc_cbks.append(self._prepare_common_errors_doc)
 
     @staticmethod
-    def _prepare_common_errors_doc(doc: dict, doc_info: dict, **kwargs) -> dict:
+    def _prepare_common_errors_doc(doc: dict, doc_info: dict, *, app, **kwargs) -> dict:
         """Add common_errors() to the operation's responses, where it does not document them itself."""
         manual = doc_info.get("manual_doc", {})
         responses = doc.setdefault("responses", {})
         documented = {str(status) for status in [*responses, *manual.get("responses", {})]}
-        for status, response in common_errors({**doc, **manual}).items():
+        keys_on = bool(app.extensions.get("auth"))  # as the document's security rule (chatapi/auth.py)
+        for status, response in common_errors({**doc, **manual}, keys_on).items():
             if str(status) not in documented:
                 responses[status] = response
         return doc

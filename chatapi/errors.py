@@ -6,6 +6,9 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 
 from .extensions import db
 
+# Seconds a client should wait before trying again when the database is unavailable (a restart takes a few).
+DATABASE_RETRY_AFTER = "5"
+
 
 def field_errors(messages: dict) -> dict:
     """webargs nests errors by location ({"json": {"name": [...]}}); clients want them by field."""
@@ -36,10 +39,11 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_database_unavailable(error: OperationalError):
-    """A database that cannot be reached is a 503, not a crash."""
+    """A database that cannot be reached (stopped, restarting) is a 503 to retry later, not a crash."""
     db.session.rollback()
     current_app.logger.error("database unavailable: %s", error)
-    return error_body(ServiceUnavailable("the database is unavailable"))
+    body, code, headers = error_body(ServiceUnavailable("the database is unavailable"))
+    return body, code, {**headers, "Retry-After": DATABASE_RETRY_AFTER}
 
 
 def handle_unexpected(error: Exception):

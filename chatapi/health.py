@@ -5,16 +5,19 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import replies
 from .blueprint import Blueprint
+from .errors import DATABASE_RETRY_AFTER
 from .extensions import db
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")
 
+RETRY_AFTER = {"description": "seconds to wait, when the database is down", "schema": {"type": "integer"}}
+
 
 @bp.route("/health", methods=["GET"])
 @bp.response(200, HealthSchema)
-@bp.alt_response(503, schema=HealthSchema)
-@bp.doc(security=[])  # open to load balancers and monitors, keys or not
+@bp.alt_response(503, schema=HealthSchema, headers={"Retry-After": RETRY_AFTER})
+@bp.doc(security=[])  # open to monitors when API keys are on
 def health():
     """Report the database and the model; 503 with the reason while either cannot serve."""
     model = replies.service().describe()
@@ -22,8 +25,9 @@ def health():
         db.session.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         db.session.rollback()
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        return {"status": "unavailable", "database": "error", "model": model, "reason": reason}, 503
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        body = {"status": "unavailable", "database": "error", "model": model, "reason": reason}
+        return body, 503, {"Retry-After": DATABASE_RETRY_AFTER}
     if model["status"] != "ok":
         reason = f"model {model['status']}" + (f": {model['reason']}" if "reason" in model else "")
         return {"status": "unavailable", "database": "ok", "model": model, "reason": reason}, 503

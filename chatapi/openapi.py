@@ -1,7 +1,7 @@
-"""The API document's shared parts: the error body, how clients authenticate, and the headers of the errors.
+"""The API document's shared parts: the error body, the headers of some errors, and event streams' JSON data.
 
 flask-smorest builds the rest from the routes' schemas; chatapi/blueprint.py adds the errors that every
-operation can answer.
+operation can answer, chatapi/auth.py the security schemes when keys are on.
 """
 
 import flask_smorest
@@ -9,31 +9,16 @@ import marshmallow as ma
 from flask import Flask
 from marshmallow import fields
 
-# The page's session cookie (POST /session), accepted like the Authorization header.
-SESSION_COOKIE = "chatapi_session"
-
-SECURITY_SCHEMES = {
-    "bearerAuth": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "A key from CHATAPI_API_KEYS or CHATAPI_API_KEYS_FILE. Without keys configured the server "
-        "asks for none (it then serves a loopback address only).",
-    },
-    "cookieAuth": {
-        "type": "apiKey",
-        "in": "cookie",
-        "name": SESSION_COOKIE,
-        "description": "The signed session cookie that POST /session sets, for the page and EventSource.",
-    },
-}
-
 # Headers that come with some errors: how to authenticate, and when to try again.
 ERROR_HEADERS = {
     "UNAUTHORIZED": {
-        "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}, "required": True},
+        "WWW-Authenticate": {"description": 'Bearer realm="chatapi"', "schema": {"type": "string"}, "required": True},
     },
     "TOO_MANY_REQUESTS": {
         "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}, "required": True},
+    },
+    "SERVICE_UNAVAILABLE": {
+        "Retry-After": {"description": "seconds to wait (the database)", "schema": {"type": "integer"}},
     },
 }
 
@@ -74,11 +59,7 @@ class Api(flask_smorest.Api):
     DEFAULT_ERROR_RESPONSE_NAME = None
 
     def init_app(self, app: Flask, *, spec_kwargs: dict | None = None) -> None:
-        # Every operation asks for a key unless it says otherwise (GET /health: `security: []`).
-        security = [{name: []} for name in SECURITY_SCHEMES]
-        super().init_app(app, spec_kwargs={"security": security, **(spec_kwargs or {})})
+        super().init_app(app, spec_kwargs=spec_kwargs)
         self.ma_plugin.converter.add_attribute_function(json_text2properties)
-        for name, scheme in SECURITY_SCHEMES.items():
-            self.spec.components.security_scheme(name, scheme)
         for response, headers in ERROR_HEADERS.items():
             self.spec.components.responses_lazy[response]["headers"] = headers

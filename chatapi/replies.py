@@ -10,11 +10,12 @@ from functools import partial
 
 from flask import Flask, Response, current_app
 from flask_smorest import abort
+from sqlalchemy.exc import OperationalError
 
 from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
-from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings
+from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings, StoreUnavailable
 from .models import Chat, Conversation
 from .schemas import ConversationSchema
 from .web.research import Settings as WebSettings
@@ -110,6 +111,9 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
             db.session.add(conversation)
             db.session.commit()
             return ConversationSchema().dump(conversation)
+        except OperationalError as exc:  # the database is down: the stream ends with a 503 error event
+            db.session.rollback()
+            raise StoreUnavailable("the database is unavailable: the reply was not saved") from exc
         except Exception:
             db.session.rollback()
             raise

@@ -143,6 +143,12 @@ class ConversationListQuerySchema(RequestSchema):
     chat_id = fields.UUID(required=True)
 
 
+class SessionSchema(RequestSchema):
+    key = fields.String(
+        required=True, validate=validate.Length(min=1, max=4096), metadata={"description": "an API key"}
+    )
+
+
 class DeletedSchema(ma.Schema):
     id = fields.UUID(required=True)
     deleted = fields.Boolean(required=True)

@@ -103,6 +103,18 @@ def browser():
         browser.close()
 
 
+PAGE_KEY = "page-key-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def keyed_server(app, database_url, tmp_path_factory):
+    """A server with an API key: the page must ask for it."""
+    log = tmp_path_factory.mktemp("keyed") / "gunicorn.log"
+    server = Server(database_url, log, CHATAPI_API_KEYS=PAGE_KEY, CHATAPI_PING_SECONDS="0.5")
+    yield server.wait_until_up().url
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def page_server(app, database_url, web, tmp_path_factory):
     """One real server for the module; the default grace period, so that a page reload keeps its reply."""
@@ -747,6 +759,119 @@ def test_a_stream_cut_mid_reply_shows_the_reconnect_and_resumes_after_the_last_e
         assert [s["state"] for s in tab.event_sources()] == [2]
     finally:
         cable.close()
+
+
+def keyed_chat(base: str, *messages: str) -> str:
+    """A chat holding Human messages, made over the API with the key; its id."""
+    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
+    chat_id = requests.post(f"{base}/chats/create", json={"name": "keyed"}, headers=headers, timeout=10).json()["id"]
+    for message in messages:
+        body = {"chat_id": chat_id, "role": "Human", "message": message}
+        assert requests.post(f"{base}/conversations/create", json=body, headers=headers, timeout=10).status_code == 201
+    return chat_id
+
+
+def keyed_history(base: str, chat_id: str) -> list[dict]:
+    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
+    return requests.get(f"{base}/chats/{chat_id}/conversations", headers=headers, timeout=10).json()
+
+
+def sign_in(page: Page, key: str = PAGE_KEY):
+    """Answer the key prompt, which must be on screen; the prompt."""
+    prompt = page.get_by_role("dialog", name="Sign in")
+    expect(prompt).to_be_visible()
+    expect(prompt.get_by_label("API key")).to_be_focused()
+    prompt.get_by_label("API key").fill(key)
+    prompt.get_by_role("button", name="Sign in").click()
+    return prompt
+
+
+def test_a_server_with_keys_asks_for_one_refuses_a_wrong_one_and_the_person_carries_on(open_tab, keyed_server):
+    base = keyed_server
+    keyed_chat(base, "made with the key")
+    tab = open_tab(base)
+    page = tab.page
+    page.goto(f"/?max_tokens=24&{GREEDY}")
+    prompt = sign_in(page, "not-the-key")
+    expect(prompt.get_by_role("alert")).to_have_text("That key is not valid.")
+    expect(prompt.get_by_label("API key")).to_have_attribute("aria-invalid", "true")
+    expect(prompt).to_be_visible()
+    assert tab.context.cookies() == []
+
+    sign_in(page)
+    expect(prompt).to_be_hidden()
+    (cookie,) = tab.context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and PAGE_KEY not in cookie["value"]
+    assert page.evaluate("document.cookie") == ""  # no script can read it
+    # The request that met the 401 went on: the chat list is there, with no error shown.
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["keyed"])
+    expect(page.locator("#alerts .alert")).to_have_count(0)
+
+    page.fill("#message-input", QUESTION)
+    page.click("#send")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done")
+    chat_id = page.locator("#chat-list .chat-item.active").get_attribute("data-id")
+    saved = keyed_history(base, chat_id)
+    assert [m["role"] for m in saved] == ["Human", "Assistant"]
+    assert reply.locator(".bubble").text_content() == saved[1]["message"]
+    assert [s["state"] for s in tab.event_sources()] == [2]
+
+
+def test_a_session_gone_mid_visit_asks_again_and_the_request_or_the_stream_goes_on(open_tab, keyed_server):
+    base = keyed_server
+    chat_id = keyed_chat(base, QUESTION)
+    tab = open_tab(base)
+    page = tab.page
+    page.goto(f"/?max_tokens=24&{GREEDY}#chat={chat_id}")
+    sign_in(page)
+    pending = page.locator("#message-list .no-reply")
+    expect(pending.locator(".note")).to_have_text("No reply yet.")
+
+    # The session ends (it expired, or the keys changed): the stream meets a 401, which EventSource cannot
+    # tell; the page finds out, asks for the key, and opens the stream again.
+    tab.context.clear_cookies()
+    pending.get_by_role("button", name="Get a reply").click()
+    prompt = sign_in(page)
+    expect(prompt).to_be_hidden()
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "done")
+    saved = keyed_history(base, chat_id)
+    assert [m["role"] for m in saved] == ["Human", "Assistant"]
+    assert reply.locator(".bubble").text_content() == saved[1]["message"]
+    assert [s["state"] for s in tab.event_sources()] == [2, 2]  # refused, then the reply
+
+    # Again while sending: the message is stored once, after the sign-in, and answered.
+    tab.context.clear_cookies()
+    page.fill("#message-input", "And of Italy?")
+    page.click("#send")
+    sign_in(page)
+    expect(page.locator("#message-list .message")).to_have_count(4)
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    saved = keyed_history(base, chat_id)
+    assert [(m["role"], m["message"]) for m in saved][2][1] == "And of Italy?"
+    assert [m["role"] for m in saved] == ["Human", "Assistant", "Human", "Assistant"]
+    expect(page.locator("#alerts .alert")).to_have_count(0)
+
+    # Closing the prompt instead leaves the request refused, says so, and asks no more until told to.
+    tab.context.clear_cookies()
+    page.get_by_role("button", name="New chat").click()
+    prompt = page.get_by_role("dialog", name="Sign in")
+    expect(prompt).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(prompt).to_be_hidden()
+    expect(page.locator("#alerts .alert-text").first).to_have_text("Could not create a chat: an API key is needed.")
+    assert len(requests.get(f"{base}/chats/", headers={"Authorization": f"Bearer {PAGE_KEY}"}, timeout=10).json()) == 1
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#alerts .alert-text").last).to_have_text("Could not create a chat: an API key is needed.")
+    expect(prompt).to_be_hidden()
+    page.get_by_role("button", name="Sign in").click()
+    sign_in(page)
+    expect(prompt).to_be_hidden()
+    expect(page.get_by_role("button", name="Sign in")).to_be_hidden()
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["keyed"])
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#chat-list .chat-name")).to_have_text(["New chat", "keyed"])
 
 
 def test_the_api_docs_are_linked_and_load_offline(tab):

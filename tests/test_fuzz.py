@@ -4,7 +4,8 @@ anywhere, and every response as the document says (status, content type, body, h
 schemathesis runs as its command line does (`st run`): each operation gets its documented examples, the
 coverage phase's boundary and invalid values, and EXAMPLES random requests; then the stateful phase chains
 operations through the ids they return (create a chat, rename it, add a message, stream a reply...), which is
-how a fuzzer reaches rows that exist. (Its pytest plugin's lazy loading needs a pytest before 9.2.)
+how a fuzzer reaches rows that exist. (Its pytest plugin cannot load the document from a fixture on the pinned
+pytest 9.2: it sets Node._nodeid, which pytest no longer has.)
 
 The streams cost the model little: schemathesis reads 20 events of a stream and hangs up, the server stops a
 reply nobody listens to after CHATAPI_GRACE_SECONDS (1 s here), and replies are short (CHATAPI_MAX_TOKENS) unless
@@ -12,7 +13,7 @@ a fuzzed max_tokens says otherwise. Internet mode's search goes to the local tes
 fails at once (a `warning` event) and nothing leaves the machine.
 """
 
-import importlib.util
+import re
 import subprocess
 import sys
 
@@ -29,10 +30,9 @@ CHECKS = (
     "response_schema_conformance",
     "response_headers_conformance",
 )
-# With keys on, also: a request that succeeds with the key fails without it or with a wrong one (401), and one
-# that comes with no key never succeeds. The keys come with chatapi/auth.py.
-KEYS_ENFORCED = importlib.util.find_spec("chatapi.auth") is not None
-AUTH_CHECKS = CHECKS + ("ignored_auth",) if KEYS_ENFORCED else CHECKS
+# With keys on, also: a request that succeeds with the key fails without it and with a wrong one (401), and a
+# request that comes with no key never succeeds.
+KEY_CHECKS = CHECKS + ("ignored_auth",)
 
 
 @pytest.fixture
@@ -56,7 +56,8 @@ def fuzz(base_url: str, workdir, checks=CHECKS, *options: str) -> None:
     ]
     run = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-30000:] + run.stderr[-5000:]
-    assert " passed" in run.stdout and "0 generated" not in run.stdout, run.stdout
+    generated = re.search(r"(\d+) generated", run.stdout)
+    assert generated and int(generated[1]) > 100, run.stdout
 
 
 def test_fuzz_without_keys(fuzz_server, tmp_path):
@@ -64,11 +65,10 @@ def test_fuzz_without_keys(fuzz_server, tmp_path):
 
 
 def test_fuzz_with_a_key(fuzz_server, tmp_path):
-    fuzz(fuzz_server(CHATAPI_API_KEYS=KEY), tmp_path, AUTH_CHECKS, "--header", f"Authorization: Bearer {KEY}")
+    fuzz(fuzz_server(CHATAPI_API_KEYS=KEY), tmp_path, KEY_CHECKS, "--header", f"Authorization: Bearer {KEY}")
 
 
-@pytest.mark.skipif(not KEYS_ENFORCED, reason="API keys arrive with chatapi/auth.py (issue 9, branch i9-auth)")
 def test_fuzz_with_keys_and_no_key_sent(fuzz_server, tmp_path):
     """Every operation but the open ones answers the documented 401 (with WWW-Authenticate), whatever else is
     wrong with the request: ignored_auth fails on any success."""
-    fuzz(fuzz_server(CHATAPI_API_KEYS=KEY), tmp_path, AUTH_CHECKS)
+    fuzz(fuzz_server(CHATAPI_API_KEYS=KEY), tmp_path, KEY_CHECKS)

@@ -35,17 +35,21 @@ def requests_of(items: list[dict]) -> list[dict]:
     return found
 
 
-def test_the_collection_passes_against_the_real_server(start_server, web, client, tmp_path):
+@pytest.mark.parametrize("api_key", [None, "postman-key"], ids=["open", "with-key"])
+def test_the_collection_passes_against_the_real_server(api_key, start_server, web, client, tmp_path):
+    keys = {"CHATAPI_API_KEYS": api_key} if api_key else {}
     server = start_server(
         CHATAPI_PING_SECONDS="0.5",
         CHATAPI_SEARCH_URL=f"{web.url}/duckduckgo/html/",
         CHATAPI_FETCH_ALLOW="127.0.0.1",
         CHATAPI_FETCH_TIMEOUT="2",
         CHATAPI_RESEARCH_TIMEOUT="6",
+        **keys,
     )
-    process, run = newman(
-        COLLECTION, server.url, tmp_path / "report.json", "--env-var", f"internetQuestion={VOLCANO_QUESTION}"
-    )
+    options = ["--env-var", f"internetQuestion={VOLCANO_QUESTION}"]
+    if api_key:
+        options += ["--env-var", f"apiKey={api_key}"]
+    process, run = newman(COLLECTION, server.url, tmp_path / "report.json", *options)
     failures = [f"{f['source']['name']}: {f['error'].get('test')}: {f['error']['message']}" for f in run["failures"]]
     assert failures == [], process.stdout[-4000:]
     assert process.returncode == 0, process.stdout[-4000:]
@@ -56,7 +60,9 @@ def test_the_collection_passes_against_the_real_server(start_server, web, client
     assert run["stats"]["assertions"]["failed"] == 0 and run["stats"]["assertions"]["total"] >= 100
     passed = {a["assertion"] for e in run["executions"] for a in e.get("assertions", []) if "error" not in a}
     assert "numbered sources, saved with the answer" in passed  # the local web's pages were read
-    assert requests.get(f"{server.url}/chats/", timeout=10).json() == []  # the run cleans up after itself
+    assert ("204, and the session cookie" if api_key else "404: the server has no API keys") in passed
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    assert requests.get(f"{server.url}/chats/", headers=headers, timeout=10).json() == []  # the run cleans up
 
 
 def test_newman_fails_the_run_when_an_assertion_fails(web, tmp_path):

@@ -1,8 +1,7 @@
 """The event log of one Assistant reply: its events so far, replayed to whoever listens, resumable.
 
-Everything here runs in greenlets of the server's hub; the engine thread only reports text through
-`Hub.loop.run_callback_threadsafe` (a gevent queue filled from a thread would not wake the hub, and
-tokens would arrive late).
+Everything here runs in greenlets of the server's hub; the service hands it the text the engine thread
+made (chatapi/llm/service.py).
 """
 
 import re
@@ -39,13 +38,12 @@ class Reply:
         self.grace_seconds = grace_seconds
         self.on_unheard = on_unheard
         # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
-        self.job = Job(chat_id, None, options, on_text=self._text_from_engine)
+        self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
         self.events: list[str] = []
         self.pieces: list[str] = []
         self.listeners = 0
         self.departures = 0  # times the last listener left: a grace timer only acts on the latest one
         self.finished = False
-        self.hub = gevent.get_hub()
         self._changed = Event()
         self.created = time.monotonic()
         self.dequeued: float | None = None
@@ -74,10 +72,7 @@ class Reply:
         changed, self._changed = self._changed, Event()
         changed.set()
 
-    def _text_from_engine(self, text: str) -> None:
-        self.hub.loop.run_callback_threadsafe(self._add_text, text)
-
-    def _add_text(self, text: str) -> None:
+    def add_text(self, text: str) -> None:
         self.pieces.append(text)
         self.publish(None, {"content": text})
 

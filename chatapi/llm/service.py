@@ -2,6 +2,7 @@
 every chat. It knows nothing of HTTP or the database: the app gives each reply a `save` callback.
 """
 
+import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real thread-blocking queue
 import logging
 import time
 import uuid
@@ -10,10 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import gevent
-from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
-from .engine import Engine, Options, Result
+from .engine import Engine, Job, Options, Result
 from .model import BATCH_SIZE, Model, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
 from .reply import Reply
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
 Research = Callable[[Reply, int], str]
 # Stores a finished reply (reply.text, reply.sources); returns the saved message, or None when the reply has
-# no text. Raises ChatGone when the chat was deleted meanwhile.
+# no text. Raises ChatGone when the chat was deleted meanwhile, StoreUnavailable when it cannot be saved for now.
 SaveReply = Callable[[Reply], dict | None]
 
 
@@ -36,6 +36,10 @@ class QueueFull(Exception):
 
 class ChatGone(Exception):
     """The chat was deleted while its reply was being made."""
+
+
+class StoreUnavailable(Exception):
+    """The reply could not be saved because its store (the database) cannot be reached for now."""
 
 
 @dataclass(frozen=True)
@@ -88,18 +92,21 @@ class ReplyService:
         self.preparing = 0  # replies whose prompt is being built
         self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
-        self._work = Event()
-        gevent.spawn(self._dispatch)
+        self.hub = None  # the server's event loop, which the model's thread reports to
+        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread
+        self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
     def load(self) -> None:
         """Start loading the model in its thread, once. The server calls this as its worker starts
         (gunicorn.conf.py); elsewhere the first request that needs the model does (not `flask db upgrade`)."""
         if self.status == "not loaded":
             self.status = "loading"
+            self.hub = gevent.get_hub()
             self.pool.spawn(self._load)
 
     def _load(self) -> None:
-        """Runs in the model's thread; plain attribute writes, so no hub is needed to see the result."""
+        """Runs in the model's thread, then stays there running steps; plain attribute writes, so no hub is
+        needed to see the result."""
         s = self.settings
         try:
             path = s.model_path or default_model_path(s.model_cache)
@@ -109,6 +116,8 @@ class ReplyService:
             self.status = "ok"
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            return
+        self._run_steps()
 
     def describe(self) -> dict:
         self.load()
@@ -161,6 +170,7 @@ class ReplyService:
             raise QueueFull
         s = self.settings
         reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel)
+        reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self._remember(reply)
         self.saves[reply] = save
         self.preparing += 1
@@ -180,7 +190,7 @@ class ReplyService:
         behind = len(self.running) + len(self.waiting) - self.settings.parallel
         if behind > 0:
             reply.publish("queued", {"position": behind})
-        self._work.set()
+        self._admit()
         reply.watch_listeners()  # covers a request that went away before it ever read its stream
         return reply
 
@@ -238,37 +248,52 @@ class ReplyService:
         for position, waiting in enumerate(self.waiting, start=1):
             waiting.publish("queued", {"position": position})
 
-    def _dispatch(self) -> None:
-        """Run engine steps while replies are running, admitting waiting ones (in arrival order) as places
-        free up; each step is one call into the engine's thread."""
+    def _admit(self) -> None:
+        """Hand waiting replies (in arrival order) to the model's thread while it has places for them."""
+        admitted = False
+        while self.waiting and len(self.running) < self.settings.parallel:
+            reply = self.waiting.popleft()
+            reply.dequeued = time.monotonic()
+            self.running.append(reply)
+            self._admitted.put(reply.job)
+            admitted = True
+        if admitted:
+            self._announce_positions()
+
+    def _run_steps(self) -> None:
+        """The model's thread, for good: engine steps back to back while replies run, asleep while none do.
+
+        The steps never wait for the server's event loop, however busy it is with requests: after each one,
+        a single callback hands the loop the step's text and the replies that ended."""
+        engine = self.engine
         while True:
-            if not self.waiting and not self.running:
-                self._work.clear()
-                self._work.wait()
-                continue
-            admitted = []
-            while self.waiting and len(self.running) < self.settings.parallel:
-                reply = self.waiting.popleft()
-                reply.dequeued = time.monotonic()
-                self.running.append(reply)
-                admitted.append(reply.job)
-            if admitted:
-                self._announce_positions()
+            new = [] if engine.slots else [self._admitted.get()]
+            while not self._admitted.empty():
+                new.append(self._admitted.get())
             try:
-                ended = self.pool.spawn(self.engine.step, admitted).get()
-            except Exception as exc:
+                ended, error = engine.step(new), None
+            except Exception as exc:  # the engine has dropped every running job
                 log.exception("generation failed")
-                for reply in self.running:
-                    self.saves.pop(reply)
-                    reply.finish("error", {"code": 500, "message": f"generation failed: {exc}"})
-                self.running = []
-                continue
-            for job, result in ended:
-                reply = next(r for r in self.running if r.job is job)
-                self.running.remove(reply)
-                # Queued behind the text callbacks the engine thread already made, so no piece is lost;
-                # saving talks to the database, which the hub itself must not do: a greenlet does.
-                reply.hub.loop.run_callback(gevent.spawn, self._end, reply, result)
+                ended, error = [], exc
+            texts, self._step_texts = self._step_texts, []
+            if texts or ended or error:
+                self.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
+
+    def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
+        """In the event loop: publish a step's text, end the replies it finished, admit waiting ones."""
+        for reply, text in texts:
+            reply.add_text(text)
+        if error is not None:
+            for reply in self.running:
+                self.saves.pop(reply)
+                reply.finish("error", {"code": 500, "message": f"generation failed: {error}"})
+            self.running = []
+        for job, result in ended:
+            reply = next(r for r in self.running if r.job is job)
+            self.running.remove(reply)
+            # Saving talks to the database, which the event loop itself must not do: a greenlet does.
+            gevent.spawn(self._end, reply, result)
+        self._admit()
 
     def _end(self, reply: Reply, result: Result) -> None:
         """Store the reply through its `save` callback and send `done` with it (or `error`)."""
@@ -277,6 +302,9 @@ class ReplyService:
             saved = save(reply)
         except ChatGone:
             return reply.finish("error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
+        except StoreUnavailable as exc:
+            log.error("the reply could not be saved: %s", exc.__cause__ or exc)
+            return reply.finish("error", {"code": 503, "message": str(exc)})
         except Exception as exc:  # the stream must still end with an event
             log.exception("saving the reply failed")
             return reply.finish("error", {"code": 500, "message": f"the reply could not be saved: {exc}"})

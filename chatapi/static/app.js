@@ -47,6 +47,12 @@
     stop: $("stop"),
     confirmDialog: $("confirm-delete"),
     confirmName: $("confirm-name"),
+    signIn: $("sign-in"),
+    signInForm: $("sign-in-form"),
+    signInKey: $("sign-in-key"),
+    signInError: $("sign-in-error"),
+    signInButton: $("sign-in-button"),
+    signInAgain: $("sign-in-again"),
   };
   const pageParams = new URLSearchParams(location.search);
 
@@ -97,15 +103,99 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    let response;
-    try {
-      response = await fetch(path, init);
-    } catch {
-      throw new ApiError(0, "the server cannot be reached");
+    for (;;) {
+      let response;
+      try {
+        response = await fetch(path, init);
+      } catch {
+        throw new ApiError(0, "the server cannot be reached");
+      }
+      const data = await readJson(response);
+      if (response.status === 401) {
+        // The server wants a key and did nothing: sign in, then send the same request again.
+        await signIn();
+        continue;
+      }
+      if (!response.ok) throw new ApiError(response.status, errorMessage(data, response.status));
+      return data;
     }
-    const data = await readJson(response);
-    if (!response.ok) throw new ApiError(response.status, errorMessage(data, response.status));
-    return data;
+  }
+
+  // ---------------------------------------------------------------- signing in
+
+  let signingIn = null; // the prompt on screen: every request that met a 401 waits for the same one
+  let declined = false; // the person closed the prompt: no other opens until they ask (Sign in, bottom left)
+
+  /** Ask for an API key and trade it for a session cookie (POST /session), which the server then accepts
+   * from every request and stream of the page. Resolves once signed in; rejects if the prompt is closed. */
+  function signIn() {
+    if (declined) return Promise.reject(new ApiError(401, "an API key is needed"));
+    if (!signingIn) {
+      signingIn = new Promise((resolve, reject) => {
+        showSignInError("");
+        el.signInKey.value = "";
+        el.signIn.returnValue = "";
+        el.signIn.addEventListener(
+          "close",
+          () => {
+            signingIn = null;
+            if (el.signIn.returnValue === "signed-in") {
+              resolve();
+              return;
+            }
+            declined = true;
+            el.signInAgain.hidden = false;
+            reject(new ApiError(401, "an API key is needed"));
+          },
+          { once: true },
+        );
+        el.signIn.showModal();
+        el.signInKey.focus();
+      });
+    }
+    return signingIn;
+  }
+
+  async function submitKey() {
+    const key = el.signInKey.value.trim();
+    if (!key) return;
+    el.signInButton.disabled = true;
+    try {
+      const response = await fetch("/session", {
+        method: "POST",
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify({ key }),
+      });
+      if (response.ok) {
+        el.signIn.close("signed-in");
+        return;
+      }
+      const data = await readJson(response);
+      showSignInError(response.status === 401 ? "That key is not valid." : `${errorMessage(data, response.status)}.`);
+    } catch {
+      showSignInError("The server cannot be reached.");
+    } finally {
+      el.signInButton.disabled = false;
+    }
+    el.signInKey.select();
+  }
+
+  /** The Sign in button, after the prompt was closed: ask again, then load what the page shows. */
+  async function signInAgain() {
+    declined = false;
+    el.signInAgain.hidden = true;
+    try {
+      await signIn();
+    } catch {
+      return;
+    }
+    refreshChats();
+    if (state.chat) selectChat(state.chat.id);
+  }
+
+  function showSignInError(message) {
+    el.signInError.textContent = message;
+    el.signInKey.setAttribute("aria-invalid", message ? "true" : "false");
   }
 
   // ---------------------------------------------------------------- small helpers
@@ -788,6 +878,17 @@
         this.fail("the server cannot be reached");
         return;
       }
+      if (response.status === 401) {
+        // It wants a key (and started nothing): sign in and open the stream again.
+        try {
+          await signIn();
+        } catch (error) {
+          this.fail(error.message);
+          return;
+        }
+        this.open();
+        return;
+      }
       if (response.status === 204) {
         this.recover(); // answered already: show the saved reply
         return;
@@ -954,6 +1055,11 @@
       updateComposer();
     });
     el.stop.addEventListener("click", stopReply);
+    el.signInAgain.addEventListener("click", signInAgain);
+    el.signInForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      submitKey();
+    });
     el.newChat.addEventListener("click", startNewChat);
     el.renameChat.addEventListener("click", () => state.chat && editName(el.title, state.chat));
     el.deleteChat.addEventListener("click", () => state.chat && confirmDelete(state.chat));

@@ -4,6 +4,7 @@ Shared by the tests (tests/conftest.py) and the benchmarks (bench/).
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,16 +23,20 @@ def free_port() -> int:
 
 
 class Server:
-    """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path."""
+    """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path. It listens on
+    bind_host (reached at 127.0.0.1 all the same)."""
 
-    def __init__(self, database_url: str, log_path: Path, **settings: str):
+    def __init__(self, database_url: str, log_path: Path, bind_host: str = "127.0.0.1", **settings: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = dict(os.environ, DATABASE_URL=database_url, **settings)
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "wsgi:app"]
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"{bind_host}:{self.port}", "wsgi:app"]
         with open(log_path, "w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # A process group of its own (the master and its worker), which kill() ends at once.
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_until_up(self, ready_status: int = 200, seconds: float = 60) -> "Server":
         """Wait until GET /health answers ready_status (the model loads after the worker boots)."""
@@ -50,6 +55,16 @@ class Server:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's worker processes."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the master and its worker together, as a crash or the OOM killer would: no shutdown code runs."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -9,8 +9,8 @@ import requests
 class EventStream:
     """GET an SSE route and iterate over its events as dicts: id, event ("message" if none), data."""
 
-    def __init__(self, url: str, last_event_id: str | None = None, timeout: float = 120):
-        headers = {"Accept": "text/event-stream"}
+    def __init__(self, url: str, last_event_id: str | None = None, timeout: float = 120, headers: dict | None = None):
+        headers = {"Accept": "text/event-stream", **(headers or {})}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
         self.response = requests.get(url, headers=headers, stream=True, timeout=timeout)

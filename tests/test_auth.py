@@ -1,0 +1,434 @@
+"""API keys, the page's session cookie and the same-origin rule (chatapi/auth.py), against the real server."""
+
+import hashlib
+import os
+import runpy
+import subprocess
+import sys
+import time
+import uuid
+from http.cookies import SimpleCookie
+
+import pytest
+import requests
+from flask import g
+
+from chatapi import create_app
+from conftest import FAST_STREAM_SETTINGS
+from helpers import snapshot
+from tests.support.chats import GREEDY, QUESTION, infer
+from tests.support.server import ROOT, Server, free_port
+from tests.support.sse import EventStream
+
+KEY = "test-key-" + uuid.uuid4().hex
+OTHER_KEY = "other-key-" + uuid.uuid4().hex
+COOKIE = "chatapi_session"
+KEYED = {"CHATAPI_API_KEYS": f"{KEY}, {OTHER_KEY}", **FAST_STREAM_SETTINGS}
+SHORT_REPLY = f"max_tokens=8&{GREEDY}"
+
+
+def bearer(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(app, database_url, tmp_path_factory):
+    """One server with two keys for the module."""
+    server = Server(database_url, tmp_path_factory.mktemp("keyed") / "gunicorn.log", **KEYED)
+    yield server.wait_until_up().url
+    server.stop()
+
+
+def make_chat(base: str, *messages: str, headers: dict | None = None) -> tuple[str, list[str]]:
+    """A chat with Human messages, made with the key; its id and its messages' ids."""
+    headers = bearer() if headers is None else headers
+    chat = requests.post(f"{base}/chats/create", json={"name": "keyed"}, headers=headers, timeout=10)
+    assert chat.status_code == 201, chat.text
+    ids = []
+    for message in messages:
+        body = {"chat_id": chat.json()["id"], "role": "Human", "message": message}
+        created = requests.post(f"{base}/conversations/create", json=body, headers=headers, timeout=10)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    return chat.json()["id"], ids
+
+
+def every_route_kind(base: str, chat_id: str, message_id: str) -> list[tuple[str, str, dict | None]]:
+    """One request of each kind: list, read, create, update, stream (both modes), stop, delete, unknown."""
+    return [
+        ("GET", f"{base}/chats/", None),
+        ("GET", f"{base}/chats/{chat_id}", None),
+        ("GET", f"{base}/chats/{chat_id}/conversations", None),
+        ("GET", f"{base}/conversations/?chat_id={chat_id}", None),
+        ("GET", f"{base}/conversations/{message_id}", None),
+        ("POST", f"{base}/chats/create", {"name": "sneaky"}),
+        ("POST", f"{base}/conversations/create", {"chat_id": chat_id, "role": "Human", "message": "sneaky"}),
+        ("PUT", f"{base}/chats/update/{chat_id}", {"name": "renamed"}),
+        ("PUT", f"{base}/conversations/update/{message_id}", {"message": "edited"}),
+        ("GET", infer(base, chat_id, SHORT_REPLY), None),
+        ("GET", infer(base, chat_id, SHORT_REPLY, route="inference_internet"), None),
+        ("POST", f"{base}/conversations/stop/{chat_id}", None),
+        ("DELETE", f"{base}/conversations/delete/{message_id}", None),
+        ("DELETE", f"{base}/chats/delete/{chat_id}", None),
+        ("GET", f"{base}/no/such/route", None),
+    ]
+
+
+def check_unauthorized(response: requests.Response, message: str = "") -> None:
+    assert response.status_code == 401, (response.request.method, response.request.url, response.text)
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    body = response.json()
+    assert body["code"] == 401 and body["status"] == "Unauthorized" and message in body["message"]
+    assert "Set-Cookie" not in response.headers
+
+
+def replies_running(base: str) -> dict:
+    return requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]
+
+
+def session_cookie(base: str, key: str = KEY, headers: dict | None = None) -> SimpleCookie:
+    response = requests.post(f"{base}/session", json={"key": key}, headers=headers or {}, timeout=10)
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    cookie = SimpleCookie()
+    cookie.load(response.headers["Set-Cookie"])
+    return cookie
+
+
+def with_cookie(cookie: SimpleCookie, **headers: str) -> dict:
+    return {"Cookie": f"{COOKIE}={cookie[COOKIE].value}", **headers}
+
+
+def test_without_the_right_key_every_route_is_401_and_nothing_changes(keyed_server, app, client):
+    base = keyed_server
+    chat_id, (message_id,) = make_chat(base, QUESTION)
+    before = snapshot(app)
+    wrong = [
+        {},
+        bearer("not-" + KEY),
+        bearer(KEY[:-1]),
+        bearer(KEY + "x"),
+        {"Authorization": "Bearer "},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": KEY},
+        {"Authorization": "Bearer caf\xe9"},  # not ASCII: still a plain 401
+        {"Cookie": f"{COOKIE}=forged.value.here"},
+    ]
+    for headers in wrong:
+        for method, url, body in every_route_kind(base, chat_id, message_id):
+            check_unauthorized(requests.request(method, url, json=body, headers=headers, timeout=10))
+    # A missing key is told how to send one; a wrong one that it is wrong.
+    check_unauthorized(requests.get(f"{base}/chats/", timeout=10), "Authorization: Bearer <key>")
+    check_unauthorized(requests.get(f"{base}/chats/", headers=bearer("nope"), timeout=10), "not valid")
+
+    assert snapshot(app) == before  # no chat, message, rename, edit, reply or deletion
+    assert replies_running(base) == {"running": 0, "waiting": 0}  # the rejected streams started no reply
+
+
+def test_either_key_opens_every_route(keyed_server, app, client):
+    base = keyed_server
+    for key in (KEY, OTHER_KEY):
+        chat_id, (message_id,) = make_chat(base, QUESTION, headers=bearer(key))
+        listed = requests.get(f"{base}/chats/", headers=bearer(key), timeout=10)
+        assert listed.status_code == 200 and chat_id in [chat["id"] for chat in listed.json()]
+        stream = EventStream(infer(base, chat_id, SHORT_REPLY), headers=bearer(key))
+        assert stream.response.status_code == 200
+        events = list(stream)
+        assert events[-1]["event"] == "done" and events[-1]["data"]["message"]["role"] == "Assistant"
+        history = requests.get(f"{base}/chats/{chat_id}/conversations", headers=bearer(key), timeout=10).json()
+        assert [m["role"] for m in history] == ["Human", "Assistant"]
+        edited = requests.put(
+            f"{base}/conversations/update/{message_id}", json={"message": "edited"}, headers=bearer(key), timeout=10
+        )
+        assert edited.status_code == 200
+        assert requests.delete(f"{base}/chats/delete/{chat_id}", headers=bearer(key), timeout=10).status_code == 200
+    assert snapshot(app)[0] == []  # every chat made here was deleted
+    # The scheme's name is case-insensitive (RFC 7235).
+    assert requests.get(f"{base}/chats/", headers={"Authorization": f"bearer {KEY}"}, timeout=10).status_code == 200
+
+
+def test_health_the_page_and_the_api_document_need_no_key(keyed_server, client):
+    base = keyed_server
+    health = requests.get(f"{base}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    for path in ("/", "/static/app.js", "/static/app.css", "/static/favicon.svg", "/docs", "/openapi.json"):
+        assert requests.get(base + path, timeout=10).status_code == 200, path
+    spec = requests.get(f"{base}/openapi.json", timeout=10).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {"type": "http", "scheme": "bearer", "description": schemes["bearer"]["description"]}
+    assert schemes["session"]["in"] == "cookie" and schemes["session"]["name"] == COOKIE
+    assert spec["security"] == [{"bearer": []}, {"session": []}]
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    session = spec["paths"]["/session"]
+    assert session["post"]["security"] == [] and set(session["post"]["responses"]) >= {"204", "401", "422"}
+    assert "key" in spec["components"]["schemas"]["Session"]["required"]
+    assert "204" in session["delete"]["responses"]
+    assert "security" not in spec["paths"]["/chats/"]["get"]  # the document-wide rule applies
+
+
+def test_the_document_has_no_security_rule_without_keys(client):
+    spec = client.get("/openapi.json").json
+    assert "security" not in spec and "securitySchemes" not in spec.get("components", {})
+    assert "/session" in spec["paths"]
+    assert client.post("/session", json={"key": "anything"}).status_code == 404
+    assert client.post("/session", json={"key": ""}).status_code == 404  # before the body is looked at
+    assert client.delete("/session").status_code == 404
+    assert "Set-Cookie" not in client.post("/session", json={"key": "anything"}).headers
+
+
+def test_a_session_cookie_opens_every_route_like_the_key(keyed_server, app, client):
+    base = keyed_server
+    refused = requests.post(f"{base}/session", json={"key": "not-" + KEY}, timeout=10)
+    check_unauthorized(refused, "not valid")
+    for bad in ({}, {"key": ""}, {"key": 5}):
+        response = requests.post(f"{base}/session", json=bad, timeout=10)
+        assert response.status_code == 422 and "Set-Cookie" not in response.headers
+    check_unauthorized(requests.post(f"{base}/session", json={"key": "\ud800"}, timeout=10))
+
+    cookie = session_cookie(base)
+    attributes = cookie[COOKIE]
+    assert attributes["httponly"] is True and attributes["samesite"] == "Strict" and attributes["path"] == "/"
+    assert attributes["secure"] == ""  # plain http here
+    assert int(attributes["max-age"]) == 7 * 24 * 3600
+    assert KEY not in attributes.value
+
+    # The page's own requests, as a browser sends them (Sec-Fetch-Site; Origin on a POST).
+    page = with_cookie(cookie, **{"Sec-Fetch-Site": "same-origin", "Origin": base})
+    created = requests.post(f"{base}/chats/create", json={"name": "by cookie"}, headers=page, timeout=10)
+    assert created.status_code == 201, created.text
+    chat_id = created.json()["id"]
+    body = {"chat_id": chat_id, "role": "Human", "message": QUESTION}
+    assert requests.post(f"{base}/conversations/create", json=body, headers=page, timeout=10).status_code == 201
+    listed = requests.get(f"{base}/chats/", headers=with_cookie(cookie), timeout=10)
+    assert listed.status_code == 200 and [chat["id"] for chat in listed.json()] == [chat_id]
+    # EventSource sends the cookie, and nothing else.
+    stream = EventStream(infer(base, chat_id, SHORT_REPLY), headers=with_cookie(cookie))
+    assert stream.response.status_code == 200, stream.response.text
+    assert list(stream)[-1]["event"] == "done"
+    deleted = requests.delete(f"{base}/chats/delete/{chat_id}", headers=page, timeout=10)
+    assert deleted.status_code == 200
+    assert snapshot(app)[0] == []
+
+
+def test_cookie_requests_that_change_something_must_come_from_the_same_origin(keyed_server, app, client):
+    base = keyed_server
+    chat_id, (message_id,) = make_chat(base, QUESTION)
+    cookie = session_cookie(base)
+    before = snapshot(app)
+    cross = [
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:1"},  # another port of this host
+        {"Sec-Fetch-Site": "cross-site", "Origin": base},  # Sec-Fetch-Site decides when given
+        {"Origin": "https://evil.example"},  # an older browser: Origin only
+        {"Origin": "null"},  # a sandboxed frame, a data: page
+        {"Origin": base.replace("127.0.0.1", "localhost")},
+    ]
+    changes = [
+        request
+        for request in every_route_kind(base, chat_id, message_id)
+        if request[0] != "GET"  # reading is allowed: another site cannot see the answer
+    ]
+    assert len(changes) == 7
+    for headers in cross:
+        for method, url, body in changes:
+            response = requests.request(method, url, json=body, headers=with_cookie(cookie, **headers), timeout=10)
+            assert response.status_code == 403, (headers, method, url, response.text)
+            assert response.json()["code"] == 403 and "another site" in response.json()["message"]
+    assert snapshot(app) == before
+
+    # The same requests with the key in the header are not a browser's doing: the origin does not matter.
+    evil = {**bearer(), "Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}
+    renamed = requests.put(f"{base}/chats/update/{chat_id}", json={"name": "by key"}, headers=evil, timeout=10)
+    assert renamed.status_code == 200 and renamed.json()["name"] == "by key"
+    # From the page: Sec-Fetch-Site same-origin or none (typed in), or the page's own Origin, or no browser at all.
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {"Origin": base}, {}):
+        name = f"by cookie {len(headers)}"
+        renamed = requests.put(
+            f"{base}/chats/update/{chat_id}", json={"name": name}, headers=with_cookie(cookie, **headers), timeout=10
+        )
+        assert renamed.status_code == 200 and renamed.json()["name"] == name, headers
+    # Reading with the cookie from anywhere is allowed (the browser keeps the answer from the other site).
+    read = requests.get(f"{base}/chats/{chat_id}", headers=with_cookie(cookie, **cross[0]), timeout=10)
+    assert read.status_code == 200
+
+
+def test_delete_session_clears_the_cookie(keyed_server, client):
+    base = keyed_server
+    cookie = session_cookie(base)
+    ended = requests.delete(f"{base}/session", headers=with_cookie(cookie), timeout=10)
+    assert ended.status_code == 204
+    cleared = SimpleCookie()
+    cleared.load(ended.headers["Set-Cookie"])
+    assert cleared[COOKIE].value == "" and cleared[COOKIE]["max-age"] == "0"
+    assert cleared[COOKIE]["httponly"] is True and cleared[COOKIE]["samesite"] == "Strict"
+    # A browser that honours it sends no cookie any more: 401.
+    check_unauthorized(requests.get(f"{base}/chats/", timeout=10))
+
+
+def test_a_session_expires(start_server, client):
+    server = start_server(CHATAPI_API_KEYS=KEY, CHATAPI_SESSION_SECONDS="2")
+    cookie = session_cookie(server.url)
+    assert cookie[COOKIE]["max-age"] == "2"
+    assert requests.get(f"{server.url}/chats/", headers=with_cookie(cookie), timeout=10).status_code == 200
+    time.sleep(3.5)
+    check_unauthorized(requests.get(f"{server.url}/chats/", headers=with_cookie(cookie), timeout=10), "expired")
+    assert requests.get(f"{server.url}/chats/", headers=bearer(), timeout=10).status_code == 200
+
+
+def test_sessions_outlive_a_restart_and_end_when_the_keys_change(start_server, client):
+    first = start_server(CHATAPI_API_KEYS=f"{KEY},{OTHER_KEY}")
+    cookie = session_cookie(first.url)
+    first.stop()
+    # The secret is derived from the keys: the same keys accept it after a restart...
+    same = start_server(CHATAPI_API_KEYS=f"{OTHER_KEY},{KEY}")
+    assert requests.get(f"{same.url}/chats/", headers=with_cookie(cookie), timeout=10).status_code == 200
+    same.stop()
+    # ...and other keys (one taken away) do not.
+    fewer = start_server(CHATAPI_API_KEYS=KEY)
+    check_unauthorized(requests.get(f"{fewer.url}/chats/", headers=with_cookie(cookie), timeout=10), "not valid")
+    fewer.stop()
+    # With CHATAPI_SECRET_KEY the secret stays, but a session for a key taken away is refused all the same.
+    secret = {"CHATAPI_SECRET_KEY": uuid.uuid4().hex}
+    both = start_server(CHATAPI_API_KEYS=f"{KEY},{OTHER_KEY}", **secret)
+    mine, other = session_cookie(both.url), session_cookie(both.url, OTHER_KEY)
+    both.stop()
+    one = start_server(CHATAPI_API_KEYS=KEY, **secret)
+    assert requests.get(f"{one.url}/chats/", headers=with_cookie(mine), timeout=10).status_code == 200
+    check_unauthorized(requests.get(f"{one.url}/chats/", headers=with_cookie(other), timeout=10), "no longer")
+
+
+def test_keys_from_a_file(start_server, client, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"# chatapi keys\n\n  {KEY}  \n# {OTHER_KEY}\nthird-{KEY}\n")
+    server = start_server(CHATAPI_API_KEYS_FILE=str(keys))
+    for key in (KEY, f"third-{KEY}"):
+        assert requests.get(f"{server.url}/chats/", headers=bearer(key), timeout=10).status_code == 200
+    for key in (OTHER_KEY, f"# {OTHER_KEY}", "# chatapi keys", ""):
+        check_unauthorized(requests.get(f"{server.url}/chats/", headers=bearer(key), timeout=10))
+
+
+@pytest.mark.parametrize("contents", [None, "# only a comment\n\n"])
+def test_a_keys_file_that_names_no_key_stops_the_server(contents, tmp_path):
+    """Whoever set CHATAPI_API_KEYS_FILE wanted keys: a missing or empty file is no reason to serve everyone."""
+    keys = tmp_path / "keys"
+    if contents is not None:
+        keys.write_text(contents)
+    server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", CHATAPI_API_KEYS_FILE=str(keys))
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        server.stop()
+    assert str(keys) in server.output()
+    assert ("holds no key" if contents else "No such file") in server.output()
+
+
+def test_the_cookie_is_secure_over_https_behind_a_trusted_proxy_only(start_server, client):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "chat.example"}
+    trusting = start_server(CHATAPI_API_KEYS=KEY, CHATAPI_TRUST_PROXY="1")
+    cookie = session_cookie(trusting.url, headers=forwarded)
+    assert cookie[COOKIE]["secure"] is True
+    assert session_cookie(trusting.url)[COOKIE]["secure"] == ""  # the proxy said http
+    # The page's origin is the one the proxy was asked for.
+    page = with_cookie(cookie, Origin="https://chat.example", **forwarded)
+    created = requests.post(f"{trusting.url}/chats/create", json={"name": "p"}, headers=page, timeout=10)
+    assert created.status_code == 201
+
+    distrusting = start_server(CHATAPI_API_KEYS=KEY)
+    assert session_cookie(distrusting.url, headers=forwarded)[COOKIE]["secure"] == ""
+    page = with_cookie(session_cookie(distrusting.url), Origin="https://chat.example", **forwarded)
+    created = requests.post(f"{distrusting.url}/chats/create", json={"name": "p"}, headers=page, timeout=10)
+    assert created.status_code == 403
+
+
+def test_g_key_id_names_the_key_for_the_hooks_after_it(app, database_url):
+    """Rate limits and metrics, registered later, read g.key_id: set by either credential, never without keys."""
+    seen = []
+    keyed = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_API_KEYS": (KEY, OTHER_KEY)})
+    keyed.before_request(lambda: seen.append(g.get("key_id")))
+    client = keyed.test_client()
+    assert client.get("/chats/", headers=bearer(OTHER_KEY)).status_code == 200
+    assert client.post("/session", json={"key": KEY}).status_code == 204
+    assert client.get("/chats/").status_code == 200  # the test client keeps the cookie
+    assert client.get("/health").status_code in (200, 503)
+    assert seen == [key_id(OTHER_KEY), None, key_id(KEY), None]  # /session itself and /health name no key
+
+    seen.clear()
+    open_app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+    open_app.before_request(lambda: seen.append(g.get("key_id")))
+    assert open_app.test_client().get("/chats/").status_code == 200
+    assert seen == [None]
+
+
+# Open by accident: gunicorn.conf.py refuses a non-loopback address without keys.
+
+
+def gunicorn_conf() -> dict:
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_no_keys_and_a_public_address_refuse_to_start(tmp_path):
+    server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0")
+    try:
+        assert server.process.wait(timeout=60) != 0
+    finally:
+        server.stop()
+    output = server.output()
+    assert f"refusing to serve 0.0.0.0:{server.port} without API keys" in output
+    for advice in ("CHATAPI_API_KEYS=", "CHATAPI_API_KEYS_FILE=", "HOST=127.0.0.1", "CHATAPI_ALLOW_NO_AUTH=1"):
+        assert advice in output
+    assert "Booting worker" not in output  # refused before anything was served
+
+    # The same through HOST and PORT, as `make run` and the Procfile pass them to gunicorn.conf.py.
+    port = free_port()
+    env = dict(os.environ, HOST="0.0.0.0", PORT=str(port), DATABASE_URL=f"sqlite:///{tmp_path}/chatapi.db")
+    command = [sys.executable, "-m", "gunicorn", "wsgi:app"]
+    process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert process.returncode != 0 and f"refusing to serve 0.0.0.0:{port}" in process.stderr
+
+
+def test_allow_no_auth_serves_a_public_address_and_warns(tmp_path):
+    server = Server(
+        f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0", CHATAPI_ALLOW_NO_AUTH="1"
+    )
+    try:
+        server.wait_until_up()
+        assert requests.get(f"{server.url}/openapi.json", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    assert f"serving 0.0.0.0:{server.port} WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1)" in server.output()
+
+
+def test_keys_serve_a_public_address_without_a_warning(tmp_path):
+    log = tmp_path / "gunicorn.log"
+    server = Server(f"sqlite:///{tmp_path}/chatapi.db", log, bind_host="0.0.0.0", CHATAPI_API_KEYS=KEY)
+    try:
+        server.wait_until_up()
+        check_unauthorized(requests.get(f"{server.url}/chats/", timeout=10))
+    finally:
+        server.stop()
+    assert "WITHOUT API KEYS" not in server.output() and "refusing" not in server.output()
+
+
+@pytest.mark.parametrize(
+    "address, local",
+    [
+        (("127.0.0.1", 5000), True),
+        (("127.0.0.2", 5000), True),
+        (("::1", 5000), True),
+        (("localhost", 5000), True),
+        ("/run/chatapi.sock", True),
+        (("0.0.0.0", 5000), False),
+        (("::", 5000), False),
+        (("", 5000), False),
+        (("192.0.2.10", 5000), False),
+        (("no-such-host.invalid", 5000), False),
+        (3, False),  # fd://3: a socket made elsewhere
+    ],
+)
+def test_which_addresses_count_as_loopback(address, local):
+    assert gunicorn_conf()["local_only"](address) is local
