@@ -1,9 +1,12 @@
 """gunicorn settings shared by `make run` and the Procfile."""
 
 import ipaddress
+import json
 import os
 import socket
 import sys
+
+from gunicorn import util
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from config import Config  # noqa: E402  (light: os only; the app itself is loaded in the worker)
@@ -65,3 +68,17 @@ def describe(address) -> str:
 def post_worker_init(worker):
     """Load the model as soon as the worker is up, in the background: /health says when it is ready."""
     worker.wsgi.extensions["replies"].load()
+
+
+def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn answers a request it cannot hand to the app (a request line or headers too long, a malformed
+    request) itself, with an HTML page: this writes the API's usual JSON error instead (CONTRACT.md)."""
+    body = json.dumps({"code": status_int, "status": reason, "message": mesg}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = write_json_error  # the workers call it through the module

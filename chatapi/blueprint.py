@@ -1,4 +1,5 @@
-"""The Blueprint every route module uses: flask-smorest's, with a stricter JSON body parser."""
+"""The Blueprint every route module uses: flask-smorest's, with a stricter JSON body parser, and the errors
+that any operation can answer added to its document."""
 
 import json
 
@@ -18,10 +19,44 @@ class JSONBodyParser(FlaskParser):
             body = json.loads(req.get_data(cache=True))
         except (ValueError, UnicodeDecodeError):
             abort(400, message="request body must be JSON")
+        except RecursionError:  # a valid body too, but nested deeper than any request needs
+            abort(400, message="request body is nested too deeply")
         if not isinstance(body, dict):
             abort(400, message="request body must be a JSON object")
         return body
 
 
+def common_errors(doc: dict, keys_on: bool) -> dict:
+    """The errors an operation can answer whatever it does, by status: a missing or wrong key (when the server
+    has keys, unless the operation asks for none), a body that is not a JSON object or too large, a URL too long
+    (gunicorn's limit), too many requests, and a database that cannot be reached."""
+    errors = {}
+    if keys_on and doc.get("security") != []:
+        errors[401] = "UNAUTHORIZED"
+    if "requestBody" in doc:
+        errors[400] = "BAD_REQUEST"
+        errors[413] = "REQUEST_ENTITY_TOO_LARGE"
+    errors[414] = "REQUEST_URI_TOO_LONG"
+    errors[429] = "TOO_MANY_REQUESTS"
+    errors[503] = "SERVICE_UNAVAILABLE"
+    return errors
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = JSONBodyParser()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_common_errors_doc)
+
+    @staticmethod
+    def _prepare_common_errors_doc(doc: dict, doc_info: dict, *, app, **kwargs) -> dict:
+        """Add common_errors() to the operation's responses, where it does not document them itself."""
+        manual = doc_info.get("manual_doc", {})
+        responses = doc.setdefault("responses", {})
+        documented = {str(status) for status in [*responses, *manual.get("responses", {})]}
+        keys_on = bool(app.extensions.get("auth"))  # as the document's security rule (chatapi/auth.py)
+        for status, response in common_errors({**doc, **manual}, keys_on).items():
+            if str(status) not in documented:
+                responses[status] = response
+        return doc

@@ -17,10 +17,13 @@ from .schemas import (
 
 bp = Blueprint("chats", __name__, url_prefix="/chats", description="Chats")
 
+TOTAL_COUNT = {"description": "chats matching q", "schema": {"type": "integer"}, "required": True}
+LOCATION = {"description": "the new chat's URL", "schema": {"type": "string"}, "required": True}
+
 
 @bp.route("/", methods=["GET"])
 @bp.arguments(ChatListQuerySchema, location="query")
-@bp.response(200, ChatSchema(many=True), headers={"X-Total-Count": {"description": "chats matching q"}})
+@bp.response(200, ChatSchema(many=True), headers={"X-Total-Count": TOTAL_COUNT})
 def list_chats(args):
     """List chats, most recently updated first; limit, offset and q (name contains) narrow it."""
     chats, total = Chat.page(**args)
@@ -29,7 +32,7 @@ def list_chats(args):
 
 @bp.route("/<chat_id>", methods=["GET"])
 @bp.response(200, ChatSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def get_chat(chat_id):
     """Get one chat."""
     return get_or_404(Chat, chat_id)
@@ -37,7 +40,7 @@ def get_chat(chat_id):
 
 @bp.route("/create", methods=["POST"])
 @bp.arguments(ChatCreateSchema)
-@bp.response(201, ChatSchema)
+@bp.response(201, ChatSchema, headers={"Location": LOCATION})
 def create_chat(args):
     """Create a chat with the given name."""
     chat = Chat(name=args["name"])
@@ -48,7 +51,7 @@ def create_chat(args):
 
 @bp.route("/delete/<chat_id>", methods=["DELETE"])
 @bp.response(200, DeletedSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def delete_chat(chat_id):
     """Delete a chat and all its conversations; a reply being generated for it stops."""
     chat = get_or_404(Chat, chat_id)
@@ -61,7 +64,7 @@ def delete_chat(chat_id):
 @bp.route("/update/<chat_id>", methods=["PUT"])
 @bp.arguments(ChatUpdateSchema)
 @bp.response(200, ChatSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def update_chat(args, chat_id):
     """Rename a chat; updated_at is stored as given (normalised to UTC), else now."""
     chat = get_or_404(Chat, chat_id)
@@ -73,7 +76,7 @@ def update_chat(args, chat_id):
 
 @bp.route("/<chat_id>/conversations", methods=["GET"])
 @bp.response(200, ConversationSchema(many=True))
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def list_chat_conversations(chat_id):
     """List a chat's conversations, oldest first."""
     return get_or_404(Chat, chat_id).history()

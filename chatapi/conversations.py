@@ -6,7 +6,9 @@ from . import replies
 from .blueprint import Blueprint
 from .extensions import db
 from .models import Chat, Conversation, get_or_404
+from .openapi import ErrorSchema
 from .schemas import (
+    STREAM_EVENTS,
     ConversationCreateSchema,
     ConversationListQuerySchema,
     ConversationSchema,
@@ -16,25 +18,40 @@ from .schemas import (
     StoppedSchema,
 )
 
+bp = Blueprint("conversations", __name__, url_prefix="/conversations", description="Conversations")
+
 STREAM_RESPONSES = {
     "200": {
         "description": "The reply as Server-Sent Events: start, (internet: search, then sources or warning), "
         "queued, tokens, then done or error.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # Each event (OpenAPI 3.2 reads `schema` of an event stream so): its name, id and JSON data.
+        "content": {"text/event-stream": {"schema": {"oneOf": STREAM_EVENTS}}},
     },
-    "204": {"description": "Last-Event-ID names the end of a reply already delivered in full."},
-    "404": {"description": "Unknown chat."},
-    "409": {"description": "The chat has no Human message."},
-    "503": {"description": "The model is not loaded, or its queue is full (Retry-After)."},
+    "204": {"description": "There is nothing to send: the reply that Last-Event-ID or `after` names was delivered."},
 }
+# A reconnecting EventSource sends the id of the last event it got.
+LAST_EVENT_ID = {
+    "in": "header",
+    "name": "Last-Event-ID",
+    "schema": {"type": "string"},
+    "description": "resume after this event of the running reply; 204 when that reply was delivered in full",
+}
+QUEUE_FULL = {"Retry-After": {"description": "seconds to wait (queue full)", "schema": {"type": "integer"}}}
 
-bp = Blueprint("conversations", __name__, url_prefix="/conversations", description="Conversations")
+
+def stream_route(route):
+    """The documentation the two stream routes share: events, or an error before the stream starts."""
+    route = bp.doc(responses=STREAM_RESPONSES)(route)
+    route = bp.alt_response(404, response="NOT_FOUND")(route)
+    route = bp.alt_response(409, description="The chat has no Human message.", schema=ErrorSchema)(route)
+    description = "The model is not loaded, its queue is full (Retry-After), or the database is unavailable."
+    return bp.alt_response(503, description=description, schema=ErrorSchema, headers=QUEUE_FULL)(route)
 
 
 @bp.route("/", methods=["GET"])
 @bp.arguments(ConversationListQuerySchema, location="query")
 @bp.response(200, ConversationSchema(many=True))
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def list_conversations(args):
     """List a chat's conversations (chat_id=...), oldest first."""
     return get_or_404(Chat, args["chat_id"]).history()
@@ -42,7 +59,7 @@ def list_conversations(args):
 
 @bp.route("/<conversation_id>", methods=["GET"])
 @bp.response(200, ConversationSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def get_conversation(conversation_id):
     """Get one conversation."""
     return get_or_404(Conversation, conversation_id)
@@ -51,7 +68,7 @@ def get_conversation(conversation_id):
 @bp.route("/create", methods=["POST"])
 @bp.arguments(ConversationCreateSchema)
 @bp.response(201, ConversationSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def create_conversation(args):
     """Add a message to a chat; the chat's updated_at moves to now."""
     chat = get_or_404(Chat, args["chat_id"])
@@ -64,7 +81,7 @@ def create_conversation(args):
 @bp.route("/update/<conversation_id>", methods=["PUT"])
 @bp.arguments(ConversationUpdateSchema)
 @bp.response(200, ConversationSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def update_conversation(args, conversation_id):
     """Replace a conversation's message."""
     conversation = get_or_404(Conversation, conversation_id)
@@ -75,7 +92,7 @@ def update_conversation(args, conversation_id):
 
 @bp.route("/delete/<conversation_id>", methods=["DELETE"])
 @bp.response(200, DeletedSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def delete_conversation(conversation_id):
     """Delete one conversation."""
     conversation = get_or_404(Conversation, conversation_id)
@@ -84,17 +101,17 @@ def delete_conversation(conversation_id):
     return {"id": conversation.id, "deleted": True}
 
 
-@bp.route("/inference/<chat_id>", methods=["GET"])
+@bp.route("/inference/<chat_id>", methods=["GET"], parameters=[LAST_EVENT_ID])
 @bp.arguments(InferenceQuerySchema, location="query")
-@bp.doc(responses=STREAM_RESPONSES)
+@stream_route
 def inference(args, chat_id):
     """Stream the chat's next Assistant turn from the local model (Server-Sent Events), then save it."""
     return replies.stream(get_or_404(Chat, chat_id), "local", args, request.headers.get("Last-Event-ID"))
 
 
-@bp.route("/inference_internet/<chat_id>", methods=["GET"])
+@bp.route("/inference_internet/<chat_id>", methods=["GET"], parameters=[LAST_EVENT_ID])
 @bp.arguments(InferenceQuerySchema, location="query")
-@bp.doc(responses=STREAM_RESPONSES)
+@stream_route
 def inference_internet(args, chat_id):
     """Stream the next Assistant turn grounded in web pages read for the latest Human message, with
     numbered sources (`search`, `sources` or `warning` events before the tokens)."""
@@ -103,7 +120,7 @@ def inference_internet(args, chat_id):
 
 @bp.route("/stop/<chat_id>", methods=["POST"])
 @bp.response(200, StoppedSchema)
-@bp.alt_response(404, response="DEFAULT_ERROR")
+@bp.alt_response(404, response="NOT_FOUND")
 def stop(chat_id):
     """Stop the chat's running generation; its partial reply is saved as cancelled."""
     chat = get_or_404(Chat, chat_id)

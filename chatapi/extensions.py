@@ -2,8 +2,9 @@
 
 import sqlalchemy as sa
 from flask_migrate import Migrate
-from flask_smorest import Api
 from flask_sqlalchemy import SQLAlchemy
+
+from .openapi import Api  # flask-smorest's, with the document's shared parts
 
 # Named constraints keep migrations stable across SQLite and PostgreSQL.
 NAMING_CONVENTION = {

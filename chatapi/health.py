@@ -11,10 +11,12 @@ from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")
 
+RETRY_AFTER = {"description": "seconds to wait, when the database is down", "schema": {"type": "integer"}}
+
 
 @bp.route("/health", methods=["GET"])
 @bp.response(200, HealthSchema)
-@bp.alt_response(503, schema=HealthSchema)
+@bp.alt_response(503, schema=HealthSchema, headers={"Retry-After": RETRY_AFTER})
 @bp.doc(security=[])  # open to monitors when API keys are on
 def health():
     """Report the database and the model; 503 with the reason while either cannot serve."""

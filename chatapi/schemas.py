@@ -7,6 +7,12 @@ from flask import current_app
 from marshmallow import fields, validate
 
 from .models import ROLES
+from .openapi import JSONText
+
+# The largest integer SQLite and PostgreSQL take (a BIGINT): a larger OFFSET is an error in the database.
+BIGINT_MAX = 2**63 - 1
+# How every time is written (CONTRACT.md), pinned in the document.
+TIMESTAMP_FORMAT = {"pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", "example": "2023-08-05T14:48:00.000Z"}
 
 
 class Timestamp(fields.DateTime):
@@ -15,7 +21,8 @@ class Timestamp(fields.DateTime):
     def _serialize(self, value: datetime | None, attr, obj, **kwargs):
         if value is None:
             return None
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        # isoformat, unlike strftime("%Y"), writes years before 1000 with four digits too (0999-...).
+        return value.isoformat(timespec="milliseconds") + "Z"
 
     def _deserialize(self, value, attr, data, **kwargs) -> datetime:
         moment = super()._deserialize(value, attr, data, **kwargs)
@@ -27,14 +34,36 @@ class Timestamp(fields.DateTime):
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from exc
 
 
-class Text(fields.String):
+class StorableString(fields.String):
+    """A string both databases can store and compare: no NUL (PostgreSQL's text refuses it) and no lone
+    surrogate (JSON can escape one, but it is no UTF-8)."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ma.ValidationError("Must not contain NUL characters.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ma.ValidationError("Must not contain lone surrogates (invalid Unicode).") from exc
+        return text
+
+
+class Text(StorableString):
     """A string that must hold more than white space."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.metadata = {"pattern": r"\S", **self.metadata}  # the document says so too
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
         if not text.strip():
             raise ma.ValidationError("Must not be empty.")
         return text
+
+
+MESSAGE_LENGTH = {"description": "at most CHATAPI_MAX_MESSAGE_CHARS characters (65536 by default)"}
 
 
 def message_length(message: str) -> None:
@@ -51,10 +80,10 @@ class RequestSchema(ma.Schema):
 
 
 class ChatSchema(ma.Schema):
-    id = fields.UUID(dump_only=True)
-    name = fields.String()
-    created_at = Timestamp(dump_only=True)
-    updated_at = Timestamp()
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+    updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
 
 
 class ChatCreateSchema(RequestSchema):
@@ -72,33 +101,42 @@ class ChatUpdateSchema(ChatCreateSchema):
 
 class ChatListQuerySchema(RequestSchema):
     limit = fields.Integer(validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    q = fields.String(validate=validate.Length(max=200))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=BIGINT_MAX))
+    q = StorableString(validate=validate.Length(max=200))
+
+
+class SourceSchema(ma.Schema):
+    """A web page an internet-mode answer cites."""
+
+    n = fields.Integer(required=True, metadata={"description": "cited as [n]"})
+    title = fields.String(required=True)
+    url = fields.String(required=True)
+    snippet = fields.String(required=True)
 
 
 class ConversationSchema(ma.Schema):
-    id = fields.UUID(dump_only=True)
-    role = fields.String()
-    chat_id = fields.UUID()
-    message = fields.String()
-    created_at = Timestamp(dump_only=True)
-    updated_at = Timestamp(dump_only=True)
+    id = fields.UUID(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    chat_id = fields.UUID(required=True)
+    message = fields.String(required=True)
+    created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+    updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
     sources = fields.List(
-        fields.Dict(),
+        fields.Nested(SourceSchema),
+        required=True,
         allow_none=True,
-        dump_only=True,
-        metadata={"description": "internet answers: the pages cited as [n] ({n, title, url, snippet}); else null"},
+        metadata={"description": "internet answers: the pages cited as [n]; else null"},
     )
 
 
 class ConversationCreateSchema(RequestSchema):
     chat_id = fields.UUID(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    message = Text(required=True, validate=message_length)
+    message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
 
 
 class ConversationUpdateSchema(RequestSchema):
-    message = Text(required=True, validate=message_length)
+    message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
 
 
 class ConversationListQuerySchema(RequestSchema):
@@ -112,8 +150,8 @@ class SessionSchema(RequestSchema):
 
 
 class DeletedSchema(ma.Schema):
-    id = fields.UUID()
-    deleted = fields.Boolean()
+    id = fields.UUID(required=True)
+    deleted = fields.Boolean(required=True)
 
 
 class RepliesHealthSchema(ma.Schema):
@@ -131,8 +169,8 @@ class ModelHealthSchema(ma.Schema):
 
 
 class HealthSchema(ma.Schema):
-    status = fields.String(metadata={"description": "ok, or unavailable"})
-    database = fields.String(metadata={"description": "ok, or error"})
+    status = fields.String(required=True, metadata={"description": "ok, or unavailable"})
+    database = fields.String(required=True, metadata={"description": "ok, or error"})
     model = fields.Nested(ModelHealthSchema)
     reason = fields.String(metadata={"description": "why the server is unavailable"})
 
@@ -145,9 +183,15 @@ def max_tokens_fit(value: int) -> None:
 
 
 class InferenceQuerySchema(RequestSchema):
-    max_tokens = fields.Integer(validate=[validate.Range(min=1), max_tokens_fit])
+    max_tokens = fields.Integer(
+        validate=[validate.Range(min=1), max_tokens_fit],
+        metadata={"description": "at most half of CHATAPI_N_CTX (2048 by default); CHATAPI_MAX_TOKENS if not given"},
+    )
     temperature = fields.Float(validate=validate.Range(min=0, max=2), metadata={"description": "0 is greedy"})
-    top_p = fields.Float(validate=validate.Range(min=0, max=1, min_inclusive=False))
+    top_p = fields.Float(
+        validate=validate.Range(min=0, max=1, min_inclusive=False),
+        metadata={"exclusiveMinimum": True},  # apispec leaves min_inclusive out of the document
+    )
     seed = fields.Integer(validate=validate.Range(min=0, max=2**32 - 1))
     after = fields.UUID(
         metadata={
@@ -158,5 +202,93 @@ class InferenceQuerySchema(RequestSchema):
 
 
 class StoppedSchema(ma.Schema):
-    chat_id = fields.UUID()
-    stopped = fields.Boolean(metadata={"description": "false when nothing was generating"})
+    chat_id = fields.UUID(required=True)
+    stopped = fields.Boolean(required=True, metadata={"description": "false when nothing was generating"})
+
+
+# The stream's events (CONTRACT.md), documented for clients: each event's data is a JSON document.
+
+
+class StreamStartSchema(ma.Schema):
+    chat_id = fields.UUID(required=True)
+    message_id = fields.UUID(required=True, metadata={"description": "the id the saved reply will have"})
+    mode = fields.String(required=True, validate=validate.OneOf(["local", "internet"]))
+    truncated = fields.Integer(required=True, metadata={"description": "history messages left out to fit"})
+
+
+class StreamSearchSchema(ma.Schema):
+    query = fields.String(required=True)
+
+
+class StreamSourcesSchema(ma.Schema):
+    sources = fields.List(fields.Nested(SourceSchema), required=True)
+
+
+class StreamWarningSchema(ma.Schema):
+    message = fields.String(required=True, metadata={"description": "the search or the pages failed"})
+
+
+class StreamQueuedSchema(ma.Schema):
+    position = fields.Integer(required=True, metadata={"description": "replies ahead of this one"})
+
+
+class StreamTokenSchema(ma.Schema):
+    content = fields.String(required=True, metadata={"description": "the next piece of the reply's text"})
+
+
+class UsageSchema(ma.Schema):
+    prompt_tokens = fields.Integer(required=True)
+    completion_tokens = fields.Integer(required=True)
+    cached_tokens = fields.Integer(required=True)
+
+
+class TimingsSchema(ma.Schema):
+    queue_ms = fields.Float(required=True)
+    ttft_ms = fields.Float(required=True)
+    total_ms = fields.Float(required=True)
+    tokens_per_second = fields.Float(required=True, allow_none=True)
+    search_ms = fields.Float(metadata={"description": "internet mode"})
+    fetch_ms = fields.Float(metadata={"description": "internet mode"})
+    rank_ms = fields.Float(metadata={"description": "internet mode"})
+
+
+class StreamDoneSchema(ma.Schema):
+    message = fields.Nested(
+        ConversationSchema, required=True, allow_none=True, metadata={"description": "null when nothing was written"}
+    )
+    finish_reason = fields.String(required=True, validate=validate.OneOf(["stop", "length", "cancelled"]))
+    usage = fields.Nested(UsageSchema, required=True)
+    timings = fields.Nested(TimingsSchema, required=True)
+
+
+class StreamErrorSchema(ma.Schema):
+    code = fields.Integer(required=True)
+    message = fields.String(required=True)
+
+
+def stream_event(name: str, data: type[ma.Schema]) -> type[ma.Schema]:
+    """One kind of event as an EventSource client sees it: its id, its name ("message" when the stream gives
+    none: the tokens) and its data."""
+    return ma.Schema.from_dict(
+        {
+            "id": fields.String(required=True, metadata={"description": "send the last one as Last-Event-ID"}),
+            "event": fields.String(required=True, validate=validate.OneOf([name])),
+            "data": JSONText(data, required=True),
+        },
+        name=f"{name.title()}Event",
+    )
+
+
+STREAM_EVENTS = [
+    stream_event(name, data)
+    for name, data in [
+        ("start", StreamStartSchema),
+        ("search", StreamSearchSchema),
+        ("sources", StreamSourcesSchema),
+        ("warning", StreamWarningSchema),
+        ("queued", StreamQueuedSchema),
+        ("message", StreamTokenSchema),
+        ("done", StreamDoneSchema),
+        ("error", StreamErrorSchema),
+    ]
+]

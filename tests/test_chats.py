@@ -69,6 +69,17 @@ def test_list_chats_pagination_and_search(client):
     assert client.get("/chats/?offset=100").json == []
 
 
+def test_the_largest_offset_the_databases_take(client):
+    """Found by fuzzing: an offset beyond SQLite's integer was a 500; it is a 422 now, the largest one works."""
+    create_chat(client)
+    largest = client.get(f"/chats/?offset={2**63 - 1}")
+    assert largest.status_code == 200 and largest.json == []
+    assert largest.headers["X-Total-Count"] == "1"
+    too_large = client.get(f"/chats/?offset={2**63}")
+    assert too_large.status_code == 422
+    assert "offset" in too_large.json["errors"]
+
+
 def test_search_ignores_case_beyond_ascii(client):
     """SQLite's own lower() folds ASCII only; both databases must find these as PostgreSQL does."""
     for name in ["École du soir", "petite école", "ÉCOLE", "Ωmega", "ωMEGA ω", "Привет мир", "ecole"]:
@@ -116,6 +127,19 @@ def test_update_chat_stores_given_updated_at_in_utc(client):
     assert response.status_code == 200
     assert response.json["updated_at"] == "2023-08-05T14:48:00.123Z"
     assert client.get(f"/chats/{chat['id']}").json["updated_at"] == "2023-08-05T14:48:00.123Z"
+
+
+def test_years_before_1000_keep_four_digits(client):
+    """Found by fuzzing: strftime("%Y") writes the year 999 as "999", which is not the documented format."""
+    chat = create_chat(client)
+    response = client.put(f"/chats/update/{chat['id']}", json={"name": "old", "updated_at": "0999-12-31T23:59:59.5Z"})
+    assert response.status_code == 200
+    assert response.json["updated_at"] == "0999-12-31T23:59:59.500Z"
+    assert client.get(f"/chats/{chat['id']}").json["updated_at"] == "0999-12-31T23:59:59.500Z"
+    first = client.put(f"/chats/update/{chat['id']}", json={"name": "first", "updated_at": "0001-01-01T00:00:00Z"})
+    assert first.json["updated_at"] == "0001-01-01T00:00:00.000Z"
+    create_chat(client, "newer")
+    assert [c["name"] for c in client.get("/chats/").json] == ["newer", "first"]
 
 
 def test_update_chat_accepts_the_whole_object_back(client):

@@ -41,6 +41,9 @@ CHAT_BODIES = [
     ({"name": 42}, "name"),
     ({"name": None}, "name"),
     ({"name": ["a"]}, "name"),
+    # Found by fuzzing: PostgreSQL's text takes no NUL, and a lone surrogate is no UTF-8 for either database.
+    ({"name": "a\x00b"}, "name"),
+    ({"name": "a\ud800b"}, "name"),
 ]
 
 
@@ -77,13 +80,15 @@ def conversation_bodies(chat_id: str):
         (dict(good, message=" \n "), "message", 422),
         (dict(good, message=7), "message", 422),
         (dict(good, message="x" * 65537), "message", 422),
+        (dict(good, message="nul \x00"), "message", 422),
+        (dict(good, message="surrogate \udfff"), "message", 422),
         ({k: v for k, v in good.items() if k != "chat_id"}, "chat_id", 422),
         (dict(good, chat_id="not-a-uuid"), "chat_id", 422),
         (dict(good, chat_id=UNKNOWN), None, 404),
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(12))
 def test_create_conversation_rejects(app, client, seeded, case):
     body, field, code = conversation_bodies(seeded["chat"])[case]
     before = snapshot(app)
@@ -91,7 +96,9 @@ def test_create_conversation_rejects(app, client, seeded, case):
     assert snapshot(app) == before
 
 
-@pytest.mark.parametrize("body", [{}, {"message": ""}, {"message": 3}, {"message": "x" * 65537}])
+@pytest.mark.parametrize(
+    "body", [{}, {"message": ""}, {"message": 3}, {"message": "x" * 65537}, {"message": "\x00"}, {"message": "\ud83d"}]
+)
 def test_update_conversation_rejects(app, client, seeded, body):
     before = snapshot(app)
     assert_error(client.put(f"/conversations/update/{seeded['message']}", json=body), 422, "message")
@@ -108,7 +115,18 @@ def test_update_conversation_rejects(app, client, seeded, body):
     ],
 )
 @pytest.mark.parametrize(
-    "data", ["", "not json", "{'name': 'single quotes'}", '["a", "list"]', '"a string"', "\xff\xfe"]
+    "data",
+    [
+        "",
+        "not json",
+        "{'name': 'single quotes'}",
+        '["a", "list"]',
+        '"a string"',
+        "\xff\xfe",
+        # Found by hand while fuzzing: nesting deeper than Python's parser goes was a 500 (RecursionError).
+        "[" * 100_000,
+        '{"name": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    ],
 )
 def test_body_that_is_not_a_json_object_is_400(app, client, seeded, method, path, data):
     before = snapshot(app)
@@ -171,6 +189,7 @@ def test_unknown_or_malformed_id_is_404(app, client, seeded, method, path, ident
         ("limit=1001", "limit"),
         ("offset=-1", "offset"),
         ("q=" + "x" * 201, "q"),
+        ("q=a%00b", "q"),
     ],
 )
 def test_bad_list_query_is_422(client, query, field):

@@ -4,6 +4,8 @@ import re
 import time
 from urllib.parse import urlparse
 
+from chatapi import create_app
+
 
 def test_health_reports_database_and_model(app, client):
     service = app.extensions["replies"]
@@ -53,6 +55,61 @@ def test_openapi_lists_every_documented_route(client):
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]
     assert "201" in create["responses"] and "422" in create["responses"]
+
+
+def operations(spec: dict):
+    """(method and path, operation) for every operation of the document."""
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method != "parameters":  # the path's own, shared by its operations
+                yield f"{method.upper()} {path}", operation
+
+
+def test_openapi_documents_every_error(client):
+    spec = client.get("/openapi.json").json
+    error = spec["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"code", "status", "message"} and "errors" in error["properties"]
+    assert spec["components"]["responses"]["TOO_MANY_REQUESTS"]["headers"]["Retry-After"]["required"] is True
+    for where, operation in operations(spec):
+        statuses = set(operation["responses"])
+        assert "default" not in statuses, f"{where}: a catch-all response hides undocumented statuses"
+        assert {"414", "429", "503"} <= statuses, where
+        assert "401" not in statuses or where == "POST /session", f"{where}: no key is asked for without keys"
+        if "requestBody" in operation:
+            assert {"400", "413", "422"} <= statuses, where
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")) and "$ref" not in response:
+                assert "application/json" in response["content"], f"{where} {status}"
+    for route in ("/conversations/inference/{chat_id}", "/conversations/inference_internet/{chat_id}"):
+        stream = spec["paths"][route]["get"]
+        assert {"200", "204", "404", "409", "422", "503"} <= set(stream["responses"])
+        events = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]["oneOf"]
+        assert len(events) == 8  # start, search, sources, warning, queued, message (tokens), done, error
+        assert "Retry-After" in stream["responses"]["503"]["headers"]
+        assert spec["paths"][route]["parameters"][0]["name"] == "Last-Event-ID"
+    done = spec["components"]["schemas"]["DoneEvent"]["properties"]
+    assert done["event"]["enum"] == ["done"]
+    assert done["data"]["contentSchema"] == {"$ref": "#/components/schemas/StreamDone"}
+    offset = next(p for p in spec["paths"]["/chats/"]["get"]["parameters"] if p["name"] == "offset")
+    assert offset["schema"]["maximum"] == 2**63 - 1
+
+
+def test_openapi_with_keys_documents_401_on_every_operation_that_asks_for_one(database_url):
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
+    keyed = create_app({**config, "CHATAPI_API_KEYS": ("k",)})
+    spec = keyed.test_client().get("/openapi.json").json
+    # Every app shares one Api (extensions.api), whose document is the last app's: the tests after this one
+    # must see the open server's again.
+    create_app(config)
+    unauthorized = spec["components"]["responses"]["UNAUTHORIZED"]
+    assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+    open_operations = set()
+    for where, operation in operations(spec):
+        if operation.get("security") == []:
+            open_operations.add(where)
+        else:
+            assert operation["responses"]["401"] == {"$ref": "#/components/responses/UNAUTHORIZED"}, where
+    assert open_operations == {"GET /health", "POST /session", "DELETE /session"}
 
 
 def test_docs_page_loads_only_local_assets(client):

@@ -172,6 +172,17 @@ def test_an_unknown_last_event_id_starts_the_unanswered_reply(inference_server, 
     assert len(history(base, chat_id)) == 2
 
 
+@pytest.mark.parametrize("position", ["\u00b2", "9" * 5000, "-1", "+1", " 1"])
+def test_a_last_event_id_with_a_position_that_is_no_number(inference_server, client, position):
+    """Found by hand while fuzzing: "²" passes str.isdigit and 5000 digits pass too, but int() refuses both (500)."""
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    message_id = read_events(infer(base, chat_id))[-1]["data"]["message"]["id"]
+    response = requests.get(infer(base, chat_id), headers={"Last-Event-ID": f"{message_id}.{position}"}, timeout=10)
+    assert response.status_code == 204, response.text  # as for any id of no event: the reply was delivered
+    assert len(history(base, chat_id)) == 2
+
+
 def test_a_stale_last_event_id_does_not_suppress_the_reply_to_a_newer_message(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)

@@ -25,3 +25,12 @@ def test_gunicorn_gevent_serves_the_api(live_server):
     assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/json"
     assert requests.get(f"{live_server}/openapi.json", timeout=5).json()["info"]["title"] == "chatapi"
     assert requests.delete(f"{live_server}/chats/delete/{chat['id']}", timeout=5).json()["deleted"] is True
+
+
+def test_what_gunicorn_refuses_itself_is_a_json_error_too(live_server):
+    """Found by fuzzing: a request line over gunicorn's limit got gunicorn's HTML page (gunicorn.conf.py)."""
+    response = requests.get(f"{live_server}/chats/?q={'x' * 5000}", timeout=5)
+    assert response.status_code == 414
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert (body["code"], body["status"]) == (414, "URI Too Long") and "too large" in body["message"]

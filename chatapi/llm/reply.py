@@ -4,6 +4,7 @@ Everything here runs in greenlets of the server's hub; the service hands it the 
 made (chatapi/llm/service.py).
 """
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -119,7 +120,8 @@ class Reply:
     def index_of(self, event_id: str) -> int | None:
         """The position of an event id of this reply, else None."""
         message_id, _, index = event_id.rpartition(".")
-        if message_id != str(self.message_id) or not index.isdigit():
+        # ASCII digits, and not too many for int(): str.isdigit() also takes "²", which int() refuses.
+        if message_id != str(self.message_id) or not re.fullmatch(r"[0-9]{1,9}", index):
             return None
         return int(index)
 
