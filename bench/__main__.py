@@ -65,11 +65,12 @@ streamed at temperature 0, the prompt our server builds for the same history.
 - **token gap p99 beside a 2,000-token prompt**: the 99th percentile of the gaps between two token events of
   a running reply while a chat with a ~2,000-token prompt is asked beside it (from that request to its first
   token), over the same reply's gaps before; one server per `CHATAPI_STEP_TOKENS` (the chunk read per step).
-- **threads, OMP wait**: one server per `CHATAPI_N_THREADS` and, with 2 threads, per `OMP_WAIT_POLICY`
-  (how llama.cpp's OpenMP threads wait for each other at every operation: *passive* sleeps, the server's
-  default; *active* spins); one reply's tokens/s alone (`max_tokens=256`, median of 2), while 200
-  `GET /chats/?limit=20` run back to back on another connection (with their p50/p99 idle and meanwhile), and
-  4 replies together. llama-server runs with OpenMP's default wait (it spins)."""
+- **model threads**: one server per setting: `CHATAPI_N_THREADS=1`; 2 threads that sleep at llama.cpp's
+  barriers (`OMP_WAIT_POLICY=PASSIVE`); and the default, 2 threads that spin there (OpenMP's default) with one
+  fewer while the rest of the machine uses more than half a core (`Threads` in `chatapi/llm/service.py`). One
+  reply's tokens/s alone (`max_tokens=256`, median of 2), while 1,000 `GET /chats/?limit=20` run back to back
+  on another connection (with their p50/p99 idle and meanwhile), and 4 replies together. llama-server runs
+  with OpenMP's default wait, as its users run it."""
 
 INTERNET_NOTES = """\
 `GET /conversations/inference_internet/<chat_id>` against a web served on 127.0.0.1 by the tests' own

@@ -7,9 +7,8 @@
    time alone (1.0 would mean the last client waited for a whole reply).
 2. Gaps between two tokens of one reply (p99) while a ~2,000-token prompt is read beside it, over the same
    reply's gaps before that prompt arrived.
-3. CHATAPI_N_THREADS 1 and 2, and with 2 threads OpenMP's two ways of waiting at llama.cpp's barriers
-   (OMP_WAIT_POLICY: PASSIVE sleeps, the server's default; ACTIVE spins): one reply's tokens/s alone, and
-   while GET /chats/?limit=20 runs back to back on another connection, with the listings' p50 and p99.
+3. The model's threads (THREADS): one reply's tokens/s alone, and while GET /chats/?limit=20 runs back to
+   back on another connection, with the listings' p50 and p99, and 4 replies together.
 
 Every wait is bounded (the streams' deadline, the server's start-up) and every loop counted.
 """
@@ -49,7 +48,14 @@ CONCURRENCY = (1, 2, 4)
 AGGREGATE_GOAL = 1.6  # llama.cpp's server with 4 slots on this machine: 1.57
 WAIT_GOAL = 0.25
 LONG_PROMPT = "Please summarise this text. " + "The quick brown fox jumps over the lazy dog. " * 200
-THREADS = ((1, "PASSIVE"), (2, "PASSIVE"), (2, "ACTIVE"))  # (CHATAPI_N_THREADS, OMP_WAIT_POLICY)
+BESIDE_REQUESTS = 1000  # listings beside a reply: a few seconds, so that its tokens/s is more than a handful
+# The model's thread settings compared, by name: the server's default last (2 threads on this machine, one
+# fewer while other work needs a core), 1 thread, and 2 that sleep at llama.cpp's barriers instead of spinning.
+THREADS = {
+    "1 thread": {"CHATAPI_N_THREADS": "1"},
+    "2, sleeping waits": {"CHATAPI_N_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+    "2, default": {"CHATAPI_N_THREADS": "2"},
+}
 STEPS = (64, 128, 256)  # CHATAPI_STEP_TOKENS compared
 PARALLEL = Config.CHATAPI_PARALLEL
 LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
@@ -184,16 +190,15 @@ def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float],
 
 def threads_part(path: str, workdir: Path) -> list[tuple]:
     rows = []
-    for n_threads, wait in THREADS:
-        settings = {"CHATAPI_N_THREADS": str(n_threads), "OMP_WAIT_POLICY": wait}
-        with Server(workdir / f"threads-{n_threads}-{wait}", path, **settings) as server:
+    for n, (name, settings) in enumerate(THREADS.items()):
+        with Server(workdir / f"threads-{n}", path, **settings) as server:
             stream(server.infer_url(server.new_chat(ENDLESS), 16))  # warm-up
             alone = statistics.median(stream(server.infer_url(server.new_chat(ENDLESS), 256)).rate for _ in range(2))
             list_latencies(server, 10)
             idle = list_latencies(server, LIST_REQUESTS)
-            during, info = latencies_during_generation(server)
+            during, info = latencies_during_generation(server, BESIDE_REQUESTS)
             four = statistics.median(ours(server, 4)[1] for _ in range(2))
-        rows.append((f"{n_threads}, {wait.lower()}", alone, info["tokens_per_second"], idle, during, four))
+        rows.append((name, alone, info["tokens_per_second"], idle, during, four))
     return rows
 
 
@@ -225,7 +230,7 @@ def main() -> None:
     runs: dict[tuple[str, str], dict] = {}  # (server, workload) -> concurrency -> [(replies, aggregate)]
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as tmp:
         workdir = Path(tmp)
-        for name in ("batching", *(f"threads-{n}-{wait}" for n, wait in THREADS), *(f"step-{n}" for n in STEPS)):
+        for name in ("batching", *(f"threads-{n}" for n in range(len(THREADS))), *(f"step-{n}" for n in STEPS)):
             (workdir / name).mkdir()
         with Server(workdir / "batching", path) as server:
             for workload, history in WORKLOADS.items():
@@ -277,7 +282,7 @@ def main() -> None:
             percentile(during, 99) / percentile(before, 99),
         )
     print(
-        f"{'threads, OMP wait':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
+        f"{'model threads':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
         f"{'list p99 idle/gen ms':>22} {'4 together tok/s':>17}"
     )
     for n_threads, alone, beside, idle, during_list, four in threads:

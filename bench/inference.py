@@ -341,8 +341,8 @@ def list_latencies(server: Server, count: int) -> list[float]:
     return times
 
 
-def latencies_during_generation(server: Server) -> tuple[list[float], dict]:
-    """LIST_REQUESTS listings while a long reply streams to another connection (a thread of this process)."""
+def latencies_during_generation(server: Server, requests: int = LIST_REQUESTS) -> tuple[list[float], dict]:
+    """Listings while a long reply streams to another connection (a thread of this process)."""
     chat_id = server.new_chat(ENDLESS)
     generating = threading.Event()
     outcome: dict = {}
@@ -360,7 +360,7 @@ def latencies_during_generation(server: Server) -> tuple[list[float], dict]:
     if not generating.wait(DEADLINE_SECONDS) or "error" in outcome:
         raise RuntimeError(f"the long generation did not start: {outcome.get('error')}")
     started = time.perf_counter()
-    times = list_latencies(server, LIST_REQUESTS)
+    times = list_latencies(server, requests)
     ended = time.perf_counter()
     server.stop_generation(chat_id)
     listener.join(DEADLINE_SECONDS)

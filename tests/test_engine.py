@@ -5,10 +5,14 @@ the start of a stop string, so a stub plays the model here: the test is about th
 not about llama.cpp (test_prompt.py and test_inference.py run the real model).
 """
 
+import threading
+import time
+
 import pytest
 
 from chatapi.llm.engine import Engine, Job, Options
 from chatapi.llm.prompt import Prompt
+from chatapi.llm.service import Threads, other_cpu_seconds
 
 END = 0
 
@@ -99,3 +103,48 @@ def test_a_new_chat_asking_what_a_cached_sequence_holds_reuses_it():
     assert cached_tokens(engine, "e", [7, 8, 9]) == 0
     assert cached_tokens(engine, "c", list(range(60, 99))) == 38  # kept
     assert cached_tokens(engine, "b", list(range(50, 90))) == 0  # e took b's, the least recently used
+
+
+class ThreadCountingModel:
+    def __init__(self):
+        self.set_to: list[int] = []
+
+    def set_threads(self, n_threads: int) -> None:
+        self.set_to.append(n_threads)
+
+
+def test_the_model_leaves_a_core_while_other_work_needs_one():
+    """One thread fewer while the rest of the machine uses more than OTHERS_LIMIT of a core, all again after;
+    a single thread stays."""
+    model = ThreadCountingModel()
+    threads = Threads(model, 2, loop_thread=0)
+    threads.set(threads.wanted(0.1))
+    assert model.set_to == []
+    threads.set(threads.wanted(Threads.OTHERS_LIMIT + 0.3))
+    threads.set(threads.wanted(1.5))
+    assert model.set_to == [1]
+    threads.set(threads.wanted(0.2))
+    assert model.set_to == [1, 2]
+    four = Threads(ThreadCountingModel(), 4, loop_thread=0)
+    assert four.wanted(1.5) == 3
+
+
+def test_other_work_is_read_from_the_machine_without_the_models_threads():
+    """Work of this process's other threads (the event loop) counts; a busy thread of this process that is
+    not the loop (as the model's are) does not."""
+    loop_thread = threading.get_native_id()
+
+    def spin(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    before = other_cpu_seconds(loop_thread)
+    spin(0.6)  # the loop's own work
+    after_loop = other_cpu_seconds(loop_thread)
+    worker = threading.Thread(target=spin, args=(0.6,))
+    worker.start()
+    worker.join()
+    after_worker = other_cpu_seconds(loop_thread)
+    assert after_loop - before >= 0.4
+    assert after_worker - after_loop < 0.3

@@ -71,6 +71,10 @@ class Model:
         self.n_ctx = n_ctx
         self.sequences = sequences
         self._piece = ctypes.create_string_buffer(256)
+        self._pieces: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
+        self._rows: dict[int, int] = {}  # the last decode's entries' rows of logits
+        self._logits: np.ndarray | None = None
         self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.weights.n_vocab()
         self.metadata = self.weights.metadata()
@@ -86,13 +90,25 @@ class Model:
     def detokenize(self, tokens: list[int]) -> str:
         return self.weights.detokenize(tokens).decode("utf-8", errors="replace")
 
+    # Each call into llama.cpp gives up Python's lock, and taking it back from a busy event loop can take a
+    # switch interval (5 ms): what a step asks per token is kept, so a step makes two calls (decode, logits).
+
     def piece(self, token: int) -> bytes:
         """The bytes of one generated token (may be part of a UTF-8 character)."""
-        n = llama_cpp.llama_token_to_piece(self.weights.vocab, token, self._piece, len(self._piece), 0, False)
-        return self._piece.raw[:n]
+        piece = self._pieces.get(token)
+        if piece is None:
+            n = llama_cpp.llama_token_to_piece(self.weights.vocab, token, self._piece, len(self._piece), 0, False)
+            piece = self._pieces[token] = self._piece.raw[:n]
+        return piece
 
     def is_end(self, token: int) -> bool:
-        return llama_cpp.llama_vocab_is_eog(self.weights.vocab, token)
+        end = self._ends.get(token)
+        if end is None:
+            end = self._ends[token] = llama_cpp.llama_vocab_is_eog(self.weights.vocab, token)
+        return end
+
+    def set_threads(self, n_threads: int) -> None:
+        llama_cpp.llama_set_n_threads(self.context.ctx, n_threads, n_threads)
 
     def forget(self, sequence: int, from_position: int) -> None:
         """Drop a sequence's cached tokens from a position on."""
@@ -110,6 +126,11 @@ class Model:
             batch.seq_id[i][0] = sequence
             batch.logits[i] = logits
         self.context.decode(self.batch)
+        # llama.cpp keeps one row of logits per entry that asked for them, in the entries' order.
+        outputs = [i for i, entry in enumerate(entries) if entry[3]]
+        self._rows = {index: row for row, index in enumerate(outputs)} | {-1: len(outputs) - 1}
+        logits = llama_cpp.llama_get_logits(self.context.ctx)
+        self._logits = np.ctypeslib.as_array(logits, shape=(len(outputs), self.n_vocab)) if outputs else None
 
     def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler | None:
         """A sampler chain of top-k, top-p, temperature and a seeded draw; None at temperature 0 (greedy)."""
@@ -127,6 +148,5 @@ class Model:
         if sampler is None:
             # Greedy: the first highest logit, as llama.cpp's greedy sampler picks, read in place. Its
             # sampler first copies all 262,144 of Gemma's candidates: 0.57 ms a reply a step against 0.06.
-            logits = llama_cpp.llama_get_logits_ith(self.context.ctx, index)
-            return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.n_vocab,))))
+            return int(np.argmax(self._logits[self._rows[index]]))
         return sampler.sample(self.context, index)

@@ -4,6 +4,8 @@ every chat. It knows nothing of HTTP or the database: the app gives each reply a
 
 import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real thread-blocking queue
 import logging
+import os
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -78,6 +80,59 @@ class Settings:
         )
 
 
+class Threads:
+    """The model's thread count: one fewer while other work needs a core.
+
+    llama.cpp's threads meet at a barrier after every operation of the model, spinning there to be quick.
+    When other work (the server answering requests, the clients, another program) takes a core from one of
+    them, the others spin waiting for it: a reply on 2 cores fell from ~70 to 2-23 tokens/s beside
+    back-to-back API requests (sleeping at the barriers instead holds ~43 but costs 40% when nothing else
+    runs). So every WINDOW the model's thread reads how much CPU the rest of the machine used (the event loop
+    of this process included, the model's own threads not) and runs one thread fewer while that is more than
+    OTHERS_LIMIT of a core. Measured in bench/batching.py (threads table)."""
+
+    WINDOW = 0.1  # seconds between two readings
+    OTHERS_LIMIT = 0.5  # cores of other work from which the model leaves one to it
+
+    def __init__(self, model: Model, n_threads: int, loop_thread: int):
+        self.model = model
+        self.full = n_threads
+        self.current = n_threads
+        self.loop_thread = loop_thread  # the event loop's native thread id: its CPU is other work
+        self.last: tuple[float, float] | None = None  # (when, CPU seconds of other work until then)
+
+    def adjust(self, now: float) -> None:
+        if self.full == 1 or (self.last and now - self.last[0] < self.WINDOW):
+            return
+        others = other_cpu_seconds(self.loop_thread)
+        if self.last and others is not None:
+            self.set(self.wanted((others - self.last[1]) / (now - self.last[0])))
+        self.last = (now, others or 0.0)
+
+    def wanted(self, other_cores: float) -> int:
+        return self.full - 1 if other_cores > self.OTHERS_LIMIT else self.full
+
+    def set(self, n_threads: int) -> None:
+        if n_threads != self.current:
+            self.current = n_threads
+            self.model.set_threads(n_threads)
+
+
+def other_cpu_seconds(loop_thread: int) -> float | None:
+    """CPU seconds the machine spent on anything but this process's model threads (Linux; else None)."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+        with open(f"/proc/self/task/{loop_thread}/stat") as stat:
+            loop_user, loop_system = map(int, stat.read().rsplit(")", 1)[1].split()[11:13])
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    process = os.times()
+    machine = (user + nice + system + irq + softirq + steal) / tick
+    return machine - (process.user + process.system) + (loop_user + loop_system) / tick
+
+
 class ReplyService:
     """The process's model, its queue, and the replies of every chat."""
 
@@ -95,6 +150,7 @@ class ReplyService:
         self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
         self.hub = None  # the server's event loop, which the model's thread reports to
+        self.loop_thread = 0  # its native thread id
         self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread
         self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
@@ -104,6 +160,7 @@ class ReplyService:
         if self.status == "not loaded":
             self.status = "loading"
             self.hub = gevent.get_hub()
+            self.loop_thread = threading.get_native_id()
             self.pool.spawn(self._load)
 
     def _load(self) -> None:
@@ -270,7 +327,9 @@ class ReplyService:
         The steps never wait for the server's event loop, however busy it is with requests: after each one,
         a single callback hands the loop the step's text and the replies that ended."""
         engine = self.engine
+        threads = Threads(self.model, self.settings.n_threads, self.loop_thread)
         while True:
+            threads.adjust(time.monotonic())
             new = [] if engine.slots else [self._admitted.get()]
             while not self._admitted.empty():
                 new.append(self._admitted.get())
@@ -333,3 +392,4 @@ def timings(reply: Reply, result: Result) -> dict:
         "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
         **reply.research_timings,
     }
+
