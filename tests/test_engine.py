@@ -74,37 +74,6 @@ def test_a_stop_string_is_never_streamed():
     assert generate([b"Paris.", b"\nHu", b"man:", b" more"], ["\nHuman:"]) == ("Paris.", "stop")
 
 
-class CountingModel(ScriptedModel):
-    """Three KV sequences; every reply is one piece long."""
-
-    sequences = 3
-
-    def __init__(self):
-        super().__init__([b"ok"])
-
-    def sample(self, sampler, index: int = -1) -> int:
-        return 100 if self.evaluated[-1] < 100 else END
-
-
-def cached_tokens(engine: Engine, chat: str, prompt: list[int]) -> int:
-    job = Job(chat, Prompt(prompt, [], 0), Options(max_tokens=5, temperature=0, top_p=1, seed=1), on_text=list().append)
-    return engine.generate(job).cached_tokens
-
-
-def test_a_new_chat_asking_what_a_cached_sequence_holds_reuses_it():
-    """The same question in a new chat (what internet mode's sources make common) is read from the sequence
-    that holds it, although it is not the least recently used; an unrelated one takes the least recent."""
-    engine = Engine(CountingModel())
-    question = list(range(1, 41))
-    assert cached_tokens(engine, "b", list(range(50, 90))) == 0
-    assert cached_tokens(engine, "a", question) == 0
-    assert cached_tokens(engine, "c", list(range(60, 99))) == 0
-    assert cached_tokens(engine, "d", question) == 39  # all but the last token, which must run for logits
-    assert cached_tokens(engine, "e", [7, 8, 9]) == 0
-    assert cached_tokens(engine, "c", list(range(60, 99))) == 38  # kept
-    assert cached_tokens(engine, "b", list(range(50, 90))) == 0  # e took b's, the least recently used
-
-
 class ThreadCountingModel:
     def __init__(self):
         self.set_to: list[int] = []

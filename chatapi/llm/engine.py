@@ -5,8 +5,7 @@ text pieces back through thread-safe callbacks. Each step decodes, in one llama.
 token of every running reply plus a chunk of the prompts still being read (chunked prefill, at most
 `step_tokens` in all), so a long new prompt stalls the running replies for one chunk at a time only.
 Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted),
-so a follow-up turn evaluates only the tokens that are new since the chat's last turn; a new chat whose
-prompt a sequence mostly holds already (the same question asked again) takes that one.
+so a follow-up turn evaluates only the tokens that are new since the chat's last turn.
 """
 
 import codecs
@@ -119,18 +118,12 @@ class Engine:
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
         self.slots: list[Slot] = []
 
-    def sequence_for(self, chat_id: uuid.UUID, prompt: list[int]) -> Sequence:
-        """The chat's own sequence; else, of those no running job holds, one that already holds at least
-        half of the prompt (the same question asked in a new chat), else the least recently used."""
+    def sequence_for(self, chat_id: uuid.UUID) -> Sequence:
+        """The chat's own sequence, else the least recently used one that no running job holds."""
         sequence = next((s for s in self.sequences if s.chat_id == chat_id), None)
         if sequence is None:
             busy = {slot.sequence.id for slot in self.slots}
-            free = [s for s in self.sequences if s.id not in busy]
-            shared, _, closest = max((common_prefix(s.tokens, prompt), -s.used, s.id) for s in free)
-            if shared * 2 >= len(prompt):
-                sequence = self.sequences[closest]
-            else:
-                sequence = min(free, key=lambda s: s.used)
+            sequence = min((s for s in self.sequences if s.id not in busy), key=lambda s: s.used)
             sequence.chat_id = chat_id
         sequence.used = time.monotonic()
         return sequence
@@ -166,7 +159,7 @@ class Engine:
 
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
-        sequence = self.sequence_for(job.chat_id, prompt)
+        sequence = self.sequence_for(job.chat_id)
         # Reuse what the sequence already holds; at least one token must run to get logits.
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - 1)
         self.model.forget(sequence.id, cached)
