@@ -123,14 +123,19 @@ def other_cpu_seconds(loop_thread: int) -> float | None:
     try:
         with open("/proc/stat") as stat:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-        with open(f"/proc/self/task/{loop_thread}/stat") as stat:
-            loop_user, loop_system = map(int, stat.read().rsplit(")", 1)[1].split()[11:13])
+        loop = thread_cpu_seconds(loop_thread)
     except (OSError, ValueError):
         return None
-    tick = os.sysconf("SC_CLK_TCK")
     process = os.times()
-    machine = (user + nice + system + irq + softirq + steal) / tick
-    return machine - (process.user + process.system) + (loop_user + loop_system) / tick
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return machine - (process.user + process.system) + loop
+
+
+def thread_cpu_seconds(thread: int) -> float:
+    """CPU seconds one native thread of this process has used."""
+    with open(f"/proc/self/task/{thread}/stat") as stat:
+        user, system = map(int, stat.read().rsplit(")", 1)[1].split()[11:13])
+    return (user + system) / os.sysconf("SC_CLK_TCK")
 
 
 class ReplyService:
