@@ -74,6 +74,48 @@ def test_a_stop_string_is_never_streamed():
     assert generate([b"Paris.", b"\nHu", b"man:", b" more"], ["\nHuman:"]) == ("Paris.", "stop")
 
 
+class EndlessModel(ScriptedModel):
+    """Six KV sequences; replies go on until their max_tokens."""
+
+    sequences = 6
+
+    def __init__(self):
+        super().__init__([b"x"])
+        self.batches: list[list[int]] = []  # each decode's entries' sequence ids
+
+    def sample(self, sampler, index: int = -1) -> int:
+        return 100
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        super().decode(entries)
+        self.batches.append([sequence for _token, _position, sequence, _logits in entries])
+
+
+def job(chat: str, max_tokens: int) -> Job:
+    options = Options(max_tokens=max_tokens, temperature=0, top_p=1, seed=1)
+    return Job(chat, Prompt([1, 2, 3], [], 0), options, on_text=list().append)
+
+
+def test_a_new_chat_takes_a_sequence_beside_the_running_ones():
+    """llama.cpp computes a step over every sequence between the batch's lowest and highest id, so a new chat
+    takes, of the free sequences, the least recently used of those nearest the running ones; with nothing
+    running, simply the least recently used."""
+    engine = Engine(EndlessModel())
+    for chat in "abcdef":  # sequences 0 to 5, used in that order
+        engine.generate(job(chat, 1))
+    assert [s.chat_id for s in engine.sequences] == list("abcdef")
+    engine.step([job("e", 100)])  # e's reply runs on sequence 4
+    engine.step([job("new", 100)])
+    assert engine.sequences[3].chat_id == "new"  # not sequence 0, a's: 4 and 0 would make a step of 5
+    engine.step([job("newer", 100)])
+    # Sequences 2 and 5 are as near to 3 and 4; 2 (c's) was used before 5 (f's).
+    assert engine.sequences[2].chat_id == "newer"
+    assert engine.sequences[5].chat_id == "f"
+    # The running replies' tokens go to llama.cpp in sequence order (it splits a batch out of order).
+    engine.step([])
+    assert engine.model.batches[-1] == [2, 3, 4]
+
+
 class ThreadCountingModel:
     def __init__(self):
         self.set_to: list[int] = []

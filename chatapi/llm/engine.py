@@ -4,8 +4,9 @@ Greenlets never call llama.cpp here; they hand Jobs to `Engine.step` through a o
 text pieces back through thread-safe callbacks. Each step decodes, in one llama.cpp batch, the next
 token of every running reply plus a chunk of the prompts still being read (chunked prefill, at most
 `step_tokens` in all), so a long new prompt stalls the running replies for one chunk at a time only.
-Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted),
-so a follow-up turn evaluates only the tokens that are new since the chat's last turn.
+Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted, of
+those that keep the running replies' sequences together), so a follow-up turn evaluates only the tokens
+that are new since the chat's last turn.
 """
 
 import codecs
@@ -119,11 +120,21 @@ class Engine:
         self.slots: list[Slot] = []
 
     def sequence_for(self, chat_id: uuid.UUID) -> Sequence:
-        """The chat's own sequence, else the least recently used one that no running job holds."""
+        """The chat's own sequence, else one that no running job holds: the least recently used of those
+        that keep the running sequences' ids closest together.
+
+        llama.cpp computes a step over every sequence from the lowest id in the batch to the highest: four
+        replies on sequences 0, 1, 4 and 5 took 48 ms a step against 31 on 2 to 5."""
         sequence = next((s for s in self.sequences if s.chat_id == chat_id), None)
         if sequence is None:
-            busy = {slot.sequence.id for slot in self.slots}
-            sequence = min((s for s in self.sequences if s.id not in busy), key=lambda s: s.used)
+            running = [slot.sequence.id for slot in self.slots]
+
+            def span_with(candidate: Sequence) -> int:
+                ids = [*running, candidate.id]
+                return max(ids) - min(ids)
+
+            free = [s for s in self.sequences if s.id not in running]
+            sequence = min(free, key=lambda s: (span_with(s), s.used))
             sequence.chat_id = chat_id
         sequence.used = time.monotonic()
         return sequence
@@ -178,10 +189,12 @@ class Engine:
 
     def _fill_batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Slot, int]]]:
         """The step's batch, as (token, position, sequence, wants logits), and the slots to sample with the
-        batch index of their logits: every generating slot's last token first, then prompt chunks in order."""
+        batch index of their logits: every generating slot's last token first, by sequence id (llama.cpp
+        splits a batch whose sequences are out of order: 4 replies on sequences 4, 5, 3, 2 took 50 ms a step
+        against 31 in order), then prompt chunks in arrival order."""
         batch: list[tuple[int, int, int, bool]] = []
         sampled: list[tuple[Slot, int]] = []
-        for slot in self.slots:
+        for slot in sorted(self.slots, key=lambda slot: slot.sequence.id):
             if slot.pending is not None:
                 sequence = slot.sequence
                 batch.append((slot.pending, len(sequence.tokens), sequence.id, True))
