@@ -1,9 +1,10 @@
 """The model's owner: one real OS thread runs every generation, several at once (continuous batching).
 
-Greenlets never call llama.cpp here; they hand Jobs to `Engine.step` through a one-thread pool and get
-text pieces back through thread-safe callbacks. Each step decodes, in one llama.cpp batch, the next
-token of every running reply plus a chunk of the prompts still being read (chunked prefill, at most
-`step_tokens` in all), so a long new prompt stalls the running replies for one chunk at a time only.
+Greenlets never call llama.cpp here: the model's own thread calls `Engine.step` back to back with the
+Jobs handed to it, and the service carries each step's text back to the event loop. Each step decodes,
+in one llama.cpp batch, the next token of every running reply plus a chunk of the prompts still being
+read (chunked prefill, at most `step_tokens` in all), so a long new prompt stalls the running replies for
+one chunk at a time only.
 Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted, of
 those that keep the running replies' sequences together), so a follow-up turn evaluates only the tokens
 that are new since the chat's last turn.

@@ -105,9 +105,11 @@ class Threads:
         if self.full == 1 or (self.last and now - self.last[0] < self.WINDOW):
             return
         others = other_cpu_seconds(self.loop_thread)
-        if self.last and others is not None:
+        if others is None:  # not Linux: the count stays
+            return
+        if self.last:
             self.set(self.wanted((others - self.last[1]) / (now - self.last[0])))
-        self.last = (now, others or 0.0)
+        self.last = (now, others)
 
     def wanted(self, other_cores: float) -> int:
         return self.full - 1 if other_cores > self.OTHERS_LIMIT else self.full
