@@ -360,10 +360,19 @@ class ReplyService:
             self.running = []
         for job, result in ended:
             reply = next(r for r in self.running if r.job is job)
-            self.running.remove(reply)
             # Saving talks to the database, which the event loop itself must not do: a greenlet does.
-            gevent.spawn(self._end, reply, result)
+            gevent.spawn(self._end_running, reply, result)
         self._admit()
+
+    def _end_running(self, reply: Reply, result: Result) -> None:
+        """End a reply the engine finished, and only then give its place to the next: the one behind it
+        starts after `done` (a save to PostgreSQL can take longer than a step)."""
+        try:
+            self._end(reply, result)
+        finally:
+            if reply in self.running:  # a failed step has already emptied the list
+                self.running.remove(reply)
+            self._admit()
 
     def _end(self, reply: Reply, result: Result) -> None:
         """Store the reply through its `save` callback and send `done` with it (or `error`)."""
