@@ -79,7 +79,15 @@ every half second, one binary, one a redirect). Time to first token as the clien
 questions, against the same questions in local mode on the same server (the baseline); the phases are the
 server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its time to first token (model).
 *Cold caches*: each question's results point at pages of their own, so nothing is cached; *asked again*:
-the same questions once more, served from the search and page caches."""
+the same questions once more, served from the search and page caches.
+
+*In a chat with ~1,500 tokens of history*: one server per `CHATAPI_SOURCES_LAYOUT`, `max_tokens=1`, distinct
+histories (no chat finds another's tokens cached), median of 3. *Model time* is the server's time to first
+token minus search, fetch and rank. *Warm*: an internet turn right after the chat's previous turn was
+answered; *cold*: an internet turn as the chat's first; *cold prompt*: the TTFT of a new local-mode chat whose
+prompt is as long as the warm turn's (its history, then filler where the sources were), read from scratch.
+*warm ratio* = warm ÷ cold prompt (issue 10's goal: at most 0.5); *cold ratio* = cold ÷ cold prompt: below 1
+only because the history was read while the pages were fetched (about a second here)."""
 
 LOAD_NOTES = f"""\
 The real server (gunicorn, one gevent worker; the model with `CHATAPI_N_THREADS` one fewer than the cores,

@@ -10,12 +10,14 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.inference import Server, model_path, stream
+from bench.inference import Server, long_history, model_path, stream
 from tests.support.web import Web, web_settings  # the tests' own web, shared rather than copied
 
 RUNS = 3
 MAX_TOKENS = 16
 QUESTIONS = [f"How often does the Zorblax volcano erupt? (question {n})" for n in range(RUNS)]
+LAYOUTS = ("sources-first", "system")  # CHATAPI_SOURCES_LAYOUT: the new placement, and the old one
+PHASES = ("search_ms", "fetch_ms", "rank_ms")
 
 
 def ask(server: Server, question: str, route: str):
@@ -62,3 +64,62 @@ def main() -> None:
     print(
         "  model = server-side time to first token minus search, fetch and rank: queueing, prompt reading, first token"
     )
+    print()
+    chat_with_history(web_settings)
+
+
+def model_ms(reply) -> float:
+    """Server-side time to first token minus the research: queueing, reading the prompt, the first token."""
+    timings = reply.done["timings"]
+    return timings["ttft_ms"] - sum(timings.get(phase, 0.0) for phase in PHASES)
+
+
+def chat_with_history(settings_for) -> None:
+    """An internet turn in a chat with ~1,500 tokens of history, warm (its previous turn was just answered)
+    and cold (nobody asked it before), against a local-mode prompt of the same length read from scratch."""
+    print("Internet mode in a chat with ~1,500 tokens of history: model time after the research (ms, medians)")
+    columns = ("warm", "cold", "cold prompt", "warm ratio", "cold ratio", "cached")
+    print(f"{'layout':16} " + " ".join(f"{c:>11}" for c in columns))
+    web = Web("127.0.0.1")
+    web.pages_per_query = True
+    try:
+        for layout in LAYOUTS:
+            with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:
+                settings = settings_for(web, CHATAPI_SOURCES_LAYOUT=layout)
+                with Server(Path(workdir), model_path(), **settings) as server:
+                    ask(server, "warm-up", "inference")
+                    runs = [history_turns(server, f"{layout} {n}") for n in range(RUNS)]
+            warm, cold, baseline = (statistics.median(run[i] for run in runs) for i in range(3))
+            cached = statistics.median(run[3] for run in runs)
+            print(
+                f"{layout:16} {warm:11.0f} {cold:11.0f} {baseline:11.0f} {warm / baseline:11.2f} "
+                f"{cold / baseline:11.2f} {cached:11.0f}"
+            )
+    finally:
+        web.close()
+    print(
+        "  warm: the chat's previous turn was answered just before; cold: its first turn; cold prompt: a new local-mode"
+    )
+    print("  chat whose prompt has as many tokens as the warm internet turn's; cached: the warm turn's cached_tokens")
+
+
+def history_turns(server: Server, tag: str) -> tuple[float, float, float, int]:
+    """(warm internet turn's model ms, cold internet turn's model ms, cold local prompt of the warm turn's
+    length's TTFT ms, the warm turn's cached tokens)."""
+    # Each chat's history is distinct from its first message on: no chat finds another's tokens cached.
+    question = f"How often does the Zorblax volcano erupt? ({tag})"
+    warm_chat = server.new_chat(long_history(f"{tag} warm", 0))
+    stream(server.infer_url(warm_chat, 1))  # the chat's previous turn: its history is now cached
+    server.add(warm_chat, "Human", question)
+    warm = stream(f"{server.url}/conversations/inference_internet/{warm_chat}?max_tokens=1&temperature=0")
+    cold_chat = server.new_chat([*long_history(f"{tag} cold", 0), ("Human", question + " again")])
+    cold = stream(f"{server.url}/conversations/inference_internet/{cold_chat}?max_tokens=1&temperature=0")
+    # A local prompt as long as the warm turn's: a history, then filler in place of the sources.
+    wanted = warm.done["usage"]["prompt_tokens"]
+    filler = "The volcano is on an island. "
+    probe = server.new_chat([*long_history(f"{tag} probe", 0), ("Human", filler)])
+    length = stream(server.infer_url(probe, 1)).done["usage"]["prompt_tokens"]
+    repeats = max(1, round((wanted - length) / 7)) + 1  # the filler sentence is about 7 tokens
+    base_chat = server.new_chat([*long_history(f"{tag} base", 0), ("Human", filler * repeats)])
+    baseline = stream(server.infer_url(base_chat, 1))
+    return model_ms(warm), model_ms(cold), baseline.done["timings"]["ttft_ms"], warm.done["usage"]["cached_tokens"]

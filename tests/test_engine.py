@@ -160,3 +160,57 @@ def test_the_event_loops_own_work_is_read_apart_from_the_models_threads():
     assert after_loop - before >= 0.3
     assert after_worker - after_loop < 0.1
     assert other_cpu_seconds(loop_thread) is not None
+
+
+def reading_ahead(chat: str, tokens: list[int]) -> Job:
+    options = Options(max_tokens=1, temperature=0, top_p=1, seed=1)
+    return Job(chat, Prompt(tokens, [], 0), options, on_text=list().append, read_only=True)
+
+
+def test_reading_ahead_fills_the_chats_cache_for_its_next_job():
+    """Internet mode reads a chat's history while it searches: the read-only job reads its prompt in chunks,
+    never asks for logits, ends unreported, and the chat's next job finds the tokens cached."""
+    model = EndlessModel()
+    engine = Engine(model, step_tokens=4)
+    history = list(range(1, 11))
+    assert engine.step([reading_ahead("a", history)]) == []
+    assert engine.step([]) == [] and engine.step([]) == []
+    assert engine.slots == []  # ten tokens read four at a time: gone after the third step
+    assert [s.tokens for s in engine.sequences if s.chat_id == "a"] == [history]
+    assert model.evaluated == history
+    answer = Job("a", Prompt([*history, 50, 51], [], 0), Options(2, 0, 1, 1), on_text=list().append)
+    result = engine.generate(answer)
+    assert result.cached_tokens == len(history) and result.finish_reason == "length"
+    assert model.evaluated[len(history) : len(history) + 2] == [50, 51]  # only the new tokens were read
+
+
+def test_the_chats_job_takes_over_a_reading_ahead_half_way():
+    model = EndlessModel()
+    engine = Engine(model, step_tokens=4)
+    history = list(range(1, 11))
+    engine.step([reading_ahead("a", history)])  # four of ten read
+    answer = Job("a", Prompt([*history, 50], [], 0), Options(1, 0, 1, 1), on_text=list().append)
+    result = engine.generate(answer)
+    assert result.cached_tokens == 4
+    assert model.evaluated == [*history, 50]  # nothing read twice
+
+
+def test_reading_ahead_gives_way_when_a_job_needs_its_sequence_or_is_cancelled():
+    engine = Engine(EndlessModel(), step_tokens=2)
+    for chat in "abcde":  # five replies running on five of six sequences
+        engine.step([job(chat, 100)])
+    engine.step([reading_ahead("reader", list(range(1, 41)))])
+    assert len(engine.slots) == 6
+    engine.step([job("late", 100)])  # no sequence free: the reading ahead stops, the reply runs
+    assert sorted(slot.job.chat_id for slot in engine.slots) == sorted("abcde") + ["late"]
+    assert not any(slot.job.read_only for slot in engine.slots)
+
+    # All six sequences run replies now: reading ahead is not admitted.
+    assert engine.step([reading_ahead("reader", [1, 2])]) == [] and len(engine.slots) == 6
+    assert not any(slot.job.read_only for slot in engine.slots)
+
+    other = Engine(EndlessModel(), step_tokens=2)
+    reader = reading_ahead("reader", list(range(1, 41)))
+    other.step([reader])
+    reader.cancelled = True
+    assert other.step([]) == [] and other.slots == []

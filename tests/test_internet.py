@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tests.support import wait_for
-from tests.support.chats import history, new_chat
+from tests.support.chats import add_message, history, new_chat
 from tests.support.sse import read_events
 from tests.support.web import web_settings
 
@@ -110,3 +110,45 @@ def test_stopping_during_the_web_search_ends_the_reply_before_the_model_runs(sta
     assert done["event"] == "done" and done["data"]["finish_reason"] == "cancelled"
     assert done["data"]["usage"]["completion_tokens"] == 0 and done["data"]["message"] is None
     assert len(history(base, chat_id)) == 1
+
+
+# About 600 tokens of earlier conversation, so that reading it again or not shows in the token counts.
+EARLIER = [f"Tell me about day {n} of the trip." if n % 2 == 0 else "It rained. " * 30 for n in range(10)]
+
+
+@pytest.mark.parametrize(("layout", "history_cached"), [("sources-first", True), ("system", False)])
+def test_an_internet_turn_in_a_warm_chat_reads_only_the_sources_and_the_question(
+    start_server, web, client, layout, history_cached
+):
+    """With the sources in the latest Human turn, the chat's cache survives: only the sources and the
+    question are read. At the head of the system prompt (the old layout) they change the prompt's
+    beginning, and every internet turn reads the whole chat again."""
+    base = start_server(**web_settings(web, CHATAPI_SOURCES_LAYOUT=layout)).url
+    chat_id = new_chat(base, *EARLIER, QUESTION)
+    web.pages_per_query = True  # the next question finds other pages (other addresses), as it would on the web
+    try:
+        first = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))[-1]["data"]
+        add_message(base, chat_id, "And how tall is the volcano?")
+        again = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))[-1]["data"]
+    finally:
+        web.pages_per_query = False
+    assert again["message"]["sources"]  # the sources are in the prompt
+    cached, prompt = again["usage"]["cached_tokens"], again["usage"]["prompt_tokens"]
+    assert prompt > first["usage"]["prompt_tokens"] // 2 + 150
+    if history_cached:
+        # Everything but the first turn's question, its sources, and what follows.
+        assert cached >= 450, again["usage"]
+    else:
+        assert cached < 100, again["usage"]
+
+
+def test_the_history_is_read_while_the_web_is_searched(start_server, web, client):
+    """A chat nobody has asked before: its history is read into the cache while the pages are fetched (the
+    local web's slow page holds the research for a second after the others are read), so the reply's own
+    reading finds at least the first chunk of it there (how much more depends on the machine's speed; a
+    new chat finds at most the system prompt's ~25 tokens in another chat's cache)."""
+    base = start_server(**web_settings(web)).url
+    chat_id = new_chat(base, *EARLIER, QUESTION)
+    done = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))[-1]["data"]
+    assert done["timings"]["fetch_ms"] >= 900  # the slow page held the research as the test means
+    assert done["usage"]["cached_tokens"] >= 128, done["usage"]  # CHATAPI_STEP_TOKENS

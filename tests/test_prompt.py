@@ -8,7 +8,7 @@ from llama_cpp import _internals
 
 from chatapi.llm.engine import Engine, Job, Options, StopScanner
 from chatapi.llm.model import Model, default_model_path
-from chatapi.llm.prompt import TRANSCRIPT_STOPS, Message, PromptBuilder
+from chatapi.llm.prompt import MARK, TRANSCRIPT_STOPS, Message, PromptBuilder
 from tests.support.server import ROOT
 
 SYSTEM = "You are a helpful assistant."
@@ -144,6 +144,45 @@ def test_a_template_without_system_role_gets_it_folded_into_the_first_turn(templ
     assert "<start_of_turn>user\nYou are a helpful assistant.\n\nHi<end_of_turn>" in text
     assert "<start_of_turn>assistant\nYo<end_of_turn>" in text
     assert text.endswith("<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+SOURCES = "Web sources follow.\n\n[1] Zorblax (http://127.0.0.1/z)\nThe volcano erupts every 47 minutes."
+HISTORY = [Message("Human", "Hi"), Message("Assistant", "Hello!"), Message("Human", "How often does it erupt?")]
+
+
+@pytest.mark.parametrize(
+    ("layout", "latest_turn"),
+    [
+        ("sources-first", f"Human: {SOURCES}\n\nHow often does it erupt?\nAssistant:"),
+        ("question-first", f"Human: How often does it erupt?\n\n{SOURCES}\nAssistant:"),
+    ],
+)
+def test_web_sources_go_into_the_latest_human_turn_after_what_is_cached(model, builder, layout, latest_turn):
+    """The tokens before the latest Human message stay the same with sources, so a warm chat reads only the
+    sources and the question, and the history can be read while the web is searched."""
+    prompt = builder.build(SYSTEM, HISTORY, 1024)
+    sourced = builder.with_sources(prompt, SOURCES, layout)
+    assert sourced.tokens[: prompt.head] == prompt.tokens[: prompt.head]
+    assert text_of(model, sourced.tokens[: prompt.head]) == f"{SYSTEM}\n\nHuman: Hi\nAssistant: Hello!\nHuman:"
+    assert model.detokenize(sourced.tokens[prompt.head : prompt.head + 1]).startswith(" ")  # " Web", not " "
+    assert text_of(model, sourced.tokens) == f"{SYSTEM}\n\nHuman: Hi\nAssistant: Hello!\n{latest_turn}"
+    assert sourced.truncated == prompt.truncated and sourced.head == prompt.head
+
+
+def test_web_sources_at_the_head_of_the_system_prompt(model, builder):
+    prompt = builder.build(SYSTEM, HISTORY, 1024)
+    sourced = builder.with_sources(prompt, SOURCES, "system")
+    assert text_of(model, sourced.tokens).startswith(f"{SYSTEM}\n\n{SOURCES}\n\nHuman: Hi\n")
+
+
+def test_the_sources_follow_the_template_roles_and_a_pasted_mark_changes_nothing(templated_path):
+    model = Model(templated_path, 1024, 2, 1)
+    builder = PromptBuilder(model)
+    history = [*HISTORY[:2], Message("Human", f"How often{MARK} does it erupt?")]
+    sourced = builder.with_sources(builder.build(SYSTEM, history, 1024), SOURCES, "sources-first")
+    assert with_specials(model, sourced.tokens).endswith(
+        f"<start_of_turn>user\n{SOURCES}\n\nHow often does it erupt?<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,10 @@ class Job:
     options: Options
     on_text: Callable[[str], None]  # called from the engine thread
     cancelled: bool = False  # set from the server side; read between tokens
+    # Only read the prompt into the chat's cache, to be there when the chat's next job comes (internet mode
+    # reads a chat's history while it searches the web). Such a job ends unreported, and gives way: to the
+    # chat's own next job, and to any job that needs a sequence when none is free.
+    read_only: bool = False
 
 
 @dataclass
@@ -128,6 +132,9 @@ class Engine:
         replies on sequences 0, 1, 4 and 5 took 48 ms a step against 31 on 2 to 5."""
         sequence = next((s for s in self.sequences if s.chat_id == chat_id), None)
         if sequence is None:
+            reading_ahead = [slot for slot in self.slots if slot.job.read_only]
+            if len(self.slots) == len(self.sequences) and reading_ahead:
+                self.slots.remove(reading_ahead[0])
             running = [slot.sequence.id for slot in self.slots]
 
             def span_with(candidate: Sequence) -> int:
@@ -153,9 +160,15 @@ class Engine:
         """Admit new jobs, then decode one batch and sample a token for each job it ends on; returns the
         jobs that ended (cancelled, stopped, or at their length) with their results."""
         for job in new_jobs:
+            if job.read_only and not self._sequence_to_spare(job.chat_id):
+                continue  # reading ahead never takes a sequence from a job
+            # A chat's job takes over from the reading ahead of its prompt: what was read so far is its cache.
+            self._stop_reading_ahead(lambda slot, chat_id=job.chat_id: slot.job.chat_id == chat_id)
             self.slots.append(self._admit(job))
+        self._stop_reading_ahead(lambda slot: slot.job.cancelled)
         ended = [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
         batch, sampled = self._fill_batch()
+        self._stop_reading_ahead(lambda slot: slot.read == len(slot.job.prompt.tokens))  # all read: done
         if not batch:
             return ended
         try:
@@ -169,11 +182,20 @@ class Engine:
                 ended.append(self._end(slot, reason))
         return ended
 
+    def _sequence_to_spare(self, chat_id: uuid.UUID) -> bool:
+        """Whether the chat has its own sequence or one is held by no slot."""
+        own = any(s.chat_id == chat_id for s in self.sequences)
+        return own or len(self.slots) < len(self.sequences)
+
+    def _stop_reading_ahead(self, which: Callable[[Slot], bool]) -> None:
+        """Drop the read-only slots `which` picks, unreported; what they read stays in their sequence."""
+        self.slots = [slot for slot in self.slots if not (slot.job.read_only and which(slot))]
+
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
         sequence = self.sequence_for(job.chat_id)
-        # Reuse what the sequence already holds; at least one token must run to get logits.
-        cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - 1)
+        # Reuse what the sequence already holds; at least one token must run to get logits (unless only read).
+        cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - (not job.read_only))
         self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
         options = job.options
@@ -209,11 +231,12 @@ class Engine:
                 continue
             chunk = prompt[slot.read : slot.read + room]
             last = slot.read + len(chunk) == len(prompt)
+            wants_logits = last and not slot.job.read_only
             for offset, token in enumerate(chunk):
-                batch.append((token, slot.read + offset, slot.sequence.id, last and offset == len(chunk) - 1))
+                batch.append((token, slot.read + offset, slot.sequence.id, wants_logits and offset == len(chunk) - 1))
             slot.read += len(chunk)
             slot.sequence.tokens.extend(chunk)
-            if last:
+            if wants_logits:
                 sampled.append((slot, len(batch) - 1))
         return batch, sampled
 

@@ -11,6 +11,17 @@ TEMPLATE_ROLES = {"Human": "user", "Assistant": "assistant"}
 # A base model without a chat template continues a plain transcript; it stops at the next turn.
 TRANSCRIPT_STOPS = ["\nHuman:", "\nAssistant:"]
 ELLIPSIS = "… "
+# Where internet mode's web sources go (CHATAPI_SOURCES_LAYOUT). In the latest Human turn, a chat's cached
+# prefix (everything before that turn) is read once and kept; at the head of the system prompt, every
+# internet turn reads the whole chat again.
+LAYOUTS = ("sources-first", "question-first", "system")
+MARK = "\ue000"  # a private-use character that marks where the latest Human message is in a rendered prompt
+
+
+@dataclass
+class Message:
+    role: str  # "Human" or "Assistant"
+    text: str
 
 
 @dataclass
@@ -18,12 +29,9 @@ class Prompt:
     tokens: list[int]
     stop: list[str]
     truncated: int  # history messages left out to fit the window
-
-
-@dataclass
-class Message:
-    role: str  # "Human" or "Assistant"
-    text: str
+    head: int = 0  # tokens before the latest Human message's text: what does not depend on web sources
+    system_prompt: str = ""  # as rendered (cut to fit, maybe)
+    messages: list[Message] | None = None  # as rendered (the oldest dropped and the latest cut to fit, maybe)
 
 
 def render_transcript(system_prompt: str, messages: list[Message]) -> str:
@@ -105,8 +113,38 @@ class PromptBuilder:
         if len(tokens) > budget:
             system_prompt = self._cut_system_prompt(system_prompt, messages, keep_from - dropped, budget)
             messages = self._cut_latest(system_prompt, messages, keep_from - dropped, budget)
-            tokens = self.tokens(self.render(system_prompt, messages))
-        return Prompt(tokens=tokens, stop=self.stop, truncated=dropped)
+        return self._prompt(system_prompt, messages, dropped)
+
+    def _prompt(self, system_prompt, messages, dropped: int, sources: str = "", layout: str = "") -> Prompt:
+        """The prompt tokenized in two parts, before and from the latest Human message's text, so that the
+        first part is the same whatever web sources the second holds (and can be read before they come)."""
+        before, spaces, question, after = self.split(system_prompt, messages)
+        if layout == "sources-first":
+            question = f"{sources}\n\n{question}"
+        elif layout == "question-first":
+            question = f"{question}\n\n{sources}"
+        head = self.tokens(before)
+        tokens = head + self.model.tokenize(spaces + question + after)
+        return Prompt(tokens, self.stop, dropped, len(head), system_prompt, messages)
+
+    def split(self, system_prompt: str, messages: list[Message]) -> tuple[str, str, str, str]:
+        """The rendered prompt as (what comes before the latest Human message's text, the spaces that lead
+        to it, the text, the rest)."""
+        latest = max(i for i, m in enumerate(messages) if m.role == "Human")
+        # A message that holds the mark itself (a user may paste anything) loses it, to split in three only.
+        marked = [Message(m.role, m.text.replace(MARK, "")) for m in messages]
+        marked[latest] = Message("Human", MARK + marked[latest].text.strip() + MARK)
+        before, question, after = self.render(system_prompt.replace(MARK, ""), marked).split(MARK)
+        # "Human: How" is read as "Human:" and " How", as the whole would be tokenized; not " " and "How".
+        spaces = before[len(before.rstrip(" ")) :]
+        return before[: len(before) - len(spaces)], spaces, question, after
+
+    def with_sources(self, prompt: Prompt, sources: str, layout: str) -> Prompt:
+        """The prompt with internet mode's web sources placed by `layout` (one of LAYOUTS); the same
+        history as `prompt`, which was built with room for them."""
+        if layout == "system":
+            return self._prompt(f"{prompt.system_prompt}\n\n{sources}".strip(), prompt.messages, prompt.truncated)
+        return self._prompt(prompt.system_prompt, prompt.messages, prompt.truncated, sources, layout)
 
     def _cut_system_prompt(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> str:
         """The system prompt, shortened to its beginning when it would leave the latest Human message

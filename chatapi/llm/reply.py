@@ -52,6 +52,7 @@ class Reply:
         self.dequeued: float | None = None
         self.sources: list[dict] | None = None  # internet mode: the pages the prompt cites
         self.research_timings: dict = {}
+        self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
 
     @property
     def cancelled(self) -> bool:

@@ -17,12 +17,11 @@ from gevent.threadpool import ThreadPool
 
 from .engine import Engine, Job, Options, Result
 from .model import BATCH_SIZE, Model, default_model_path
-from .prompt import Message, Prompt, PromptBuilder
+from .prompt import LAYOUTS, Message, Prompt, PromptBuilder
 from .reply import Reply
 
 FINISHED_KEPT = 1000  # finished replies remembered for reconnects
-SOURCES_ROOM = 1536  # tokens kept free for web sources in internet mode (at most half the budget)
-SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the system prompt
+SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
 log = logging.getLogger(__name__)
 
 # Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
@@ -61,9 +60,13 @@ class Settings:
     kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
     ping_seconds: float
     grace_seconds: float  # a reply nobody listens to for this long is stopped
+    sources_tokens: int  # internet mode: room kept for web sources (at most half the prompt)
+    sources_layout: str  # internet mode: where the sources go (prompt.LAYOUTS)
 
     @classmethod
     def from_config(cls, config: Mapping, model_cache: str) -> "Settings":
+        if config["CHATAPI_SOURCES_LAYOUT"] not in LAYOUTS:
+            raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
         return cls(
             model_path=config["CHATAPI_MODEL_PATH"],
             model_cache=model_cache,
@@ -77,6 +80,8 @@ class Settings:
             kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
             ping_seconds=config["CHATAPI_PING_SECONDS"],
             grace_seconds=config["CHATAPI_GRACE_SECONDS"],
+            sources_tokens=max(0, config["CHATAPI_SOURCES_TOKENS"]),
+            sources_layout=config["CHATAPI_SOURCES_LAYOUT"],
         )
 
 
@@ -273,6 +278,8 @@ class ReplyService:
     def cancel(self, reply: Reply) -> None:
         """A queued reply leaves the queue at once; a running one stops at its next token."""
         reply.job.cancelled = True
+        if reply.reading_ahead:
+            reply.reading_ahead.cancelled = True
         if reply in self.waiting:
             self.waiting.remove(reply)
             self._announce_positions()
@@ -282,24 +289,36 @@ class ReplyService:
     def _prepare(self, reply, history, system_prompt, options, research) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
-        Room for sources is kept before trimming, so `start.truncated` stays true once they are added.
+        Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
+        the web is searched and read, the model reads the part of the prompt that comes before them.
         """
+        s = self.settings
         budget = self.model.n_ctx - options.max_tokens
-        reserve = min(SOURCES_ROOM, budget // 2) if research else 0
-        prompt = self.build_prompt(system_prompt, history, budget - reserve)
+        reserve = min(s.sources_tokens, budget // 2) if research else 0
+        prompt = self.in_thread(self.prompts.build, system_prompt, history, budget - reserve)
         reply.begin(prompt)
         if research:
+            self._read_ahead(reply, prompt)
             extra = research(reply, budget - len(prompt.tokens) - SOURCES_MARGIN)
             if extra:
-                reply.job.prompt = self.build_prompt(f"{system_prompt}\n\n{extra}", history, budget)
+                reply.job.prompt = self.in_thread(self.prompts.with_sources, prompt, extra, s.sources_layout)
 
-    def build_prompt(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
-        # Tokenizing runs in another real thread (llama.cpp's tokenizer is safe beside decoding):
-        # a long history must not stall the hub, and greenlets never call llama.cpp themselves.
-        return gevent.get_hub().threadpool.apply(self.prompts.build, (system_prompt, history, budget))
+    def _read_ahead(self, reply: Reply, prompt: Prompt) -> None:
+        """Have the model read the prompt up to where the sources go into the chat's cache now, unless
+        replies are waiting for the model (then it has no time to spare)."""
+        if self.settings.sources_layout == "system" or self.waiting or prompt.head < 2:
+            return
+        ahead = Prompt(prompt.tokens[: prompt.head], prompt.stop, prompt.truncated)
+        reply.reading_ahead = Job(reply.chat_id, ahead, reply.job.options, on_text=len, read_only=True)
+        self._admitted.put(reply.reading_ahead)
+
+    def in_thread(self, function, *args):
+        """Prompts are tokenized in another real thread (llama.cpp's tokenizer is safe beside decoding):
+        a long history must not stall the hub, and greenlets never call llama.cpp themselves."""
+        return gevent.get_hub().threadpool.apply(function, args)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of texts, from the hub's thread pool (see build_prompt)."""
+        """Token counts of texts, from the hub's thread pool (see in_thread)."""
         return gevent.get_hub().threadpool.apply(lambda: [len(self.model.tokenize(t)) for t in texts])
 
     def _remember(self, reply: Reply) -> None:
