@@ -5,6 +5,7 @@ import threading
 import pytest
 import requests
 
+from chatapi import create_app
 from tests.support import wait_for
 from tests.support.chats import add_message, history, new_chat
 from tests.support.sse import read_events
@@ -152,3 +153,8 @@ def test_the_history_is_read_while_the_web_is_searched(start_server, web, client
     done = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))[-1]["data"]
     assert done["timings"]["fetch_ms"] >= 900  # the slow page held the research as the test means
     assert done["usage"]["cached_tokens"] >= 128, done["usage"]  # CHATAPI_STEP_TOKENS
+
+
+def test_an_unknown_sources_layout_stops_the_app_at_start(database_url):
+    with pytest.raises(ValueError, match="CHATAPI_SOURCES_LAYOUT must be one of sources-first, question-first"):
+        create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_SOURCES_LAYOUT": "top"})
