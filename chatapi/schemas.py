@@ -276,7 +276,7 @@ class StreamDoneSchema(ma.Schema):
         fields.Nested(CitationSchema),
         required=True,
         allow_none=True,
-        metadata={"description": "the saved message's citations (null when it has none, or no message was saved)"},
+        metadata={"description": "the saved message's: null in local mode, without sources, or with no message"},
     )
     usage = fields.Nested(UsageSchema, required=True)
     timings = fields.Nested(TimingsSchema, required=True)

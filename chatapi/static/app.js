@@ -621,7 +621,7 @@
       shown = Math.max(shown, citation.end);
       parts.push(citationLink(byNumber.get(citation.n)));
     }
-    if (shown < text.length || !parts.length) parts.push(document.createTextNode(text.slice(shown)));
+    if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
     bubble.replaceChildren(...parts);
   }
 
@@ -630,9 +630,9 @@
     const url = safeUrl(source.url);
     const link = node(url ? "a" : "span", "citation-link", `[${source.n}]`);
     const name = `Source ${source.n}: ${source.title || source.url || "untitled page"}`;
-    link.setAttribute("aria-label", name);
     link.title = name;
     if (url) {
+      link.setAttribute("aria-label", name); // "Source 1: <title>", not "[1]"
       link.href = url.href;
       link.target = "_blank";
       link.rel = "noopener noreferrer";
