@@ -76,6 +76,8 @@ class Conversation(db.Model):
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     # The numbered web pages an internet-mode answer was grounded in; None on other messages.
     sources: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
+    # Which sentence cites which of those pages ([{"start", "end", "n"}], offsets into `message`); None without sources.
+    citations: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
 
     chat: so.Mapped[Chat] = so.relationship(back_populates="conversations")
 
@@ -85,7 +87,13 @@ class Conversation(db.Model):
     )
 
     def __init__(
-        self, chat: Chat, role: str, message: str, id: uuid.UUID | None = None, sources: list[dict] | None = None
+        self,
+        chat: Chat,
+        role: str,
+        message: str,
+        id: uuid.UUID | None = None,
+        sources: list[dict] | None = None,
+        citations: list[dict] | None = None,
     ):
         now = utcnow()
         super().__init__(
@@ -94,13 +102,16 @@ class Conversation(db.Model):
             role=role,
             message=message,
             sources=sources,
+            citations=citations,
             created_at=now,
             updated_at=now,
         )
         chat.updated_at = now
 
     def edit(self, message: str) -> None:
-        """Replace the text; an edit counts as activity in the chat."""
+        """Replace the text; an edit counts as activity in the chat. Citations point into the old text, so they go."""
         self.message = message
+        if self.citations:
+            self.citations = []
         self.updated_at = utcnow()
         self.chat.updated_at = self.updated_at

@@ -19,6 +19,7 @@ from .llm.reply import Reply
 from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings, StoreUnavailable
 from .models import Chat, Conversation
 from .schemas import ConversationSchema
+from .web.cite import cite
 from .web.research import Settings as WebSettings
 from .web.research import gather
 
@@ -108,8 +109,15 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
                 raise ChatGone
             if not reply.text:
                 return None
+            # Which sentence each source supports, found after the reply (also a cancelled one's part).
+            citations = cite(reply.text, reply.web_sources) if reply.web_sources else None
             conversation = Conversation(
-                chat=chat, role="Assistant", message=reply.text, id=reply.message_id, sources=reply.sources
+                chat=chat,
+                role="Assistant",
+                message=reply.text,
+                id=reply.message_id,
+                sources=reply.sources,
+                citations=citations,
             )
             db.session.add(conversation)
             db.session.commit()
@@ -137,6 +145,7 @@ def research_for(question: str, settings: WebSettings, replies: ReplyService) ->
             reply.publish("warning", {"message": findings.warning})
         if findings.sources:
             reply.sources = [source.public() for source in findings.sources]
+            reply.web_sources = findings.sources  # their passages, for the citations (save_reply)
             reply.publish("sources", {"sources": reply.sources})
         return findings.prompt()
 

@@ -114,6 +114,20 @@ class SourceSchema(ma.Schema):
     snippet = fields.String(required=True)
 
 
+class CitationSchema(ma.Schema):
+    """A sentence of an internet-mode answer and the source that supports it."""
+
+    start = fields.Integer(required=True, metadata={"description": "where the sentence starts in message"})
+    end = fields.Integer(required=True, metadata={"description": "offset just after its last: message[start:end]"})
+    n = fields.Integer(required=True, metadata={"description": "the source cited: its n in sources"})
+
+
+CITATIONS = {
+    "description": "internet answers: the sentences each source supports, in text order (the [n] the model wrote, "
+    "else the best-matching passage, when it matches well enough); [] when none; else null"
+}
+
+
 class ConversationSchema(ma.Schema):
     id = fields.UUID(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
@@ -127,6 +141,7 @@ class ConversationSchema(ma.Schema):
         allow_none=True,
         metadata={"description": "internet answers: the pages cited as [n]; else null"},
     )
+    citations = fields.List(fields.Nested(CitationSchema), required=True, allow_none=True, metadata=CITATIONS)
 
 
 class ConversationCreateSchema(RequestSchema):
@@ -257,6 +272,12 @@ class StreamDoneSchema(ma.Schema):
         ConversationSchema, required=True, allow_none=True, metadata={"description": "null when nothing was written"}
     )
     finish_reason = fields.String(required=True, validate=validate.OneOf(["stop", "length", "cancelled"]))
+    citations = fields.List(
+        fields.Nested(CitationSchema),
+        required=True,
+        allow_none=True,
+        metadata={"description": "the saved message's: null in local mode, without sources, or with no message"},
+    )
     usage = fields.Nested(UsageSchema, required=True)
     timings = fields.Nested(TimingsSchema, required=True)
 

@@ -601,16 +601,46 @@ def test_internet_mode_shows_numbered_sources_as_links(tab, page_server, web):
     expect(links.first).to_have_text("Zorblax volcano facts")
     assert links.first.get_attribute("target") == "_blank"
     assert "noopener" in links.first.get_attribute("rel")
-    assert reply.locator(".bubble").text_content() == saved["message"]
+    check_citation_links(reply, saved)
     streams = tab.event_sources()
     assert [s["url"].split("?")[0] for s in streams] == [f"{page_server}/conversations/inference_internet/{chat_id}"]
     assert streams[0]["state"] == 2
 
-    page.reload()  # saved with the answer: the same sources, and the toggle is remembered
+    page.reload()  # saved with the answer: the same sources and citations, and the toggle is remembered
     expect(page.locator("#internet")).to_be_checked()
-    links = last_reply(page).locator(".sources a.source-link")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "saved")
+    links = reply.locator(".sources a.source-link")
     expect(links).to_have_count(len(saved["sources"]))
     expect(links.first).to_have_text("Zorblax volcano facts")
+    check_citation_links(reply, saved)
+
+
+def with_citation_marks(text: str, citations: list[dict]) -> str:
+    """The text as the page shows it: [n] after each cited sentence."""
+    shown, at = [], 0
+    for citation in sorted(citations, key=lambda c: c["end"]):
+        shown += [text[at : citation["end"]], f"[{citation['n']}]"]
+        at = citation["end"]
+    return "".join(shown) + text[at:]
+
+
+def check_citation_links(reply, saved: dict) -> None:
+    """The answer's text with a superscript [n] link to its source after each cited sentence."""
+    assert saved["citations"], "the answer cites nothing"
+    bubble = reply.locator(".bubble")
+    expect(bubble).to_have_text(with_citation_marks(saved["message"], saved["citations"]))
+    links = bubble.locator("sup.citation a")
+    expect(links).to_have_count(len(saved["citations"]))
+    sources = {s["n"]: s for s in saved["sources"]}
+    for link, citation in zip(links.all(), saved["citations"], strict=True):
+        source = sources[citation["n"]]
+        expect(link).to_have_text(f"[{source['n']}]")
+        expect(link).to_have_accessible_name(f"Source {source['n']}: {source['title']}")
+        assert link.get_attribute("href") == source["url"] and link.get_attribute("target") == "_blank"
+        assert "noopener" in link.get_attribute("rel")
+    first = saved["sources"][0]
+    expect(reply.get_by_role("link", name=f"Source 1: {first['title']}").first).to_be_visible()
 
 
 def test_internet_mode_shows_the_warning_when_search_fails(open_tab, start_server, web):
@@ -633,14 +663,20 @@ def test_saved_sources_with_script_urls_and_html_titles_are_inert_text(tab, page
     chat_id = new_chat(page_server, VOLCANO_QUESTION)
     with app.app_context():  # straight into the database: no route takes sources
         chat = db.session.get(Chat, uuid.UUID(chat_id))
-        db.session.add(Conversation(chat, "Assistant", "It erupts every 47 minutes [1].", sources=HOSTILE_SOURCES))
+        citations = [{"start": 0, "end": 31, "n": 1}, {"start": 0, "end": 31, "n": 6}]
+        answer = "It erupts every 47 minutes [1]."
+        db.session.add(Conversation(chat, "Assistant", answer, sources=HOSTILE_SOURCES, citations=citations))
         db.session.commit()
     assert history(page_server, chat_id)[-1]["sources"] == HOSTILE_SOURCES
     page = tab.page
     page.goto(f"/#chat={chat_id}")
     reply = last_reply(page)
     expect(reply).to_have_attribute("data-state", "saved")
-    expect(reply.locator(".bubble")).to_have_text("It erupts every 47 minutes [1].")
+    expect(reply.locator(".bubble")).to_have_text("It erupts every 47 minutes [1].[1][6]")
+    # The citation of the script URL is text; only the web address's is a link.
+    expect(reply.locator(".bubble .citation span.citation-link")).to_have_text(["[1]"])
+    expect(reply.locator(".bubble a")).to_have_count(1)
+    assert reply.locator(".bubble a").get_attribute("href") == "https://example.org/volcano?q=%3Cb%3E"
     check_sources_are_inert(page, reply)
 
 

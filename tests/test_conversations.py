@@ -21,8 +21,8 @@ def test_create_conversation(client):
     after = now()
     assert response.status_code == 201
     conversation = response.json
-    assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources"}
-    assert conversation["sources"] is None  # only internet answers carry sources
+    assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources", "citations"}
+    assert conversation["sources"] is None and conversation["citations"] is None  # only internet answers have them
     assert uuid.UUID(conversation["id"])
     assert conversation["chat_id"] == chat["id"]
     assert (conversation["role"], conversation["message"]) == ("Human", "Hello")
@@ -79,3 +79,19 @@ def test_message_text_is_stored_as_given(client):
     text = "  <b>ünïcode</b> 🙂\n\nline two  "
     message = add_message(client, chat["id"], text, "Assistant")
     assert client.get(f"/conversations/{message['id']}").json["message"] == text
+
+
+def test_editing_an_answer_drops_its_citations(app, client):
+    """Citations are offsets into the text: an edit would leave them pointing at other words."""
+    chat = create_chat(client)
+    answer = add_message(client, chat["id"], "It erupts every 47 minutes [1].", "Assistant")
+    sources = [{"n": 1, "title": "Volcano", "url": "http://127.0.0.1/volcano", "snippet": "..."}]
+    with app.app_context():
+        conversation = db.session.get(Conversation, uuid.UUID(answer["id"]))
+        conversation.sources, conversation.citations = sources, [{"start": 0, "end": 31, "n": 1}]
+        db.session.commit()
+        db.session.remove()
+    assert client.get(f"/conversations/{answer['id']}").json["citations"] == [{"start": 0, "end": 31, "n": 1}]
+    edited = client.put(f"/conversations/update/{answer['id']}", json={"message": "Every hour, I think."}).json
+    assert edited["citations"] == [] and edited["sources"] == sources
+    assert client.get(f"/conversations/{answer['id']}").json == edited

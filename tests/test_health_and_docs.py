@@ -90,6 +90,15 @@ def test_openapi_documents_every_error(client):
     done = spec["components"]["schemas"]["DoneEvent"]["properties"]
     assert done["event"]["enum"] == ["done"]
     assert done["data"]["contentSchema"] == {"$ref": "#/components/schemas/StreamDone"}
+    schemas = spec["components"]["schemas"]
+    # Citations, in the saved message and at the top of `done`: a list of {start, end, n}, or null.
+    for where in (schemas["Conversation"], schemas["StreamDone"]):
+        assert "citations" in where["required"]
+        citations = where["properties"]["citations"]
+        assert citations["type"] == "array" and citations["nullable"] is True
+        assert citations["items"] == {"$ref": "#/components/schemas/Citation"}
+    assert set(schemas["Citation"]["required"]) == {"start", "end", "n"}
+    assert {p["type"] for p in schemas["Citation"]["properties"].values()} == {"integer"}
     offset = next(p for p in spec["paths"]["/chats/"]["get"]["parameters"] if p["name"] == "offset")
     assert offset["schema"]["maximum"] == 2**63 - 1
 

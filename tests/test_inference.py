@@ -44,6 +44,7 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     assert saved["id"] == start["message_id"] and saved["role"] == "Assistant" and saved["chat_id"] == chat_id
     assert saved["message"] == pieces(events).strip() and saved["message"]
     assert "Paris" in saved["message"]
+    assert saved["sources"] is None and saved["citations"] is None and done["citations"] is None  # local mode
     assert history(base, chat_id)[-1] == saved
     assert requests.get(f"{base}/chats/{chat_id}", timeout=5).json()["updated_at"] > before
 

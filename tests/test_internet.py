@@ -8,7 +8,7 @@ import requests
 from chatapi import create_app
 from tests.support import wait_for
 from tests.support.chats import add_message, history, new_chat
-from tests.support.sse import read_events
+from tests.support.sse import read_events, read_events_acting
 from tests.support.web import web_settings
 
 QUESTION = "How often does the Zorblax volcano erupt?"
@@ -54,6 +54,51 @@ def test_answer_is_grounded_in_numbered_sources_and_saved_with_them(internet_ser
     assert done["usage"]["prompt_tokens"] > 150  # the passages are in the prompt
     saved = history(base, chat_id)
     assert saved[0]["sources"] is None and saved[-1]["sources"] == sources
+    assert saved[0]["citations"] is None and saved[-1]["citations"] == done["citations"]
+
+
+def check_citations(message: dict, citations: list[dict]) -> None:
+    """Citations are whole sentences of the saved text, each naming one of its sources."""
+    text, numbers = message["message"], {s["n"] for s in message["sources"]}
+    assert citations == message["citations"]
+    assert citations == sorted(citations, key=lambda c: c["start"])
+    for c in citations:
+        assert set(c) == {"start", "end", "n"} and c["n"] in numbers
+        assert 0 <= c["start"] < c["end"] <= len(text)
+        sentence = text[c["start"] : c["end"]]
+        assert sentence == sentence.strip()
+
+
+def test_the_answer_cites_the_page_that_says_it(internet_server, client):
+    base = internet_server.url
+    chat_id = new_chat(base, QUESTION)
+    done = read_events(internet(base, chat_id))[-1]["data"]
+    message = done["message"]
+    check_citations(message, done["citations"])
+    # The model's answer states the volcano page's fact, and that sentence cites the page.
+    assert "47 minutes" in message["message"]
+    fact = [c for c in done["citations"] if "47 minutes" in message["message"][c["start"] : c["end"]]]
+    assert [c["n"] for c in fact] == [1] and message["sources"][0]["url"].endswith("/articles/volcano")
+    saved = requests.get(f"{base}/conversations/{message['id']}", timeout=10).json()
+    assert saved["citations"] == done["citations"] and saved["message"] == message["message"]
+
+
+def test_a_stopped_answer_cites_what_was_written(internet_server, client):
+    # The model answers this with one sentence over and over, until it is stopped.
+    question = "Where can visitors watch the eruptions of the Zorblax volcano, and how often does it erupt?"
+    base = internet_server.url
+    chat_id = new_chat(base, question)
+
+    def stop() -> None:
+        requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10)
+
+    # start, search, sources, then 24 tokens: a sentence or more is written.
+    events = read_events_acting(internet(base, chat_id, "max_tokens=256&temperature=0"), 27, stop)
+    done = events[-1]["data"]
+    assert done["finish_reason"] == "cancelled" and done["usage"]["completion_tokens"] < 256
+    check_citations(done["message"], done["citations"])
+    assert done["citations"], done["message"]["message"]
+    assert history(base, chat_id)[-1]["citations"] == done["citations"]
 
 
 @pytest.mark.parametrize("search_path", ["/ratelimited", "/broken"])
@@ -67,6 +112,7 @@ def test_a_failing_search_gives_a_warning_and_still_an_answer(start_server, web,
     done = events[-1]
     assert done["event"] == "done" and done["data"]["message"]["message"]
     assert done["data"]["message"]["sources"] is None
+    assert done["data"]["message"]["citations"] is None and done["data"]["citations"] is None  # nothing to cite
 
 
 def test_sources_survive_a_restart(start_server, web, client):

@@ -138,7 +138,7 @@ def test_upgrade_keeps_every_row_of_a_0001_database(app):
             assert sorted(tuple(getattr(c, name) for name in columns) for c in kept) == sorted(
                 tuple(row.values()) for row in conversation_rows
             )
-            assert [c.sources for c in kept] == [None] * len(conversation_rows)
+            assert [(c.sources, c.citations) for c in kept] == [(None, None)] * len(conversation_rows)
         finally:
             reset_schema()
 

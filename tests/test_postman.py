@@ -60,6 +60,7 @@ def test_the_collection_passes_against_the_real_server(api_key, start_server, we
     assert run["stats"]["assertions"]["failed"] == 0 and run["stats"]["assertions"]["total"] >= 100
     passed = {a["assertion"] for e in run["executions"] for a in e.get("assertions", []) if "error" not in a}
     assert "numbered sources, saved with the answer" in passed  # the local web's pages were read
+    assert "citations: sentences of the saved message, each naming a source" in passed
     assert ("204, and the session cookie" if api_key else "404: the server has no API keys") in passed
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     assert requests.get(f"{server.url}/chats/", headers=headers, timeout=10).json() == []  # the run cleans up

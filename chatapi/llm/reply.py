@@ -51,6 +51,7 @@ class Reply:
         self.created = time.monotonic()
         self.dequeued: float | None = None
         self.sources: list[dict] | None = None  # internet mode: the pages the prompt cites
+        self.web_sources: list = []  # internet mode: the same as chatapi.web.rank.Source, passages included
         self.research_timings: dict = {}
         self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
 

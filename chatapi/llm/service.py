@@ -407,6 +407,7 @@ class ReplyService:
             log.exception("saving the reply failed")
             return reply.finish("error", {"code": 500, "message": f"the reply could not be saved: {exc}"})
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
+        done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
         reply.finish("done", {**done, "timings": timings(reply, result)})
 
 

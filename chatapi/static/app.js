@@ -584,7 +584,7 @@
     item.dataset.id = message.id;
     if (message.role !== "Human") item.dataset.state = "saved";
     const body = item.querySelector(".message-body");
-    body.querySelector(".bubble").textContent = message.message;
+    showText(body.querySelector(".bubble"), message.message, message.citations, message.sources);
     if (Array.isArray(message.sources) && message.sources.length) body.append(sourcesView(message.sources));
     body.append(node("div", "meta", clockTime(message.created_at)));
     return item;
@@ -605,6 +605,40 @@
     button.addEventListener("click", () => startReply(chatId));
     actions.append(button);
     return actions;
+  }
+
+  /** A message's text, with a superscript [n] link to the source after each sentence the server cited
+   * (`citations`: character offsets into the text). Text nodes only: the text is never read as HTML. */
+  function showText(bubble, text, citations, sources) {
+    const byNumber = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
+    const marks = (Array.isArray(citations) ? citations : [])
+      .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && byNumber.has(c.n))
+      .sort((a, b) => a.end - b.end);
+    const parts = [];
+    let shown = 0;
+    for (const citation of marks) {
+      if (citation.end > shown) parts.push(document.createTextNode(text.slice(shown, citation.end)));
+      shown = Math.max(shown, citation.end);
+      parts.push(citationLink(byNumber.get(citation.n)));
+    }
+    if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
+    bubble.replaceChildren(...parts);
+  }
+
+  function citationLink(source) {
+    const mark = node("sup", "citation");
+    const url = safeUrl(source.url);
+    const link = node(url ? "a" : "span", "citation-link", `[${source.n}]`);
+    const name = `Source ${source.n}: ${source.title || source.url || "untitled page"}`;
+    link.title = name;
+    if (url) {
+      link.setAttribute("aria-label", name); // "Source 1: <title>", not "[1]"
+      link.href = url.href;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+    }
+    mark.append(link);
+    return mark;
   }
 
   function sourcesView(sources) {
@@ -958,13 +992,13 @@
     const status = replyStatus(reply);
     if (status) parts.push(status);
     if (reply.warning) parts.push(node("div", "note warning", reply.warning));
-    bubble.textContent = reply.text;
+    const saved = reply.done ? reply.done.message : null; // citations come with `done`
+    showText(bubble, reply.text, saved ? saved.citations : null, reply.sources);
     parts.push(bubble);
     if (reply.sources && reply.sources.length) parts.push(sourcesView(reply.sources));
     if (reply.status === "error") {
       parts.push(node("div", "note error", `Error: ${reply.error}.`), retryButton(reply.chatId));
     } else if (reply.status === "done") {
-      const saved = reply.done.message;
       if (!saved) {
         const why = finish === "cancelled" ? "Stopped before any text was written." : "No reply was written.";
         parts.push(node("div", "note info", why), retryButton(reply.chatId));

@@ -11,7 +11,8 @@ from .extract import Document
 PASSAGE_WORDS = 150  # passages of about 100-200 words
 STOPWORDS = set(
     "a an and are as at be but by for from has have how i in is it its of on or that the this to was what when "
-    "where which who why will with you your do does did can could should would me my we our they their".split()
+    "where which who why will with you your do does did can could should would me my we our they their "
+    "s t d ll m re ve".split()  # the tails of "island's", "don't", "I'm"... once \w+ has cut them off
 )
 
 
@@ -59,21 +60,39 @@ def split_passages(document: Document, size: int = PASSAGE_WORDS) -> list[Passag
     return passages
 
 
-def score_bm25(query: str, passages: list[Passage], k1: float = 1.5, b: float = 0.75) -> None:
+class BM25:
+    """Okapi BM25 over a fixed set of texts: passages against a question here, an answer's sentences against
+    the passages given to the model in cite.py."""
+
+    def __init__(self, texts: list[str], k1: float = 1.5, b: float = 0.75):
+        self.k1, self.b = k1, b
+        self.bags = [Counter(terms(text)) for text in texts]
+        self.average = sum(sum(bag.values()) for bag in self.bags) / (len(self.bags) or 1) or 1
+        self.frequency = Counter(term for bag in self.bags for term in bag)  # texts holding each term
+
+    def idf(self, term: str) -> float:
+        held = self.frequency[term]
+        return math.log(1 + (len(self.bags) - held + 0.5) / (held + 0.5))
+
+    def scores(self, query: str) -> list[float]:
+        """Each text's score against the query (its distinct terms)."""
+        query_terms = set(terms(query))
+        idf = {term: self.idf(term) for term in query_terms}
+        k1, b = self.k1, self.b
+        scores = []
+        for bag in self.bags:
+            length_norm = 1 - b + b * sum(bag.values()) / self.average
+            score = 0.0
+            for term in query_terms & bag.keys():
+                score += idf[term] * bag[term] * (k1 + 1) / (bag[term] + k1 * length_norm)
+            scores.append(score)
+        return scores
+
+
+def score_bm25(query: str, passages: list[Passage]) -> None:
     """Okapi BM25 of each passage (title included) against the query, over these passages."""
-    query_terms = set(terms(query))
-    bags = [Counter(terms(f"{p.document.title} {p.text}")) for p in passages]
-    if not bags:
-        return
-    average = sum(sum(bag.values()) for bag in bags) / len(bags) or 1
-    frequency = Counter(term for bag in bags for term in set(bag) if term in query_terms)
-    for passage, bag in zip(passages, bags, strict=True):
-        length = sum(bag.values())
-        score = 0.0
-        for term in query_terms:
-            if term in bag:
-                idf = math.log(1 + (len(bags) - frequency[term] + 0.5) / (frequency[term] + 0.5))
-                score += idf * bag[term] * (k1 + 1) / (bag[term] + k1 * (1 - b + b * length / average))
+    scores = BM25([f"{p.document.title} {p.text}" for p in passages]).scores(query)
+    for passage, score in zip(passages, scores, strict=True):
         passage.score = score
 
 
