@@ -64,7 +64,10 @@ class Config:
     CHATAPI_GRACE_SECONDS = float(os.environ.get("CHATAPI_GRACE_SECONDS") or 10)
 
     # Internet mode (see chatapi/web).
+    # The search backends to try in turn, each optionally with its endpoint:
+    # "duckduckgo,searxng=http://127.0.0.1:8888/search" (chatapi/web/search.py backends_from reads it at start).
     CHATAPI_SEARCH_BACKEND = os.environ.get("CHATAPI_SEARCH_BACKEND") or "duckduckgo"
+    # The first backend's endpoint when the list names none; the others' default to their public one.
     CHATAPI_SEARCH_URL = os.environ.get("CHATAPI_SEARCH_URL") or None
     CHATAPI_SEARCH_RESULTS = int(os.environ.get("CHATAPI_SEARCH_RESULTS") or 5)
     CHATAPI_FETCH_TIMEOUT = float(os.environ.get("CHATAPI_FETCH_TIMEOUT") or 8)

@@ -35,14 +35,14 @@ def trust_proxy(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     auth.init_app(app)  # first: its request hook decides who is asking before any other hook runs
-    # Before the API: a bad limit stops the app before the one API object is set up for it (half set up,
-    # the process's other apps would serve an empty document).
+    # Before the API: a bad limit or search backend stops the app before the one API object is set up for it
+    # (half set up, the process's other apps would serve an empty document).
     limits.init_app(app)
+    replies.init_app(app)
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config["SQLALCHEMY_DATABASE_URI"]))
     db.init_app(app)
     migrate.init_app(app, db)
     api.init_app(app)
-    replies.init_app(app)
     cors.init_app(app)
     metrics.init_app(app)
     with app.app_context():

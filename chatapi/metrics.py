@@ -123,7 +123,8 @@ class Metrics:
         mode = reply.mode
         if event == "start":
             self.replies_started.labels(mode).inc()
-        elif event == "warning" and reply.research_timings:
+        elif event == "warning" and reply.research_timings and not reply.sources:
+            # A warning with sources says a search backend failed and the next one answered: no failure here.
             self.research_failures.labels(last_phase(reply.research_timings)).inc()
         elif event == "error":
             self.replies_finished.labels(mode, "error").inc()

@@ -28,6 +28,8 @@ _services: dict[Settings, ReplyService] = {}
 
 
 def init_app(app: Flask) -> None:
+    # Read at start, so that a search backend that cannot be used stops the server rather than a reply.
+    app.extensions["web_settings"] = WebSettings.from_config(app.config)
     settings = Settings.from_config(app.config, os.path.join(app.instance_path, "models"))
     if settings not in _services:
         _services[settings] = ReplyService(settings)
@@ -60,7 +62,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     research = None
     if mode == "internet":
         question = next(m.text for m in reversed(history) if m.role == "Human")
-        research = research_for(question, WebSettings.from_config(config), replies)
+        research = research_for(question, current_app.extensions["web_settings"], replies)
     limits.count_reply_start()
     try:
         reply = replies.start(
@@ -134,18 +136,21 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
 
 def research_for(question: str, settings: WebSettings, replies: ReplyService) -> Research:
     """Internet mode's research step: it tells the reply's listeners what it searched and found
-    (`search`, then `sources` or `warning`) and returns the sources' text for the system prompt."""
+    (`search`, then `warning` when something failed, then `sources` when pages were read) and returns the
+    sources' text for the prompt."""
 
     def research(reply: Reply, room: int) -> str:
         findings = gather(
             question, settings, room, replies.count_tokens, lambda query: reply.publish("search", {"query": query})
         )
         reply.research_timings = findings.timings
-        if findings.warning:
-            reply.publish("warning", {"message": findings.warning})
-        if findings.sources:
+        if findings.sources:  # before the warning, whose listeners tell a fallback from research that failed
             reply.sources = [source.public() for source in findings.sources]
             reply.web_sources = findings.sources  # their passages, for the citations (save_reply)
+        if findings.warning:
+            failed = [failure.public() for failure in findings.failed]
+            reply.publish("warning", {"message": findings.warning, "failed": failed})
+        if findings.sources:
             reply.publish("sources", {"sources": reply.sources})
         return findings.prompt()
 

@@ -1,6 +1,7 @@
 """GET /conversations/inference_internet/<chat_id>: the real server and model, a real web on 127.0.0.1."""
 
 import threading
+import time
 
 import pytest
 import requests
@@ -8,6 +9,7 @@ import requests
 from chatapi import create_app
 from tests.support import wait_for
 from tests.support.chats import add_message, history, new_chat
+from tests.support.server import Server
 from tests.support.sse import read_events, read_events_acting
 from tests.support.web import web_settings
 
@@ -204,3 +206,79 @@ def test_the_history_is_read_while_the_web_is_searched(start_server, web, client
 def test_an_unknown_sources_layout_stops_the_app_at_start(database_url):
     with pytest.raises(ValueError, match="CHATAPI_SOURCES_LAYOUT must be one of sources-first, question-first"):
         create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_SOURCES_LAYOUT": "top"})
+
+
+def fallback_settings(web, first: str, second: str = "/searxng/search", **more: str) -> dict:
+    """DuckDuckGo at `first` (given as CHATAPI_SEARCH_URL, as a one-backend setup would), then SearXNG at
+    `second` (given in the list)."""
+    return web_settings(web, first, CHATAPI_SEARCH_BACKEND=f"duckduckgo,searxng={web.url}{second}", **more)
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [("/ratelimited", "rate limiting (202)"), ("/duckduckgo/challenge", "rate limiting (a bot challenge page)")],
+)
+def test_a_rate_limited_search_falls_back_and_says_so(start_server, web, client, first, reason):
+    base = start_server(**fallback_settings(web, first)).url
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))
+    kinds = [e["event"] for e in events]
+    assert kinds[:4] == ["start", "search", "warning", "sources"] and kinds[-1] == "done"
+    assert set(kinds[4:-1]) == {"message"}
+    assert events[2]["data"] == {
+        "message": f"duckduckgo is {reason}; searched with searxng instead.",
+        "failed": [{"backend": "duckduckgo", "reason": reason}],
+    }
+    sources = events[3]["data"]["sources"]
+    assert sources[0]["url"] == f"{web.url}/articles/volcano"
+    done = events[-1]["data"]
+    assert done["message"]["message"] and done["message"]["sources"] == sources
+    assert history(base, chat_id)[-1]["sources"] == sources
+    # A fallback that found sources is not research that failed.
+    assert "chatapi_research_failures_total{" not in requests.get(f"{base}/metrics", timeout=10).text
+
+
+def test_every_backend_failing_is_listed_and_the_answer_comes_without_sources(start_server, web, client):
+    base = start_server(**fallback_settings(web, "/ratelimited", "/broken")).url
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["start", "search", "warning"] and "sources" not in kinds
+    assert events[2]["data"] == {
+        "message": "Web search failed: duckduckgo is rate limiting (202); searxng answered 500. "
+        "Answering without web sources.",
+        "failed": [
+            {"backend": "duckduckgo", "reason": "rate limiting (202)"},
+            {"backend": "searxng", "reason": "answered 500"},
+        ],
+    }
+    done = events[-1]
+    assert done["event"] == "done" and done["data"]["message"]["message"]
+    assert done["data"]["message"]["sources"] is None
+
+
+def test_a_hanging_backend_leaves_time_for_the_next(start_server, web, client):
+    """The first backend drips its answer for a minute; of the 6 s research deadline it gets a third, so
+    SearXNG answers and its pages are read in the time left."""
+    base = start_server(**fallback_settings(web, "/articles/slow", CHATAPI_RESEARCH_TIMEOUT="6")).url
+    chat_id = new_chat(base, QUESTION)
+    asked = time.monotonic()
+    events = read_events(internet(base, chat_id, "max_tokens=8&temperature=0"))
+    kinds = [e["event"] for e in events]
+    assert kinds[:4] == ["start", "search", "warning", "sources"]
+    assert events[2]["data"]["failed"] == [{"backend": "duckduckgo", "reason": "took too long"}]
+    assert events[3]["data"]["sources"][0]["url"] == f"{web.url}/articles/volcano"
+    timings = events[-1]["data"]["timings"]
+    assert 1_900 <= timings["search_ms"] < 4_000  # the first backend's share, then SearXNG's quick answer
+    assert timings["search_ms"] + timings["fetch_ms"] < 6_500  # all within the research deadline
+    assert time.monotonic() - asked < 60
+
+
+def test_an_unknown_search_backend_stops_the_server_at_start(database_url, tmp_path):
+    server = Server(database_url, tmp_path / "gunicorn.log", CHATAPI_SEARCH_BACKEND="duckduckgo,bing")
+    try:
+        server.process.wait(timeout=60)  # gunicorn stops when its worker cannot load the app
+    finally:
+        server.stop()
+    assert server.process.returncode != 0
+    assert "CHATAPI_SEARCH_BACKEND='duckduckgo,bing': unknown search backend 'bing'" in server.output()

@@ -1,16 +1,27 @@
 """The internet-mode steps (search, safe fetch, extraction, ranking) against a real web server on 127.0.0.1."""
 
+import time
 import uuid
 
 import pytest
 import requests
 
+from chatapi import create_app
 from chatapi.web.extract import extract
 from chatapi.web.fetch import AddressPolicy, FetchError, fetch_page
 from chatapi.web.rank import select_sources, sources_prompt
 from chatapi.web.research import Settings, gather
-from chatapi.web.search import SearchError, make_query, search
-from tests.support.web import DRIP_BYTES, FACT
+from chatapi.web.search import (
+    DEFAULT_URLS,
+    Backend,
+    RateLimited,
+    SearchError,
+    backends_from,
+    make_query,
+    parse_duckduckgo,
+    search,
+)
+from tests.support.web import DRIP_BYTES, DUCKDUCKGO_CHALLENGE, FACT
 
 ALLOW = AddressPolicy("127.0.0.1")
 
@@ -47,6 +58,93 @@ def test_search_failures_are_reported(web, path, reason):
 def test_unreachable_search_backend(web):
     with pytest.raises(SearchError, match="could not be reached"):
         search("volcano", "searxng", "http://127.0.0.1:9/search", 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("backend", "path", "reason"),
+    [
+        ("duckduckgo", "/ratelimited", "rate limiting (202)"),
+        ("duckduckgo", "/status/429", "rate limiting (429)"),
+        ("duckduckgo", "/status/403", "rate limiting (403)"),
+        ("duckduckgo", "/duckduckgo/challenge", "rate limiting (a bot challenge page)"),
+        ("searxng", "/status/429", "rate limiting (429)"),
+    ],
+)
+def test_rate_limiting_is_told_apart(web, backend, path, reason):
+    with pytest.raises(RateLimited) as refused:
+        search("volcano", backend, web.url + path, 5, 5)
+    assert str(refused.value) == reason
+    assert refused.value.said_of(backend) == f"{backend} is {reason}"
+
+
+def test_a_searxng_403_is_a_failure_not_rate_limiting(web):
+    """SearXNG answers 403 when its JSON format is switched off: its owner has something to fix."""
+    with pytest.raises(SearchError) as failed:
+        search("volcano", "searxng", web.url + "/status/403", 5, 5)
+    assert type(failed.value) is SearchError and failed.value.said_of("searxng") == "searxng answered 403"
+
+
+def test_a_page_without_results_is_found_nothing(web):
+    assert search("volcano", "duckduckgo", web.url + "/duckduckgo/nothing", 5, 5) == []
+
+
+def test_the_challenge_is_known_by_its_words_alone():
+    words_only = b"<html><body><p>Unfortunately, bots use DuckDuckGo too.</p></body></html>"
+    with pytest.raises(RateLimited):
+        parse_duckduckgo(words_only, "https://html.duckduckgo.com/html/")
+    assert b"anomaly-modal" in DUCKDUCKGO_CHALLENGE.encode()  # the local web's page has the real markers too
+
+
+def test_results_that_mention_the_challenge_are_still_results():
+    page = (
+        '<div class="result"><a class="result__a" href="https://example.test/ddg">Why DuckDuckGo asks</a>'
+        '<a class="result__snippet">Unfortunately, bots use DuckDuckGo too, it says.</a></div>'
+    )
+    results = parse_duckduckgo(page.encode(), "https://html.duckduckgo.com/html/")
+    assert [r.url for r in results] == ["https://example.test/ddg"]
+
+
+def test_a_backend_that_drips_its_answer_is_cut_at_the_deadline(web):
+    """requests' timeout is per read, and the drip sends a byte every half second: only search's own
+    deadline stops it (here without gevent's help, as in any caller outside the server)."""
+    path = f"/articles/slow?test={uuid.uuid4()}"
+    started = time.monotonic()
+    with pytest.raises(SearchError, match="took too long"):
+        search("volcano", "duckduckgo", web.url + path, 5, 1.5)
+    assert time.monotonic() - started < 10  # the drip lasts a minute
+    assert web.dripped[f"{path}&q=volcano"] <= DRIP_BYTES // 4
+
+
+def test_backends_are_listed_in_order_with_their_own_urls():
+    assert backends_from("duckduckgo") == (Backend("duckduckgo", DEFAULT_URLS["duckduckgo"]),)
+    assert backends_from(" DuckDuckGo , searxng=http://127.0.0.1:8888/search ,") == (
+        Backend("duckduckgo", DEFAULT_URLS["duckduckgo"]),
+        Backend("searxng", "http://127.0.0.1:8888/search"),
+    )
+    # CHATAPI_SEARCH_URL is the first backend's endpoint when the list gives it none, and only the first's.
+    assert backends_from("searxng,duckduckgo", "http://search.test/s") == (
+        Backend("searxng", "http://search.test/s"),
+        Backend("duckduckgo", DEFAULT_URLS["duckduckgo"]),
+    )
+    assert backends_from("searxng=http://a.test/s,searxng=http://b.test/s", "http://ignored.test/") == (
+        Backend("searxng", "http://a.test/s"),
+        Backend("searxng", "http://b.test/s"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ("duckduckgo,bing", "unknown search backend 'bing'"),
+        ("google", "unknown search backend 'google'"),
+        ("searxng=ftp://files.test/search", "not an http"),
+        (",", "names no search backend"),
+    ],
+)
+def test_a_backend_that_cannot_be_used_stops_the_app(database_url, setting, said):
+    with pytest.raises(ValueError, match="CHATAPI_SEARCH_BACKEND") as refused:
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_SEARCH_BACKEND": setting})
+    assert said in str(refused.value)
 
 
 def test_an_allowed_page_is_fetched(web):
@@ -188,10 +286,14 @@ def test_room_limits_what_is_kept(web):
     assert select_sources("volcano", documents, {}, 10, words) == []
 
 
-def settings(web, **changes) -> Settings:
+def listed(web, *backends: tuple[str, str]) -> str:
+    """CHATAPI_SEARCH_BACKEND for backends at paths of the local web: ("duckduckgo", "/ratelimited"), ..."""
+    return ",".join(f"{name}={web.url}{path}" for name, path in backends)
+
+
+def settings(web, backends: str = "", **changes) -> Settings:
     values = dict(
-        backend="duckduckgo",
-        search_url=f"{web.url}/duckduckgo/html/",
+        backends=backends_from(backends or f"duckduckgo={web.url}/duckduckgo/html/"),
         results=7,
         fetch_timeout=2,
         allow="127.0.0.1",
@@ -221,7 +323,7 @@ def test_gather_reads_what_it_can_and_cites_the_fact(web, elsewhere):
 
 @pytest.mark.parametrize(("search_url", "warning"), [("/ratelimited", "rate limiting"), ("/broken", "answered 500")])
 def test_gather_warns_when_search_fails(web, search_url, warning):
-    findings = gather("volcano", settings(web, search_url=web.url + search_url), 600, words, lambda q: None)
+    findings = gather("volcano", settings(web, listed(web, ("duckduckgo", search_url))), 600, words, lambda q: None)
     assert warning in findings.warning and findings.sources == [] and findings.prompt() == ""
 
 
@@ -238,3 +340,87 @@ def test_a_second_ask_is_served_from_the_cache(web):
     before = len(web.requests)
     again = gather(question, settings(web), 600, words, lambda q: None)
     assert len(web.requests) == before and again.sources
+
+
+# The gathers below read the first 3 results only (the volcano, a filler and a redirect): ranking the 2 MB
+# page further down takes seconds that tell nothing about the search.
+
+
+def searched(web, before: int) -> list[str]:
+    """The search backends' paths the web was asked for since `before` (pages left out)."""
+    return [path.split("?")[0] for path in web.requests[before:] if not path.startswith("/articles/")]
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [("/ratelimited", "rate limiting (202)"), ("/duckduckgo/challenge", "rate limiting (a bot challenge page)")],
+)
+def test_a_rate_limiting_backend_hands_over_to_the_next(web, first, reason):
+    before = len(web.requests)
+    backends = listed(web, ("duckduckgo", first), ("searxng", "/searxng/search"))
+    findings = gather(
+        "How often does the Zorblax volcano erupt?", settings(web, backends, results=3), 600, words, lambda q: None
+    )
+    assert searched(web, before) == [first, "/searxng/search"]
+    assert [failure.public() for failure in findings.failed] == [{"backend": "duckduckgo", "reason": reason}]
+    assert findings.warning == f"duckduckgo is {reason}; searched with searxng instead."
+    assert findings.sources and FACT in findings.prompt()
+
+
+def test_every_backend_failing_is_told_backend_by_backend(web):
+    backends = listed(web, ("duckduckgo", "/ratelimited"), ("searxng", "/broken"), ("searxng", "/status/403"))
+    findings = gather("volcano", settings(web, backends, results=3), 600, words, lambda q: None)
+    assert findings.warning == (
+        "Web search failed: duckduckgo is rate limiting (202); searxng answered 500; searxng answered 403. "
+        "Answering without web sources."
+    )
+    assert [f.public()["reason"] for f in findings.failed] == ["rate limiting (202)", "answered 500", "answered 403"]
+    assert findings.sources == []
+
+
+def test_found_nothing_is_an_answer_and_the_next_backend_is_not_asked(web):
+    before = len(web.requests)
+    backends = listed(web, ("duckduckgo", "/duckduckgo/nothing"), ("searxng", "/searxng/search"))
+    findings = gather("volcano", settings(web, backends, results=3), 600, words, lambda q: None)
+    assert searched(web, before) == ["/duckduckgo/nothing"]
+    assert findings.warning == "Web search found nothing. Answering without web sources." and findings.failed == []
+
+
+def test_a_hanging_backend_leaves_time_for_the_next_and_the_pages(web):
+    """Two backends and 6 s: the first gets a third (the second and the pages a third each after it), so the
+    one that drips for a minute is given up after about 2 s and the second answers with time left to read."""
+    before = len(web.requests)
+    backends = listed(web, ("duckduckgo", f"/articles/slow?test={uuid.uuid4()}"), ("searxng", "/searxng/search"))
+    findings = gather(
+        "How often does the Zorblax volcano erupt?",
+        settings(web, backends, results=3, deadline=6),
+        600,
+        words,
+        lambda q: None,
+    )
+    assert [f.public() for f in findings.failed] == [{"backend": "duckduckgo", "reason": "took too long"}]
+    assert findings.warning == "duckduckgo took too long; searched with searxng instead."
+    assert 1.9 <= findings.timings["search_ms"] / 1000 < 4  # its share, not the whole 6 s
+    assert "/searxng/search" in searched(web, before)
+    assert findings.timings["search_ms"] + findings.timings["fetch_ms"] < 6_500  # within the deadline
+    assert findings.sources and FACT in findings.prompt()
+
+
+def test_the_cache_keeps_which_backend_answered_and_never_a_failure(web):
+    question = "cache by backend for the Zorblax volcano"
+    fallback = listed(web, ("duckduckgo", "/ratelimited"), ("searxng", "/searxng/search"))
+    gather(question, settings(web, fallback, results=3), 600, words, lambda q: None)
+    before = len(web.requests)
+    again = gather(question, settings(web, fallback, results=3), 600, words, lambda q: None)
+    # SearXNG's answer is remembered: the rate-limiting backend is not asked again to find it still is.
+    assert web.requests[before:] == [] and again.sources and again.warning is None
+    before = len(web.requests)
+    gather(
+        question, settings(web, listed(web, ("duckduckgo", "/duckduckgo/html/")), results=3), 600, words, lambda q: None
+    )
+    assert searched(web, before) == ["/duckduckgo/html/"]  # another backend's answer is not this one's
+    failing = listed(web, ("duckduckgo", "/broken"))
+    for _ in range(2):
+        before = len(web.requests)
+        assert gather(question + "?", settings(web, failing, results=3), 600, words, lambda q: None).failed
+        assert searched(web, before) == ["/broken"]  # asked again: failures are not remembered

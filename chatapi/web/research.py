@@ -1,4 +1,4 @@
-"""The internet-mode pipeline: query, search, fetch, extract, rank; each step timed.
+"""The internet-mode pipeline: query, search (the backends in turn), fetch, extract, rank; each step timed.
 
 Runs in a greenlet: pages are fetched concurrently, and parsing runs in the hub's thread pool
 so that a large page never stalls the server.
@@ -14,7 +14,7 @@ from .cache import TTLCache
 from .extract import Document, extract
 from .fetch import AddressPolicy, FetchError, fetch_page
 from .rank import Source, select_sources, sources_prompt
-from .search import SearchError, SearchResult, make_query, search
+from .search import Backend, SearchError, SearchResult, backends_from, make_query, search
 
 CACHE_SECONDS = 300
 ENOUGH_PAGES = 2
@@ -31,8 +31,7 @@ def clear_caches() -> None:
 
 @dataclass
 class Settings:
-    backend: str
-    search_url: str | None
+    backends: tuple[Backend, ...]  # asked in this order until one answers
     results: int
     fetch_timeout: float
     allow: str
@@ -40,9 +39,9 @@ class Settings:
 
     @classmethod
     def from_config(cls, config) -> "Settings":
+        """The settings of CHATAPI_*; ValueError for a search backend that cannot be used."""
         return cls(
-            backend=config["CHATAPI_SEARCH_BACKEND"],
-            search_url=config["CHATAPI_SEARCH_URL"],
+            backends=backends_from(config["CHATAPI_SEARCH_BACKEND"], config["CHATAPI_SEARCH_URL"]),
             results=config["CHATAPI_SEARCH_RESULTS"],
             fetch_timeout=config["CHATAPI_FETCH_TIMEOUT"],
             allow=config["CHATAPI_FETCH_ALLOW"],
@@ -50,16 +49,34 @@ class Settings:
         )
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A search backend that did not answer, and why."""
+
+    backend: str
+    error: SearchError
+
+    def said(self) -> str:
+        return self.error.said_of(self.backend)  # "duckduckgo is rate limiting (202)"
+
+    def public(self) -> dict:
+        return {"backend": self.backend, "reason": str(self.error)}
+
+
 @dataclass
 class Findings:
     query: str
     sources: list[Source] = field(default_factory=list)
-    warning: str | None = None
+    warning: str | None = None  # for the user: what failed, in sentences
+    failed: list[Failure] = field(default_factory=list)  # the search backends that did not answer, in order
     timings: dict = field(default_factory=dict)  # search_ms, fetch_ms, rank_ms
 
     def prompt(self) -> str:
         """Text for the system prompt, or "" when there is nothing to cite."""
         return sources_prompt(self.sources) if self.sources else ""
+
+    def warn(self, sentence: str) -> None:
+        self.warning = f"{self.warning} {sentence}" if self.warning else sentence
 
 
 def gather(
@@ -77,22 +94,23 @@ def gather(
     on_query(findings.query)
     deadline = time.monotonic() + settings.deadline
     started = time.monotonic()
-    try:
-        results = cached_search(findings.query, settings, deadline)
-    except SearchError as exc:
-        findings.warning = f"Web search failed: {exc}. Answering without web sources."
+    answered, results = search_in_turn(findings.query, settings, deadline, findings.failed)
+    findings.timings["search_ms"] = round((time.monotonic() - started) * 1000, 1)
+    failures = "; ".join(failure.said() for failure in findings.failed)
+    if answered is None:
+        findings.warn(f"Web search failed: {failures}. Answering without web sources.")
         return findings
-    finally:
-        findings.timings["search_ms"] = round((time.monotonic() - started) * 1000, 1)
+    if findings.failed:  # said even when the answer has sources: the server's owner may want to know
+        findings.warn(f"{failures}; searched with {answered.name} instead.")
     if not results:
-        findings.warning = "Web search found nothing. Answering without web sources."
+        findings.warn("Web search found nothing. Answering without web sources.")
         return findings
 
     started = time.monotonic()
     pages = read_pages(results, settings, deadline)
     findings.timings["fetch_ms"] = round((time.monotonic() - started) * 1000, 1)
     if not pages:
-        findings.warning = "None of the pages found could be read. Answering without web sources."
+        findings.warn("None of the pages found could be read. Answering without web sources.")
         return findings
 
     started = time.monotonic()
@@ -102,19 +120,49 @@ def gather(
     )
     findings.timings["rank_ms"] = round((time.monotonic() - started) * 1000, 1)
     if not findings.sources:
-        findings.warning = "The pages found had no text that fits. Answering without web sources."
+        findings.warn("The pages found had no text that fits. Answering without web sources.")
     return findings
 
 
-def cached_search(query: str, settings: Settings, deadline: float) -> list[SearchResult]:
-    key = (settings.backend, settings.search_url, settings.results, query)
-    results = searches.get(key)
-    if results is None:
-        timeout = max(0.1, deadline - time.monotonic())
-        with gevent.Timeout(timeout, SearchError("the search took too long")):
-            results = search(query, settings.backend, settings.search_url, settings.results, timeout)
-        searches.put(key, results)
-    return results
+def search_in_turn(
+    query: str, settings: Settings, deadline: float, failed: list[Failure]
+) -> tuple[Backend | None, list[SearchResult]]:
+    """The backend that answered and its results: the backends are asked in order until one answers (an
+    empty list is an answer: it found nothing); each that fails or is rate limiting goes into `failed`.
+    (None, []) when none answered."""
+    # A backend's answer of the last few minutes first, in order: asking again would give the same pages,
+    # and a backend that was rate limiting is not asked again to find it still is. Failures are not
+    # remembered: the next question tries the first backend again.
+    for backend in settings.backends:
+        results = searches.get(search_key(backend, settings, query))
+        if results is not None:
+            return backend, results
+    for tried, backend in enumerate(settings.backends):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            failed.append(Failure(backend.name, SearchError("was not tried (no time was left)")))
+            continue
+        # Every backend but the last gets an equal share of the time left, counting one more share for
+        # reading the pages: a hanging backend is given up in time for the next one and the pages (5 of the
+        # default 15 s when two are set), while a healthy one answers in a second or two, far within its share.
+        # The last gets all that is left: without its answer there is nothing to read.
+        later = len(settings.backends) - tried - 1
+        timeout = remaining / (later + 2) if later else remaining
+        try:
+            # gevent's timeout bounds what search's own deadline does not: resolving the name, a last slow read.
+            with gevent.Timeout(timeout, SearchError("took too long")):
+                results = search(query, backend.name, backend.url, settings.results, timeout)
+        except SearchError as exc:
+            failed.append(Failure(backend.name, exc))
+            continue
+        searches.put(search_key(backend, settings, query), results)
+        return backend, results
+    return None, []
+
+
+def search_key(backend: Backend, settings: Settings, query: str) -> tuple:
+    """Which backend answered is part of the key: another backend's results are other pages."""
+    return (backend.name, backend.url, settings.results, query)
 
 
 def read_pages(results: list[SearchResult], settings: Settings, deadline: float) -> list[Document]:

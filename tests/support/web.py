@@ -19,6 +19,18 @@ VOLCANO = f"""<!doctype html><html><head><title>Zorblax volcano facts</title>
 FILLER = """<html><head><title>{title}</title></head><body><article>
 <p>{text}</p></article></body></html>"""
 DRIP_BYTES, DRIP_SECONDS = 120, 0.5  # /articles/slow: a byte every half second, for a minute
+# DuckDuckGo's answer to a client it takes for a bot: 200, a challenge instead of results (its shape, shortened).
+DUCKDUCKGO_CHALLENGE = """<!DOCTYPE html><html lang="en-US"><head><title>DuckDuckGo</title></head><body>
+<form id="challenge-form" action="//duckduckgo.com/anomaly.js?sv=html&amp;cc=botnet&amp;q=volcano" method="POST">
+<div class="anomaly-modal__mask"><div class="anomaly-modal__modal" data-testid="anomaly-modal">
+<div class="anomaly-modal__title">Unfortunately, bots use DuckDuckGo too.</div>
+<div class="anomaly-modal__description">Please complete the following challenge to confirm this search was made
+by a human.</div><div class="anomaly-modal__instructions">Select all squares containing a duck:</div>
+<div class="anomaly-modal__images"><img src="/assets/anomaly/images/challenge/1.jpg" alt=""></div>
+<button class="anomaly-modal__submit" type="submit">Submit</button></div></div></form></body></html>"""
+# DuckDuckGo's page for a query it found nothing for: 200, no results, and no challenge.
+DUCKDUCKGO_NOTHING = """<html><body><div id="links" class="results">
+<div class="no-results">No results.</div></div></body></html>"""
 LATIN1 = (
     "<html><head><title>Caf\xe9 page</title></head><body><p>Cr\xe8me br\xfbl\xe9e at the caf\xe9.</p></body></html>"
 )
@@ -92,10 +104,16 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/searxng/search":
             assert query.get("format") == ["json"]
             return self.send(200, web.searxng_json().encode(), "application/json")
+        if path == "/duckduckgo/challenge":
+            return self.send(200, DUCKDUCKGO_CHALLENGE.encode())
+        if path == "/duckduckgo/nothing":
+            return self.send(200, DUCKDUCKGO_NOTHING.encode())
         if path == "/ratelimited":
             return self.send(202, b"<html>Please wait</html>")
         if path == "/broken":
             return self.send(500, b"oops")
+        if path.startswith("/status/"):  # /status/429: that status, for the other ways of saying no
+            return self.send(int(path.rsplit("/", 1)[-1]), b"<html>No.</html>")
         if path == "/articles/volcano":
             return self.send(200, VOLCANO.encode())
         if path.startswith("/articles/filler"):
