@@ -239,8 +239,20 @@ class StreamSourcesSchema(ma.Schema):
     sources = fields.List(fields.Nested(SourceSchema), required=True)
 
 
+class FailedBackendSchema(ma.Schema):
+    backend = fields.String(required=True, metadata={"description": "duckduckgo or searxng"})
+    reason = fields.String(required=True, metadata={"description": "rate limiting (202), answered 500, ..."})
+
+
 class StreamWarningSchema(ma.Schema):
     message = fields.String(required=True, metadata={"description": "the search or the pages failed"})
+    failed = fields.List(
+        fields.Nested(FailedBackendSchema),
+        required=True,
+        metadata={
+            "description": "the search backends that failed, in the order tried (also when a later one answered)"
+        },
+    )
 
 
 class StreamQueuedSchema(ma.Schema):
