@@ -274,6 +274,17 @@ def test_a_hanging_backend_leaves_time_for_the_next(start_server, web, client):
     assert time.monotonic() - asked < 60
 
 
+def test_a_fresh_server_reads_its_first_pages_together(start_server, web, client):
+    """SearXNG answers in JSON, so the pages' extraction is the first HTML work of the server: once, only one
+    page was read and the others waited for a lock until the slow page's 30 s were up."""
+    base = start_server(**web_settings(web, "/searxng/search", CHATAPI_SEARCH_BACKEND="searxng")).url
+    events = read_events(internet(base, new_chat(base, QUESTION), "max_tokens=8&temperature=0"))
+    sources = next(e["data"]["sources"] for e in events if e["event"] == "sources")
+    assert {f"{web.url}/articles/volcano", f"{web.url}/articles/filler-one"} <= {s["url"] for s in sources}
+    # Two pages read, then the stragglers' one more second: far below the slow page's 30 s.
+    assert events[-1]["data"]["timings"]["fetch_ms"] < 10_000
+
+
 def test_an_unknown_search_backend_stops_the_server_at_start(database_url, tmp_path):
     server = Server(database_url, tmp_path / "gunicorn.log", CHATAPI_SEARCH_BACKEND="duckduckgo,bing")
     try:

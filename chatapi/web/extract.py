@@ -3,6 +3,7 @@
 import re
 from dataclasses import dataclass
 
+import soupsieve
 from bs4 import BeautifulSoup
 
 from .fetch import Page
@@ -26,7 +27,10 @@ NOT_CONTENT = [
     "textarea",
     "dialog",
 ]
-HIDDEN = (
+# Compiled here, once: soupsieve compiles a selector under a lock, which gevent's monkey-patching turns into
+# one that threads of the hub's pool cannot hand to each other, so pages extracted at once in a fresh server
+# waited for that lock until the research deadline (only one of the first pages was read).
+HIDDEN = soupsieve.compile(
     '[hidden], [aria-hidden="true"], [style*="display:none"], [style*="display: none"], '
     '[style*="visibility:hidden"], [style*="visibility: hidden"]'
 )
@@ -47,7 +51,7 @@ def extract(page: Page) -> Document:
     title = normalise(soup.title.get_text(" ")) if soup.title else ""
     for element in soup(NOT_CONTENT):
         element.decompose()
-    for element in soup.select(HIDDEN):
+    for element in HIDDEN.select(soup):
         element.decompose()
     roots = soup.find_all("main") or soup.find_all("article") or [soup.body or soup]
     text = "\n".join(root.get_text("\n") for root in roots)
