@@ -617,11 +617,16 @@ def test_internet_mode_shows_numbered_sources_as_links(tab, page_server, web):
 
 
 def with_citation_marks(text: str, citations: list[dict]) -> str:
-    """The text as the page shows it: [n] after each cited sentence."""
+    """The text as the page shows it: [n] after each cited sentence, or in place of an [n] the model wrote."""
+    marks = {}
+    for citation in citations:
+        marker = f"[{citation['n']}]"
+        written = text.rfind(marker, citation["start"], citation["end"])
+        marks[(written, len(marker)) if written >= 0 else (citation["end"], 0)] = marker
     shown, at = [], 0
-    for citation in sorted(citations, key=lambda c: c["end"]):
-        shown += [text[at : citation["end"]], f"[{citation['n']}]"]
-        at = citation["end"]
+    for (mark, length), marker in sorted(marks.items()):
+        shown += [text[at:mark], marker]
+        at = mark + length
     return "".join(shown) + text[at:]
 
 
@@ -672,7 +677,8 @@ def test_saved_sources_with_script_urls_and_html_titles_are_inert_text(tab, page
     page.goto(f"/#chat={chat_id}")
     reply = last_reply(page)
     expect(reply).to_have_attribute("data-state", "saved")
-    expect(reply.locator(".bubble")).to_have_text("It erupts every 47 minutes [1].[1][6]")
+    # The [1] the model wrote becomes the link; none is added after the sentence.
+    expect(reply.locator(".bubble")).to_have_text("It erupts every 47 minutes [1].[6]")
     # The citation of the script URL is text; only the web address's is a link.
     expect(reply.locator(".bubble .citation span.citation-link")).to_have_text(["[1]"])
     expect(reply.locator(".bubble a")).to_have_count(1)

@@ -611,15 +611,24 @@
    * (`citations`: character offsets into the text). Text nodes only: the text is never read as HTML. */
   function showText(bubble, text, citations, sources) {
     const byNumber = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
+    // Each citation's link goes after its sentence; where the model wrote the "[n]" itself, in its place.
     const marks = (Array.isArray(citations) ? citations : [])
       .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && byNumber.has(c.n))
-      .sort((a, b) => a.end - b.end);
+      .map((c) => {
+        const marker = `[${c.n}]`;
+        const written = text.lastIndexOf(marker, c.end - marker.length);
+        return written >= 0 && written >= c.start
+          ? { at: written, length: marker.length, n: c.n }
+          : { at: c.end, length: 0, n: c.n };
+      })
+      .sort((a, b) => a.at - b.at);
     const parts = [];
     let shown = 0;
-    for (const citation of marks) {
-      if (citation.end > shown) parts.push(document.createTextNode(text.slice(shown, citation.end)));
-      shown = Math.max(shown, citation.end);
-      parts.push(citationLink(byNumber.get(citation.n)));
+    for (const mark of marks) {
+      if (mark.at < shown) continue; // the same written marker cited twice
+      if (mark.at > shown) parts.push(document.createTextNode(text.slice(shown, mark.at)));
+      shown = mark.at + mark.length;
+      parts.push(citationLink(byNumber.get(mark.n)));
     }
     if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
     bubble.replaceChildren(...parts);
