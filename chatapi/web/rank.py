@@ -45,10 +45,11 @@ def split_passages(document: Document, size: int = PASSAGE_WORDS) -> list[Passag
     passages, current = [], []
     for line in document.text.splitlines():
         words = line.split()
-        while words:
+        taken = 0
+        while taken < len(words):  # an index, not words = words[room:]: a page that is one long line is common
             room = size - len(current)
-            current += words[:room]
-            words = words[room:]
+            current += words[taken : taken + room]
+            taken += room
             if len(current) >= size:
                 passages.append(Passage(document, " ".join(current)))
                 current = []
