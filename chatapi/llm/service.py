@@ -299,7 +299,7 @@ class ReplyService:
         reply.begin(prompt)
         if research:
             self._read_ahead(reply, prompt)
-            extra = research(reply, budget - len(prompt.tokens) - SOURCES_MARGIN)
+            extra = research(reply, reserve - SOURCES_MARGIN)  # CHATAPI_SOURCES_TOKENS, the joining lines included
             if extra:
                 reply.job.prompt = self.in_thread(self.prompts.with_sources, prompt, extra, s.sources_layout)
 
