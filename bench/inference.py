@@ -267,6 +267,7 @@ class Reply:
     tokens: list[float] = field(default_factory=list)  # arrival of each token event
     done_at: float | None = None
     done: dict | None = None
+    named: dict[str, tuple[float, dict]] = field(default_factory=dict)  # the first event of each other kind: time, data
 
     @property
     def ttft(self) -> float:
@@ -297,6 +298,8 @@ def stream(url: str, on_token=None) -> Reply:
                 break
             elif event["event"] == "error":
                 raise RuntimeError(f"{url}: {event['data']}")
+            else:
+                reply.named.setdefault(event["event"], (at, event["data"]))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} still streaming after {DEADLINE_SECONDS} s")
     finally:
