@@ -10,6 +10,7 @@ starts), the same questions in the same order on each, after one local-mode ques
 
 import re
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from tests.support.web import web_settings
 LAYOUTS = ("sources-first", "question-first", "system")
 SOURCES_TOKENS = (512, 1536)
 CONFIGURATIONS = [(layout, tokens) for layout in LAYOUTS for tokens in SOURCES_TOKENS]
-MAX_TOKENS = 48  # enough for a sentence that states the fact; the prompt's reading is most of the time
+MAX_TOKENS = 32  # enough for a sentence that states the fact (most answers are a few words, or loop to the end)
 SETTINGS = ("CHATAPI_SOURCES_LAYOUT", "CHATAPI_SOURCES_TOKENS")
 
 
@@ -37,7 +38,7 @@ class Outcome:
     answered: bool  # the answer states the fact
     cited: bool  # a citation's number is the fact's page among the sources
     sources_s: float | None  # request to the `sources` event (None: there was none)
-    ttft_s: float
+    ttft_s: float | None  # request to the first token (None: the model stopped at once)
     prompt_tokens: int
     injected: set[str]  # the injection pages among the search results (slugs)
     injected_read: set[str]  # ...and among the sources the model was given
@@ -47,16 +48,16 @@ class Outcome:
 def cited_numbers(done: dict) -> set[int]:
     """The source numbers the answer cites: the server's `citations` (when it sends them) and any [n] the
     model wrote itself."""
-    message = done["message"]
+    message = done["message"] or {}
     citations = done.get("citations") or message.get("citations") or []
-    return {c["n"] for c in citations} | {int(n) for n in re.findall(r"\[(\d+)\]", message["message"])}
+    return {c["n"] for c in citations} | {int(n) for n in re.findall(r"\[(\d+)\]", message.get("message") or "")}
 
 
 def ask(server: Server, web: FactWeb, question: Question) -> Outcome:
     chat_id = server.new_chat([("Human", question.text)])
     url = f"{server.url}/conversations/inference_internet/{chat_id}?max_tokens={MAX_TOKENS}&temperature=0"
-    reply: Reply = stream(url)
-    answer = reply.done["message"]["message"]
+    reply: Reply = stream(url, allow_empty=True)
+    answer = (reply.done["message"] or {}).get("message") or ""
     sources_at, sources = reply.named.get("sources", (None, {"sources": []}))
     url_of = {s["n"]: s["url"] for s in sources["sources"]}
     results = {page.slug for page in web.search(question.text)}
@@ -67,7 +68,7 @@ def ask(server: Server, web: FactWeb, question: Question) -> Outcome:
         answered=question.answered_by(answer),
         cited=web.page_url(question.page) in {url_of.get(n) for n in cited_numbers(reply.done)},
         sources_s=None if sources_at is None else sources_at - reply.sent,
-        ttft_s=reply.ttft,
+        ttft_s=reply.ttft if reply.tokens else None,
         prompt_tokens=reply.done["usage"]["prompt_tokens"],
         injected={slug for slug in INJECTED_PAGES if slug in results},
         injected_read={slug for slug in INJECTED_PAGES if web.page_url(slug) in read},
@@ -79,11 +80,13 @@ def run_configuration(web: FactWeb, layout: str, tokens: int) -> tuple[list[Outc
     """Every question on a server of its own with this layout and room; also the error lines of its log."""
     settings = web_settings(web, CHATAPI_FETCH_TIMEOUT="8", CHATAPI_RESEARCH_TIMEOUT="15")  # the defaults
     settings |= {"CHATAPI_SOURCES_LAYOUT": layout, "CHATAPI_SOURCES_TOKENS": str(tokens)}
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:
         with Server(Path(workdir), model_path(), **settings) as server:
             warm_up = server.new_chat([("Human", "Hello! How are you today?")])
             stream(server.infer_url(warm_up, MAX_TOKENS))
             outcomes = [ask(server, web, question) for question in QUESTIONS]
+    print(f"  ({layout} {tokens}: {time.monotonic() - started:.0f} s)", file=sys.stderr)  # progress, not the table
     return outcomes, server.problems
 
 
@@ -91,20 +94,21 @@ def share(count: int, total: int) -> str:
     return f"{count}/{total} {count / total:4.0%}" if total else "-"
 
 
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
+def median_seconds(values: list[float | None]) -> str:
+    """The median of the known values, or "-" when there are none."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.2f}" if known else "-"
 
 
 def row(layout: str, tokens: int, outcomes: list[Outcome]) -> str:
     total = len(outcomes)
-    to_sources = median([o.sources_s for o in outcomes if o.sources_s is not None])
     exposed = [o for o in outcomes if o.injected]
+    prompt = statistics.median(o.prompt_tokens for o in outcomes)
     return (
         f"{layout:15} {tokens:>7} {share(sum(o.answered for o in outcomes), total):>11} "
-        f"{share(sum(o.cited for o in outcomes), total):>11} "
-        f"{'-' if to_sources is None else f'{to_sources:.2f}':>10} {median([o.ttft_s for o in outcomes]):8.2f} "
-        f"{median([o.prompt_tokens for o in outcomes]):7.0f} {share(sum(o.pwned for o in exposed), len(exposed)):>10} "
-        f"{total:>9}"
+        f"{share(sum(o.cited for o in outcomes), total):>11} {median_seconds([o.sources_s for o in outcomes]):>10} "
+        f"{median_seconds([o.ttft_s for o in outcomes]):>8} {prompt:7.0f} "
+        f"{share(sum(o.pwned for o in exposed), len(exposed)):>10} {total:>9}"
     )
 
 
@@ -139,9 +143,10 @@ def main() -> str | None:
             exposed = [o for o in outcomes if slug in o.injected]
             read = sum(slug in o.injected_read for o in exposed)
             injections.append(f"{slug} read in {read} of {len(exposed)}, PWNED {sum(o.pwned for o in exposed)}")
+        empty = sum(not o.answer for o in outcomes)
         print(
-            f"  {layout} {tokens}: answered questions {' '.join(map(str, numbers)) or 'none'}; "
-            f"{'; '.join(injections)}; server log: {len(problems)} error lines",
+            f"  {layout} {tokens}: answered questions {' '.join(map(str, numbers)) or 'none'}; {empty} empty "
+            f"answers; {'; '.join(injections)}; server log: {len(problems)} error lines",
             *problems[:3],
             sep="\n    ",
         )

@@ -279,8 +279,9 @@ class Reply:
         return (len(self.tokens) - 1) / (self.done_at - self.tokens[0])
 
 
-def stream(url: str, on_token=None) -> Reply:
-    """Read one reply to its end (done, or error: raised), timing each token event as it arrives."""
+def stream(url: str, on_token=None, allow_empty: bool = False) -> Reply:
+    """Read one reply to its end (done, or error: raised), timing each token event as it arrives. A reply
+    without tokens is an error unless allow_empty (a model may stop at once)."""
     reply = Reply(sent=time.perf_counter())
     deadline = time.monotonic() + DEADLINE_SECONDS
     events = EventStream(url, timeout=30)
@@ -304,8 +305,10 @@ def stream(url: str, on_token=None) -> Reply:
                 raise TimeoutError(f"{url} still streaming after {DEADLINE_SECONDS} s")
     finally:
         events.close()
-    if reply.done is None or not reply.tokens:
-        raise RuntimeError(f"{url} ended without done or without tokens")
+    if reply.done is None:
+        raise RuntimeError(f"{url} ended without done")
+    if not reply.tokens and not allow_empty:
+        raise RuntimeError(f"{url} ended without tokens: {reply.done}")
     return reply
 
 
