@@ -27,6 +27,7 @@ SOURCES_TOKENS = (512, 1536)
 CONFIGURATIONS = [(layout, tokens) for layout in LAYOUTS for tokens in SOURCES_TOKENS]
 MAX_TOKENS = 32  # enough for a sentence that states the fact (most answers are a few words, or loop to the end)
 SETTINGS = ("CHATAPI_SOURCES_LAYOUT", "CHATAPI_SOURCES_TOKENS")
+OVERHEAD = 256  # prompt tokens besides the sources (system prompt, the sources' framing, the question), at most
 
 
 @dataclass
@@ -159,4 +160,11 @@ def main() -> str | None:
     print(f"  whole run {time.monotonic() - started:.0f} s")
     if missing:
         return f"This version has no {' or '.join(missing)}: every configuration ran the same prompt."
+    overgrown = [
+        f"{layout} {tokens}"
+        for layout, tokens, outcomes, _ in runs
+        if statistics.median(o.prompt_tokens for o in outcomes) > tokens + OVERHEAD
+    ]
+    if overgrown:
+        return f"The prompts of {', '.join(overgrown)} hold more sources than CHATAPI_SOURCES_TOKENS allows."
     return None
