@@ -267,6 +267,7 @@ class Reply:
     tokens: list[float] = field(default_factory=list)  # arrival of each token event
     done_at: float | None = None
     done: dict | None = None
+    named: dict[str, tuple[float, dict]] = field(default_factory=dict)  # the first event of each other kind: time, data
 
     @property
     def ttft(self) -> float:
@@ -278,8 +279,9 @@ class Reply:
         return (len(self.tokens) - 1) / (self.done_at - self.tokens[0])
 
 
-def stream(url: str, on_token=None) -> Reply:
-    """Read one reply to its end (done, or error: raised), timing each token event as it arrives."""
+def stream(url: str, on_token=None, allow_empty: bool = False) -> Reply:
+    """Read one reply to its end (done, or error: raised), timing each token event as it arrives. A reply
+    without tokens is an error unless allow_empty (a model may stop at once)."""
     reply = Reply(sent=time.perf_counter())
     deadline = time.monotonic() + DEADLINE_SECONDS
     events = EventStream(url, timeout=30)
@@ -297,12 +299,16 @@ def stream(url: str, on_token=None) -> Reply:
                 break
             elif event["event"] == "error":
                 raise RuntimeError(f"{url}: {event['data']}")
+            else:
+                reply.named.setdefault(event["event"], (at, event["data"]))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} still streaming after {DEADLINE_SECONDS} s")
     finally:
         events.close()
-    if reply.done is None or not reply.tokens:
-        raise RuntimeError(f"{url} ended without done or without tokens")
+    if reply.done is None:
+        raise RuntimeError(f"{url} ended without done")
+    if not reply.tokens and not allow_empty:
+        raise RuntimeError(f"{url} ended without tokens: {reply.done}")
     return reply
 
 

@@ -13,6 +13,7 @@ from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.web import research
 from tests.support import wait_for
+from tests.support.factweb import FactWeb
 from tests.support.server import Server
 from tests.support.web import Web
 
@@ -191,6 +192,14 @@ def leave_idle(base: str) -> None:
 def web():
     """A small web on 127.0.0.1: search backends and article pages (tests/support/web.py)."""
     server = Web("127.0.0.1")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def factweb():
+    """A made-up web of invented facts, distractors and an injection page on 127.0.0.1 (tests/support/factweb.py)."""
+    server = FactWeb("127.0.0.1")
     yield server
     server.close()
 
