@@ -293,3 +293,13 @@ def test_an_unknown_search_backend_stops_the_server_at_start(database_url, tmp_p
         server.stop()
     assert server.process.returncode != 0
     assert "CHATAPI_SEARCH_BACKEND='duckduckgo,bing': unknown search backend 'bing'" in server.output()
+
+
+def test_the_sources_take_at_most_their_room(start_server, web, client):
+    """CHATAPI_SOURCES_TOKENS caps the tokens the sources add to the prompt, however much the window has free."""
+    base = start_server(**web_settings(web, CHATAPI_SOURCES_TOKENS="256")).url
+    local = read_events(f"{base}/conversations/inference/{new_chat(base, QUESTION)}?max_tokens=1&temperature=0")
+    sourced = read_events(internet(base, new_chat(base, QUESTION), "max_tokens=1&temperature=0"))
+    added = sourced[-1]["data"]["usage"]["prompt_tokens"] - local[-1]["data"]["usage"]["prompt_tokens"]
+    assert sourced[-1]["data"]["message"]["sources"]
+    assert 100 < added <= 256
