@@ -21,10 +21,11 @@ from config import Config
 from tests.support.factweb import INJECTED_PAGES, QUESTIONS, FactWeb, Question
 from tests.support.web import web_settings
 
-# What to compare: each layout with each room for sources (CHATAPI_SOURCES_LAYOUT x CHATAPI_SOURCES_TOKENS).
-LAYOUTS = ("sources-first", "question-first", "system")
+# What to compare: layouts and rooms for sources (CHATAPI_SOURCES_LAYOUT, CHATAPI_SOURCES_TOKENS).
+LAYOUTS = ("sources-first", "question-first")
 SOURCES_TOKENS = (512, 1536)
-CONFIGURATIONS = [(layout, tokens) for layout in LAYOUTS for tokens in SOURCES_TOKENS]
+# Both sources-first layouts with both rooms, and the old placement (the head of the system prompt) once.
+CONFIGURATIONS = [(layout, tokens) for layout in LAYOUTS for tokens in SOURCES_TOKENS] + [("system", 512)]
 MAX_TOKENS = 32  # enough for a sentence that states the fact (most answers are a few words, or loop to the end)
 SETTINGS = ("CHATAPI_SOURCES_LAYOUT", "CHATAPI_SOURCES_TOKENS")
 OVERHEAD = 256  # prompt tokens besides the sources (system prompt, the sources' framing, the question), at most
