@@ -76,7 +76,7 @@ class Config:
     CHATAPI_RESEARCH_TIMEOUT = float(os.environ.get("CHATAPI_RESEARCH_TIMEOUT") or 15)
     # Tokens of the prompt kept for web sources (at most half the window), and where they go: in the latest
     # Human turn, before or after the question, or at the head of the system prompt (README, "Internet mode").
-    CHATAPI_SOURCES_TOKENS = int(os.environ.get("CHATAPI_SOURCES_TOKENS") or 1536)
+    CHATAPI_SOURCES_TOKENS = int(os.environ.get("CHATAPI_SOURCES_TOKENS") or 512)
     CHATAPI_SOURCES_LAYOUT = os.environ.get("CHATAPI_SOURCES_LAYOUT") or "sources-first"
 
     # Authentication (chatapi/auth.py): any key turns it on for every route but /health, the page and the API
