@@ -87,7 +87,8 @@ def run_configuration(web: FactWeb, layout: str, tokens: int) -> tuple[list[Outc
             warm_up = server.new_chat([("Human", "Hello! How are you today?")])
             stream(server.infer_url(warm_up, MAX_TOKENS))
             outcomes = [ask(server, web, question) for question in QUESTIONS]
-    print(f"  ({layout} {tokens}: {time.monotonic() - started:.0f} s)", file=sys.stderr)  # progress, not the table
+    # Progress (not part of the table): the configuration's row as soon as it is measured.
+    print(f"  {row(layout, tokens, outcomes)} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     return outcomes, server.problems
 
 
