@@ -5,6 +5,7 @@ import contextlib
 import io
 import os
 import platform
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,4 +213,6 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Terminated, a run still leaves through its `with` blocks, which stop the servers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main(sys.argv[1:])

@@ -84,11 +84,16 @@ def run_configuration(web: FactWeb, layout: str, tokens: int) -> tuple[list[Outc
     settings |= {"CHATAPI_SOURCES_LAYOUT": layout, "CHATAPI_SOURCES_TOKENS": str(tokens)}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:
-        with Server(Path(workdir), model_path(), **settings) as server:
-            warm_up = server.new_chat([("Human", "Hello! How are you today?")])
-            stream(server.infer_url(warm_up, MAX_TOKENS))
-            outcomes = [ask(server, web, question) for question in QUESTIONS]
-    print(f"  ({layout} {tokens}: {time.monotonic() - started:.0f} s)", file=sys.stderr)  # progress, not the table
+        server = Server(Path(workdir), model_path(), **settings)
+        try:
+            with server:
+                warm_up = server.new_chat([("Human", "Hello! How are you today?")])
+                stream(server.infer_url(warm_up, MAX_TOKENS))
+                outcomes = [ask(server, web, question) for question in QUESTIONS]
+        except Exception as exc:  # the server's log goes with its directory: keep its end
+            raise RuntimeError(f"{layout} {tokens} failed; the server's log ends:\n{server.output()[-3000:]}") from exc
+    # Progress (not part of the table): the configuration's row as soon as it is measured.
+    print(f"  {row(layout, tokens, outcomes)} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     return outcomes, server.problems
 
 
