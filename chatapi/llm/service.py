@@ -318,8 +318,8 @@ class ReplyService:
         return gevent.get_hub().threadpool.apply(function, args)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of texts, from the hub's thread pool (see in_thread)."""
-        return gevent.get_hub().threadpool.apply(lambda: [len(self.model.tokenize(t)) for t in texts])
+        """Token counts of texts, tokenized in another thread (see in_thread)."""
+        return self.in_thread(lambda: [len(self.model.tokenize(t)) for t in texts])
 
     def _remember(self, reply: Reply) -> None:
         """The chat's latest reply, kept for joins and reconnects; the oldest finished are dropped."""
