@@ -2,37 +2,12 @@
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from chatapi import create_app
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, infer, new_chat
+from tests.support.metrics import moved, samples_of, scrape, value
 from tests.support.sse import EventStream, read_events, read_events_acting
 from tests.support.web import web_settings
-
-
-def samples_of(text: str) -> dict:
-    """Every sample of a Prometheus text: {(name, frozenset of label pairs): value}."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def scrape(base: str) -> dict:
-    response = requests.get(f"{base}/metrics", timeout=10)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return samples_of(response.text)
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """A sample's value; 0 for a series not there yet (a labelled counter appears at its first use)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def moved(before: dict, after: dict, name: str, **labels: str) -> float:
-    return value(after, name, **labels) - value(before, name, **labels)
 
 
 def test_a_reply_moves_the_reply_metrics_by_its_usage_and_timings(inference_server, client):
