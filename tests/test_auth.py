@@ -156,7 +156,7 @@ def test_health_the_page_and_the_api_document_need_no_key(keyed_server, client):
     base = keyed_server
     health = requests.get(f"{base}/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    for path in ("/", "/static/app.js", "/static/app.css", "/static/favicon.svg", "/docs", "/openapi.json"):
+    for path in ("/", "/static/main.js", "/static/app.css", "/static/favicon.svg", "/docs", "/openapi.json"):
         assert requests.get(base + path, timeout=10).status_code == 200, path
     spec = requests.get(f"{base}/openapi.json", timeout=10).json()
     schemes = spec["components"]["securitySchemes"]
