@@ -3,7 +3,7 @@
  *
  * Plain ES modules, no build step.
  */
-import { allowSignIn, api, openSession, readJson, signIn, useSignInPrompt } from "./api.js";
+import { allowSignIn, api, download, openSession, readJson, signIn, useSignInPrompt } from "./api.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -124,7 +124,7 @@ async function refreshChats() {
     views.showError(`Could not load the chats: ${error.message}.`);
   }
   views.renderChats();
-  views.renderTitle();
+  views.renderOpenChat();
 }
 
 async function createChat(name = DEFAULT_NAME) {
@@ -188,6 +188,74 @@ async function deleteChat(chatId) {
   await refreshChats();
 }
 
+// ---------------------------------------------------------------- the open chat's settings, export, import
+
+function openChatSettings() {
+  if (!state.chat) return;
+  el.systemPromptInput.value = state.chat.system_prompt || "";
+  showSettingsError("");
+  el.chatSettings.showModal();
+  el.systemPromptInput.focus();
+}
+
+/** Save the open chat's system prompt (PUT /chats/update/<id>); an empty one clears it (null). */
+async function saveChatSettings() {
+  const chat = state.chat;
+  if (!chat) return;
+  const text = el.systemPromptInput.value;
+  el.chatSettingsSave.disabled = true;
+  try {
+    const system_prompt = text.trim() ? text : null;
+    state.putChat(await api("PUT", `/chats/update/${encodeURIComponent(chat.id)}`, { system_prompt }));
+    el.chatSettings.close();
+    views.renderOpenChat();
+    refreshChats();
+  } catch (error) {
+    showSettingsError(`Not saved: ${error.message}.`);
+  } finally {
+    el.chatSettingsSave.disabled = false;
+  }
+}
+
+function showSettingsError(message) {
+  el.chatSettingsError.textContent = message;
+  el.systemPromptInput.setAttribute("aria-invalid", message ? "true" : "false");
+}
+
+/** Download the open chat (GET /chats/<id>/export): "json", which Import takes back, or "markdown". Fetched
+ * rather than linked, so that a server that wants a key can ask for it and errors show in the page. */
+async function exportChat(format) {
+  el.exportMenu.open = false;
+  const chat = state.chat;
+  if (!chat) return;
+  try {
+    const query = new URLSearchParams({ format });
+    const file = await download(`/chats/${encodeURIComponent(chat.id)}/export?${query}`);
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(file.blob);
+    link.download = file.filename || `chat.${format === "markdown" ? "md" : "json"}`;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60 * 1000);
+  } catch (error) {
+    views.showError(`Could not export the chat: ${error.message}.`);
+  }
+}
+
+/** Make a new chat from a JSON export the person chose (POST /chats/import), and open it. */
+async function importChat(file) {
+  try {
+    const chat = await api("POST", "/chats/import", file);
+    state.putChat(chat);
+    await selectChat(chat.id, chat);
+  } catch (error) {
+    views.showError(`Could not import ${file.name}: ${error.message}.`);
+  }
+  refreshChats();
+}
+
 // ---------------------------------------------------------------- the open chat
 
 function chatFromHash() {
@@ -206,9 +274,9 @@ async function selectChat(chatId, known = null) {
   setHash(chatId);
   views.closeSidebar();
   views.renderChats();
-  views.renderTitle();
+  views.renderOpenChat();
   views.clearMessages();
-  views.updateComposer();
+  views.updateControls();
   if (!chatId) return;
   let chat;
   let messages;
@@ -232,7 +300,7 @@ async function selectChat(chatId, known = null) {
   if (!state.isLatestOpen(seq)) return;
   state.chat = chat;
   state.messages = messages;
-  views.renderTitle();
+  views.renderOpenChat();
   showMessages();
 }
 
@@ -240,22 +308,34 @@ async function selectChat(chatId, known = null) {
 function showMessages() {
   const chatId = state.chat.id;
   const last = state.lastMessage();
-  if (state.replies.has(chatId) || !last || last.role !== "Human") {
-    if (!state.replies.has(chatId)) pending.forget(chatId);
+  const waiting = pending.get(chatId);
+  if (state.replies.has(chatId)) {
     views.renderMessages();
     return;
   }
   // The page was reloaded (or left) while this chat's reply streamed: join it again. The server replays it
   // from the start if it still runs, or starts it if it never did. `after` makes the server answer 204
   // instead of a second reply if this one ended meanwhile.
-  const replyMode = pending.modeOf(chatId);
-  views.renderMessages({ noReply: !replyMode });
-  if (replyMode) startReply(chatId, replyMode, last.id);
+  if (last && last.role === "Human") {
+    views.renderMessages({ noReply: !waiting });
+    if (waiting) startReply(chatId, { mode: waiting.mode, after: last.id });
+    return;
+  }
+  // The same for a regenerate of the last reply (until it is saved, the old one is the last message).
+  const answered = state.messages[state.messages.length - 2];
+  if (last && waiting && waiting.replaces === last.id && answered) {
+    views.renderMessages();
+    startReply(chatId, { mode: waiting.mode, after: answered.id, replaces: last.id });
+    return;
+  }
+  pending.forget(chatId);
+  views.renderMessages();
 }
 
 // ---------------------------------------------------------------- sending and replies
 
-function mode() {
+/** The mode the Internet switch chooses for the next reply. */
+function chosenMode() {
   return el.internet.checked ? "internet" : "local";
 }
 
@@ -274,7 +354,7 @@ async function send(raw) {
   let chat = state.chat;
   if (chat && state.activeReply(chat.id)) return;
   state.sending = true;
-  views.updateComposer();
+  views.updateControls();
   try {
     if (!chat) {
       chat = await createChat(titleFrom(text));
@@ -294,24 +374,71 @@ async function send(raw) {
     views.showError(`Could not send the message: ${error.message}.`);
   } finally {
     state.sending = false;
-    views.updateComposer();
+    views.updateControls();
   }
   refreshChats();
 }
 
-/** Stream the chat's next reply into the page (or the one running already). */
-function startReply(chatId, replyMode = mode(), after = null) {
+/** Stream the chat's next reply into the page (or the one running already). `after`: the message it answers,
+ * when joining a reply that may have ended; `replaces`: regenerate, the Assistant message it replaces. */
+function startReply(chatId, { mode: replyMode = chosenMode(), after = null, replaces = null } = {}) {
   const running = state.activeReply(chatId);
   if (running) return running;
-  const reply = new Reply(chatId, replyMode);
+  const reply = new Reply(chatId, replyMode, { replaces });
   state.replies.set(chatId, reply);
-  pending.remember(chatId, replyMode);
-  if (state.isOpen(chatId)) views.clearForReply();
-  listen(reply, new ReplyStream(replyUrl(chatId, { mode: replyMode, options: replyOptions(), after })));
+  pending.remember(chatId, replyMode, replaces);
+  if (state.isOpen(chatId)) {
+    views.clearForReply();
+    if (replaces) views.hideMessage(replaces);
+  }
+  const url = replyUrl(chatId, { mode: replyMode, options: replyOptions(), after, replace: replaces });
+  listen(reply, new ReplyStream(url));
   views.renderReply(reply);
   views.renderChats();
-  views.updateComposer();
+  views.updateControls();
   return reply;
+}
+
+/** Write the last reply again: it streams in the old one's place, which the server deletes once the new one
+ * is saved (and keeps if the new one fails or writes nothing). */
+function regenerate(message) {
+  if (!state.chat || state.lastMessage() !== message) return;
+  startReply(state.chat.id, { replaces: message.id });
+}
+
+/** Save an edited message of the person's; if messages follow it, they are deleted (after asking), and the
+ * message is answered again. Whether the edit is over (false: it stays open, to change or cancel). */
+async function saveEdit(message, text) {
+  const chatId = state.chat.id;
+  const following = state.countAfter(message.id);
+  if (following > 0) {
+    el.confirmEditCount.textContent = following === 1 ? "The message after it" : `The ${following} messages after it`;
+    if ((await ask(el.confirmEdit)) !== "edit") return false;
+  }
+  let updated;
+  try {
+    updated = await api("PUT", `/conversations/update/${encodeURIComponent(message.id)}`, { message: text });
+  } catch (error) {
+    views.showError(`Could not save the message: ${error.message}.`);
+    return false;
+  }
+  try {
+    if (following > 0) {
+      const query = new URLSearchParams({ after: message.id });
+      await api("DELETE", `/chats/${encodeURIComponent(chatId)}/conversations?${query}`);
+    }
+  } catch (error) {
+    views.showError(`Could not delete the messages after it: ${error.message}.`);
+    if (state.isOpen(chatId)) await selectChat(chatId); // show what is saved
+    return true;
+  }
+  if (state.isOpen(chatId)) {
+    state.replaceFrom(updated);
+    views.renderMessages();
+  }
+  startReply(chatId);
+  refreshChats();
+  return true;
 }
 
 /** Feed a stream's events into its reply, and draw it. */
@@ -361,23 +488,38 @@ async function recoverReply(reply) {
 
 function finishReply(reply, data) {
   reply.finish(data);
-  settleReply(reply);
-  if (reply.saved && state.isOpen(reply.chatId)) state.addMessage(reply.saved);
+  if (reply.replaces && !reply.replaced) {
+    // A regenerate that wrote nothing: the old reply stays (stopped by the person, or an empty reply).
+    settleReply(reply);
+    if (data.finish_reason !== "cancelled") views.showError("Could not regenerate the reply: no reply was written.");
+  } else {
+    if (reply.saved && state.isOpen(reply.chatId)) {
+      if (reply.replaces) {
+        state.removeMessage(reply.replaces);
+        views.removeMessage(reply.replaces);
+      }
+      state.addMessage(reply.saved);
+    }
+    settleReply(reply);
+  }
   refreshChats();
 }
 
 function failReply(reply, message) {
   reply.fail(message);
   settleReply(reply);
+  if (reply.replaces) views.showError(`Could not regenerate the reply: ${message}.`);
 }
 
+/** The reply is over: drawn as it ended, or, for a regenerate that saved nothing, the old message back. */
 function settleReply(reply) {
   streams.get(reply).close();
   pending.forget(reply.chatId);
   if (state.replies.get(reply.chatId) === reply) state.replies.delete(reply.chatId);
-  views.renderReply(reply);
+  if (reply.replaces && !reply.replaced) views.restoreReplaced(reply);
+  else views.renderReply(reply);
   views.renderChats();
-  views.updateComposer();
+  views.updateControls();
 }
 
 async function stopReply() {
@@ -425,6 +567,23 @@ function bind() {
   el.newChat.addEventListener("click", startNewChat);
   el.renameChat.addEventListener("click", () => state.chat && views.editName(el.title, state.chat));
   el.deleteChat.addEventListener("click", () => state.chat && confirmDelete(state.chat));
+  el.openChatSettings.addEventListener("click", openChatSettings);
+  el.chatSettingsCancel.addEventListener("click", () => el.chatSettings.close());
+  el.chatSettingsForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveChatSettings();
+  });
+  el.exportJson.addEventListener("click", () => exportChat("json"));
+  el.exportMarkdown.addEventListener("click", () => exportChat("markdown"));
+  document.addEventListener("click", (event) => {
+    if (el.exportMenu.open && !el.exportMenu.contains(event.target)) el.exportMenu.open = false;
+  });
+  el.importChat.addEventListener("click", () => el.importFile.click());
+  el.importFile.addEventListener("change", () => {
+    const file = el.importFile.files[0];
+    el.importFile.value = ""; // the same file may be chosen again
+    if (file) importChat(file);
+  });
   el.internet.addEventListener("change", () => store.set(KEYS.internet, el.internet.checked ? "1" : "0"));
   el.maxTokens.addEventListener("change", () => store.set(KEYS.maxTokens, el.maxTokens.value.trim()));
   el.temperature.addEventListener("change", () => store.set(KEYS.temperature, el.temperature.value.trim()));
@@ -443,7 +602,12 @@ function bind() {
   el.closeSidebar.addEventListener("click", views.closeSidebar);
   el.scrim.addEventListener("click", views.closeSidebar);
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape") views.closeSidebar();
+    if (event.key !== "Escape") return;
+    views.closeSidebar();
+    if (el.exportMenu.open) {
+      el.exportMenu.open = false;
+      el.exportMenu.querySelector("summary").focus();
+    }
   });
   window.addEventListener("hashchange", () => {
     const chatId = chatFromHash();
@@ -456,7 +620,14 @@ function bind() {
 }
 
 useSignInPrompt(askForKey);
-views.connectViews(state, { selectChat, renameChat, confirmDelete, startReply: (chatId) => startReply(chatId) });
+views.connectViews(state, {
+  selectChat,
+  renameChat,
+  confirmDelete,
+  startReply: (chatId) => startReply(chatId),
+  regenerate,
+  saveEdit,
+});
 loadSettings();
 bind();
 views.autosize();

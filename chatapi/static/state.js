@@ -45,7 +45,8 @@ export class Store {
   }
 }
 
-/** The chats whose reply was streaming, and in which mode, so that a reloaded page joins them again. */
+/** The chats whose reply was streaming, in which mode and, for a regenerate, which message it replaces, so that
+ * a reloaded page joins them again. Stored as {chat id: mode} or {chat id: {mode, replaces}}. */
 export class PendingReplies {
   constructor(store) {
     this.store = store;
@@ -60,14 +61,17 @@ export class PendingReplies {
     }
   }
 
-  /** The mode ("local" or "internet") of the chat's pending reply, or undefined. */
-  modeOf(chatId) {
-    const mode = this.all()[chatId];
-    return mode === "local" || mode === "internet" ? mode : undefined;
+  /** The chat's pending reply as {mode: "local"|"internet", replaces: message id or null}, or undefined. */
+  get(chatId) {
+    const entry = this.all()[chatId];
+    const { mode, replaces = null } = typeof entry === "string" ? { mode: entry } : entry || {};
+    if (mode !== "local" && mode !== "internet") return undefined;
+    return { mode, replaces: typeof replaces === "string" ? replaces : null };
   }
 
-  remember(chatId, mode) {
-    this.store.set(KEYS.pending, JSON.stringify({ ...this.all(), [chatId]: mode }));
+  remember(chatId, mode, replaces = null) {
+    const entry = replaces ? { mode, replaces } : mode;
+    this.store.set(KEYS.pending, JSON.stringify({ ...this.all(), [chatId]: entry }));
   }
 
   forget(chatId) {
@@ -80,9 +84,10 @@ export class PendingReplies {
 
 /** One Assistant reply as its stream tells it: what it is doing, its text so far, and how it ended. */
 export class Reply {
-  constructor(chatId, mode) {
+  constructor(chatId, mode, { replaces = null } = {}) {
     this.chatId = chatId;
     this.mode = mode; // "local" or "internet"
+    this.replaces = replaces; // regenerate: the id of the Assistant message it takes the place of when saved
     this.status = "connecting"; // waiting, queued, searching, reading, streaming, done, error
     this.reconnecting = false;
     this.messageId = null; // the id the saved reply will have (from `start`)
@@ -102,6 +107,11 @@ export class Reply {
   /** The saved message, once `done` brought it (none when nothing was written). */
   get saved() {
     return (this.done && this.done.message) || null;
+  }
+
+  /** A regenerate that ended with a new message: the one it replaces is gone. */
+  get replaced() {
+    return Boolean(this.replaces && this.saved && this.saved.id !== this.replaces);
   }
 
   /** What the page shows: streaming, done, stopped (cancelled) or error. */
@@ -227,5 +237,21 @@ export class ChatState {
   /** A message saved in the open chat (once: a reply's `done` and a reload can both bring it). */
   addMessage(message) {
     if (!this.messages.some((known) => known.id === message.id)) this.messages.push(message);
+  }
+
+  removeMessage(messageId) {
+    this.messages = this.messages.filter((message) => message.id !== messageId);
+  }
+
+  /** How many messages come after this one (-1 when it is not in the open chat). */
+  countAfter(messageId) {
+    const index = this.messages.findIndex((message) => message.id === messageId);
+    return index < 0 ? -1 : this.messages.length - index - 1;
+  }
+
+  /** An edited message: it takes its old place, and what came after it is gone. */
+  replaceFrom(message) {
+    const index = this.messages.findIndex((known) => known.id === message.id);
+    if (index >= 0) this.messages = [...this.messages.slice(0, index), message];
   }
 }

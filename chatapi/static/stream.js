@@ -24,14 +24,16 @@ const CONNECTING = 0; // EventSource.readyState
 const MAX_RECONNECTS = 5; // reconnects in a row without an event before the stream gives up
 
 /** The inference route of a chat's next reply: `mode` "local" or "internet"; `options` the query options
- * (max_tokens, temperature, top_p, seed; empty ones left out); `after` a message id (see ReplyStream). */
-export function replyUrl(chatId, { mode = "local", options = {}, after = null } = {}) {
+ * (max_tokens, temperature, top_p, seed; empty ones left out); `after` a message id (see ReplyStream);
+ * `replace` (regenerate) the chat's last message, an Assistant one, which the reply replaces when saved. */
+export function replyUrl(chatId, { mode = "local", options = {}, after = null, replace = null } = {}) {
   const route = mode === "internet" ? "inference_internet" : "inference";
   const params = new URLSearchParams();
   for (const [name, value] of Object.entries(options)) {
     if (value !== "" && value !== null && value !== undefined) params.set(name, value);
   }
   if (after) params.set("after", after);
+  if (replace) params.set("replace", replace);
   const query = params.toString();
   return `/conversations/${route}/${encodeURIComponent(chatId)}${query ? `?${query}` : ""}`;
 }

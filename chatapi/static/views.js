@@ -22,6 +22,14 @@ export const el = {
   chatActions: $("chat-actions"),
   renameChat: $("rename-chat"),
   deleteChat: $("delete-chat"),
+  openChatSettings: $("open-chat-settings"),
+  exportMenu: $("export-menu"),
+  exportJson: $("export-json"),
+  exportMarkdown: $("export-markdown"),
+  importChat: $("import-chat"),
+  importFile: $("import-file"),
+  systemPrompt: $("system-prompt"),
+  systemPromptText: $("system-prompt-text"),
   alerts: $("alerts"),
   messages: $("messages"),
   emptyState: $("empty-state"),
@@ -36,6 +44,14 @@ export const el = {
   stop: $("stop"),
   confirmDialog: $("confirm-delete"),
   confirmName: $("confirm-name"),
+  confirmEdit: $("confirm-edit"),
+  confirmEditCount: $("confirm-edit-count"),
+  chatSettings: $("chat-settings"),
+  chatSettingsForm: $("chat-settings-form"),
+  systemPromptInput: $("system-prompt-input"),
+  chatSettingsError: $("chat-settings-error"),
+  chatSettingsCancel: $("chat-settings-cancel"),
+  chatSettingsSave: $("chat-settings-save"),
   signIn: $("sign-in"),
   signInForm: $("sign-in-form"),
   signInKey: $("sign-in-key"),
@@ -48,7 +64,9 @@ const ALERT_SECONDS = 20;
 const replyViews = new WeakMap(); // Reply -> its message in the list
 
 let state = null; // the ChatState
-let actions = {}; // what clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id)
+// What clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id), regenerate(message),
+// saveEdit(message, text) -> whether the edit is over.
+let actions = {};
 
 export function connectViews(appState, appActions) {
   state = appState;
@@ -192,11 +210,15 @@ export function editName(target, chat) {
   input.addEventListener("blur", () => finish(true));
 }
 
-export function renderTitle() {
+/** The open chat's name, its buttons, and its system prompt if it has one. */
+export function renderOpenChat() {
   const chat = state.chat;
   el.title.textContent = chat ? chat.name : "New conversation";
   el.chatActions.hidden = !chat;
   document.title = chat && chat.name ? `${chat.name} · chatapi` : "chatapi";
+  const prompt = chat && chat.system_prompt;
+  el.systemPrompt.hidden = !prompt;
+  el.systemPromptText.textContent = prompt || "";
 }
 
 // ---------------------------------------------------------------- the open chat's messages
@@ -212,16 +234,42 @@ export function clearMessages() {
 export function renderMessages({ noReply = false } = {}) {
   const chatId = state.chat.id;
   const reply = state.replies.get(chatId);
+  // A reply's own message is drawn by renderReply; a regenerate's old message waits hidden until it is saved.
   const shown = state.messages.filter((message) => !(reply && message.id === reply.messageId));
   el.messageList.replaceChildren(...shown.map(savedMessageView));
+  if (reply && reply.replaces) hideMessage(reply.replaces);
   if (reply) {
     replyViews.delete(reply);
     renderReply(reply);
   }
   if (noReply) el.messageList.append(noReplyView(chatId));
   el.emptyState.hidden = el.messageList.children.length > 0;
-  updateComposer();
+  updateControls();
   scrollToBottom(true);
+}
+
+function messageItem(messageId) {
+  return [...el.messageList.children].find((item) => item.dataset.id === messageId) || null;
+}
+
+/** A regenerate started: its old message hides while the new one streams in its place. */
+export function hideMessage(messageId) {
+  const item = messageItem(messageId);
+  if (item) item.hidden = true;
+}
+
+export function removeMessage(messageId) {
+  const item = messageItem(messageId);
+  if (item) item.remove();
+}
+
+/** A regenerate that saved nothing: its view goes, and the old message is back. */
+export function restoreReplaced(reply) {
+  if (!state.isOpen(reply.chatId)) return;
+  const view = replyViews.get(reply);
+  if (view) view.remove();
+  const item = messageItem(reply.replaces);
+  if (item) item.hidden = false;
 }
 
 /** Add a message just saved in the open chat (the person's). */
@@ -246,6 +294,94 @@ function messageView(role) {
   body.append(node("div", "bubble"));
   item.append(body);
   return item;
+}
+
+/** The buttons under the messages: Edit on the person's, Regenerate on the last reply (saved); none while a
+ * reply is being written. */
+function refreshMessageTools() {
+  const busy = Boolean(state.activeReply());
+  const items = [...el.messageList.children].filter((item) => !item.hidden && item.classList.contains("message"));
+  const last = items[items.length - 1];
+  const saved = new Map(state.messages.map((message) => [message.id, message]));
+  for (const item of items) {
+    const old = item.querySelector(":scope > .message-body > .message-tools");
+    if (old) old.remove();
+    const message = saved.get(item.dataset.id);
+    if (busy || !message || item.classList.contains("editing")) continue;
+    const tools = node("div", "message-tools");
+    if (message.role === "Human") {
+      tools.append(toolButton("Edit", "Edit this message", () => editMessage(item, message)));
+    } else if (item === last) {
+      tools.append(toolButton("Regenerate", "Write this reply again", () => actions.regenerate(message)));
+    } else {
+      continue;
+    }
+    item.querySelector(".message-body").append(tools);
+  }
+}
+
+function toolButton(label, title, onClick) {
+  const button = node("button", "tool", label);
+  button.type = "button";
+  button.title = title;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+/** Edit one of the person's messages in place: Enter or Save saves (actions.saveEdit), Escape or Cancel
+ * puts it back as it was. */
+function editMessage(item, message) {
+  const body = item.querySelector(".message-body");
+  const form = node("form", "edit-form");
+  const input = node("textarea", "edit-input");
+  input.value = message.message;
+  input.setAttribute("aria-label", "Edit message");
+  const save = node("button", "button button-primary", "Save");
+  save.type = "submit";
+  const cancel = node("button", "button", "Cancel");
+  cancel.type = "button";
+  const buttons = node("div", "edit-actions");
+  buttons.append(cancel, save);
+  form.append(input, buttons);
+  item.classList.add("editing");
+  body.querySelector(".message-tools")?.remove();
+  body.append(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+
+  const close = () => {
+    form.remove();
+    item.classList.remove("editing");
+    refreshMessageTools();
+  };
+  const submit = async () => {
+    const text = input.value.trim();
+    if (!text || save.disabled) return;
+    save.disabled = true;
+    const over = await actions.saveEdit(message, text);
+    save.disabled = false;
+    if (over) close();
+    else input.focus();
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      close();
+      item.querySelector(".tool")?.focus();
+    }
+  });
+  cancel.addEventListener("click", () => {
+    close();
+    item.querySelector(".tool")?.focus();
+  });
 }
 
 function savedMessageView(message) {
@@ -440,11 +576,18 @@ function replyMeta(reply) {
 
 // ---------------------------------------------------------------- the composer and the layout
 
+/** Send or Stop, as the open chat's reply and the text typed allow. */
 export function updateComposer() {
   const generating = Boolean(state.activeReply());
   el.send.hidden = generating;
   el.stop.hidden = !generating;
   el.send.disabled = state.sending || !el.input.value.trim();
+}
+
+/** The composer and the buttons under the messages. */
+export function updateControls() {
+  updateComposer();
+  refreshMessageTools();
 }
 
 export function autosize() {

@@ -78,6 +78,22 @@ describe("Reply", () => {
     assert.deepEqual([stopped.phase, stopped.saved, stopped.text], ["stopped", null, "Par"]);
   });
 
+  test("a regenerate has replaced its message once a new one is saved; not when nothing was written", () => {
+    const reply = new Reply(CHAT, "local", { replaces: "old" });
+    assert.equal(reply.replaced, false);
+    reply.finish({ message: { id: "new", message: "Again." }, finish_reason: "stop" });
+    assert.equal(reply.replaced, true);
+
+    const empty = new Reply(CHAT, "local", { replaces: "old" });
+    empty.finish({ message: null, finish_reason: "cancelled" });
+    assert.equal(empty.replaced, false);
+    // Found by a reconnect that came too late: the chat's last reply is still the old one.
+    const late = new Reply(CHAT, "local", { replaces: "old" });
+    late.finish({ message: { id: "old", message: "Before." }, finish_reason: null });
+    assert.equal(late.replaced, false);
+    assert.equal(new Reply(CHAT, "local").replaced, false);
+  });
+
   test("fail ends it with the reason", () => {
     const reply = new Reply(CHAT, "local");
     reply.receive("reconnecting", { attempt: 5 });
@@ -93,9 +109,16 @@ describe("PendingReplies", () => {
     const pending = new PendingReplies(new Store(storage));
     pending.remember("a", "local");
     pending.remember("b", "internet");
-    assert.deepEqual(JSON.parse(storage.getItem(KEYS.pending)), { a: "local", b: "internet" });
-    assert.equal(pending.modeOf("b"), "internet");
-    assert.equal(pending.modeOf("c"), undefined);
+    pending.remember("r", "local", "m2"); // a regenerate of message m2
+    assert.deepEqual(JSON.parse(storage.getItem(KEYS.pending)), {
+      a: "local",
+      b: "internet",
+      r: { mode: "local", replaces: "m2" },
+    });
+    assert.deepEqual(pending.get("b"), { mode: "internet", replaces: null });
+    assert.deepEqual(pending.get("r"), { mode: "local", replaces: "m2" });
+    assert.equal(pending.get("c"), undefined);
+    pending.forget("r");
     pending.forget("a");
     pending.forget("c");
     assert.deepEqual(pending.all(), { b: "internet" });
@@ -110,8 +133,11 @@ describe("PendingReplies", () => {
       storage.setItem(KEYS.pending, left);
       assert.deepEqual(pending.all(), {}, left);
     }
-    storage.setItem(KEYS.pending, JSON.stringify({ a: "carrier pigeon" }));
-    assert.equal(pending.modeOf("a"), undefined);
+    const odd = { a: "carrier pigeon", b: { mode: "x" }, c: { mode: "local", replaces: 3 } };
+    storage.setItem(KEYS.pending, JSON.stringify(odd));
+    assert.equal(pending.get("a"), undefined);
+    assert.equal(pending.get("b"), undefined);
+    assert.deepEqual(pending.get("c"), { mode: "local", replaces: null });
   });
 
   test("works without storage (switched off, or full)", () => {
@@ -129,7 +155,7 @@ describe("PendingReplies", () => {
     for (const storage of [broken, null]) {
       const pending = new PendingReplies(new Store(storage));
       pending.remember("a", "local");
-      assert.equal(pending.modeOf("a"), undefined);
+      assert.equal(pending.get("a"), undefined);
       pending.forget("a");
     }
   });
@@ -200,6 +226,27 @@ describe("ChatState", () => {
       ["m1", "m2"],
     );
     assert.equal(state.lastMessage().id, "m2");
+  });
+
+  test("an edited message keeps its place and what followed it goes", () => {
+    const state = new ChatState();
+    state.open("a");
+    state.messages = ["m1", "m2", "m3", "m4"].map((id) => ({ id, message: id }));
+    assert.equal(state.countAfter("m2"), 2);
+    assert.equal(state.countAfter("m4"), 0);
+    assert.equal(state.countAfter("nope"), -1);
+    state.replaceFrom({ id: "m2", message: "edited" });
+    assert.deepEqual(state.messages, [
+      { id: "m1", message: "m1" },
+      { id: "m2", message: "edited" },
+    ]);
+    state.replaceFrom({ id: "elsewhere", message: "x" });
+    assert.equal(state.messages.length, 2);
+    state.removeMessage("m1");
+    assert.deepEqual(
+      state.messages.map((m) => m.id),
+      ["m2"],
+    );
   });
 
   test("activeReply is the open (or named) chat's reply while it is written", () => {

@@ -34,13 +34,17 @@ function openStream({ fetch = fakeFetch(), maxReconnects } = {}) {
 const SAVED = { id: "m2", role: "Assistant", chat_id: CHAT, message: "Paris.", sources: null };
 
 describe("replyUrl", () => {
-  test("names the route of the mode, the options that are set, and after", () => {
+  test("names the route of the mode, the options that are set, after and replace", () => {
     assert.equal(replyUrl(CHAT), URL);
     const options = { max_tokens: "24", temperature: "", top_p: undefined, seed: "7" };
     assert.equal(replyUrl(CHAT, { options }), `${URL}?max_tokens=24&seed=7`);
     assert.equal(
       replyUrl(CHAT, { mode: "internet", options: { max_tokens: "24" }, after: "m1" }),
       `/conversations/inference_internet/${CHAT}?max_tokens=24&after=m1`,
+    );
+    assert.equal(
+      replyUrl(CHAT, { after: "m1", replace: "m2" }),
+      `${URL}?after=m1&replace=m2`, // a regenerate joined again after a reload
     );
     assert.equal(replyUrl("a/b"), "/conversations/inference/a%2Fb");
   });
