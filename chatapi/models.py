@@ -34,6 +34,8 @@ class Chat(db.Model):
 
     id: so.Mapped[uuid.UUID] = so.mapped_column(primary_key=True, default=uuid.uuid4)
     name: so.Mapped[str] = so.mapped_column(sa.String(200))
+    # Replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; None: the server's.
+    system_prompt: so.Mapped[str | None] = so.mapped_column(sa.Text)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
@@ -44,9 +46,9 @@ class Chat(db.Model):
     # Serves the list order (newest first, id as tie-break) straight from the index.
     __table_args__ = (sa.Index("ix_chats_updated_at_id", "updated_at", "id"),)
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, system_prompt: str | None = None):
         now = utcnow()
-        super().__init__(name=name, created_at=now, updated_at=now)
+        super().__init__(name=name, system_prompt=system_prompt, created_at=now, updated_at=now)
 
     @classmethod
     def page(cls, q: str | None = None, limit: int | None = None, offset: int = 0):

@@ -69,7 +69,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
             chat.id,
             mode,
             history,
-            config["CHATAPI_SYSTEM_PROMPT"],
+            chat.system_prompt or config["CHATAPI_SYSTEM_PROMPT"],
             replies.options_from(args),
             answering=conversations[-1].id,
             save=partial(save_reply, current_app._get_current_object()),

@@ -63,6 +63,16 @@ class Text(StorableString):
         return text
 
 
+class Name(Text):
+    """A chat's name: white space around it is left out, and at most 200 characters remain."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.Length(max=200), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
 MESSAGE_LENGTH = {"description": "at most CHATAPI_MAX_MESSAGE_CHARS characters (65536 by default)"}
 
 
@@ -71,6 +81,25 @@ def message_length(message: str) -> None:
     limit = current_app.config["CHATAPI_MAX_MESSAGE_CHARS"]
     if len(message) > limit:
         raise ma.ValidationError(f"Longer than maximum length {limit}.")
+
+
+class SystemPrompt(StorableString):
+    """A chat's system prompt, as long as a message may be; null or blank clears it (None)."""
+
+    def __init__(self, **kwargs):
+        description = (
+            "replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; null or blank: the server's. "
+            + (MESSAGE_LENGTH["description"])
+        )
+        super().__init__(allow_none=True, validate=message_length, metadata={"description": description}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text if text.strip() else None
+
+    def _validate(self, value) -> None:
+        if value is not None:  # a cleared prompt has no length to check
+            super()._validate(value)
 
 
 class RequestSchema(ma.Schema):
@@ -82,21 +111,30 @@ class RequestSchema(ma.Schema):
 class ChatSchema(ma.Schema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
+    system_prompt = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; null: the server's"},
+    )
     created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
     updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
 
 
 class ChatCreateSchema(RequestSchema):
-    name = Text(required=True, validate=validate.Length(max=200))
-
-    @ma.post_load
-    def strip_name(self, data, **kwargs):
-        data["name"] = data["name"].strip()
-        return data
+    name = Name(required=True)
+    system_prompt = SystemPrompt()
 
 
-class ChatUpdateSchema(ChatCreateSchema):
-    updated_at = Timestamp()
+class ChatUpdateSchema(RequestSchema):
+    name = Name()
+    system_prompt = SystemPrompt()
+    updated_at = Timestamp(metadata={"description": "stored as given (normalised to UTC); else now"})
+
+    @ma.validates_schema
+    def changes_something(self, data, **kwargs):
+        if "name" not in data and "system_prompt" not in data:
+            message = "Give name, system_prompt or both."
+            raise ma.ValidationError({"name": [message], "system_prompt": [message]})
 
 
 class ChatListQuerySchema(RequestSchema):

@@ -47,7 +47,19 @@ CHAT_BODIES = [
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), CHAT_BODIES)
+# A system prompt is checked as a message is (null or blank are fine: they clear it).
+SYSTEM_PROMPT_BODIES = [
+    ({"name": "ok", "system_prompt": "x" * 65537}, "system_prompt"),
+    ({"name": "ok", "system_prompt": 7}, "system_prompt"),
+    ({"name": "ok", "system_prompt": ["a"]}, "system_prompt"),
+    ({"name": "ok", "system_prompt": "nul \x00"}, "system_prompt"),
+    ({"name": "ok", "system_prompt": "surrogate \udfff"}, "system_prompt"),
+    ({"system_prompt": "x" * 65537}, "system_prompt"),
+    ({"name": "", "system_prompt": "fine"}, "name"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), CHAT_BODIES + SYSTEM_PROMPT_BODIES[:5])
 def test_create_chat_rejects(app, client, seeded, body, field):
     before = snapshot(app)
     assert_error(client.post("/chats/create", json=body), 422, field)
@@ -57,6 +69,7 @@ def test_create_chat_rejects(app, client, seeded, body, field):
 @pytest.mark.parametrize(
     ("body", "field"),
     CHAT_BODIES
+    + SYSTEM_PROMPT_BODIES
     + [
         ({"name": "ok", "updated_at": "yesterday"}, "updated_at"),
         ({"name": "ok", "updated_at": "2023-13-05T14:48:00Z"}, "updated_at"),

@@ -43,7 +43,8 @@ def test_openapi_lists_every_documented_route(client):
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
-    assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    assert set(chat) == {"id", "name", "system_prompt", "created_at", "updated_at"}
+    assert chat["system_prompt"]["nullable"] is True
     inference = spec["paths"]["/conversations/inference/{chat_id}"]["get"]
     assert {p["name"] for p in inference["parameters"] if p["in"] == "query"} == {
         "max_tokens",
