@@ -1,17 +1,21 @@
 """Routes under /chats/, exactly as the API document names them."""
 
 from flask import url_for
+from flask_smorest import abort
 
 from . import replies
 from .blueprint import Blueprint
 from .extensions import db
-from .models import Chat, get_or_404, utcnow
+from .models import Chat, Conversation, get_or_404, utcnow
+from .openapi import ErrorSchema
 from .schemas import (
     ChatCreateSchema,
     ChatListQuerySchema,
     ChatSchema,
     ChatUpdateSchema,
     ConversationSchema,
+    DeleteAfterQuerySchema,
+    DeletedAfterSchema,
     DeletedSchema,
 )
 
@@ -84,3 +88,23 @@ def update_chat(args, chat_id):
 def list_chat_conversations(chat_id):
     """List a chat's conversations, oldest first."""
     return get_or_404(Chat, chat_id).history()
+
+
+@bp.route("/<chat_id>/conversations", methods=["DELETE"])
+@bp.arguments(DeleteAfterQuerySchema, location="query")
+@bp.response(200, DeletedAfterSchema)
+@bp.alt_response(404, response="NOT_FOUND", description="The chat, or `after` among its conversations, is unknown.")
+@bp.alt_response(409, description="A reply is being made for the chat: stop it first.", schema=ErrorSchema)
+def delete_conversations_after(args, chat_id):
+    """Delete every conversation of the chat after `after` (in the chat's order, oldest first), which stays:
+    how an edited message is answered again."""
+    chat = get_or_404(Chat, chat_id)
+    if replies.running(chat.id):
+        abort(409, message=f"a reply is being made for chat {chat.id}: stop it first (POST /conversations/stop/...)")
+    after = db.session.get(Conversation, args["after"])
+    if after is None or after.chat_id != chat.id:
+        abort(404, message=f"conversation {args['after']} not found in chat {chat.id}")
+    deleted = chat.delete_after(after)
+    db.session.commit()
+    replies.forget(chat.id)
+    return {"chat_id": chat.id, "deleted": deleted}

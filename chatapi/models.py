@@ -63,8 +63,14 @@ class Chat(db.Model):
 
     def history(self) -> list["Conversation"]:
         """The chat's conversations, oldest first."""
-        query = self.conversations.select().order_by(Conversation.created_at, Conversation.id)
+        query = self.conversations.select().order_by(*CONVERSATION_ORDER)
         return db.session.scalars(query).all()
+
+    def delete_after(self, conversation: "Conversation") -> int:
+        """Delete the chat's conversations that come after `conversation` in its order; how many."""
+        later = sa.tuple_(*CONVERSATION_ORDER) > (conversation.created_at, conversation.id)
+        query = sa.delete(Conversation).where(Conversation.chat_id == self.id, later)
+        return db.session.execute(query, execution_options={"synchronize_session": False}).rowcount
 
 
 class Conversation(db.Model):
@@ -117,3 +123,7 @@ class Conversation(db.Model):
             self.citations = []
         self.updated_at = utcnow()
         self.chat.updated_at = self.updated_at
+
+
+# A chat's order, oldest first; the id orders messages of the same moment.
+CONVERSATION_ORDER = (Conversation.created_at, Conversation.id)

@@ -102,6 +102,17 @@ def stop(chat_id: uuid.UUID) -> bool:
     return service().stop(chat_id)
 
 
+def running(chat_id: uuid.UUID) -> bool:
+    """Whether a reply is being made for the chat."""
+    return service().is_running(chat_id)
+
+
+def forget(chat_id: uuid.UUID) -> None:
+    """The chat's messages after one were deleted (an edit): what its last reply answered may be answered
+    again."""
+    service().forget(chat_id)
+
+
 def save_reply(app: Flask, reply: Reply) -> dict | None:
     """Store a finished reply as the chat's Assistant message; the saved message, or None without text."""
     with app.app_context():

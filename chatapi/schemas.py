@@ -196,6 +196,18 @@ class ConversationListQuerySchema(RequestSchema):
     chat_id = fields.UUID(required=True)
 
 
+class DeleteAfterQuerySchema(RequestSchema):
+    after = fields.UUID(
+        required=True,
+        metadata={"description": "a conversation of the chat: it stays, every one after it is deleted"},
+    )
+
+
+class DeletedAfterSchema(ma.Schema):
+    chat_id = fields.UUID(required=True)
+    deleted = fields.Integer(required=True, metadata={"description": "conversations deleted"})
+
+
 class SessionSchema(RequestSchema):
     key = fields.String(
         required=True, validate=validate.Length(min=1, max=4096), metadata={"description": "an API key"}

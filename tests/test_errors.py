@@ -183,6 +183,7 @@ def test_oversized_body_is_413(app, client, seeded, method, path, body):
         ("get", "/conversations/{id}"),
         ("put", "/conversations/update/{id}"),
         ("delete", "/conversations/delete/{id}"),
+        ("delete", "/chats/{id}/conversations?after=" + UNKNOWN),
     ],
 )
 @pytest.mark.parametrize("ident", [UNKNOWN, "not-a-uuid", "123", "3fa85f64-5717-4562-b3fc-2c963f66afa6x"])

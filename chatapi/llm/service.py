@@ -267,12 +267,23 @@ class ReplyService:
         reply.watch_listeners()  # covers a request that went away before it ever read its stream
         return reply
 
+    def is_running(self, chat_id: uuid.UUID) -> bool:
+        """Whether a reply is being made for the chat (prepared, queued or generated)."""
+        reply = self.current(chat_id)
+        return reply is not None and not reply.finished
+
+    def forget(self, chat_id: uuid.UUID) -> None:
+        """Forget the chat's finished reply: its messages were deleted, so what it answered may be answered
+        again, also by a request with `after` or a Last-Event-ID of it."""
+        reply = self.current(chat_id)
+        if reply is not None and reply.finished:
+            del self.by_chat[chat_id]
+
     def stop(self, chat_id: uuid.UUID) -> bool:
         """Stop the chat's reply if one is being made; its partial text is saved as cancelled."""
-        reply = self.current(chat_id)
-        if reply is None or reply.finished:
+        if not self.is_running(chat_id):
             return False
-        self.cancel(reply)
+        self.cancel(self.current(chat_id))
         return True
 
     def cancel(self, reply: Reply) -> None:
@@ -428,4 +439,3 @@ def timings(reply: Reply, result: Result) -> dict:
         "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
         **reply.research_timings,
     }
-
