@@ -264,6 +264,12 @@ class InferenceQuerySchema(RequestSchema):
             "already saved), 204 instead of a new reply; a page reloaded mid-reply never starts a second one"
         }
     )
+    replace = fields.UUID(
+        metadata={
+            "description": "regenerate: the chat's last message, an Assistant one; the reply answers the history "
+            "before it, and replaces it when the reply is saved (a reply that ends without text leaves it)"
+        }
+    )
 
 
 class StoppedSchema(ma.Schema):

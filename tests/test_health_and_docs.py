@@ -52,6 +52,7 @@ def test_openapi_lists_every_documented_route(client):
         "top_p",
         "seed",
         "after",
+        "replace",
     }
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]

@@ -228,13 +228,15 @@ class ReplyService:
         save: SaveReply,
         research: Research | None = None,
         on_event: ReplyEvents | None = None,
+        replacing: uuid.UUID | None = None,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
         QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
         two requests for one chat cannot both start one. `answering` is the id of the message the reply
         answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
-        `on_event` is told of the new reply's events (not of a running reply's that is returned instead).
+        `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
+        `replacing` (regenerate) is the id of the message the reply is saved in place of.
         """
         existing = self.current(chat_id)
         if existing and not existing.finished:
@@ -242,7 +244,9 @@ class ReplyService:
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
             raise QueueFull
         s = self.settings
-        reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event)
+        reply = Reply(
+            chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
+        )
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self._remember(reply)
         self.saves[reply] = save
