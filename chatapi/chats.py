@@ -1,15 +1,16 @@
 """Routes under /chats/, exactly as the API document names them."""
 
-from flask import url_for
+from flask import Response, url_for
 from flask_smorest import abort
 
-from . import replies
+from . import replies, transfer
 from .blueprint import Blueprint
 from .extensions import db
 from .models import Chat, Conversation, get_or_404, utcnow
 from .openapi import ErrorSchema
 from .schemas import (
     ChatCreateSchema,
+    ChatExportSchema,
     ChatListQuerySchema,
     ChatSchema,
     ChatUpdateSchema,
@@ -17,12 +18,18 @@ from .schemas import (
     DeleteAfterQuerySchema,
     DeletedAfterSchema,
     DeletedSchema,
+    ExportQuerySchema,
 )
 
 bp = Blueprint("chats", __name__, url_prefix="/chats", description="Chats")
 
 TOTAL_COUNT = {"description": "chats matching q", "schema": {"type": "integer"}, "required": True}
 LOCATION = {"description": "the new chat's URL", "schema": {"type": "string"}, "required": True}
+CONTENT_DISPOSITION = {
+    "description": 'attachment; filename="<the name as a slug>-<the first 8 characters of the id>.json" (or .md)',
+    "schema": {"type": "string"},
+    "required": True,
+}
 
 
 @bp.route("/", methods=["GET"])
@@ -108,3 +115,29 @@ def delete_conversations_after(args, chat_id):
     db.session.commit()
     replies.forget(chat.id)
     return {"chat_id": chat.id, "deleted": deleted}
+
+
+@bp.route("/<chat_id>/export", methods=["GET"])
+@bp.arguments(ExportQuerySchema, location="query")
+@bp.response(200, ChatExportSchema, headers={"Content-Disposition": CONTENT_DISPOSITION})
+@bp.alt_response(200, content_type="text/markdown", schema={"type": "string"}, success=True)
+@bp.alt_response(404, response="NOT_FOUND")
+def export_chat(args, chat_id):
+    """Download a chat: as JSON (format=json, the default), which POST /chats/import takes back, or as
+    Markdown for people (format=markdown)."""
+    chat = get_or_404(Chat, chat_id)
+    download = {"Content-Disposition": f'attachment; filename="{transfer.file_name(chat, args["format"])}"'}
+    if args["format"] == "markdown":
+        return Response(transfer.markdown(chat), content_type="text/markdown; charset=utf-8", headers=download)
+    return transfer.export_document(chat), 200, download
+
+
+@bp.route("/import", methods=["POST"])
+@bp.arguments(ChatExportSchema)
+@bp.response(201, ChatSchema, headers={"Location": LOCATION})
+def import_chat(args):
+    """Make a new chat from a JSON export: new ids; the times, system prompt and web sources of the file. All
+    of it or nothing: anything invalid is a 422 whose `errors` name it by path (conversations.3.role)."""
+    chat = transfer.import_chat(args)
+    db.session.commit()
+    return chat, 201, {"Location": url_for("chats.get_chat", chat_id=chat.id)}

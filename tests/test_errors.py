@@ -125,6 +125,7 @@ def test_update_conversation_rejects(app, client, seeded, body):
         ("put", "/chats/update/{chat}"),
         ("post", "/conversations/create"),
         ("put", "/conversations/update/{message}"),
+        ("post", "/chats/import"),
     ],
 )
 @pytest.mark.parametrize(
@@ -148,6 +149,10 @@ def test_body_that_is_not_a_json_object_is_400(app, client, seeded, method, path
     assert snapshot(app) == before
 
 
+def format_ids(value, ids: dict):
+    return value.format(**ids) if isinstance(value, str) else value
+
+
 def padded_to(limit: int, body: dict) -> str:
     """The body, valid but for its size: an ignored field makes it one byte over the limit."""
     text = json.dumps(dict(body, padding=""))
@@ -161,12 +166,13 @@ def padded_to(limit: int, body: dict) -> str:
         ("put", "/chats/update/{chat}", {"name": "big"}),
         ("post", "/conversations/create", {"chat_id": "{chat}", "role": "Human", "message": "big"}),
         ("put", "/conversations/update/{message}", {"message": "big"}),
+        ("post", "/chats/import", {"chatapi_export": 1, "chat": {}, "conversations": []}),
     ],
 )
 def test_oversized_body_is_413(app, client, seeded, method, path, body):
     """Every route that takes a body refuses one over CHATAPI_MAX_BODY_BYTES, though it is valid otherwise."""
     limit = app.config["MAX_CONTENT_LENGTH"]
-    data = padded_to(limit, {name: value.format(**seeded) for name, value in body.items()})
+    data = padded_to(limit, {name: format_ids(value, seeded) for name, value in body.items()})
     assert len(data.encode()) == limit + 1
     before = snapshot(app)
     assert_error(getattr(client, method)(path.format(**seeded), data=data, content_type="application/json"), 413)
@@ -184,6 +190,8 @@ def test_oversized_body_is_413(app, client, seeded, method, path, body):
         ("put", "/conversations/update/{id}"),
         ("delete", "/conversations/delete/{id}"),
         ("delete", "/chats/{id}/conversations?after=" + UNKNOWN),
+        ("get", "/chats/{id}/export"),
+        ("get", "/chats/{id}/export?format=markdown"),
     ],
 )
 @pytest.mark.parametrize("ident", [UNKNOWN, "not-a-uuid", "123", "3fa85f64-5717-4562-b3fc-2c963f66afa6x"])

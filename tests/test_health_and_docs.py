@@ -40,6 +40,9 @@ def test_openapi_lists_every_documented_route(client):
         ("/conversations/inference/{chat_id}", "get"),
         ("/conversations/stop/{chat_id}", "post"),
         ("/conversations/inference_internet/{chat_id}", "get"),
+        ("/chats/{chat_id}/conversations", "delete"),
+        ("/chats/{chat_id}/export", "get"),
+        ("/chats/import", "post"),
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
