@@ -60,7 +60,7 @@ async function submitKey() {
   } catch (error) {
     if (error.status === 401) showSignInError("That key is not valid.");
     else if (error.status === 0) showSignInError("The server cannot be reached.");
-    else showSignInError(`${error.message}.`);
+    else showSignInError(views.sentence(`${error.message}.`));
   } finally {
     el.signInButton.disabled = false;
   }
@@ -211,7 +211,7 @@ async function saveChatSettings() {
     views.renderOpenChat();
     refreshChats();
   } catch (error) {
-    showSettingsError(`Not saved: ${error.message}.`);
+    showSettingsError(views.sentence(`Not saved: ${error.message}.`));
   } finally {
     el.chatSettingsSave.disabled = false;
   }
@@ -225,7 +225,8 @@ function showSettingsError(message) {
 /** Download the open chat (GET /chats/<id>/export): "json", which Import takes back, or "markdown". Fetched
  * rather than linked, so that a server that wants a key can ask for it and errors show in the page. */
 async function exportChat(format) {
-  el.exportMenu.open = false;
+  views.toggleExportMenu(false);
+  el.exportToggle.focus(); // the button that had it is hidden now
   const chat = state.chat;
   if (!chat) return;
   try {
@@ -575,8 +576,9 @@ function bind() {
   });
   el.exportJson.addEventListener("click", () => exportChat("json"));
   el.exportMarkdown.addEventListener("click", () => exportChat("markdown"));
+  el.exportToggle.addEventListener("click", () => views.toggleExportMenu());
   document.addEventListener("click", (event) => {
-    if (el.exportMenu.open && !el.exportMenu.contains(event.target)) el.exportMenu.open = false;
+    if (!el.exportMenu.contains(event.target)) views.toggleExportMenu(false);
   });
   el.importChat.addEventListener("click", () => el.importFile.click());
   el.importFile.addEventListener("change", () => {
@@ -604,9 +606,9 @@ function bind() {
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape") return;
     views.closeSidebar();
-    if (el.exportMenu.open) {
-      el.exportMenu.open = false;
-      el.exportMenu.querySelector("summary").focus();
+    if (!el.exportPanel.hidden) {
+      views.toggleExportMenu(false);
+      el.exportToggle.focus();
     }
   });
   window.addEventListener("hashchange", () => {

@@ -24,6 +24,8 @@ export const el = {
   deleteChat: $("delete-chat"),
   openChatSettings: $("open-chat-settings"),
   exportMenu: $("export-menu"),
+  exportToggle: $("export-toggle"),
+  exportPanel: $("export-panel"),
   exportJson: $("export-json"),
   exportMarkdown: $("export-markdown"),
   importChat: $("import-chat"),
@@ -129,9 +131,14 @@ export function safeUrl(value) {
 
 // ---------------------------------------------------------------- alerts, the model's status
 
+/** A sentence built as `${reason}.` ends with one full stop, also when the reason (the server's) had its own. */
+export function sentence(text) {
+  return text.replace(/([.!?])\.$/, "$1");
+}
+
 export function showError(message) {
   const alert = node("div", "alert");
-  alert.append(node("span", "alert-text", message));
+  alert.append(node("span", "alert-text", sentence(message)));
   alert.append(iconButton("close", "Dismiss", () => alert.remove()));
   el.alerts.append(alert);
   while (el.alerts.children.length > 3) el.alerts.firstElementChild.remove();
@@ -530,7 +537,7 @@ export function renderReply(reply) {
   parts.push(bubble);
   if (reply.sources && reply.sources.length) parts.push(sourcesView(reply.sources));
   if (reply.status === "error") {
-    parts.push(node("div", "note error", `Error: ${reply.error}.`), retryButton(reply.chatId));
+    parts.push(node("div", "note error", sentence(`Error: ${reply.error}.`)), retryButton(reply.chatId));
   } else if (reply.status === "done") {
     const finish = reply.done.finish_reason;
     if (!saved) {
@@ -593,6 +600,12 @@ export function updateControls() {
 export function autosize() {
   el.input.style.height = "auto";
   el.input.style.height = `${Math.min(el.input.scrollHeight, 200)}px`;
+}
+
+/** Show or hide the Export menu's panel. */
+export function toggleExportMenu(open = el.exportPanel.hidden) {
+  el.exportPanel.hidden = !open;
+  el.exportToggle.setAttribute("aria-expanded", String(open));
 }
 
 export function openSidebar() {
