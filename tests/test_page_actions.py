@@ -12,13 +12,14 @@ from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
 from tests import test_browser
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, new_chat
-from tests.test_browser import last_reply, wait_for_reply_text
+from tests.test_browser import PAGE_KEY, keyed_chat, last_reply, sign_in, wait_for_reply_text
 
 # test_browser.py's fixtures: the browser, the server, and tabs that check each page for errors and outside requests.
 browser = test_browser.browser
 page_server = test_browser.page_server
 open_tab = test_browser.open_tab
 tab = test_browser.tab
+keyed_server = test_browser.keyed_server
 
 OLD_ANSWER = "An old answer, to be written again."
 PROMPT = "You are a ship's cook. Answer every question about food, briefly."
@@ -327,3 +328,32 @@ def test_importing_a_bad_file_says_what_is_wrong_and_makes_no_chat(tab, page_ser
     expect(alerts.last).to_have_text("Could not import notes.json: request body must be JSON.")
     assert requests.get(f"{page_server}/chats/?limit=200", timeout=10).json() == before
     expect(page.locator("#chat-title")).to_have_text("New conversation")
+
+
+def test_export_and_import_ask_for_the_key_when_the_session_is_gone(open_tab, keyed_server, tmp_path):
+    """The downloads go through the page's requests (not plain links), so a lost session asks for the key."""
+    base = keyed_server
+    chat_id = keyed_chat(base, QUESTION)
+    tab = open_tab(base)
+    page = tab.page
+    page.goto(f"/#chat={chat_id}")
+    sign_in(page)
+    expect(page.locator("#message-list .message.human")).to_have_count(1)
+
+    tab.context.clear_cookies()
+    page.get_by_role("button", name="Export chat").click()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export as JSON").click()
+        sign_in(page)
+    exported = tmp_path / download.value.suggested_filename
+    download.value.save_as(exported)
+    assert json.loads(exported.read_text())["conversations"][0]["message"] == QUESTION
+
+    tab.context.clear_cookies()
+    page.set_input_files("#import-file", exported)
+    sign_in(page)
+    expect(page).not_to_have_url(re.compile(chat_id))
+    expect(page.locator("#message-list .message.human .bubble")).to_have_text([QUESTION])
+    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
+    assert len(requests.get(f"{base}/chats/", headers=headers, timeout=10).json()) == 2
+    expect(page.locator("#alerts .alert")).to_have_count(0)
