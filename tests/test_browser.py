@@ -176,6 +176,9 @@ def send_long_question(page: Page, base: str, max_tokens: int) -> str:
     expect(page.locator("#message-list .message")).to_have_count(2)
     page.fill("#message-input", LONG_QUESTION)
     page.click("#send")
+    # The question and its reply are on the page (and the reply's stream open): until then the last reply is
+    # the saved one, whose text would satisfy wait_for_reply_text at once.
+    expect(page.locator("#message-list .message")).to_have_count(4)
     return chat_id
 
 
