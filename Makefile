@@ -50,7 +50,10 @@ clients: /usr/bin/chromium node_modules/.installed
 postgres-server:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
+# The page's modules first (Node's own test runner, a fake EventSource: seconds), then everything else.
+# `clients` brings node (node_modules/.installed installs it from apt when it is missing).
 test: db model lint clients postgres-server
+	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest
 
 # docs/screenshot.png and docs/screenshot-phone.png, from the browser tests.

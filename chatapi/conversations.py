@@ -43,7 +43,8 @@ def stream_route(route):
     """The documentation the two stream routes share: events, or an error before the stream starts."""
     route = bp.doc(responses=STREAM_RESPONSES)(route)
     route = bp.alt_response(404, response="NOT_FOUND")(route)
-    route = bp.alt_response(409, description="The chat has no Human message.", schema=ErrorSchema)(route)
+    conflict = "The chat has no Human message to answer, or `replace` is not its last message, an Assistant one."
+    route = bp.alt_response(409, description=conflict, schema=ErrorSchema)(route)
     description = "The model is not loaded, its queue is full (Retry-After), or the database is unavailable."
     return bp.alt_response(503, description=description, schema=ErrorSchema, headers=QUEUE_FULL)(route)
 
