@@ -78,6 +78,7 @@ postgres-server:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
 test: db model lint clients postgres-server vendor-check
+	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest
 
 # docs/screenshot.png and docs/screenshot-phone.png, from the browser tests.
