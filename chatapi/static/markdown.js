@@ -19,9 +19,10 @@ md.linkify.set({ fuzzyLink: false }); // only addresses with a scheme: "app.py" 
 // An image loads the moment it is shown: a reply (steered by a web page) could send the chat to any server
 // in an image's address. Without the rule, ![text](url) is a "!" and a link the person may choose to open.
 md.disable("image");
-md.validateLink = (url) => linkTarget(url) !== null;
+md.validateLink = linkable;
 md.renderer.rules.code_block = (tokens, index) => `${codeBlock(tokens[index].content, "")}\n`;
-md.core.ruler.before("text_join", "citations", keepCitationsOutOfCode);
+md.core.ruler.before("text_join", "citations_as_written", citationsAsWritten);
+md.core.ruler.push("alignment_classes", alignmentClasses);
 
 // What markdown-it can write, with the page's own rules again: anything else goes, and links must be web
 // or mail addresses. Checked after the libraries, in case one of them lets something through.
@@ -86,20 +87,21 @@ export function safeUrl(value) {
 }
 
 /** Where a Markdown link may point: web and mail addresses; nothing relative, no other scheme. */
-function linkTarget(value) {
+function linkable(value) {
   try {
-    const url = new URL(String(value));
-    return url.protocol === "mailto:" ? url : safeUrl(url);
+    return ["http:", "https:", "mailto:"].includes(new URL(value).protocol);
   } catch {
-    return null;
+    return false;
   }
 }
 
 /** Each citation's place, in text order: over the "[n]" the model wrote inside the cited span (its last one),
  * else just after the span. Citations of sources the message does not have are left out. */
 function citationMarks(text, citations, bySource) {
+  const unit = utf16Offset(text);
   return (Array.isArray(citations) ? citations : [])
-    .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && bySource.has(c.n))
+    .map((c) => ({ start: unit(c?.start), end: unit(c?.end), n: c?.n }))
+    .filter((c) => Number.isInteger(c.start) && Number.isInteger(c.end) && c.end > 0 && bySource.has(c.n))
     .map((c) => {
       const written = `[${c.n}]`;
       const at = text.lastIndexOf(written, c.end - written.length);
@@ -109,6 +111,18 @@ function citationMarks(text, citations, bySource) {
       return { at: row ? c.end - row[1].length : c.end, length: 0, n: c.n };
     })
     .sort((a, b) => a.at - b.at);
+}
+
+/** The server's offsets count characters as Python does (code points: `message[start:end]`), a JavaScript
+ * string counts UTF-16 units, two for an emoji: offset to index, undefined past the end. */
+function utf16Offset(text) {
+  const units = [0];
+  if (/[\uD800-\uDFFF]/.test(text)) for (const char of text) units.push(units[units.length - 1] + char.length);
+  return (offset) => {
+    if (!Number.isInteger(offset) || offset < 0) return undefined;
+    if (units.length === 1) return offset <= text.length ? offset : undefined;
+    return units[offset];
+  };
 }
 
 /** The text with a marker in each citation's place, and what each marker stands for. */
@@ -139,20 +153,14 @@ function restoreWritten(content, marks) {
   return content.replace(MARKER, (_, digits) => marks[markerIndex(digits)]?.written ?? "");
 }
 
-/** A core rule: code and link text show what the model wrote (a link inside code would be copied with it, a
- * link inside a link cannot be followed), and an entity such as &#xE000; cannot make a marker. Also turns
- * table alignment into classes, as the page's policy refuses style attributes. */
-function keepCitationsOutOfCode(state) {
+/** A core rule: code and link text show the citations as the model wrote them (a link inside code would be
+ * copied with it, a link inside a link cannot be followed), and an entity such as &#xE000; makes no marker. */
+function citationsAsWritten(state) {
   const { marks } = state.env;
   for (const token of state.tokens) {
     if (token.type === "fence" || token.type === "code_block") {
       token.content = restoreWritten(token.content, marks);
       token.info = restoreWritten(token.info, marks);
-    }
-    const align = token.attrGet("style")?.match(/^text-align:(left|center|right)$/);
-    if (align) {
-      token.attrs = token.attrs.filter(([name]) => name !== "style");
-      token.attrJoin("class", `align-${align[1]}`);
     }
     let inLink = 0;
     for (const child of token.children ?? []) {
@@ -161,6 +169,17 @@ function keepCitationsOutOfCode(state) {
       else if (child.type === "code_inline" || (child.type === "text" && inLink > 0)) {
         child.content = restoreWritten(child.content, marks);
       } else if (child.type === "text_special") child.content = child.content.replace(DIGIT, "\uFFFD");
+    }
+  }
+}
+
+/** A core rule: table cells' alignment as classes, as the page's policy refuses style attributes. */
+function alignmentClasses(state) {
+  for (const token of state.tokens) {
+    const align = token.attrGet("style")?.match(/^text-align:(left|center|right)$/);
+    if (align) {
+      token.attrs = token.attrs.filter(([name]) => name !== "style");
+      token.attrJoin("class", `align-${align[1]}`);
     }
   }
 }

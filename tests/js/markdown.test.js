@@ -271,11 +271,28 @@ test("citations of script addresses are text; only a web address's is a link (as
 
 test("citations that do not fit the message are left out", () => {
   const text = "A claim.";
-  const citations = [{ start: 0, end: 8, n: 9 }, { start: 0, end: 99, n: 1 }, { start: 0, end: 0, n: 1 },
-    { start: 0, end: "8", n: 1 }, null, "x"].filter((c) => c !== null);
+  const citations = [{ start: 0, end: 8, n: 9 }, { start: 0, end: 9, n: 1 }, { start: 0, end: 0, n: 1 },
+    { start: 0, end: "8", n: 1 }, { end: 8, n: 1 }, { start: 0, end: 8.5, n: 1 }, null, "x"];
   assert.equal(render(text, { citations, sources: SOURCES }).textContent.trim(), "A claim.");
   assert.equal(render(text, { citations: "not a list", sources: SOURCES }).textContent.trim(), "A claim.");
   assert.equal(render(text, { citations: [{ start: 0, end: 8, n: 1 }], sources: null }).textContent.trim(), "A claim.");
+});
+
+test("citation offsets count characters as the server does (Python's code points), so emoji do not shift them", () => {
+  const text = "🌋🌋 Zorblax erupts hourly. 🍅 Tomatoes like water.";
+  const codePoints = [...text];
+  const sentence = (words) => {
+    const start = codePoints.join("").indexOf(words); // a UTF-16 index: turned into code points below
+    const begin = [...text.slice(0, start)].length;
+    return { start: begin, end: begin + [...words].length };
+  };
+  const citations = [{ ...sentence("Zorblax erupts hourly."), n: 1 }, { ...sentence("Tomatoes like water."), n: 2 }];
+  assert.equal(citations[1].end, codePoints.length);
+  const bubble = render(text, { citations, sources: SOURCES });
+  assert.equal(bubble.textContent.trim(), "🌋🌋 Zorblax erupts hourly.[1] 🍅 Tomatoes like water.[2]");
+  // One past the end in code points is past the message, though not past its UTF-16 length.
+  const past = render(text, { citations: [{ start: 0, end: codePoints.length + 1, n: 1 }], sources: SOURCES });
+  assert.equal(past.querySelectorAll("sup").length, 0);
 });
 
 test("citations keep the Markdown around them working: emphasis, addresses, list items, headings and tables", () => {
