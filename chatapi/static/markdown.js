@@ -24,8 +24,8 @@ md.renderer.rules.code_block = (tokens, index) => `${codeBlock(tokens[index].con
 md.core.ruler.before("text_join", "citations_as_written", citationsAsWritten);
 md.core.ruler.push("alignment_classes", alignmentClasses);
 
-// What markdown-it can write, with the page's own rules again: anything else goes, and links must be web
-// or mail addresses. Checked after the libraries, in case one of them lets something through.
+// Only what markdown-it and highlight.js write is kept, and links only to web or mail addresses: the page's
+// rules once more on the finished HTML, in case a library lets something through.
 const SANITIZE = {
   ALLOWED_TAGS: ["p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "em", "strong", "s", "code", "pre",
     "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td", "span"],
@@ -48,7 +48,8 @@ export function renderMarkdown(text, { citations = null, sources = null } = {}) 
   const raw = String(text ?? "").replace(DIGIT, "\uFFFD"); // nothing in the text can pass for a citation
   const bySource = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
   const { source, marks } = withCitationMarkers(raw, citationMarks(raw, citations, bySource));
-  const html = md.renderer.render(md.parse(source, { marks }), md.options, { marks });
+  const env = { marks }; // for the core rule citationsAsWritten
+  const html = md.renderer.render(md.parse(source, env), md.options, env);
   const fragment = DOMPurify.sanitize(html, SANITIZE);
   showCitations(fragment, marks, bySource);
   for (const link of fragment.querySelectorAll("a[href]")) {
