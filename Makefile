@@ -77,6 +77,8 @@ vendor-check: node_modules/.installed
 postgres-server:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
+# The page's modules first (Node's own test runner, a fake EventSource, jsdom: seconds), then everything else.
+# `clients` brings node (node_modules/.installed installs it from apt when it is missing).
 test: db model lint clients postgres-server vendor-check
 	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest

@@ -11,14 +11,27 @@ DATABASE_RETRY_AFTER = "5"
 
 
 def field_errors(messages: dict) -> dict:
-    """webargs nests errors by location ({"json": {"name": [...]}}); clients want them by field."""
+    """webargs nests errors by location ({"json": {"name": [...]}}), marshmallow by nested field and list
+    index; clients want them by field, nested ones by their path ({"conversations.3.role": [...]})."""
     errors = {}
     for location_errors in messages.values():
         if isinstance(location_errors, dict):
-            errors.update(location_errors)
+            errors.update(by_path(location_errors))
         else:
             errors.setdefault("_schema", []).extend(location_errors)
     return errors
+
+
+def by_path(errors: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in errors.items():
+        if isinstance(value, dict):
+            flat.update(by_path(value, f"{prefix}{key}."))
+        elif key == "_schema" and prefix:  # a nested object's own error (not an object at all): its path
+            flat[prefix[:-1]] = value
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def error_body(error: HTTPException) -> tuple[dict, int, dict]:

@@ -34,6 +34,8 @@ class Chat(db.Model):
 
     id: so.Mapped[uuid.UUID] = so.mapped_column(primary_key=True, default=uuid.uuid4)
     name: so.Mapped[str] = so.mapped_column(sa.String(200))
+    # Replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; None: the server's.
+    system_prompt: so.Mapped[str | None] = so.mapped_column(sa.Text)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
@@ -44,9 +46,9 @@ class Chat(db.Model):
     # Serves the list order (newest first, id as tie-break) straight from the index.
     __table_args__ = (sa.Index("ix_chats_updated_at_id", "updated_at", "id"),)
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, system_prompt: str | None = None):
         now = utcnow()
-        super().__init__(name=name, created_at=now, updated_at=now)
+        super().__init__(name=name, system_prompt=system_prompt, created_at=now, updated_at=now)
 
     @classmethod
     def page(cls, q: str | None = None, limit: int | None = None, offset: int = 0):
@@ -61,8 +63,14 @@ class Chat(db.Model):
 
     def history(self) -> list["Conversation"]:
         """The chat's conversations, oldest first."""
-        query = self.conversations.select().order_by(Conversation.created_at, Conversation.id)
+        query = self.conversations.select().order_by(*CONVERSATION_ORDER)
         return db.session.scalars(query).all()
+
+    def delete_after(self, conversation: "Conversation") -> int:
+        """Delete the chat's conversations that come after `conversation` in its order; how many."""
+        later = sa.tuple_(*CONVERSATION_ORDER) > (conversation.created_at, conversation.id)
+        query = sa.delete(Conversation).where(Conversation.chat_id == self.id, later)
+        return db.session.execute(query, execution_options={"synchronize_session": False}).rowcount
 
 
 class Conversation(db.Model):
@@ -115,3 +123,7 @@ class Conversation(db.Model):
             self.citations = []
         self.updated_at = utcnow()
         self.chat.updated_at = self.updated_at
+
+
+# A chat's order, oldest first; the id orders messages of the same moment.
+CONVERSATION_ORDER = (Conversation.created_at, Conversation.id)

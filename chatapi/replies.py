@@ -43,16 +43,24 @@ def service() -> ReplyService:
 
 def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:
     """Join the chat's running reply, resume one after Last-Event-ID, or start the next (404/409/503
-    before any stream); 204 when there is nothing to send."""
+    before any stream); 204 when there is nothing to send. With `replace` (regenerate), the next reply
+    answers the history before that message and takes its place when it is saved."""
     replies = service()
     reply = replies.current(chat.id)
     resume_after = reply.resumable_after(last_event_id) if reply else None
     if resume_after is not None:
         return event_stream_response(reply.listen(after=resume_after))
     conversations = chat.history()
-    if not answer_is_wanted(conversations, reply, last_event_id, args.get("after")):
+    replace = args.get("replace")
+    replaceable = bool(conversations) and conversations[-1].id == replace and conversations[-1].role == "Assistant"
+    answered = conversations[:-1] if replaceable else conversations
+    if not answer_is_wanted(answered, reply, last_event_id, args.get("after"), replace):
         return Response(status=204)  # tells EventSource not to reconnect
-    history = [Message(c.role, c.message) for c in conversations]
+    if replace is not None and not replaceable:
+        if conversations and conversations[-1].id == replace:
+            abort(409, message=f"conversation {replace} is a Human message: only an Assistant answer is replaced")
+        abort(409, message=f"conversation {replace} is not the last message of chat {chat.id}: only it is replaced")
+    history = [Message(c.role, c.message) for c in answered]
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
     replies.load()
@@ -69,32 +77,36 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
             chat.id,
             mode,
             history,
-            config["CHATAPI_SYSTEM_PROMPT"],
+            chat.system_prompt or config["CHATAPI_SYSTEM_PROMPT"],
             replies.options_from(args),
-            answering=conversations[-1].id,
+            answering=answered[-1].id,
             save=partial(save_reply, current_app._get_current_object()),
             research=research,
             on_event=metrics.reply_events(),
+            replacing=replace,
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
     return event_stream_response(reply.listen())
 
 
-def answer_is_wanted(conversations: list[Conversation], last: Reply | None, last_event_id, after) -> bool:
-    """Whether a request that no reply can serve from memory should start one.
+def answer_is_wanted(conversations: list[Conversation], last: Reply | None, last_event_id, after, replace) -> bool:
+    """Whether a request that no reply can serve from memory should start one; `conversations` is the
+    history the reply would answer (without the message it replaces).
 
     A plain request always does. A reconnect (Last-Event-ID naming a reply that is over, unknown, or
     from before a restart) and `after=<message id>` (a reloaded page) only do for a Human message that
     no reply has answered yet, so a reply delivered in full is never made twice, while a Human message
-    added since the old reply is still answered.
+    added since the old reply is still answered. A regenerate (`replace`) counts as a reply of its own:
+    the reply that wrote the replaced message does not stop it, a regenerate of that message that ended
+    does (also one that saved nothing, so the old message stays).
     """
     if last_event_id is None and after is None:
         return True
     latest = conversations[-1] if conversations else None
     if latest is None or latest.role != "Human" or (after is not None and latest.id != after):
         return False
-    return last is None or last.answering != latest.id
+    return last is None or (last.answering, last.replacing) != (latest.id, replace)
 
 
 def stop(chat_id: uuid.UUID) -> bool:
@@ -102,8 +114,20 @@ def stop(chat_id: uuid.UUID) -> bool:
     return service().stop(chat_id)
 
 
+def running(chat_id: uuid.UUID) -> bool:
+    """Whether a reply is being made for the chat."""
+    return service().is_running(chat_id)
+
+
+def forget(chat_id: uuid.UUID) -> None:
+    """The chat's messages after one were deleted (an edit): what its last reply answered may be answered
+    again."""
+    service().forget(chat_id)
+
+
 def save_reply(app: Flask, reply: Reply) -> dict | None:
-    """Store a finished reply as the chat's Assistant message; the saved message, or None without text."""
+    """Store a finished reply as the chat's Assistant message; the saved message, or None without text.
+    A regenerate's message is deleted in the same transaction: a reply without text leaves it."""
     with app.app_context():
         try:
             chat = db.session.get(Chat, reply.chat_id)
@@ -113,6 +137,9 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
                 return None
             # Which sentence each source supports, found after the reply (also a cancelled one's part).
             citations = cite(reply.text, reply.web_sources) if reply.web_sources else None
+            replaced = db.session.get(Conversation, reply.replacing) if reply.replacing else None
+            if replaced is not None and replaced.chat_id == chat.id:
+                db.session.delete(replaced)
             conversation = Conversation(
                 chat=chat,
                 role="Assistant",

@@ -1,6 +1,7 @@
 """marshmallow schemas: one per representation, plus the request bodies and queries."""
 
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import marshmallow as ma
 from flask import current_app
@@ -15,14 +16,17 @@ BIGINT_MAX = 2**63 - 1
 TIMESTAMP_FORMAT = {"pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", "example": "2023-08-05T14:48:00.000Z"}
 
 
+def timestamp_text(moment: datetime) -> str:
+    """A stored (naive UTC) time as the API writes it: 2023-08-05T14:48:00.000Z."""
+    # isoformat, unlike strftime("%Y"), writes years before 1000 with four digits too (0999-...).
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
 class Timestamp(fields.DateTime):
     """UTC as in the API document (2023-08-05T14:48:00.000Z); input with any offset is normalised."""
 
     def _serialize(self, value: datetime | None, attr, obj, **kwargs):
-        if value is None:
-            return None
-        # isoformat, unlike strftime("%Y"), writes years before 1000 with four digits too (0999-...).
-        return value.isoformat(timespec="milliseconds") + "Z"
+        return None if value is None else timestamp_text(value)
 
     def _deserialize(self, value, attr, data, **kwargs) -> datetime:
         moment = super()._deserialize(value, attr, data, **kwargs)
@@ -63,6 +67,16 @@ class Text(StorableString):
         return text
 
 
+class Name(Text):
+    """A chat's name: white space around it is left out, and at most 200 characters remain."""
+
+    def __init__(self, **kwargs):
+        super().__init__(validate=validate.Length(max=200), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
 MESSAGE_LENGTH = {"description": "at most CHATAPI_MAX_MESSAGE_CHARS characters (65536 by default)"}
 
 
@@ -71,6 +85,25 @@ def message_length(message: str) -> None:
     limit = current_app.config["CHATAPI_MAX_MESSAGE_CHARS"]
     if len(message) > limit:
         raise ma.ValidationError(f"Longer than maximum length {limit}.")
+
+
+class SystemPrompt(StorableString):
+    """A chat's system prompt, as long as a message may be; null or blank clears it (None)."""
+
+    def __init__(self, **kwargs):
+        description = (
+            "replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; null or blank: the server's. "
+            + (MESSAGE_LENGTH["description"])
+        )
+        super().__init__(allow_none=True, validate=message_length, metadata={"description": description}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text if text.strip() else None
+
+    def _validate(self, value) -> None:
+        if value is not None:  # a cleared prompt has no length to check
+            super()._validate(value)
 
 
 class RequestSchema(ma.Schema):
@@ -82,21 +115,30 @@ class RequestSchema(ma.Schema):
 class ChatSchema(ma.Schema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
+    system_prompt = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; null: the server's"},
+    )
     created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
     updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
 
 
 class ChatCreateSchema(RequestSchema):
-    name = Text(required=True, validate=validate.Length(max=200))
-
-    @ma.post_load
-    def strip_name(self, data, **kwargs):
-        data["name"] = data["name"].strip()
-        return data
+    name = Name(required=True)
+    system_prompt = SystemPrompt()
 
 
-class ChatUpdateSchema(ChatCreateSchema):
-    updated_at = Timestamp()
+class ChatUpdateSchema(RequestSchema):
+    name = Name()
+    system_prompt = SystemPrompt()
+    updated_at = Timestamp(metadata={"description": "stored as given (normalised to UTC); else now"})
+
+    @ma.validates_schema
+    def changes_something(self, data, **kwargs):
+        if "name" not in data and "system_prompt" not in data:
+            message = "Give name, system_prompt or both."
+            raise ma.ValidationError({"name": [message], "system_prompt": [message]})
 
 
 class ChatListQuerySchema(RequestSchema):
@@ -105,21 +147,53 @@ class ChatListQuerySchema(RequestSchema):
     q = StorableString(validate=validate.Length(max=200))
 
 
-class SourceSchema(ma.Schema):
+def http_url(url: str) -> None:
+    """Sources are web pages the server read: http(s) URLs with a host (what an imported chat may hold too)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ma.ValidationError("Must be an http or https URL.")
+
+
+# Sources and citations are checked as the app stores them when a chat is imported (POST /chats/import).
+
+
+class SourceSchema(RequestSchema):
     """A web page an internet-mode answer cites."""
 
-    n = fields.Integer(required=True, metadata={"description": "cited as [n]"})
-    title = fields.String(required=True)
-    url = fields.String(required=True)
-    snippet = fields.String(required=True)
+    n = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1), metadata={"description": "cited as [n]"}
+    )
+    title = StorableString(required=True)
+    url = StorableString(required=True, validate=http_url, metadata={"description": "http or https"})
+    snippet = StorableString(required=True)
 
 
-class CitationSchema(ma.Schema):
+class CitationSchema(RequestSchema):
     """A sentence of an internet-mode answer and the source that supports it."""
 
-    start = fields.Integer(required=True, metadata={"description": "where the sentence starts in message"})
-    end = fields.Integer(required=True, metadata={"description": "offset just after its last: message[start:end]"})
-    n = fields.Integer(required=True, metadata={"description": "the source cited: its n in sources"})
+    start = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0),
+        metadata={"description": "where the sentence starts in message"},
+    )
+    end = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "offset just after its last: message[start:end]"},
+    )
+    n = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "the source cited: its n in sources"},
+    )
+
+    @ma.validates_schema
+    def not_empty(self, data, **kwargs):
+        if data["end"] <= data["start"]:
+            raise ma.ValidationError("Must be greater than start.", field_name="end")
 
 
 CITATIONS = {
@@ -156,6 +230,90 @@ class ConversationUpdateSchema(RequestSchema):
 
 class ConversationListQuerySchema(RequestSchema):
     chat_id = fields.UUID(required=True)
+
+
+class DeleteAfterQuerySchema(RequestSchema):
+    after = fields.UUID(
+        required=True,
+        metadata={"description": "a conversation of the chat: it stays, every one after it is deleted"},
+    )
+
+
+class DeletedAfterSchema(ma.Schema):
+    chat_id = fields.UUID(required=True)
+    deleted = fields.Integer(required=True, metadata={"description": "conversations deleted"})
+
+
+# A chat as a file (GET /chats/<id>/export, POST /chats/import): no ids, every time and web source kept.
+
+
+class ExportedChatSchema(RequestSchema):
+    name = Name(required=True)
+    system_prompt = SystemPrompt(load_default=None)
+    created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+    updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+
+
+class ExportedConversationSchema(RequestSchema):
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
+    created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+    updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
+    sources = fields.List(
+        fields.Nested(SourceSchema),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "Assistant messages only (internet answers); their numbers differ"},
+    )
+    citations = fields.List(
+        fields.Nested(CitationSchema),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "with sources only: spans of message, each naming one of the sources"},
+    )
+
+    @ma.validates_schema
+    def as_the_app_stores_it(self, data, **kwargs):
+        """Sources belong to Assistant answers and are numbered once each; citations point into the message
+        and at those sources."""
+        errors = {}
+        sources, citations = data["sources"], data["citations"]
+        if sources is not None and data["role"] != "Assistant":
+            errors["sources"] = ["Only Assistant messages have sources."]
+        numbers = set()
+        for i, source in enumerate(sources or []):
+            if source["n"] in numbers:
+                errors.setdefault("sources", {})[i] = {"n": ["Another source has this number."]}
+            numbers.add(source["n"])
+        if citations is not None and sources is None:
+            errors["citations"] = ["Only messages with sources have citations."]
+        elif citations:
+            for i, citation in enumerate(citations):
+                problems = {}
+                if citation["end"] > len(data["message"]):
+                    problems["end"] = [f"Must be at most the message's length, {len(data['message'])}."]
+                if citation["n"] not in numbers:
+                    problems["n"] = ["No source has this number."]
+                if problems:
+                    errors.setdefault("citations", {})[i] = problems
+        if errors:
+            raise ma.ValidationError(errors)
+
+
+class ChatExportSchema(RequestSchema):
+    chatapi_export = fields.Integer(
+        required=True, strict=True, validate=validate.OneOf([1]), metadata={"description": "the format's version"}
+    )
+    chat = fields.Nested(ExportedChatSchema, required=True)
+    conversations = fields.List(
+        fields.Nested(ExportedConversationSchema),
+        required=True,
+        metadata={"description": "oldest first; the request size limit (CHATAPI_MAX_BODY_BYTES) caps an import"},
+    )
+
+
+class ExportQuerySchema(RequestSchema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
 
 
 class SessionSchema(RequestSchema):
@@ -212,6 +370,12 @@ class InferenceQuerySchema(RequestSchema):
         metadata={
             "description": "the message this reply answers: when the chat has moved on past it (the reply was "
             "already saved), 204 instead of a new reply; a page reloaded mid-reply never starts a second one"
+        }
+    )
+    replace = fields.UUID(
+        metadata={
+            "description": "regenerate: the chat's last message, an Assistant one; the reply answers the history "
+            "before it, and replaces it when the reply is saved (a reply that ends without text leaves it)"
         }
     )
 

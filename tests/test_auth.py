@@ -25,6 +25,7 @@ OTHER_KEY = "other-key-" + uuid.uuid4().hex
 COOKIE = "chatapi_session"
 KEYED = {"CHATAPI_API_KEYS": f"{KEY}, {OTHER_KEY}", **FAST_STREAM_SETTINGS}
 SHORT_REPLY = f"max_tokens=8&{GREEDY}"
+CHAT_FILE = {"name": "imported", "created_at": "2023-08-05T14:48:00Z", "updated_at": "2023-08-05T14:48:00Z"}
 
 
 def bearer(key: str = KEY) -> dict:
@@ -72,6 +73,9 @@ def every_route_kind(base: str, chat_id: str, message_id: str) -> list[tuple[str
         ("GET", infer(base, chat_id, SHORT_REPLY), None),
         ("GET", infer(base, chat_id, SHORT_REPLY, route="inference_internet"), None),
         ("POST", f"{base}/conversations/stop/{chat_id}", None),
+        ("GET", f"{base}/chats/{chat_id}/export", None),
+        ("POST", f"{base}/chats/import", {"chatapi_export": 1, "chat": CHAT_FILE, "conversations": []}),
+        ("DELETE", f"{base}/chats/{chat_id}/conversations?after={message_id}", None),
         ("DELETE", f"{base}/conversations/delete/{message_id}", None),
         ("DELETE", f"{base}/chats/delete/{chat_id}", None),
         ("GET", f"{base}/no/such/route", None),
@@ -146,7 +150,12 @@ def test_either_key_opens_every_route(keyed_server, app, client):
             f"{base}/conversations/update/{message_id}", json={"message": "edited"}, headers=bearer(key), timeout=10
         )
         assert edited.status_code == 200
-        assert requests.delete(f"{base}/chats/delete/{chat_id}", headers=bearer(key), timeout=10).status_code == 200
+        exported = requests.get(f"{base}/chats/{chat_id}/export", headers=bearer(key), timeout=10)
+        assert exported.status_code == 200 and len(exported.json()["conversations"]) == 2
+        imported = requests.post(f"{base}/chats/import", json=exported.json(), headers=bearer(key), timeout=10)
+        assert imported.status_code == 201
+        for made in (chat_id, imported.json()["id"]):
+            assert requests.delete(f"{base}/chats/delete/{made}", headers=bearer(key), timeout=10).status_code == 200
     assert snapshot(app)[0] == []  # every chat made here was deleted
     # The scheme's name is case-insensitive (RFC 7235).
     assert requests.get(f"{base}/chats/", headers={"Authorization": f"bearer {KEY}"}, timeout=10).status_code == 200
@@ -156,7 +165,7 @@ def test_health_the_page_and_the_api_document_need_no_key(keyed_server, client):
     base = keyed_server
     health = requests.get(f"{base}/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    for path in ("/", "/static/app.js", "/static/app.css", "/static/favicon.svg", "/docs", "/openapi.json"):
+    for path in ("/", "/static/main.js", "/static/app.css", "/static/favicon.svg", "/docs", "/openapi.json"):
         assert requests.get(base + path, timeout=10).status_code == 200, path
     spec = requests.get(f"{base}/openapi.json", timeout=10).json()
     schemes = spec["components"]["securitySchemes"]
@@ -233,7 +242,7 @@ def test_cookie_requests_that_change_something_must_come_from_the_same_origin(ke
         for request in every_route_kind(base, chat_id, message_id)
         if request[0] != "GET"  # reading is allowed: another site cannot see the answer
     ]
-    assert len(changes) == 7
+    assert len(changes) == 9  # create, add, rename, edit, stop, import, delete after, delete one, delete chat
     for headers in cross:
         for method, url, body in changes:
             response = requests.request(method, url, json=body, headers=with_cookie(cookie, **headers), timeout=10)

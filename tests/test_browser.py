@@ -527,9 +527,12 @@ def test_html_in_names_and_messages_is_shown_as_text(tab, page_server):
 
 
 def test_the_page_never_turns_strings_into_html():
-    script = (ROOT / "chatapi/static/app.js").read_text()
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
-        assert sink not in script, sink
+    modules = sorted((ROOT / "chatapi/static").glob("*.js"))  # the page's own modules (not vendor/)
+    assert {"main.js", "api.js", "stream.js", "state.js", "views.js"} <= {module.name for module in modules}
+    for module in modules:
+        script = module.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in script, f"{module.name}: {sink}"
 
 
 def test_a_bad_option_is_reported_in_the_reply_and_the_stream_is_closed(tab, page_server):
@@ -716,7 +719,11 @@ def test_the_page_and_its_files_carry_the_policy_and_nosniff_and_inline_code_is_
     expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
     types = {
         "/": "text/html",
-        "/static/app.js": "text/javascript",
+        "/static/main.js": "text/javascript",
+        "/static/api.js": "text/javascript",
+        "/static/stream.js": "text/javascript",
+        "/static/state.js": "text/javascript",
+        "/static/views.js": "text/javascript",
         "/static/app.css": "text/css",
         "/static/favicon.svg": "image/svg+xml",
     }

@@ -3,7 +3,9 @@
 import uuid
 from datetime import UTC, datetime
 
-from helpers import TIMESTAMP, add_message, create_chat
+import pytest
+
+from helpers import TIMESTAMP, add_message, create_chat, snapshot
 
 
 def now() -> str:
@@ -15,9 +17,9 @@ def test_create_chat_returns_the_chat_with_location(client):
     response = client.post("/chats/create", json={"name": "Chat 1"})
     assert response.status_code == 201
     chat = response.json
-    assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    assert set(chat) == {"id", "name", "system_prompt", "created_at", "updated_at"}
     assert uuid.UUID(chat["id"])
-    assert chat["name"] == "Chat 1"
+    assert chat["name"] == "Chat 1" and chat["system_prompt"] is None  # the server's CHATAPI_SYSTEM_PROMPT
     assert TIMESTAMP.match(chat["created_at"]) and chat["created_at"] == chat["updated_at"]
     assert response.headers["Location"].endswith(f"/chats/{chat['id']}")
     assert client.get(response.headers["Location"]).json == chat
@@ -148,6 +150,47 @@ def test_update_chat_accepts_the_whole_object_back(client):
     response = client.put(f"/chats/update/{chat['id']}", json=body)
     assert response.status_code == 200
     assert response.json == dict(chat, name="Edited", updated_at="2023-08-05T14:48:00.000Z")
+
+
+def test_a_chat_with_a_system_prompt_of_its_own(client):
+    prompt = "  You are a pirate.\nAnswer in one line.  "
+    response = client.post("/chats/create", json={"name": "Pirate", "system_prompt": prompt})
+    assert response.status_code == 201
+    chat = response.json
+    assert chat["system_prompt"] == prompt  # stored as given, like a message
+    assert client.get(f"/chats/{chat['id']}").json == chat
+    assert client.get("/chats/").json == [chat]
+    for blank in (None, "", " \n\t "):  # null or blank: the server's prompt
+        created = client.post("/chats/create", json={"name": "plain", "system_prompt": blank})
+        assert created.status_code == 201 and created.json["system_prompt"] is None
+
+
+def test_update_sets_or_clears_the_system_prompt_and_keeps_what_it_is_not_given(client):
+    chat = create_chat(client)
+    set_prompt = client.put(f"/chats/update/{chat['id']}", json={"system_prompt": "Be brief."})
+    assert set_prompt.status_code == 200
+    assert set_prompt.json["system_prompt"] == "Be brief." and set_prompt.json["name"] == chat["name"]
+    assert set_prompt.json["updated_at"] >= chat["updated_at"]
+    renamed = client.put(f"/chats/update/{chat['id']}", json={"name": "Renamed"}).json
+    assert (renamed["name"], renamed["system_prompt"]) == ("Renamed", "Be brief.")  # not given: kept
+    both = {"name": "Both", "system_prompt": "Be long.", "updated_at": "2023-08-05T14:48:00.000Z"}
+    assert client.put(f"/chats/update/{chat['id']}", json=both).json == dict(chat, **both)
+    for blank in (None, "", "   "):
+        client.put(f"/chats/update/{chat['id']}", json={"system_prompt": "again"})
+        cleared = client.put(f"/chats/update/{chat['id']}", json={"system_prompt": blank})
+        assert cleared.status_code == 200 and cleared.json["system_prompt"] is None
+        assert client.get(f"/chats/{chat['id']}").json == cleared.json
+
+
+@pytest.mark.parametrize("body", [{}, {"updated_at": "2023-08-05T14:48:00.000Z"}, {"id": "x", "created_at": "y"}])
+def test_an_update_that_names_nothing_to_change_is_422(app, client, body):
+    chat = create_chat(client)
+    before = snapshot(app)
+    response = client.put(f"/chats/update/{chat['id']}", json=body)
+    assert response.status_code == 422
+    assert set(response.json["errors"]) == {"name", "system_prompt"}
+    assert response.json["errors"]["name"] == ["Give name, system_prompt or both."]
+    assert snapshot(app) == before
 
 
 def test_delete_chat_cascades_to_its_conversations(client):

@@ -3,9 +3,11 @@
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from chatapi.extensions import db
 from chatapi.models import Conversation
-from helpers import TIMESTAMP, add_message, create_chat
+from helpers import TIMESTAMP, add_message, create_chat, snapshot
 
 
 def now() -> str:
@@ -95,3 +97,61 @@ def test_editing_an_answer_drops_its_citations(app, client):
     edited = client.put(f"/conversations/update/{answer['id']}", json={"message": "Every hour, I think."}).json
     assert edited["citations"] == [] and edited["sources"] == sources
     assert client.get(f"/conversations/{answer['id']}").json == edited
+
+
+def test_delete_after_a_message_deletes_the_later_ones_of_its_chat(app, client):
+    chat = create_chat(client)
+    other = create_chat(client, "other")
+    sent = [add_message(client, chat["id"], f"m{i}", ("Human", "Assistant")[i % 2]) for i in range(5)]
+    elsewhere = add_message(client, other["id"], "stays")
+    chat_before = client.get(f"/chats/{chat['id']}").json
+    response = client.delete(f"/chats/{chat['id']}/conversations?after={sent[1]['id']}")
+    assert response.status_code == 200
+    assert response.json == {"chat_id": chat["id"], "deleted": 3}
+    assert client.get(f"/chats/{chat['id']}/conversations").json == sent[:2]
+    assert client.get(f"/chats/{other['id']}/conversations").json == [elsewhere]
+    assert client.get(f"/chats/{chat['id']}").json == chat_before  # deleting is no new activity
+    # After the last message there is nothing to delete.
+    last = client.delete(f"/chats/{chat['id']}/conversations?after={sent[1]['id']}")
+    assert last.json == {"chat_id": chat["id"], "deleted": 0}
+
+
+def test_delete_after_follows_the_chats_order_for_messages_of_the_same_moment(app, client):
+    """The chat's order is by time, then id: what comes after a message is what the listing shows after it."""
+    chat = create_chat(client)
+    sent = [add_message(client, chat["id"], f"m{i}") for i in range(6)]
+    with app.app_context():
+        for message in sent:
+            db.session.get(Conversation, uuid.UUID(message["id"])).created_at = datetime(2023, 8, 5, 14, 48)
+        db.session.commit()
+        db.session.remove()
+    listed = client.get(f"/chats/{chat['id']}/conversations").json
+    assert sorted(m["id"] for m in listed) == [m["id"] for m in listed]  # all at one time: by id
+    response = client.delete(f"/chats/{chat['id']}/conversations?after={listed[2]['id']}")
+    assert response.json["deleted"] == 3
+    assert client.get(f"/chats/{chat['id']}/conversations").json == listed[:3]
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "field"),
+    [
+        ("", 422, "after"),
+        ("after=", 422, "after"),
+        ("after=not-a-uuid", 422, "after"),
+        (f"after={uuid.uuid4()}", 404, None),  # well-formed but unknown
+        ("after={other}", 404, None),  # a message of another chat
+    ],
+)
+def test_delete_after_needs_a_message_of_the_chat(app, client, query, code, field):
+    chat = create_chat(client)
+    add_message(client, chat["id"], "first")
+    add_message(client, chat["id"], "second", "Assistant")
+    other = add_message(client, create_chat(client, "other")["id"], "elsewhere")
+    before = snapshot(app)
+    response = client.delete(f"/chats/{chat['id']}/conversations?{query.format(other=other['id'])}")
+    assert response.status_code == code and response.json["code"] == code
+    if field:
+        assert field in response.json["errors"]
+    else:
+        assert "not found in chat" in response.json["message"]
+    assert snapshot(app) == before

@@ -47,7 +47,19 @@ CHAT_BODIES = [
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), CHAT_BODIES)
+# A system prompt is checked as a message is (null or blank are fine: they clear it).
+SYSTEM_PROMPT_BODIES = [
+    ({"name": "ok", "system_prompt": "x" * 65537}, "system_prompt"),
+    ({"name": "ok", "system_prompt": 7}, "system_prompt"),
+    ({"name": "ok", "system_prompt": ["a"]}, "system_prompt"),
+    ({"name": "ok", "system_prompt": "nul \x00"}, "system_prompt"),
+    ({"name": "ok", "system_prompt": "surrogate \udfff"}, "system_prompt"),
+    ({"system_prompt": "x" * 65537}, "system_prompt"),
+    ({"name": "", "system_prompt": "fine"}, "name"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), CHAT_BODIES + SYSTEM_PROMPT_BODIES[:5])
 def test_create_chat_rejects(app, client, seeded, body, field):
     before = snapshot(app)
     assert_error(client.post("/chats/create", json=body), 422, field)
@@ -57,6 +69,7 @@ def test_create_chat_rejects(app, client, seeded, body, field):
 @pytest.mark.parametrize(
     ("body", "field"),
     CHAT_BODIES
+    + SYSTEM_PROMPT_BODIES
     + [
         ({"name": "ok", "updated_at": "yesterday"}, "updated_at"),
         ({"name": "ok", "updated_at": "2023-13-05T14:48:00Z"}, "updated_at"),
@@ -112,6 +125,7 @@ def test_update_conversation_rejects(app, client, seeded, body):
         ("put", "/chats/update/{chat}"),
         ("post", "/conversations/create"),
         ("put", "/conversations/update/{message}"),
+        ("post", "/chats/import"),
     ],
 )
 @pytest.mark.parametrize(
@@ -135,6 +149,10 @@ def test_body_that_is_not_a_json_object_is_400(app, client, seeded, method, path
     assert snapshot(app) == before
 
 
+def format_ids(value, ids: dict):
+    return value.format(**ids) if isinstance(value, str) else value
+
+
 def padded_to(limit: int, body: dict) -> str:
     """The body, valid but for its size: an ignored field makes it one byte over the limit."""
     text = json.dumps(dict(body, padding=""))
@@ -148,12 +166,13 @@ def padded_to(limit: int, body: dict) -> str:
         ("put", "/chats/update/{chat}", {"name": "big"}),
         ("post", "/conversations/create", {"chat_id": "{chat}", "role": "Human", "message": "big"}),
         ("put", "/conversations/update/{message}", {"message": "big"}),
+        ("post", "/chats/import", {"chatapi_export": 1, "chat": {}, "conversations": []}),
     ],
 )
 def test_oversized_body_is_413(app, client, seeded, method, path, body):
     """Every route that takes a body refuses one over CHATAPI_MAX_BODY_BYTES, though it is valid otherwise."""
     limit = app.config["MAX_CONTENT_LENGTH"]
-    data = padded_to(limit, {name: value.format(**seeded) for name, value in body.items()})
+    data = padded_to(limit, {name: format_ids(value, seeded) for name, value in body.items()})
     assert len(data.encode()) == limit + 1
     before = snapshot(app)
     assert_error(getattr(client, method)(path.format(**seeded), data=data, content_type="application/json"), 413)
@@ -170,6 +189,9 @@ def test_oversized_body_is_413(app, client, seeded, method, path, body):
         ("get", "/conversations/{id}"),
         ("put", "/conversations/update/{id}"),
         ("delete", "/conversations/delete/{id}"),
+        ("delete", "/chats/{id}/conversations?after=" + UNKNOWN),
+        ("get", "/chats/{id}/export"),
+        ("get", "/chats/{id}/export?format=markdown"),
     ],
 )
 @pytest.mark.parametrize("ident", [UNKNOWN, "not-a-uuid", "123", "3fa85f64-5717-4562-b3fc-2c963f66afa6x"])

@@ -40,10 +40,14 @@ def test_openapi_lists_every_documented_route(client):
         ("/conversations/inference/{chat_id}", "get"),
         ("/conversations/stop/{chat_id}", "post"),
         ("/conversations/inference_internet/{chat_id}", "get"),
+        ("/chats/{chat_id}/conversations", "delete"),
+        ("/chats/{chat_id}/export", "get"),
+        ("/chats/import", "post"),
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
-    assert set(chat) == {"id", "name", "created_at", "updated_at"}
+    assert set(chat) == {"id", "name", "system_prompt", "created_at", "updated_at"}
+    assert chat["system_prompt"]["nullable"] is True
     inference = spec["paths"]["/conversations/inference/{chat_id}"]["get"]
     assert {p["name"] for p in inference["parameters"] if p["in"] == "query"} == {
         "max_tokens",
@@ -51,6 +55,7 @@ def test_openapi_lists_every_documented_route(client):
         "top_p",
         "seed",
         "after",
+        "replace",
     }
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]

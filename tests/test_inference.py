@@ -58,6 +58,34 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     assert timings["tokens_per_second"] > 1
 
 
+def test_a_chats_system_prompt_replaces_the_servers(inference_server, app, client):
+    base = inference_server
+    server_prompt = app.config["CHATAPI_SYSTEM_PROMPT"]  # the server's too: the same environment
+
+    def prompt_tokens(system_prompt: str | None) -> int:
+        chat_id = new_chat(base, QUESTION)
+        if system_prompt is not None:
+            body = {"system_prompt": system_prompt}
+            assert requests.put(f"{base}/chats/update/{chat_id}", json=body, timeout=10).status_code == 200
+        return read_events(infer(base, chat_id, f"max_tokens=1&{GREEDY}"))[-1]["data"]["usage"]["prompt_tokens"]
+
+    default = prompt_tokens(None)
+    assert prompt_tokens(server_prompt) == default  # the same text in its place, not added to it
+    assert prompt_tokens("Be brief.") < default
+    assert prompt_tokens(server_prompt + " Answer like a pirate, with many a colourful word.") > default
+
+
+def test_a_new_system_prompt_applies_from_the_next_reply(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, "My name is Ada. Remember it.")
+    first = read_events(infer(base, chat_id))[-1]["data"]
+    requests.put(f"{base}/chats/update/{chat_id}", json={"system_prompt": "You are a terse assistant."}, timeout=10)
+    add_message(base, chat_id, "What is my name?")
+    second = read_events(infer(base, chat_id))[-1]["data"]
+    # The prompt starts with the system prompt: the chat's cache is good for no more than the tokens before it.
+    assert second["usage"]["cached_tokens"] < 5 < first["usage"]["prompt_tokens"]
+
+
 def test_temperature_zero_is_repeatable(inference_server, client):
     base = inference_server
     replies = [read_events(infer(base, new_chat(base, QUESTION)))[-1]["data"]["message"]["message"] for _ in range(2)]

@@ -136,6 +136,26 @@ def test_asking_twice_uses_the_cache(internet_server, web, client):
     assert events[2]["event"] == "sources"
 
 
+def test_a_regenerate_with_the_chats_own_system_prompt(internet_server, client):
+    base = internet_server.url
+    chat_id = new_chat(base, QUESTION)
+    first = read_events(internet(base, chat_id))[-1]["data"]
+    question, old = history(base, chat_id)
+    assert old == first["message"] and old["sources"]
+    prompt = {"system_prompt": "Be brief."}  # shorter than the server's
+    assert requests.put(f"{base}/chats/update/{chat_id}", json=prompt, timeout=10).status_code == 200
+    events = read_events(internet(base, chat_id, f"max_tokens=24&temperature=0&replace={old['id']}"))
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["start", "search", "sources"] and kinds[-1] == "done"
+    done = events[-1]["data"]
+    new = done["message"]
+    assert new["sources"] == events[2]["data"]["sources"] == old["sources"]  # the same pages (cached)
+    assert new["citations"] == done["citations"]
+    assert history(base, chat_id) == [question, new]  # the old answer replaced
+    # The same question, history and sources: only the system prompt differs, and it is the chat's.
+    assert done["usage"]["prompt_tokens"] < first["usage"]["prompt_tokens"]
+
+
 def test_stopping_during_the_web_search_ends_the_reply_before_the_model_runs(start_server, web, client):
     # The search backend drips its answer a byte at a time: the reply is stuck in its research phase.
     base = start_server(**web_settings(web, "/articles/slow", CHATAPI_RESEARCH_TIMEOUT="3")).url

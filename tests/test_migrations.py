@@ -139,6 +139,25 @@ def test_upgrade_keeps_every_row_of_a_0001_database(app):
                 tuple(row.values()) for row in conversation_rows
             )
             assert [(c.sources, c.citations) for c in kept] == [(None, None)] * len(conversation_rows)
+            assert [c.system_prompt for c in kept_chats] == [None] * len(chat_rows)  # the server's prompt
+        finally:
+            reset_schema()
+
+
+def test_downgrade_from_0004_keeps_the_chats_without_their_system_prompts(app):
+    with app.app_context():
+        try:
+            chat = Chat(name="prompted", system_prompt="Be brief.")
+            db.session.add(chat)
+            db.session.commit()
+            flask_migrate.downgrade(revision="0003")
+            columns = {column["name"] for column in sa.inspect(db.engine).get_columns("chats")}
+            assert "system_prompt" not in columns
+            with db.engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT name FROM chats")).scalars().all() == ["prompted"]
+            flask_migrate.upgrade()
+            assert schema_differences() == []
+            assert db.session.scalars(sa.select(Chat.system_prompt)).all() == [None]
         finally:
             reset_schema()
 

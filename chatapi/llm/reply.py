@@ -31,10 +31,12 @@ class Reply:
         grace_seconds: float,
         on_unheard: Callable[["Reply"], None],
         on_event: Callable[["Reply", str | None, dict], None] | None = None,
+        replacing: uuid.UUID | None = None,
     ):
         self.chat_id = chat_id
         self.mode = mode
         self.answering = answering  # the id of the message this reply answers
+        self.replacing = replacing  # regenerate: the id of the message the saved reply takes the place of
         self.message_id = uuid.uuid4()  # the id the saved reply will have
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds

@@ -228,13 +228,15 @@ class ReplyService:
         save: SaveReply,
         research: Research | None = None,
         on_event: ReplyEvents | None = None,
+        replacing: uuid.UUID | None = None,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
         QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
         two requests for one chat cannot both start one. `answering` is the id of the message the reply
         answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
-        `on_event` is told of the new reply's events (not of a running reply's that is returned instead).
+        `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
+        `replacing` (regenerate) is the id of the message the reply is saved in place of.
         """
         existing = self.current(chat_id)
         if existing and not existing.finished:
@@ -242,7 +244,9 @@ class ReplyService:
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
             raise QueueFull
         s = self.settings
-        reply = Reply(chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event)
+        reply = Reply(
+            chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
+        )
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self._remember(reply)
         self.saves[reply] = save
@@ -267,12 +271,23 @@ class ReplyService:
         reply.watch_listeners()  # covers a request that went away before it ever read its stream
         return reply
 
+    def is_running(self, chat_id: uuid.UUID) -> bool:
+        """Whether a reply is being made for the chat (prepared, queued or generated)."""
+        reply = self.current(chat_id)
+        return reply is not None and not reply.finished
+
+    def forget(self, chat_id: uuid.UUID) -> None:
+        """Forget the chat's finished reply: its messages were deleted, so what it answered may be answered
+        again, also by a request with `after` or a Last-Event-ID of it."""
+        reply = self.current(chat_id)
+        if reply is not None and reply.finished:
+            del self.by_chat[chat_id]
+
     def stop(self, chat_id: uuid.UUID) -> bool:
         """Stop the chat's reply if one is being made; its partial text is saved as cancelled."""
-        reply = self.current(chat_id)
-        if reply is None or reply.finished:
+        if not self.is_running(chat_id):
             return False
-        self.cancel(reply)
+        self.cancel(self.current(chat_id))
         return True
 
     def cancel(self, reply: Reply) -> None:
@@ -428,4 +443,3 @@ def timings(reply: Reply, result: Result) -> dict:
         "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
         **reply.research_timings,
     }
-

@@ -1,0 +1,621 @@
+/* Drawing the page from the state (state.js): the chat list, the open chat's messages, replies as they stream.
+ *
+ * Every piece of text from the server or the person is put into the page with textContent (never as HTML),
+ * and links are only made from http(s) URLs. Clicks call the actions main.js hands to connectViews().
+ */
+
+const $ = (id) => document.getElementById(id);
+
+export const el = {
+  app: $("app"),
+  sidebar: $("sidebar"),
+  scrim: $("scrim"),
+  openSidebar: $("open-sidebar"),
+  closeSidebar: $("close-sidebar"),
+  newChat: $("new-chat"),
+  search: $("search"),
+  chatList: $("chat-list"),
+  chatListEmpty: $("chat-list-empty"),
+  modelStatus: $("model-status"),
+  modelLabel: $("model-label"),
+  title: $("chat-title"),
+  chatActions: $("chat-actions"),
+  renameChat: $("rename-chat"),
+  deleteChat: $("delete-chat"),
+  openChatSettings: $("open-chat-settings"),
+  exportMenu: $("export-menu"),
+  exportToggle: $("export-toggle"),
+  exportPanel: $("export-panel"),
+  exportJson: $("export-json"),
+  exportMarkdown: $("export-markdown"),
+  importChat: $("import-chat"),
+  importFile: $("import-file"),
+  systemPrompt: $("system-prompt"),
+  systemPromptText: $("system-prompt-text"),
+  alerts: $("alerts"),
+  messages: $("messages"),
+  emptyState: $("empty-state"),
+  suggestions: $("suggestions"),
+  messageList: $("message-list"),
+  composer: $("composer"),
+  input: $("message-input"),
+  internet: $("internet"),
+  maxTokens: $("max-tokens"),
+  temperature: $("temperature"),
+  send: $("send"),
+  stop: $("stop"),
+  confirmDialog: $("confirm-delete"),
+  confirmName: $("confirm-name"),
+  confirmEdit: $("confirm-edit"),
+  confirmEditCount: $("confirm-edit-count"),
+  chatSettings: $("chat-settings"),
+  chatSettingsForm: $("chat-settings-form"),
+  systemPromptInput: $("system-prompt-input"),
+  chatSettingsError: $("chat-settings-error"),
+  chatSettingsCancel: $("chat-settings-cancel"),
+  chatSettingsSave: $("chat-settings-save"),
+  signIn: $("sign-in"),
+  signInForm: $("sign-in-form"),
+  signInKey: $("sign-in-key"),
+  signInError: $("sign-in-error"),
+  signInButton: $("sign-in-button"),
+  signInAgain: $("sign-in-again"),
+};
+
+const ALERT_SECONDS = 20;
+const replyViews = new WeakMap(); // Reply -> its message in the list
+
+let state = null; // the ChatState
+// What clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id), regenerate(message),
+// saveEdit(message, text) -> whether the edit is over.
+let actions = {};
+
+export function connectViews(appState, appActions) {
+  state = appState;
+  actions = appActions;
+}
+
+// ---------------------------------------------------------------- small helpers
+
+export function node(tag, className, text) {
+  const element = document.createElement(tag);
+  if (className) element.className = className;
+  if (text !== undefined && text !== null) element.textContent = String(text);
+  return element;
+}
+
+function icon(name) {
+  return $(`icon-${name}`).content.firstElementChild.cloneNode(true);
+}
+
+function iconButton(name, label, onClick, extraClass = "") {
+  const button = node("button", `icon-button ${extraClass}`.trim());
+  button.type = "button";
+  button.setAttribute("aria-label", label);
+  button.title = label;
+  button.append(icon(name));
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function parseTime(value) {
+  const time = Date.parse(value);
+  return Number.isNaN(time) ? null : new Date(time);
+}
+
+function relativeTime(value) {
+  const date = parseTime(value);
+  if (!date) return "";
+  const seconds = (Date.now() - date.getTime()) / 1000;
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  if (seconds < 7 * 86400) return date.toLocaleDateString(undefined, { weekday: "long" });
+  return date.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+}
+
+function clockTime(value) {
+  const date = parseTime(value);
+  return date ? date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }) : "";
+}
+
+/** A link target only for web addresses: never javascript:, data: and the like. */
+export function safeUrl(value) {
+  try {
+    const url = new URL(String(value));
+    return url.protocol === "http:" || url.protocol === "https:" ? url : null;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- alerts, the model's status
+
+/** A sentence built as `${reason}.` ends with one full stop, also when the reason (the server's) had its own. */
+export function sentence(text) {
+  return text.replace(/([.!?])\.$/, "$1");
+}
+
+export function showError(message) {
+  const alert = node("div", "alert");
+  alert.append(node("span", "alert-text", sentence(message)));
+  alert.append(iconButton("close", "Dismiss", () => alert.remove()));
+  el.alerts.append(alert);
+  while (el.alerts.children.length > 3) el.alerts.firstElementChild.remove();
+  setTimeout(() => alert.remove(), ALERT_SECONDS * 1000);
+}
+
+export function setModelStatus(status, label, detail) {
+  el.modelStatus.dataset.status = status;
+  el.modelLabel.textContent = label;
+  el.modelStatus.title = detail;
+}
+
+// ---------------------------------------------------------------- the chat list and the title
+
+export function renderChats() {
+  if (state.renaming) return; // redrawn when the name is saved
+  el.chatList.replaceChildren(...state.chats.map(chatItem));
+  el.chatListEmpty.hidden = state.chats.length > 0;
+  el.chatListEmpty.textContent = state.query ? "No chat matches." : "No chats yet.";
+}
+
+function chatItem(chat) {
+  const item = node("li", "chat-item");
+  item.dataset.id = chat.id;
+  item.classList.toggle("active", state.isOpen(chat.id));
+  item.classList.toggle("generating", Boolean(state.activeReply(chat.id)));
+
+  const open = node("button", "chat-open");
+  open.type = "button";
+  open.title = chat.name;
+  open.append(node("span", "chat-name", chat.name), node("span", "chat-time", relativeTime(chat.updated_at)));
+  open.addEventListener("click", () => actions.selectChat(chat.id));
+  if (item.classList.contains("active")) open.setAttribute("aria-current", "page");
+
+  const buttons = node("div", "chat-actions");
+  buttons.append(
+    iconButton("edit", `Rename ${chat.name}`, () => editName(open, chat), "chat-rename"),
+    iconButton("trash", `Delete ${chat.name}`, () => actions.confirmDelete(chat), "chat-delete danger"),
+  );
+  item.append(open, buttons);
+  return item;
+}
+
+/** Replace `target` by an input holding the chat's name; Enter or leaving saves, Escape cancels. */
+export function editName(target, chat) {
+  if (state.renaming) return;
+  state.renaming = true;
+  const input = node("input", "rename-input");
+  input.value = chat.name;
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "Chat name");
+  target.hidden = true;
+  target.after(input);
+  input.focus();
+  input.select();
+  let finished = false;
+  const finish = async (save) => {
+    if (finished) return;
+    finished = true;
+    const name = input.value.trim();
+    input.remove();
+    target.hidden = false;
+    state.renaming = false;
+    if (save && name && name !== chat.name) await actions.renameChat(chat.id, name);
+    else renderChats();
+  };
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      finish(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      finish(false);
+    }
+  });
+  input.addEventListener("blur", () => finish(true));
+}
+
+/** The open chat's name, its buttons, and its system prompt if it has one. */
+export function renderOpenChat() {
+  const chat = state.chat;
+  el.title.textContent = chat ? chat.name : "New conversation";
+  el.chatActions.hidden = !chat;
+  document.title = chat && chat.name ? `${chat.name} · chatapi` : "chatapi";
+  const prompt = chat && chat.system_prompt;
+  el.systemPrompt.hidden = !prompt;
+  el.systemPromptText.textContent = prompt || "";
+}
+
+// ---------------------------------------------------------------- the open chat's messages
+
+/** Empty the message list; the empty state shows when no chat is open. */
+export function clearMessages() {
+  el.messageList.replaceChildren();
+  el.emptyState.hidden = Boolean(state.chat);
+}
+
+/** Draw the open chat's saved messages and its reply, if one is being written; with `noReply`, a note that
+ * the last (Human) message has no reply, and a button to get one. */
+export function renderMessages({ noReply = false } = {}) {
+  const chatId = state.chat.id;
+  const reply = state.replies.get(chatId);
+  // A reply's own message is drawn by renderReply; a regenerate's old message waits hidden until it is saved.
+  const shown = state.messages.filter((message) => !(reply && message.id === reply.messageId));
+  el.messageList.replaceChildren(...shown.map(savedMessageView));
+  if (reply && reply.replaces) hideMessage(reply.replaces);
+  if (reply) {
+    replyViews.delete(reply);
+    renderReply(reply);
+  }
+  if (noReply) el.messageList.append(noReplyView(chatId));
+  el.emptyState.hidden = el.messageList.children.length > 0;
+  updateControls();
+  scrollToBottom(true);
+}
+
+function messageItem(messageId) {
+  return [...el.messageList.children].find((item) => item.dataset.id === messageId) || null;
+}
+
+/** A regenerate started: its old message hides while the new one streams in its place. */
+export function hideMessage(messageId) {
+  const item = messageItem(messageId);
+  if (item) item.hidden = true;
+}
+
+export function removeMessage(messageId) {
+  const item = messageItem(messageId);
+  if (item) item.remove();
+}
+
+/** A regenerate that saved nothing: its view goes, and the old message is back. */
+export function restoreReplaced(reply) {
+  if (!state.isOpen(reply.chatId)) return;
+  const view = replyViews.get(reply);
+  if (view) view.remove();
+  const item = messageItem(reply.replaces);
+  if (item) item.hidden = false;
+}
+
+/** Add a message just saved in the open chat (the person's). */
+export function appendMessage(message) {
+  for (const stale of el.messageList.querySelectorAll(".no-reply")) stale.remove();
+  el.messageList.append(savedMessageView(message));
+  el.emptyState.hidden = true;
+  scrollToBottom(true);
+}
+
+function messageView(role) {
+  const item = node("li", `message ${role === "Human" ? "human" : "assistant"}`);
+  if (role !== "Human") {
+    const avatar = node("div", "avatar");
+    const image = node("img");
+    image.src = "/static/favicon.svg";
+    image.alt = "";
+    avatar.append(image);
+    item.append(avatar);
+  }
+  const body = node("div", "message-body");
+  body.append(node("div", "bubble"));
+  item.append(body);
+  return item;
+}
+
+/** The buttons under the messages: Edit on the person's, Regenerate on the last reply (saved); none while a
+ * reply is being written. */
+function refreshMessageTools() {
+  const busy = Boolean(state.activeReply());
+  const items = [...el.messageList.children].filter((item) => !item.hidden && item.classList.contains("message"));
+  const last = items[items.length - 1];
+  const saved = new Map(state.messages.map((message) => [message.id, message]));
+  for (const item of items) {
+    const old = item.querySelector(":scope > .message-body > .message-tools");
+    if (old) old.remove();
+    const message = saved.get(item.dataset.id);
+    if (busy || !message || item.classList.contains("editing")) continue;
+    const tools = node("div", "message-tools");
+    if (message.role === "Human") {
+      tools.append(toolButton("Edit", "Edit this message", () => editMessage(item, message)));
+    } else if (item === last) {
+      tools.append(toolButton("Regenerate", "Write this reply again", () => actions.regenerate(message)));
+    } else {
+      continue;
+    }
+    item.querySelector(".message-body").append(tools);
+  }
+}
+
+function toolButton(label, title, onClick) {
+  const button = node("button", "tool", label);
+  button.type = "button";
+  button.title = title;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+/** Edit one of the person's messages in place: Enter or Save saves (actions.saveEdit), Escape or Cancel
+ * puts it back as it was. */
+function editMessage(item, message) {
+  const body = item.querySelector(".message-body");
+  const form = node("form", "edit-form");
+  const input = node("textarea", "edit-input");
+  input.value = message.message;
+  input.setAttribute("aria-label", "Edit message");
+  const save = node("button", "button button-primary", "Save");
+  save.type = "submit";
+  const cancel = node("button", "button", "Cancel");
+  cancel.type = "button";
+  const buttons = node("div", "edit-actions");
+  buttons.append(cancel, save);
+  form.append(input, buttons);
+  item.classList.add("editing");
+  body.querySelector(".message-tools")?.remove();
+  body.append(form);
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+
+  const close = () => {
+    form.remove();
+    item.classList.remove("editing");
+    refreshMessageTools();
+  };
+  const submit = async () => {
+    const text = input.value.trim();
+    if (!text || save.disabled) return;
+    save.disabled = true;
+    const over = await actions.saveEdit(message, text);
+    save.disabled = false;
+    if (over) close();
+    else input.focus();
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      close();
+      item.querySelector(".tool")?.focus();
+    }
+  });
+  cancel.addEventListener("click", () => {
+    close();
+    item.querySelector(".tool")?.focus();
+  });
+}
+
+function savedMessageView(message) {
+  const item = messageView(message.role);
+  item.dataset.id = message.id;
+  const body = item.querySelector(".message-body");
+  const bubble = body.querySelector(".bubble");
+  if (message.role === "Human") {
+    bubble.textContent = message.message;
+  } else {
+    item.dataset.state = "saved";
+    renderAssistantText(bubble, message.message, message.citations, message.sources);
+    if (Array.isArray(message.sources) && message.sources.length) body.append(sourcesView(message.sources));
+  }
+  body.append(node("div", "meta", clockTime(message.created_at)));
+  return item;
+}
+
+function noReplyView(chatId) {
+  const item = messageView("Assistant");
+  item.classList.add("no-reply");
+  const body = item.querySelector(".message-body");
+  body.append(node("div", "note info", "No reply yet."), retryButton(chatId, "Get a reply"));
+  return item;
+}
+
+function retryButton(chatId, label = "Try again") {
+  const buttons = node("div", "message-actions");
+  const button = node("button", "button retry", label);
+  button.type = "button";
+  button.addEventListener("click", () => actions.startReply(chatId));
+  buttons.append(button);
+  return buttons;
+}
+
+/** An Assistant message's text (saved, or so far while it streams) in its bubble, with a superscript [n] link
+ * to the source after each sentence the server cited (`citations`: character offsets into the text).
+ * The one place that draws an Assistant message's text. Text nodes only: the text is never read as HTML. */
+export function renderAssistantText(bubble, text, citations, sources) {
+  const byNumber = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
+  // Each citation's link goes after its sentence; where the model wrote the "[n]" itself, in its place.
+  const marks = (Array.isArray(citations) ? citations : [])
+    .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && byNumber.has(c.n))
+    .map((c) => {
+      const marker = `[${c.n}]`;
+      const written = text.lastIndexOf(marker, c.end - marker.length);
+      return written >= 0 && written >= c.start
+        ? { at: written, length: marker.length, n: c.n }
+        : { at: c.end, length: 0, n: c.n };
+    })
+    .sort((a, b) => a.at - b.at);
+  const parts = [];
+  let shown = 0;
+  for (const mark of marks) {
+    if (mark.at < shown) continue; // the same written marker cited twice
+    if (mark.at > shown) parts.push(document.createTextNode(text.slice(shown, mark.at)));
+    shown = mark.at + mark.length;
+    parts.push(citationLink(byNumber.get(mark.n)));
+  }
+  if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
+  bubble.replaceChildren(...parts);
+}
+
+function citationLink(source) {
+  const mark = node("sup", "citation");
+  const url = safeUrl(source.url);
+  const link = node(url ? "a" : "span", "citation-link", `[${source.n}]`);
+  const name = `Source ${source.n}: ${source.title || source.url || "untitled page"}`;
+  link.title = name;
+  if (url) {
+    link.setAttribute("aria-label", name); // "Source 1: <title>", not "[1]"
+    link.href = url.href;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+  }
+  mark.append(link);
+  return mark;
+}
+
+function sourcesView(sources) {
+  const box = node("div", "sources");
+  box.append(node("p", "sources-title", "Sources"));
+  const list = node("ol");
+  sources.forEach((source, index) => {
+    const item = node("li", "source");
+    item.append(node("span", "source-n", source.n ?? index + 1));
+    const url = safeUrl(source.url);
+    const label = source.title || source.url || "untitled page";
+    let link;
+    if (url) {
+      link = node("a", "source-link", label);
+      link.href = url.href;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+    } else {
+      link = node("span", "source-link", label);
+    }
+    if (source.snippet) link.title = String(source.snippet);
+    item.append(link);
+    if (url) item.append(node("span", "source-host", url.hostname));
+    list.append(item);
+  });
+  box.append(list);
+  return box;
+}
+
+function nearBottom() {
+  const box = el.messages;
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 120;
+}
+
+function scrollToBottom(force = false) {
+  if (force || nearBottom()) el.messages.scrollTop = el.messages.scrollHeight;
+}
+
+// ---------------------------------------------------------------- replies
+
+/** Remove what a new reply takes the place of: the "No reply yet" note, a failed reply. */
+export function clearForReply() {
+  for (const stale of el.messageList.querySelectorAll(".no-reply, .message[data-state='error']")) stale.remove();
+  el.emptyState.hidden = true;
+}
+
+/** Draw a reply into the message list, if its chat is the one shown. */
+export function renderReply(reply) {
+  if (!state.isOpen(reply.chatId)) return;
+  const follow = nearBottom();
+  let item = replyViews.get(reply);
+  if (!item || !item.isConnected) {
+    item = messageView("Assistant");
+    replyViews.set(reply, item);
+    el.messageList.append(item);
+    el.emptyState.hidden = true;
+  }
+  item.dataset.state = reply.phase;
+  if (reply.messageId) item.dataset.id = reply.messageId;
+
+  const body = item.querySelector(".message-body");
+  const bubble = body.querySelector(".bubble");
+  const parts = [];
+  const status = replyStatus(reply);
+  if (status) parts.push(status);
+  if (reply.warning) parts.push(node("div", "note warning", reply.warning));
+  const saved = reply.saved; // citations come with `done`
+  renderAssistantText(bubble, reply.text, saved ? saved.citations : null, reply.sources);
+  parts.push(bubble);
+  if (reply.sources && reply.sources.length) parts.push(sourcesView(reply.sources));
+  if (reply.status === "error") {
+    parts.push(node("div", "note error", sentence(`Error: ${reply.error}.`)), retryButton(reply.chatId));
+  } else if (reply.status === "done") {
+    const finish = reply.done.finish_reason;
+    if (!saved) {
+      const why = finish === "cancelled" ? "Stopped before any text was written." : "No reply was written.";
+      parts.push(node("div", "note info", why), retryButton(reply.chatId));
+    } else if (finish === "cancelled") {
+      parts.push(node("div", "note info", "Stopped."));
+    } else if (finish === "length") {
+      parts.push(node("div", "note info", "Reached the max tokens limit."));
+    }
+    if (saved) parts.push(node("div", "meta", replyMeta(reply)));
+  }
+  body.replaceChildren(...parts);
+  if (follow) scrollToBottom(true);
+}
+
+function replyStatus(reply) {
+  if (!reply.active) return null;
+  let text = null;
+  if (reply.reconnecting) text = "Reconnecting…";
+  else if (reply.status === "queued") text = `Waiting for the model (position ${reply.position})…`;
+  else if (reply.status === "searching") text = `Searching the web for “${reply.query}”…`;
+  else if (reply.status === "reading") text = `Reading ${reply.sources.length} pages…`;
+  else if (reply.text) return null;
+  const status = node("div", "status");
+  status.setAttribute("role", "status"); // read out: "Reconnecting…", "Searching the web…"
+  const dots = node("span", "typing");
+  dots.setAttribute("aria-label", "Writing");
+  dots.append(node("span"), node("span"), node("span"));
+  status.append(dots);
+  if (text) status.append(node("span", "status-text", text));
+  return status;
+}
+
+function replyMeta(reply) {
+  const parts = [clockTime(reply.saved.created_at)];
+  const usage = reply.done.usage;
+  const timings = reply.done.timings;
+  if (usage && usage.completion_tokens) parts.push(`${usage.completion_tokens} tokens`);
+  if (timings && timings.tokens_per_second) parts.push(`${Math.round(timings.tokens_per_second)} tokens/s`);
+  return parts.filter(Boolean).join(" · ");
+}
+
+// ---------------------------------------------------------------- the composer and the layout
+
+/** Send or Stop, as the open chat's reply and the text typed allow. */
+export function updateComposer() {
+  const generating = Boolean(state.activeReply());
+  el.send.hidden = generating;
+  el.stop.hidden = !generating;
+  el.send.disabled = state.sending || !el.input.value.trim();
+}
+
+/** The composer and the buttons under the messages. */
+export function updateControls() {
+  updateComposer();
+  refreshMessageTools();
+}
+
+export function autosize() {
+  el.input.style.height = "auto";
+  el.input.style.height = `${Math.min(el.input.scrollHeight, 200)}px`;
+}
+
+/** Show or hide the Export menu's panel. */
+export function toggleExportMenu(open = el.exportPanel.hidden) {
+  el.exportPanel.hidden = !open;
+  el.exportToggle.setAttribute("aria-expanded", String(open));
+}
+
+export function openSidebar() {
+  el.app.classList.add("sidebar-open");
+  el.scrim.hidden = false;
+  el.openSidebar.setAttribute("aria-expanded", "true");
+}
+
+export function closeSidebar() {
+  el.app.classList.remove("sidebar-open");
+  el.scrim.hidden = true;
+  el.openSidebar.setAttribute("aria-expanded", "false");
+}
