@@ -51,6 +51,7 @@ export function renderMarkdown(text, { citations = null, sources = null } = {}) 
   const env = { marks }; // for the core rule citationsAsWritten
   const html = md.renderer.render(md.parse(source, env), md.options, env);
   const fragment = DOMPurify.sanitize(html, SANITIZE);
+  dropLayoutNewlines(fragment);
   showCitations(fragment, marks, bySource);
   for (const link of fragment.querySelectorAll("a[href]")) {
     link.target = "_blank";
@@ -181,6 +182,18 @@ function alignmentClasses(state) {
     if (align) {
       token.attrs = token.attrs.filter(([name]) => name !== "style");
       token.attrJoin("class", `align-${align[1]}`);
+    }
+  }
+}
+
+/** markdown-it puts a newline after each block tag, for people reading its HTML; between blocks it shows
+ * nothing, but it would be part of the message's text (textContent, a copied selection). Text between
+ * inline elements and in code is kept. */
+function dropLayoutNewlines(fragment) {
+  const containers = [fragment, ...fragment.querySelectorAll("ul, ol, blockquote, table, thead, tbody, tr")];
+  for (const container of containers) {
+    for (const child of [...container.childNodes]) {
+      if (child.nodeType === 3 /* Node.TEXT_NODE */ && !child.data.trim()) child.remove();
     }
   }
 }

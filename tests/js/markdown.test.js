@@ -79,6 +79,15 @@ test("emphasis, strong, strikethrough, headings, block quotes, rules and line br
   assertInert(bubble);
 });
 
+test("the text is the message's: no newlines of markdown-it's own between blocks, list items and table rows", () => {
+  assert.equal(render("The capital of France is Paris.").textContent, "The capital of France is Paris.");
+  const bubble = render("One.\n\n- a\n- b\n\n> quoted\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\n```js\nlet a;\n```");
+  assert.equal(bubble.textContent, "One.abquotedxy12jsCopy codelet a;\n"); // the code block's head, then its code
+  // Spaces between inline elements and a code block's lines stay.
+  assert.equal(render("**a** *b*").textContent, "a b");
+  assert.equal(render("```\nx\n\ny\n```").querySelector("code").textContent, "x\n\ny\n");
+});
+
 test("ordered, unordered and nested lists", () => {
   const bubble = render("3. three\n4. four\n   - inner\n   - *also*\n\n- a\n- b");
   const ordered = bubble.querySelector("ol");
