@@ -1,8 +1,10 @@
 /* Drawing the page from the state (state.js): the chat list, the open chat's messages, replies as they stream.
  *
  * Every piece of text from the server or the person is put into the page with textContent (never as HTML),
- * and links are only made from http(s) URLs. Clicks call the actions main.js hands to connectViews().
+ * except an Assistant message's, which markdown.js turns into sanitised elements; links are only made from
+ * http(s) URLs. Clicks call the actions main.js hands to connectViews().
  */
+import { renderMarkdown, safeUrl } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -64,6 +66,7 @@ export const el = {
 
 const ALERT_SECONDS = 20;
 const replyViews = new WeakMap(); // Reply -> its message in the list
+const frames = new WeakMap(); // Reply -> the animation frame that draws its streamed text, while one is asked for
 
 let state = null; // the ChatState
 // What clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id), regenerate(message),
@@ -117,16 +120,6 @@ function relativeTime(value) {
 function clockTime(value) {
   const date = parseTime(value);
   return date ? date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }) : "";
-}
-
-/** A link target only for web addresses: never javascript:, data: and the like. */
-export function safeUrl(value) {
-  try {
-    const url = new URL(String(value));
-    return url.protocol === "http:" || url.protocol === "https:" ? url : null;
-  } catch {
-    return null;
-  }
 }
 
 // ---------------------------------------------------------------- alerts, the model's status
@@ -424,48 +417,12 @@ function retryButton(chatId, label = "Try again") {
   return buttons;
 }
 
-/** An Assistant message's text (saved, or so far while it streams) in its bubble, with a superscript [n] link
- * to the source after each sentence the server cited (`citations`: character offsets into the text).
- * The one place that draws an Assistant message's text. Text nodes only: the text is never read as HTML. */
+/** An Assistant message's text (saved, or so far while it streams) in its bubble, as Markdown (markdown.js):
+ * with a superscript [n] link to the source after each sentence the server cited (`citations`: character
+ * offsets into the text). The one place that draws an Assistant message's text. */
 export function renderAssistantText(bubble, text, citations, sources) {
-  const byNumber = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
-  // Each citation's link goes after its sentence; where the model wrote the "[n]" itself, in its place.
-  const marks = (Array.isArray(citations) ? citations : [])
-    .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && byNumber.has(c.n))
-    .map((c) => {
-      const marker = `[${c.n}]`;
-      const written = text.lastIndexOf(marker, c.end - marker.length);
-      return written >= 0 && written >= c.start
-        ? { at: written, length: marker.length, n: c.n }
-        : { at: c.end, length: 0, n: c.n };
-    })
-    .sort((a, b) => a.at - b.at);
-  const parts = [];
-  let shown = 0;
-  for (const mark of marks) {
-    if (mark.at < shown) continue; // the same written marker cited twice
-    if (mark.at > shown) parts.push(document.createTextNode(text.slice(shown, mark.at)));
-    shown = mark.at + mark.length;
-    parts.push(citationLink(byNumber.get(mark.n)));
-  }
-  if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
-  bubble.replaceChildren(...parts);
-}
-
-function citationLink(source) {
-  const mark = node("sup", "citation");
-  const url = safeUrl(source.url);
-  const link = node(url ? "a" : "span", "citation-link", `[${source.n}]`);
-  const name = `Source ${source.n}: ${source.title || source.url || "untitled page"}`;
-  link.title = name;
-  if (url) {
-    link.setAttribute("aria-label", name); // "Source 1: <title>", not "[1]"
-    link.href = url.href;
-    link.target = "_blank";
-    link.rel = "noopener noreferrer";
-  }
-  mark.append(link);
-  return mark;
+  bubble.classList.add("markdown");
+  bubble.replaceChildren(renderMarkdown(text, { citations, sources }));
 }
 
 function sourcesView(sources) {
@@ -532,8 +489,8 @@ export function renderReply(reply) {
   const status = replyStatus(reply);
   if (status) parts.push(status);
   if (reply.warning) parts.push(node("div", "note warning", reply.warning));
-  const saved = reply.saved; // citations come with `done`
-  renderAssistantText(bubble, reply.text, saved ? saved.citations : null, reply.sources);
+  const saved = reply.saved;
+  drawReplyText(reply);
   parts.push(bubble);
   if (reply.sources && reply.sources.length) parts.push(sourcesView(reply.sources));
   if (reply.status === "error") {
@@ -551,6 +508,30 @@ export function renderReply(reply) {
     if (saved) parts.push(node("div", "meta", replyMeta(reply)));
   }
   body.replaceChildren(...parts);
+  if (follow) scrollToBottom(true);
+}
+
+/** Draw a reply's text in its bubble: at once when the reply has ended (with the citations `done` brought),
+ * else at the next animation frame, once for however many tokens came meanwhile, since each draw parses the
+ * whole text as Markdown again. */
+function drawReplyText(reply) {
+  if (reply.active) {
+    if (!frames.has(reply)) frames.set(reply, requestAnimationFrame(() => drawStreamedText(reply)));
+    return;
+  }
+  cancelAnimationFrame(frames.get(reply));
+  frames.delete(reply);
+  const bubble = replyViews.get(reply)?.querySelector(".bubble");
+  if (!bubble) return;
+  renderAssistantText(bubble, reply.text, reply.saved ? reply.saved.citations : null, reply.sources);
+}
+
+function drawStreamedText(reply) {
+  frames.delete(reply);
+  const bubble = replyViews.get(reply)?.querySelector(".bubble");
+  if (!bubble || !bubble.isConnected || !reply.active) return;
+  const follow = nearBottom();
+  renderAssistantText(bubble, reply.text, null, reply.sources);
   if (follow) scrollToBottom(true);
 }
 
