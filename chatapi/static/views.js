@@ -39,6 +39,7 @@ export const el = {
   emptyState: $("empty-state"),
   suggestions: $("suggestions"),
   messageList: $("message-list"),
+  announcer: $("reply-announcer"),
   composer: $("composer"),
   input: $("message-input"),
   internet: $("internet"),
@@ -67,6 +68,7 @@ export const el = {
 const ALERT_SECONDS = 20;
 const replyViews = new WeakMap(); // Reply -> its message in the list
 const frames = new WeakMap(); // Reply -> the animation frame that draws its streamed text, while one is asked for
+const announced = new WeakMap(); // Reply -> what of it was read out: {blocks: how many, ended: its end too}
 
 let state = null; // the ChatState
 // What clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id), regenerate(message),
@@ -226,6 +228,7 @@ export function renderOpenChat() {
 /** Empty the message list; the empty state shows when no chat is open. */
 export function clearMessages() {
   el.messageList.replaceChildren();
+  el.announcer.replaceChildren();
   el.emptyState.hidden = Boolean(state.chat);
 }
 
@@ -465,6 +468,7 @@ function scrollToBottom(force = false) {
 
 /** Remove what a new reply takes the place of: the "No reply yet" note, a failed reply. */
 export function clearForReply() {
+  el.announcer.replaceChildren(); // what was read out of the last reply
   for (const stale of el.messageList.querySelectorAll(".no-reply, .message[data-state='error']")) stale.remove();
   el.emptyState.hidden = true;
 }
@@ -508,6 +512,7 @@ export function renderReply(reply) {
     if (saved) parts.push(node("div", "meta", replyMeta(reply)));
   }
   body.replaceChildren(...parts);
+  announceEnd(reply, body);
   if (follow) scrollToBottom(true);
 }
 
@@ -524,6 +529,7 @@ function drawReplyText(reply) {
   const bubble = replyViews.get(reply)?.querySelector(".bubble");
   if (!bubble) return;
   renderAssistantText(bubble, reply.text, reply.saved ? reply.saved.citations : null, reply.sources);
+  announce(reply, bubble);
 }
 
 function drawStreamedText(reply) {
@@ -532,7 +538,41 @@ function drawStreamedText(reply) {
   if (!bubble || !bubble.isConnected || !reply.active) return;
   const follow = nearBottom();
   renderAssistantText(bubble, reply.text, null, reply.sources);
+  announce(reply, bubble);
   if (follow) scrollToBottom(true);
+}
+
+/** What a screen reader hears of the open chat's reply. Its bubble is drawn anew on every frame, so a live
+ * region there would read the whole text again and again; instead each block of the reply (a paragraph, a
+ * heading, a list, a code block) is added to #reply-announcer, a polite live region off screen, once it is
+ * finished (the next block has begun), and the rest when the reply ends, then how it ended ("Stopped.", an
+ * error): the reply is read out a block at a time, each once, without cutting in on what the person does. */
+function announce(reply, bubble) {
+  const said = announcedOf(reply);
+  const blocks = [...bubble.children];
+  const finished = reply.active ? blocks.length - 1 : blocks.length;
+  for (const block of blocks.slice(said.blocks, finished)) {
+    // As shown (innerText: list items and table cells apart), and a code block without its head.
+    say((block.classList.contains("code-block") ? block.querySelector("pre") : block).innerText);
+  }
+  said.blocks = Math.max(said.blocks, finished);
+}
+
+/** Once the reply has ended and its notes are drawn: read out how it ended. */
+function announceEnd(reply, body) {
+  const said = announcedOf(reply);
+  if (reply.active || said.ended) return;
+  said.ended = true;
+  for (const note of body.querySelectorAll(".note:not(.warning)")) say(note.textContent);
+}
+
+function announcedOf(reply) {
+  if (!announced.has(reply)) announced.set(reply, { blocks: 0, ended: false });
+  return announced.get(reply);
+}
+
+function say(text) {
+  if (text.trim()) el.announcer.append(node("p", null, text));
 }
 
 function replyStatus(reply) {
