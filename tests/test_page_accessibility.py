@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_browser
-from tests.support.chats import ENDLESS, GREEDY, new_chat
+from tests.support.chats import ENDLESS, GREEDY, LONG_QUESTION, QUESTION, history, new_chat
 from tests.support.server import ROOT
 from tests.test_browser import last_reply, wait_for_reply_text
 from tests.test_page_markdown import CITED, FEATURES, SOURCES, save_answer
@@ -20,6 +20,7 @@ open_tab = test_browser.open_tab
 tab = test_browser.tab
 
 AXE = ROOT / "node_modules/axe-core/axe.min.js"
+ENDLESS_START = ENDLESS[:-1]
 
 
 def axe_violations(page: Page) -> list[dict]:
@@ -116,3 +117,80 @@ def test_axe_finds_nothing_serious_while_a_reply_streams(tab, page_server):
     assert reply.get_attribute("data-state") == "streaming"
     page.get_by_role("button", name="Stop").click()
     expect(reply).to_have_attribute("data-state", "stopped")
+
+
+def focused(page: Page) -> str:
+    """The focused element, described: its tag, id, class and text or label."""
+    return page.evaluate("""() => {
+      const element = document.activeElement;
+      const name = element.getAttribute("aria-label") || element.textContent.trim().slice(0, 40);
+      return `${element.tagName.toLowerCase()}#${element.id}.${element.className} ${name}`;
+    }""")
+
+
+def tab_to(page: Page, locator, key: str = "Tab", most: int = 40) -> None:
+    """Press Tab (or Shift+Tab) until `locator` has the focus."""
+    seen = []
+    for _ in range(most):
+        if locator.evaluate("(element) => element === document.activeElement"):
+            return
+        page.keyboard.press(key)
+        seen.append(focused(page))
+    pytest.fail(f"{key} never reached {locator}; it went through {seen}")
+
+
+def test_the_keyboard_alone_creates_a_chat_sends_stops_a_reply_and_moves_between_chats(tab, page_server):
+    endless = new_chat(page_server, *ENDLESS_START)  # a history the model answers at length
+    page = tab.page
+    page.goto(f"/?max_tokens=400&{GREEDY}")
+    expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
+    expect(page.locator("#chat-list .chat-item")).to_have_count(1)
+
+    # A new chat: its button from the start of the page, then the message, sent with Enter.
+    tab_to(page, page.get_by_role("button", name="New chat"))
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-list .chat-item")).to_have_count(2)
+    message = page.get_by_role("textbox", name="Message")
+    expect(message).to_be_focused()
+    created = page.locator("#chat-list .chat-item.active").get_attribute("data-id")
+    page.keyboard.type(QUESTION)
+    page.keyboard.press("Enter")
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    assert [m["role"] for m in history(page_server, created)] == ["Human", "Assistant"]
+    expect(message).to_be_focused()
+
+    # Back to the chat list, and down to the other chat: it opens with Enter, and the focus stays on it.
+    opened = page.locator("#chat-list .chat-item.active .chat-open")
+    tab_to(page, opened, "Shift+Tab")
+    page.keyboard.press("ArrowDown")
+    other = page.locator(f"#chat-list .chat-item[data-id='{endless}'] .chat-open")
+    expect(other).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#message-list .message")).to_have_count(2)
+    assert page.url.endswith(f"#chat={endless}")
+    expect(other).to_be_focused()
+    # Up, and with Tab past a chat's Rename and Delete buttons to the next chat.
+    page.keyboard.press("ArrowUp")
+    first = page.locator(f"#chat-list .chat-item[data-id='{created}'] .chat-open")
+    expect(first).to_be_focused()
+    for button in (".chat-rename", ".chat-delete"):
+        page.keyboard.press("Tab")
+        expect(page.locator(f"#chat-list .chat-item[data-id='{created}'] {button}")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(other).to_be_focused()
+
+    # A long reply, stopped with the Stop button reached by Tab; the focus goes back to the message box.
+    tab_to(page, message)
+    page.keyboard.type(LONG_QUESTION)
+    page.keyboard.press("Enter")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", "streaming")
+    wait_for_reply_text(page, 20)
+    stop = page.get_by_role("button", name="Stop")
+    tab_to(page, stop)
+    page.keyboard.press("Enter")
+    expect(reply).to_have_attribute("data-state", "stopped")
+    expect(message).to_be_focused()
+    saved = history(page_server, endless)
+    assert [m["role"] for m in saved] == ["Human", "Assistant", "Human", "Assistant"]
+    assert saved[-1]["message"].startswith("I don't know.")

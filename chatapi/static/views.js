@@ -150,7 +150,14 @@ export function setModelStatus(status, label, detail) {
 
 export function renderChats() {
   if (state.renaming) return; // redrawn when the name is saved
+  // Redrawn under the person's focus (they opened a chat, the list was refreshed): it stays on the same
+  // button of the same chat, instead of falling back to the start of the page.
+  const focused = document.activeElement;
+  const focusedChat = el.chatList.contains(focused) ? focused.closest(".chat-item")?.dataset.id : null;
+  const focusedButton = focusedChat ? [...focused.classList].find((name) => name.startsWith("chat-")) : null;
   el.chatList.replaceChildren(...state.chats.map(chatItem));
+  const again = [...el.chatList.children].find((item) => item.dataset.id === focusedChat);
+  if (again && focusedButton) again.querySelector(`.${focusedButton}`)?.focus();
   el.chatListEmpty.hidden = state.chats.length > 0;
   el.chatListEmpty.textContent = state.query ? "No chat matches." : "No chats yet.";
 }
@@ -166,6 +173,14 @@ function chatItem(chat) {
   open.title = chat.name;
   open.append(node("span", "chat-name", chat.name), node("span", "chat-time", relativeTime(chat.updated_at)));
   open.addEventListener("click", () => actions.selectChat(chat.id));
+  open.addEventListener("keydown", (event) => {
+    // Up and down move between the chats (Tab also stops at each chat's Rename and Delete).
+    const step = { ArrowDown: "nextElementSibling", ArrowUp: "previousElementSibling" }[event.key];
+    const next = step && item[step];
+    if (!next) return;
+    event.preventDefault();
+    next.querySelector(".chat-open").focus();
+  });
   if (item.classList.contains("active")) open.setAttribute("aria-current", "page");
 
   const buttons = node("div", "chat-actions");
@@ -607,9 +622,15 @@ function replyMeta(reply) {
 /** Send or Stop, as the open chat's reply and the text typed allow. */
 export function updateComposer() {
   const generating = Boolean(state.activeReply());
+  const focused = document.activeElement;
   el.send.hidden = generating;
   el.stop.hidden = !generating;
   el.send.disabled = state.sending || !el.input.value.trim();
+  // Send and Stop take turns in one place. A button hidden or disabled under the focus would drop it to the
+  // start of the page: it goes to Stop while a reply is written, else to the message box, ready for the next.
+  if ((focused === el.send || focused === el.stop) && (focused.hidden || focused.disabled)) {
+    (generating ? el.stop : el.input).focus();
+  }
 }
 
 /** The composer and the buttons under the messages. */
