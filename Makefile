@@ -7,7 +7,7 @@ export FLASK_APP := wsgi
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint install db model clients postgres-server screenshot postman clean
+.PHONY: run test bench lint install db model clients postgres-server screenshot postman clean vendor vendor-check
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -45,14 +45,41 @@ node_modules/.installed: package.json package-lock.json
 
 clients: /usr/bin/chromium node_modules/.installed
 
+# The page's Markdown libraries, pinned in package.json: their browser ES-module builds, the highlight.js
+# themes and their licences, copied from node_modules into chatapi/static/vendor/ under the names the page
+# imports. vendor/ is committed, so that `make run` serves the page without Node; after changing a pin, run
+# `make vendor` and commit; `make vendor-check` (part of `make test`) fails while the copies differ.
+VENDOR := chatapi/static/vendor
+VENDORED := \
+	markdown-it/dist/browser/markdown-it.esm.min.mjs:markdown-it/markdown-it.js \
+	markdown-it/LICENSE:markdown-it/LICENSE \
+	dompurify/dist/purify.es.mjs:dompurify/purify.js \
+	dompurify/LICENSE:dompurify/LICENSE \
+	dompurify/LICENSE-MPL:dompurify/LICENSE-MPL \
+	@highlightjs/cdn-assets/es/highlight.min.js:highlight.js/highlight.js \
+	@highlightjs/cdn-assets/styles/github.min.css:highlight.js/github.css \
+	@highlightjs/cdn-assets/styles/github-dark.min.css:highlight.js/github-dark.css \
+	@highlightjs/cdn-assets/LICENSE:highlight.js/LICENSE
+# $(call copy_vendored,DIR): the files above into DIR, and nothing else.
+copy_vendored = rm -rf $(1) && for pair in $(VENDORED); do \
+	mkdir -p "$(1)/$$(dirname "$${pair\#*:}")" && cp "node_modules/$${pair%%:*}" "$(1)/$${pair\#*:}" || exit 1; done
+
+vendor: node_modules/.installed
+	$(call copy_vendored,$(VENDOR))
+
+vendor-check: node_modules/.installed
+	$(call copy_vendored,.vendor-check)
+	diff -rq .vendor-check $(VENDOR) || { echo "chatapi/static/vendor/ differs from package.json's pins: run make vendor"; rm -rf .vendor-check; exit 1; }
+	rm -rf .vendor-check
+
 # Debian's PostgreSQL server binaries (initdb, pg_ctl): tests/test_postgres_down.py runs a cluster of its own,
 # which it stops and starts, beside the shared server.
 postgres-server:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
-# The page's modules first (Node's own test runner, a fake EventSource: seconds), then everything else.
+# The page's modules first (Node's own test runner, a fake EventSource, jsdom: seconds), then everything else.
 # `clients` brings node (node_modules/.installed installs it from apt when it is missing).
-test: db model lint clients postgres-server
+test: db model lint clients postgres-server vendor-check
 	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest
 

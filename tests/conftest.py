@@ -103,7 +103,7 @@ def backend(database_url) -> str:
 
 
 # Modules whose tests see the database only through the API, whose own tests run on both: SQLite is enough.
-SQLITE_ONLY = ("test_browser.py", "test_page_actions.py")
+SQLITE_ONLY = ("test_browser.py", "test_page_actions.py", "test_page_markdown.py", "test_page_accessibility.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -523,16 +523,18 @@ function settleReply(reply) {
   views.updateControls();
 }
 
+let stopping = false; // a stop request is on its way
+
 async function stopReply() {
   const reply = state.activeReply();
-  if (!reply) return;
-  el.stop.disabled = true;
+  if (!reply || stopping) return;
+  stopping = true; // not by disabling the button: that would take the focus from it (see views.updateComposer)
   try {
     await api("POST", `/conversations/stop/${encodeURIComponent(reply.chatId)}`);
   } catch (error) {
     views.showError(`Could not stop the reply: ${error.message}.`);
   } finally {
-    el.stop.disabled = false;
+    stopping = false;
   }
 }
 

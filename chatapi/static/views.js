@@ -1,8 +1,10 @@
 /* Drawing the page from the state (state.js): the chat list, the open chat's messages, replies as they stream.
  *
  * Every piece of text from the server or the person is put into the page with textContent (never as HTML),
- * and links are only made from http(s) URLs. Clicks call the actions main.js hands to connectViews().
+ * except an Assistant message's, which markdown.js turns into sanitised elements; links are only made from
+ * http(s) URLs. Clicks call the actions main.js hands to connectViews().
  */
+import { renderMarkdown, safeUrl } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -37,6 +39,7 @@ export const el = {
   emptyState: $("empty-state"),
   suggestions: $("suggestions"),
   messageList: $("message-list"),
+  announcer: $("reply-announcer"),
   composer: $("composer"),
   input: $("message-input"),
   internet: $("internet"),
@@ -64,6 +67,8 @@ export const el = {
 
 const ALERT_SECONDS = 20;
 const replyViews = new WeakMap(); // Reply -> its message in the list
+const frames = new WeakMap(); // Reply -> the animation frame that draws its streamed text, while one is asked for
+const announced = new WeakMap(); // Reply -> what of it was read out: {blocks: how many, ended: its end too}
 
 let state = null; // the ChatState
 // What clicks do: selectChat(id), renameChat(id, name), confirmDelete(chat), startReply(id), regenerate(message),
@@ -119,16 +124,6 @@ function clockTime(value) {
   return date ? date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }) : "";
 }
 
-/** A link target only for web addresses: never javascript:, data: and the like. */
-export function safeUrl(value) {
-  try {
-    const url = new URL(String(value));
-    return url.protocol === "http:" || url.protocol === "https:" ? url : null;
-  } catch {
-    return null;
-  }
-}
-
 // ---------------------------------------------------------------- alerts, the model's status
 
 /** A sentence built as `${reason}.` ends with one full stop, also when the reason (the server's) had its own. */
@@ -155,7 +150,14 @@ export function setModelStatus(status, label, detail) {
 
 export function renderChats() {
   if (state.renaming) return; // redrawn when the name is saved
+  // Redrawn under the person's focus (they opened a chat, the list was refreshed): it stays on the same
+  // button of the same chat, instead of falling back to the start of the page.
+  const focused = document.activeElement;
+  const focusedChat = el.chatList.contains(focused) ? focused.closest(".chat-item")?.dataset.id : null;
+  const focusedButton = focusedChat ? [...focused.classList].find((name) => name.startsWith("chat-")) : null;
   el.chatList.replaceChildren(...state.chats.map(chatItem));
+  const again = [...el.chatList.children].find((item) => item.dataset.id === focusedChat);
+  if (again && focusedButton) again.querySelector(`.${focusedButton}`)?.focus();
   el.chatListEmpty.hidden = state.chats.length > 0;
   el.chatListEmpty.textContent = state.query ? "No chat matches." : "No chats yet.";
 }
@@ -171,6 +173,14 @@ function chatItem(chat) {
   open.title = chat.name;
   open.append(node("span", "chat-name", chat.name), node("span", "chat-time", relativeTime(chat.updated_at)));
   open.addEventListener("click", () => actions.selectChat(chat.id));
+  open.addEventListener("keydown", (event) => {
+    // Up and down move between the chats (Tab also stops at each chat's Rename and Delete).
+    const step = { ArrowDown: "nextElementSibling", ArrowUp: "previousElementSibling" }[event.key];
+    const next = step && item[step];
+    if (!next) return;
+    event.preventDefault();
+    next.querySelector(".chat-open").focus();
+  });
   if (item.classList.contains("active")) open.setAttribute("aria-current", "page");
 
   const buttons = node("div", "chat-actions");
@@ -233,6 +243,7 @@ export function renderOpenChat() {
 /** Empty the message list; the empty state shows when no chat is open. */
 export function clearMessages() {
   el.messageList.replaceChildren();
+  el.announcer.replaceChildren();
   el.emptyState.hidden = Boolean(state.chat);
 }
 
@@ -424,48 +435,12 @@ function retryButton(chatId, label = "Try again") {
   return buttons;
 }
 
-/** An Assistant message's text (saved, or so far while it streams) in its bubble, with a superscript [n] link
- * to the source after each sentence the server cited (`citations`: character offsets into the text).
- * The one place that draws an Assistant message's text. Text nodes only: the text is never read as HTML. */
+/** An Assistant message's text (saved, or so far while it streams) in its bubble, as Markdown (markdown.js):
+ * with a superscript [n] link to the source after each sentence the server cited (`citations`: character
+ * offsets into the text). The one place that draws an Assistant message's text. */
 export function renderAssistantText(bubble, text, citations, sources) {
-  const byNumber = new Map((Array.isArray(sources) ? sources : []).map((source) => [source.n, source]));
-  // Each citation's link goes after its sentence; where the model wrote the "[n]" itself, in its place.
-  const marks = (Array.isArray(citations) ? citations : [])
-    .filter((c) => Number.isInteger(c.end) && c.end > 0 && c.end <= text.length && byNumber.has(c.n))
-    .map((c) => {
-      const marker = `[${c.n}]`;
-      const written = text.lastIndexOf(marker, c.end - marker.length);
-      return written >= 0 && written >= c.start
-        ? { at: written, length: marker.length, n: c.n }
-        : { at: c.end, length: 0, n: c.n };
-    })
-    .sort((a, b) => a.at - b.at);
-  const parts = [];
-  let shown = 0;
-  for (const mark of marks) {
-    if (mark.at < shown) continue; // the same written marker cited twice
-    if (mark.at > shown) parts.push(document.createTextNode(text.slice(shown, mark.at)));
-    shown = mark.at + mark.length;
-    parts.push(citationLink(byNumber.get(mark.n)));
-  }
-  if (shown < text.length) parts.push(document.createTextNode(text.slice(shown)));
-  bubble.replaceChildren(...parts);
-}
-
-function citationLink(source) {
-  const mark = node("sup", "citation");
-  const url = safeUrl(source.url);
-  const link = node(url ? "a" : "span", "citation-link", `[${source.n}]`);
-  const name = `Source ${source.n}: ${source.title || source.url || "untitled page"}`;
-  link.title = name;
-  if (url) {
-    link.setAttribute("aria-label", name); // "Source 1: <title>", not "[1]"
-    link.href = url.href;
-    link.target = "_blank";
-    link.rel = "noopener noreferrer";
-  }
-  mark.append(link);
-  return mark;
+  bubble.classList.add("markdown");
+  bubble.replaceChildren(renderMarkdown(text, { citations, sources }));
 }
 
 function sourcesView(sources) {
@@ -508,6 +483,7 @@ function scrollToBottom(force = false) {
 
 /** Remove what a new reply takes the place of: the "No reply yet" note, a failed reply. */
 export function clearForReply() {
+  el.announcer.replaceChildren(); // what was read out of the last reply
   for (const stale of el.messageList.querySelectorAll(".no-reply, .message[data-state='error']")) stale.remove();
   el.emptyState.hidden = true;
 }
@@ -532,8 +508,8 @@ export function renderReply(reply) {
   const status = replyStatus(reply);
   if (status) parts.push(status);
   if (reply.warning) parts.push(node("div", "note warning", reply.warning));
-  const saved = reply.saved; // citations come with `done`
-  renderAssistantText(bubble, reply.text, saved ? saved.citations : null, reply.sources);
+  const saved = reply.saved;
+  drawReplyText(reply);
   parts.push(bubble);
   if (reply.sources && reply.sources.length) parts.push(sourcesView(reply.sources));
   if (reply.status === "error") {
@@ -551,7 +527,67 @@ export function renderReply(reply) {
     if (saved) parts.push(node("div", "meta", replyMeta(reply)));
   }
   body.replaceChildren(...parts);
+  announceEnd(reply, body);
   if (follow) scrollToBottom(true);
+}
+
+/** Draw a reply's text in its bubble: at once when the reply has ended (with the citations `done` brought),
+ * else at the next animation frame, once for however many tokens came meanwhile, since each draw parses the
+ * whole text as Markdown again. */
+function drawReplyText(reply) {
+  if (reply.active) {
+    if (!frames.has(reply)) frames.set(reply, requestAnimationFrame(() => drawStreamedText(reply)));
+    return;
+  }
+  cancelAnimationFrame(frames.get(reply));
+  frames.delete(reply);
+  const bubble = replyViews.get(reply)?.querySelector(".bubble");
+  if (!bubble) return;
+  renderAssistantText(bubble, reply.text, reply.saved ? reply.saved.citations : null, reply.sources);
+  announce(reply, bubble);
+}
+
+function drawStreamedText(reply) {
+  frames.delete(reply);
+  const bubble = replyViews.get(reply)?.querySelector(".bubble");
+  if (!bubble || !bubble.isConnected || !reply.active) return;
+  const follow = nearBottom();
+  renderAssistantText(bubble, reply.text, null, reply.sources);
+  announce(reply, bubble);
+  if (follow) scrollToBottom(true);
+}
+
+/** What a screen reader hears of the open chat's reply. Its bubble is drawn anew on every frame, so a live
+ * region there would read the whole text again and again; instead each block of the reply (a paragraph, a
+ * heading, a list, a code block) is added to #reply-announcer, a polite live region off screen, once it is
+ * finished (the next block has begun), and the rest when the reply ends, then how it ended ("Stopped.", an
+ * error): the reply is read out a block at a time, each once, without cutting in on what the person does. */
+function announce(reply, bubble) {
+  const said = announcedOf(reply);
+  const blocks = [...bubble.children];
+  const finished = reply.active ? blocks.length - 1 : blocks.length;
+  for (const block of blocks.slice(said.blocks, finished)) {
+    // As shown (innerText: list items and table cells apart), and a code block without its head.
+    say((block.classList.contains("code-block") ? block.querySelector("pre") : block).innerText);
+  }
+  said.blocks = Math.max(said.blocks, finished);
+}
+
+/** Once the reply has ended and its notes are drawn: read out how it ended. */
+function announceEnd(reply, body) {
+  const said = announcedOf(reply);
+  if (reply.active || said.ended) return;
+  said.ended = true;
+  for (const note of body.querySelectorAll(".note:not(.warning)")) say(note.textContent);
+}
+
+function announcedOf(reply) {
+  if (!announced.has(reply)) announced.set(reply, { blocks: 0, ended: false });
+  return announced.get(reply);
+}
+
+function say(text) {
+  if (text.trim()) el.announcer.append(node("p", null, text));
 }
 
 function replyStatus(reply) {
@@ -586,9 +622,15 @@ function replyMeta(reply) {
 /** Send or Stop, as the open chat's reply and the text typed allow. */
 export function updateComposer() {
   const generating = Boolean(state.activeReply());
+  const focused = document.activeElement;
   el.send.hidden = generating;
   el.stop.hidden = !generating;
   el.send.disabled = state.sending || !el.input.value.trim();
+  // Send and Stop take turns in one place. A button hidden or disabled under the focus would drop it to the
+  // start of the page: it goes to Stop while a reply is written, else to the message box, ready for the next.
+  if ((focused === el.send || focused === el.stop) && (focused.hidden || focused.disabled)) {
+    (generating ? el.stop : el.input).focus();
+  }
 }
 
 /** The composer and the buttons under the messages. */
