@@ -341,6 +341,11 @@ def test_a_streaming_reply_is_markdown_drawn_once_a_frame_and_read_out_a_block_a
     expect(announcer).to_have_attribute("aria-live", "polite")
     expect(announcer.locator("p")).to_have_text(["Steps", "First, stir the pot.", "one\ntwo"])
 
+    # The browser's reconnect comes after its retry delay, which the page's "Reconnecting…" does not wait for.
+    for _ in range(300):
+        if waiting:
+            break
+        page.wait_for_timeout(100)  # lets Playwright run the route handler meanwhile
     assert len(waiting) == 1
     waiting[0].fulfill(status=200, content_type="text/event-stream", body=parts[1])
     expect(reply).to_have_attribute("data-state", "done")
