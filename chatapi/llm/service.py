@@ -229,6 +229,7 @@ class ReplyService:
         research: Research | None = None,
         on_event: ReplyEvents | None = None,
         replacing: uuid.UUID | None = None,
+        stops: list[str] | None = None,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
@@ -252,7 +253,7 @@ class ReplyService:
         self.saves[reply] = save
         self.preparing += 1
         try:
-            self._prepare(reply, history, system_prompt, options, research)
+            self._prepare(reply, history, system_prompt, options, research, stops or [])
         except Exception as exc:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
@@ -301,7 +302,7 @@ class ReplyService:
             now = time.monotonic()
             self._end(reply, Result("cancelled", len(reply.job.prompt.tokens), 0, 0, now, None, now))
 
-    def _prepare(self, reply, history, system_prompt, options, research) -> None:
+    def _prepare(self, reply, history, system_prompt, options, research, stops) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
@@ -311,6 +312,7 @@ class ReplyService:
         budget = self.model.n_ctx - options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if research else 0
         prompt = self.in_thread(self.prompts.build, system_prompt, history, budget - reserve)
+        prompt.stop = [*prompt.stop, *stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if research:
             self._read_ahead(reply, prompt)
