@@ -54,9 +54,13 @@ class Integer(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
-def Boolean(**kwargs) -> fields.Boolean:  # noqa: N802 (a field, named as fields are)
+class Boolean(fields.Boolean):
     """A JSON boolean: not "true" or 1."""
-    return fields.Boolean(truthy={True}, falsy={False}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class Content(fields.Field):
