@@ -7,25 +7,35 @@ Errors here are in OpenAI's shape (chatapi/errors.py).
 """
 
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
+from functools import partial
 
 import marshmallow as ma
-from flask import Blueprint, Response, request
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app, request
 from flask_smorest import abort
 from marshmallow import fields, validate
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import limits, metrics, replies
+from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
 from .llm.service import QueueFull, ReplyService
+from .models import Chat, Conversation, utcnow
+from .schemas import ConversationSchema, StorableString, message_length
 
 MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
 ROLES = {"user": "Human", "assistant": "Assistant"}  # system and developer messages make the system prompt
 MAX_STOPS = 4  # as OpenAI allows
+NAME_CHARS = 200  # a stored exchange's chat name: its first user message, cut to a chat name's length
+log = logging.getLogger(__name__)
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 
@@ -63,12 +73,20 @@ class Boolean(fields.Boolean):
         return value
 
 
+def text(value: str) -> str:
+    """Text the model can read and the databases can store (no NUL, no lone surrogate), as long as a chat
+    message may be."""
+    value = StorableString().deserialize(value)
+    message_length(value)
+    return value
+
+
 class Content(fields.Field):
     """A message's content: a string, or a list of text parts ({"type": "text", "text": ...}) joined by lines."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
-            return value
+            return text(value)
         if not isinstance(value, list):
             raise ma.ValidationError("must be a string or a list of text parts")
         texts = []
@@ -78,8 +96,11 @@ class Content(fields.Field):
                 raise ma.ValidationError({index: [f"only text parts are supported, not {kind!r}"]})
             if not isinstance(part.get("text"), str):
                 raise ma.ValidationError({index: {"text": ["must be a string"]}})
-            texts.append(part["text"])
-        return "\n".join(texts)
+            try:
+                texts.append(text(part["text"]))
+            except ma.ValidationError as error:
+                raise ma.ValidationError({index: {"text": error.messages}}) from error
+        return text("\n".join(texts))
 
 
 class Stop(fields.Field):
@@ -267,7 +288,7 @@ def create_chat_completion():
             system_prompt,
             options,
             answering=None,
-            save=lambda _reply: None,
+            save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
             on_event=metrics.reply_events(),
             stops=args.get("stop"),
         )
@@ -378,3 +399,55 @@ class Completion:
         finally:
             if not self.reply.finished:
                 service.cancel(self.reply)
+
+
+def store_exchange(app: Flask, system_prompt: str, history: list[Message], reply: Reply) -> dict | None:
+    """With CHATAPI_OPENAI_STORE, store a finished exchange as a chat, so that it shows in the page and the chat
+    API: the chat it continues (a client resends the whole conversation each turn), else a new one named after
+    the first user message. The saved reply, or None. A database that fails is logged: the client still gets
+    its completion, which is what it asked for."""
+    if not app.config["CHATAPI_OPENAI_STORE"] or not reply.text:
+        return None
+    with app.app_context():
+        try:
+            chat, stored = continued_chat(system_prompt, history)
+            if chat is None:
+                chat = Chat(chat_name(history), system_prompt.strip() or None)
+                db.session.add(chat)
+            # Apart by a microsecond each, so that the chat's order (created_at, id) is the conversation's.
+            now = utcnow()
+            added = [Conversation(chat, m.role, m.text) for m in history[stored:]]
+            answer = Conversation(chat, "Assistant", reply.text, id=reply.message_id)
+            for offset, conversation in enumerate([*added, answer]):
+                conversation.created_at = conversation.updated_at = now + timedelta(microseconds=offset)
+            chat.updated_at = answer.created_at
+            db.session.add_all([*added, answer])
+            db.session.commit()
+            return ConversationSchema().dump(answer)
+        except SQLAlchemyError:
+            db.session.rollback()
+            log.exception("the chat completion could not be stored")
+            return None
+        finally:
+            db.session.remove()
+
+
+def chat_name(history: list[Message]) -> str:
+    first = next(m.text for m in history if m.role == "Human")
+    name = " ".join(first.split())
+    return (name[: NAME_CHARS - 1] + "…" if len(name) > NAME_CHARS else name) or "Chat completion"
+
+
+def continued_chat(system_prompt: str, history: list[Message]) -> tuple[Chat | None, int]:
+    """The stored chat whose messages begin the conversation (the same name and system prompt), and how many
+    of them it holds; (None, 0) when there is none."""
+    system = system_prompt.strip() or None
+    same_system = Chat.system_prompt.is_(None) if system is None else Chat.system_prompt == system
+    query = sa.select(Chat).where(Chat.name == chat_name(history), same_system)
+    query = query.order_by(Chat.updated_at.desc()).limit(5)
+    wanted = [(m.role, m.text.strip()) for m in history]
+    for chat in db.session.scalars(query):
+        stored = [(c.role, c.message.strip()) for c in chat.history()]
+        if 0 < len(stored) < len(wanted) and wanted[: len(stored)] == stored:
+            return chat, len(stored)
+    return None, 0

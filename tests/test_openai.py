@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from conftest import FAST_STREAM_SETTINGS
+from helpers import snapshot
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, infer, new_chat
 from tests.support.metrics import moved, scrape
@@ -87,9 +88,9 @@ def test_the_model_list_and_the_model(openai_server):
     assert raised.value.code == "model_not_found" and raised.value.param == "model"
 
 
-def test_a_completion(openai_server):
+def test_a_completion(openai_server, app):
     base = openai_server
-    before = scrape(base)
+    before, rows = scrape(base), snapshot(app)
     completion = sdk(base).chat.completions.create(
         model=model_name(base),
         messages=[{"role": "system", "content": "Answer in one sentence."}, *ASK],
@@ -111,6 +112,7 @@ def test_a_completion(openai_server):
     assert moved(before, after, "chatapi_replies_started_total", mode="openai") == 1
     assert moved(before, after, "chatapi_reply_completion_tokens_total", mode="openai") == usage.completion_tokens
     assert moved(before, after, "chatapi_reply_prompt_tokens_total", mode="openai") == usage.prompt_tokens
+    assert snapshot(app) == rows  # nothing stored without CHATAPI_OPENAI_STORE
 
 
 def test_the_system_messages_are_the_system_prompt(openai_server):
@@ -246,6 +248,22 @@ def test_bad_input_is_a_bad_request_naming_the_parameter(openai_server, params, 
     assert raised.value.type == "invalid_request_error"
     assert_openai_error(complete(base, **params), 400, "invalid_request_error", param, raised.value.code)
     assert moved(before, scrape(base), "chatapi_replies_started_total", mode="openai") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        ("a\x00b", "messages[0].content"),
+        ("\ud800", "messages[0].content"),
+        ([{"type": "text", "text": "\udfff"}], "messages[0].content[0].text"),
+        ("x" * 65537, "messages[0].content"),
+    ],
+)
+def test_text_no_database_could_store_is_a_bad_request(openai_server, content, param):
+    """As on the chat API (CHATAPI_OPENAI_STORE may store it): no NUL, no lone surrogate, no message longer than
+    CHATAPI_MAX_MESSAGE_CHARS."""
+    response = complete(openai_server, messages=[{"role": "user", "content": content}])
+    assert_openai_error(response, 400, "invalid_request_error", param)
 
 
 def test_harmless_unknown_fields_are_ignored(openai_server):
