@@ -291,6 +291,7 @@ def create_chat_completion():
             save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
             on_event=metrics.reply_events(),
             stops=args.get("stop"),
+            by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")

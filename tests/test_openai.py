@@ -14,10 +14,10 @@ import requests
 from conftest import FAST_STREAM_SETTINGS
 from helpers import snapshot
 from tests.support import wait_for
-from tests.support.chats import ENDLESS, GREEDY, QUESTION, infer, new_chat
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, infer, new_chat
 from tests.support.metrics import moved, scrape
 from tests.support.server import Server
-from tests.support.sse import EventStream
+from tests.support.sse import EventStream, read_events
 
 KEY = "openai-key-" + uuid.uuid4().hex
 IDLE = {"running": 0, "waiting": 0}
@@ -411,3 +411,40 @@ def test_a_model_that_cannot_load_is_a_503_in_openais_shape(start_server, tmp_pa
     assert_openai_error(requests.get(f"{base}/v1/models", timeout=10), 503, "server_error", None, "model_not_ready")
     unready = complete(base, messages=ASK)
     assert_openai_error(unready, 503, "server_error", None, "model_not_ready")
+
+
+def test_a_follow_up_resent_with_its_history_reads_only_its_new_tokens(openai_server):
+    """As every OpenAI client does: the whole conversation again, one answer and one question longer. The
+    cache is found by the prompt's tokens (no chat id), even after other requests used other sequences."""
+    base = openai_server
+    first = [{"role": "system", "content": "You are a geography teacher."}, *ASK]
+    before = complete(base, messages=first, max_tokens=16, temperature=0).json()
+    for question in ("Name a colour.", "Name a fruit."):  # others meanwhile
+        complete(base, messages=[{"role": "user", "content": question}], max_tokens=4)
+    answer, usage = before["choices"][0]["message"]["content"], before["usage"]
+    follow_up = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And of Italy?"}]
+    cached = complete(base, messages=follow_up, max_tokens=4).json()["usage"]["prompt_tokens_details"]
+    # The last prompt and nearly all of its answer (not the token that ended it, which was never read).
+    read_before = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert read_before - 4 <= cached["cached_tokens"] < read_before, (usage, cached)
+
+
+def test_a_chats_cache_serves_a_completion_and_stays_the_chats(openai_server, app, client):
+    """A completion that begins as a chat's prompt copies the chat's cache; the chat's next turn still finds
+    all of its own."""
+    base = openai_server
+    chat_id = new_chat(base, *ENDLESS)
+    done = read_events(infer(base, chat_id, f"max_tokens=16&{GREEDY}"))[-1]["data"]
+    chat_prompt = done["usage"]["prompt_tokens"]
+    assert chat_prompt >= 128  # MIN_COPIED_PREFIX: long enough to copy
+    messages = [
+        {"role": "system", "content": app.config["CHATAPI_SYSTEM_PROMPT"]},
+        *ENDLESS_MESSAGES,
+        {"role": "assistant", "content": done["message"]["message"]},
+        {"role": "user", "content": "Thank you."},
+    ]
+    usage = complete(base, messages=messages, max_tokens=4).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= chat_prompt
+    add_message(base, chat_id, "Thank you.")
+    again = read_events(infer(base, chat_id, f"max_tokens=4&{GREEDY}"))[-1]["data"]["usage"]
+    assert again["cached_tokens"] >= chat_prompt + done["usage"]["completion_tokens"] - 4

@@ -230,6 +230,7 @@ class ReplyService:
         on_event: ReplyEvents | None = None,
         replacing: uuid.UUID | None = None,
         stops: list[str] | None = None,
+        by_prefix: bool = False,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
@@ -249,6 +250,7 @@ class ReplyService:
             chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
         )
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
+        reply.job.by_prefix = by_prefix
         self._remember(reply)
         self.saves[reply] = save
         self.preparing += 1
