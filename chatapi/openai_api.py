@@ -17,7 +17,7 @@ from functools import partial
 
 import marshmallow as ma
 import sqlalchemy as sa
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, current_app, request
 from flask_smorest import abort
 from marshmallow import fields, validate
 from sqlalchemy.exc import SQLAlchemyError
@@ -73,7 +73,7 @@ class Boolean(fields.Boolean):
         return value
 
 
-def text(value: str) -> str:
+def storable_text(value: str) -> str:
     """Text the model can read and the databases can store (no NUL, no lone surrogate), as long as a chat
     message may be."""
     value = StorableString().deserialize(value)
@@ -86,7 +86,7 @@ class Content(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str):
-            return text(value)
+            return storable_text(value)
         if not isinstance(value, list):
             raise ma.ValidationError("must be a string or a list of text parts")
         texts = []
@@ -97,10 +97,10 @@ class Content(fields.Field):
             if not isinstance(part.get("text"), str):
                 raise ma.ValidationError({index: {"text": ["must be a string"]}})
             try:
-                texts.append(text(part["text"]))
+                texts.append(storable_text(part["text"]))
             except ma.ValidationError as error:
                 raise ma.ValidationError({index: {"text": error.messages}}) from error
-        return text("\n".join(texts))
+        return storable_text("\n".join(texts))
 
 
 class Stop(fields.Field):
@@ -298,10 +298,7 @@ def create_chat_completion():
     completion = Completion(reply, service.model.name)
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
-        response = Response(completion.chunks(service, include_usage), content_type="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        return response
+        return replies.event_stream_response(completion.chunks(service, include_usage))
     return completion.whole()
 
 
