@@ -184,7 +184,7 @@ UNSUPPORTED = {
         "only the text response format is supported",
     ),
     "logprobs": (lambda value: value in (None, False), "logprobs are not supported"),
-    "top_logprobs": (lambda value: value is None, "logprobs are not supported"),
+    "top_logprobs": (lambda value: value in (None, 0), "logprobs are not supported"),
     "logit_bias": (lambda value: not value, "logit_bias is not supported"),
     "modalities": (lambda value: value is None or value == ["text"], "only the text modality is supported"),
     "audio": (lambda value: value is None, "audio output is not supported"),

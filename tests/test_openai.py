@@ -223,6 +223,7 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
         ({"messages": ASK, "tool_choice": "required"}, "tool_choice"),
         ({"messages": ASK, "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": ASK, "logprobs": True}, "logprobs"),
+        ({"messages": ASK, "top_logprobs": 2}, "top_logprobs"),
         ({"messages": ASK, "logit_bias": {"1": 100}}, "logit_bias"),
         ({"messages": ASK, "temperature": "0.5"}, "temperature"),
         ({"messages": ASK, "temperature": 3}, "temperature"),
@@ -280,6 +281,10 @@ def test_harmless_unknown_fields_are_ignored(openai_server):
         response_format={"type": "text"},
         n=1,
         logprobs=False,
+        top_logprobs=0,
+        stop=None,
+        seed=None,
+        stream_options=None,
         something_new={"x": 1},
     )
     assert response.status_code == 200, response.text
