@@ -106,6 +106,10 @@ class Config:
     # redis package), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
 
+    # Store each exchange of the OpenAI-compatible API (/v1/chat/completions) as a chat, shown in the page and
+    # the chat API; off: such requests leave nothing behind (chatapi/openai_api.py).
+    CHATAPI_OPENAI_STORE = flag("CHATAPI_OPENAI_STORE")
+
     API_TITLE = "chatapi"
     API_VERSION = "1.0"
     OPENAPI_VERSION = "3.0.3"

@@ -1,5 +1,6 @@
 """Run the benchmarks: python -m bench [name ...]. Prints each table and writes them to docs/benchmarks.md; with
-names (list_chats, inference, batching, internet, answers, load) only those run and their sections are replaced."""
+names (list_chats, inference, batching, internet, answers, load, openai) only those run and their sections are
+replaced. `python -m bench --list` lists them and runs nothing."""
 
 import contextlib
 import io
@@ -10,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import answers, batching, inference, internet, list_chats, load
+from bench import answers, batching, inference, internet, list_chats, load, openai_api
 from tests.support.factweb import INJECTION
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -129,6 +130,25 @@ server's log says "database is locked", and *load* is the machine's 1-minute loa
 asserts that 5xx, lost and locked are 0."""
 
 
+OPENAI_NOTES = """\
+`POST /v1/chat/completions` with `"stream": true`, `temperature` 0 and `stream_options.include_usage`, against
+the real server on a fresh SQLite database (`bench/openai_api.py`), with an OpenAI request's prompt: no system
+message, so no system prompt.
+
+- **tok/s**: content chunks per second a client receives, first to last, for the looping conversation of
+  *Inference over HTTP* to 256 tokens (median of 3 after a warm-up), divided by llama-cpp-python's own
+  `Llama.create_completion(stream=True)` on the same prompt text in the benchmark's process, before any server
+  starts (goal: at least 0.95).
+- **cold / warm TTFT**: time from the request to the first content chunk. *Cold*: a conversation of about 1,500
+  tokens (the prose of *Inference over HTTP*), distinct from its first message on; *warm*: the same conversation
+  resent with the streamed answer and one short question more, as OpenAI clients do: the server finds the cache
+  by the prompt's tokens (`cached_tokens` in the details). Median of 3 conversations' warm ÷ cold (goal: at most
+  0.15).
+- When llama-cpp-python's own OpenAI server is installed (`pip install 'llama-cpp-python[server]'`, same
+  version), it runs the same requests on the same GGUF (`python -m llama_cpp.server`, the same thread count and
+  window), on its own after ours has stopped."""
+
+
 class Tee(io.TextIOBase):
     """Writes to the terminal and keeps a copy."""
 
@@ -172,6 +192,7 @@ BENCHMARKS = {
     "internet": ("Internet mode", INTERNET_NOTES, internet.main),
     "answers": ("Internet mode's answers", ANSWERS_NOTES, answers.main),
     "load": ("Load: 50 clients, SQLite and PostgreSQL", LOAD_NOTES, load.main),
+    "openai": ("OpenAI-compatible API", OPENAI_NOTES, openai_api.main),
 }
 
 
@@ -184,6 +205,10 @@ def earlier_sections() -> dict[str, str]:
 
 
 def main(names: list[str]) -> None:
+    if names == ["--list"]:
+        for name, (title, _, _) in BENCHMARKS.items():
+            print(f"{name:12} {title}")
+        return
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         raise SystemExit(f"unknown benchmark {', '.join(unknown)}; there are {', '.join(BENCHMARKS)}")

@@ -82,11 +82,12 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import chats, conversations, health, pages
+    from . import chats, conversations, health, openai_api, pages
 
     for module in (chats, conversations, health, auth, metrics):
         api.register_blueprint(module.bp)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
+    app.register_blueprint(openai_api.bp)  # OpenAI's API, in its own shape: outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).
     app.register_blueprint(
         Blueprint("docs_assets", __name__, static_folder=swagger_ui_path, static_url_path="/docs/assets")

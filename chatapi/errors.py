@@ -1,10 +1,16 @@
-"""Every error becomes the same JSON body: {code, status, message[, errors]}."""
+"""Every error becomes the same JSON body: {code, status, message[, errors]}; on the OpenAI-compatible routes
+(/v1, chatapi/openai_api.py) OpenAI's instead: {"error": {message, type, param, code}}, so that its clients
+read it."""
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 from .extensions import db
+
+# OpenAI's error `type` by status, where the route gives none; its `code` for some.
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
 
 # Seconds a client should wait before trying again when the database is unavailable (a restart takes a few).
 DATABASE_RETRY_AFTER = "5"
@@ -47,23 +53,57 @@ def error_body(error: HTTPException) -> tuple[dict, int, dict]:
     return body, error.code, headers
 
 
+def is_openai_route() -> bool:
+    return request.path == "/v1" or request.path.startswith("/v1/")
+
+
+def openai_error(body: dict, status: int, data: dict) -> dict:
+    """OpenAI's error body; a route may name the `param` at fault and the error's `type` and `code`
+    (flask_smorest.abort(400, message=..., param="n", code_name="unsupported_parameter"))."""
+    if status >= 500:
+        kind = "server_error"
+    else:
+        kind = OPENAI_TYPES.get(status, "invalid_request_error")
+    return {
+        "error": {
+            "message": body["message"],
+            "type": data.get("type") or kind,
+            "param": data.get("param"),
+            "code": data.get("code_name") or OPENAI_CODES.get(status),
+        }
+    }
+
+
+def error_response(error: HTTPException, message: str | None = None, headers: dict | None = None):
+    """The error's response in the shape its route speaks; `message` and `headers` replace or add to the
+    error's own."""
+    body, status, own_headers = error_body(error)
+    if message:
+        body["message"] = message
+    own_headers.update(headers or {})
+    if is_openai_route():
+        body = openai_error(body, status, getattr(error, "data", None) or {})
+    return body, status, own_headers
+
+
 def handle_http_exception(error: HTTPException):
-    return error_body(error)
+    return error_response(error)
 
 
 def handle_database_unavailable(error: OperationalError):
     """A database that cannot be reached (stopped, restarting) is a 503 to retry later, not a crash."""
     db.session.rollback()
     current_app.logger.error("database unavailable: %s", error)
-    body, code, headers = error_body(ServiceUnavailable("the database is unavailable"))
-    return body, code, {**headers, "Retry-After": DATABASE_RETRY_AFTER}
+    return error_response(
+        ServiceUnavailable("the database is unavailable"), headers={"Retry-After": DATABASE_RETRY_AFTER}
+    )
 
 
 def handle_unexpected(error: Exception):
     """Anything else is a bug: roll back, log it, answer JSON."""
     db.session.rollback()
     current_app.logger.exception("unhandled error")
-    return error_body(InternalServerError("internal server error"))
+    return error_response(InternalServerError("internal server error"))
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_smorest import abort
 from limits import RateLimitItem, parse_many
 
-from .errors import error_body
+from .errors import error_response
 
 KEY_PREFIX = "chatapi"
 REPLY_SCOPE = "reply-start"
@@ -82,11 +82,11 @@ def count_reply_start() -> None:
 
 def handle_rate_limit_exceeded(error: RateLimitExceeded):
     """Flask-Limiter's 429 in the usual body, with the seconds until the window frees a request."""
-    body, status, headers = error_body(error)
-    body["message"] = f"too many requests: at most {error.limit.limit}"
     limit = current_app.extensions["rate_limits"].limiter.current_limit
-    headers["Retry-After"] = str(seconds_until(limit.window.reset_time))
-    return body, status, headers
+    retry_after = str(seconds_until(limit.window.reset_time))
+    return error_response(
+        error, message=f"too many requests: at most {error.limit.limit}", headers={"Retry-After": retry_after}
+    )
 
 
 def seconds_until(epoch: float) -> int:

@@ -102,8 +102,15 @@ def backend(database_url) -> str:
     return database_url.split(":", 1)[0].split("+")[0]
 
 
-# Modules whose tests see the database only through the API, whose own tests run on both: SQLite is enough.
-SQLITE_ONLY = ("test_browser.py", "test_page_actions.py", "test_page_markdown.py", "test_page_accessibility.py")
+# Modules whose tests see the database only through the API, whose own tests run on both, or not at all (the
+# OpenAI-compatible API stores nothing by default): SQLite is enough.
+SQLITE_ONLY = (
+    "test_browser.py",
+    "test_page_actions.py",
+    "test_page_markdown.py",
+    "test_page_accessibility.py",
+    "test_openai.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

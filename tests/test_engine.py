@@ -82,6 +82,10 @@ class EndlessModel(ScriptedModel):
     def __init__(self):
         super().__init__([b"x"])
         self.batches: list[list[int]] = []  # each decode's entries' sequence ids
+        self.copies: list[tuple[int, int, int]] = []  # (source, target, length)
+
+    def copy(self, source: int, target: int, length: int) -> None:
+        self.copies.append((source, target, length))
 
     def sample(self, sampler, index: int = -1) -> int:
         return 100
@@ -214,3 +218,63 @@ def test_reading_ahead_gives_way_when_a_job_needs_its_sequence_or_is_cancelled()
     other.step([reader])
     reader.cancelled = True
     assert other.step([]) == [] and other.slots == []
+
+
+def no_chat_job(chat: str, tokens: list[int], max_tokens: int = 3) -> Job:
+    """A job of the OpenAI-compatible API: an id of its own, its cache found by its prompt's tokens."""
+    options = Options(max_tokens=max_tokens, temperature=0, top_p=1, seed=1)
+    return Job(chat, Prompt(tokens, [], 0), options, on_text=list().append, by_prefix=True)
+
+
+def sequence_of(engine: Engine, chat: str):
+    return next(s for s in engine.sequences if s.chat_id == chat)
+
+
+def test_a_job_of_no_chat_takes_over_the_sequence_that_begins_its_prompt():
+    """A client resending its growing conversation: the next request reads only the new tokens, in the
+    sequence the last one left, even after other chats used the sequences since."""
+    model = EndlessModel()
+    engine = Engine(model)
+    first = list(range(1, 31))
+    engine.generate(no_chat_job("x1", first))
+    held = list(sequence_of(engine, "x1").tokens)
+    assert held[:30] == first and len(held) == 32  # the prompt and the replies' tokens fed back
+    for chat in "abcde":  # the five other sequences
+        engine.generate(job(chat, 1))
+    evaluated = len(model.evaluated)
+    result = engine.generate(no_chat_job("x2", [*held, 60, 61]))
+    assert result.cached_tokens == len(held)
+    assert model.evaluated[evaluated : evaluated + 2] == [60, 61]  # only the new tokens were read
+    assert not any(s.chat_id == "x1" for s in engine.sequences) and sequence_of(engine, "x2").by_prefix
+    assert model.copies == []
+
+
+def test_a_chats_sequence_is_copied_for_a_job_of_no_chat_and_the_chat_keeps_it():
+    model = EndlessModel()
+    engine = Engine(model)
+    history = list(range(1, 201))
+    engine.generate(job("a", 1))
+    engine.generate(Job("a", Prompt(history, [], 0), Options(1, 0, 1, 1), on_text=list().append))
+    own = sequence_of(engine, "a")
+    result = engine.generate(no_chat_job("x", [*history[:150], 7, 8]))
+    copy = sequence_of(engine, "x")
+    assert copy.id != own.id and model.copies == [(own.id, copy.id, 150)]
+    assert result.cached_tokens == 150 and copy.tokens[:152] == [*history[:150], 7, 8]
+    # The chat's next turn finds all of its own cache.
+    assert own.chat_id == "a" and own.tokens == history
+    follow_up = Job("a", Prompt([*history, 9], [], 0), Options(1, 0, 1, 1), on_text=list().append)
+    assert engine.generate(follow_up).cached_tokens == len(history)
+
+
+def test_a_short_prefix_in_common_is_read_again():
+    """Under MIN_COPIED_PREFIX tokens a copy costs more than it saves; under MIN_SHARED_PREFIX (a template's
+    opening) another conversation's cache is worth more than the least recently used sequence's."""
+    model = EndlessModel()
+    engine = Engine(model)
+    engine.generate(Job("a", Prompt(list(range(1, 101)), [], 0), Options(1, 0, 1, 1), on_text=list().append))
+    engine.generate(no_chat_job("x", [*range(1, 101), 5]))
+    assert model.copies == [] and sequence_of(engine, "a").tokens[:100] == list(range(1, 101))
+    engine.generate(no_chat_job("y", list(range(1, 40))))  # shares 39 tokens with x: takes x's sequence over
+    assert not any(s.chat_id == "x" for s in engine.sequences)
+    engine.generate(no_chat_job("z", [1, 2, 3, 4, 99]))  # 4 in common with y: a sequence of its own
+    assert sequence_of(engine, "y").tokens[:39] == list(range(1, 40))

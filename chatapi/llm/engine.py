@@ -7,7 +7,9 @@ read (chunked prefill, at most `step_tokens` in all), so a long new prompt stall
 one chunk at a time only.
 Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted, of
 those that keep the running replies' sequences together), so a follow-up turn evaluates only the tokens
-that are new since the chat's last turn.
+that are new since the chat's last turn. A job of no chat (the OpenAI-compatible API: its clients resend the
+whole conversation each turn) finds its cache by its prompt's tokens instead: the idle sequence that begins
+with most of them, taken over when no chat owns it, else copied, so that the chat keeps its own.
 """
 
 import codecs
@@ -18,6 +20,13 @@ from dataclasses import dataclass, field
 
 from .model import Model
 from .prompt import Prompt
+
+# Fewer tokens in common than this are read again rather than copied from a chat's sequence: a copy moves the
+# whole sequence's cache (tens of MB), which costs about what reading this many tokens does.
+MIN_COPIED_PREFIX = 128
+# A job of no chat takes over another's sequence for at least this many tokens in common; fewer (a template's
+# opening) are not worth evicting that conversation's cache rather than the least recently used one.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
@@ -41,6 +50,8 @@ class Job:
     # reads a chat's history while it searches the web). Such a job ends unreported, and gives way: to the
     # chat's own next job, and to any job that needs a sequence when none is free.
     read_only: bool = False
+    # A job of no chat (its chat_id is its own, never seen again): its cache is found by its prompt's tokens.
+    by_prefix: bool = False
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Sequence:
     chat_id: uuid.UUID | None = None
     tokens: list[int] = field(default_factory=list)
     used: float = 0.0
+    by_prefix: bool = False  # held for a job of no chat: nobody comes back for it by its chat id
 
 
 class StopScanner:
@@ -124,8 +136,9 @@ class Engine:
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
         self.slots: list[Slot] = []
 
-    def sequence_for(self, chat_id: uuid.UUID) -> Sequence:
-        """The chat's own sequence, else one that no running job holds: the least recently used of those
+    def sequence_for(self, chat_id: uuid.UUID, prompt: list[int] | None = None) -> Sequence:
+        """The chat's own sequence, else one that no running job holds: for a job of no chat (`prompt` given)
+        the one that begins with most of its prompt (see by_prefix), else the least recently used of those
         that keep the running sequences' ids closest together.
 
         llama.cpp computes a step over every sequence from the lowest id in the batch to the highest: four
@@ -142,10 +155,28 @@ class Engine:
                 return max(ids) - min(ids)
 
             free = [s for s in self.sequences if s.id not in running]
-            sequence = min(free, key=lambda s: (span_with(s), s.used))
+            least_used = min(free, key=lambda s: (span_with(s), s.used))
+            sequence = self.by_prefix(prompt, free, least_used) if prompt else least_used
             sequence.chat_id = chat_id
+            sequence.by_prefix = prompt is not None
         sequence.used = time.monotonic()
         return sequence
+
+    def by_prefix(self, prompt: list[int], free: list[Sequence], least_used: Sequence) -> Sequence:
+        """Of the free sequences, the one whose tokens begin the prompt furthest: taken over when it was a job
+        of no chat's (its owner never comes back); a chat's is copied into `least_used` instead, so that the
+        chat's next turn still finds it. Without a long enough prefix in common, `least_used`."""
+        best = max(free, key=lambda s: (common_prefix(s.tokens, prompt), s.by_prefix))
+        common = common_prefix(best.tokens, prompt)
+        if best is least_used or common < MIN_SHARED_PREFIX:
+            return least_used
+        if best.by_prefix:
+            return best
+        if common < MIN_COPIED_PREFIX:
+            return least_used
+        self.model.copy(best.id, least_used.id, common)
+        least_used.tokens = best.tokens[:common]
+        return least_used
 
     def generate(self, job: Job) -> Result:
         """One job from start to end (the engine's other jobs, if any, go on beside it)."""
@@ -193,7 +224,7 @@ class Engine:
 
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
-        sequence = self.sequence_for(job.chat_id)
+        sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
         # Reuse what the sequence already holds; at least one token must run to get logits (unless only read).
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - (not job.read_only))
         self.model.forget(sequence.id, cached)

@@ -114,6 +114,14 @@ class Model:
         """Drop a sequence's cached tokens from a position on."""
         llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, from_position, -1)
 
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Make the target sequence hold the source's first `length` tokens. Each sequence has its own cells
+        (kv_unified off), across which llama.cpp copies whole sequences only (at the next decode)."""
+        memory = self.context.memory
+        llama_cpp.llama_memory_seq_rm(memory, target, -1, -1)
+        llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
+        llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
+
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of at most BATCH_SIZE (token, position, sequence, keep logits) entries, which
         may belong to different sequences; `sample` then reads the logits by the entry's index."""

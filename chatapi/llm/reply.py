@@ -44,7 +44,8 @@ class Reply:
         self.on_event = on_event
         # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
         self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
-        self.events: list[str] = []
+        self.events: list[str] = []  # as sent on the chat API's stream
+        self.records: list[tuple[str | None, dict]] = []  # the same events as (name, data), for other streams
         self.pieces: list[str] = []
         self.listeners = 0
         self.departures = 0  # times the last listener left: a grace timer only acts on the latest one
@@ -76,6 +77,7 @@ class Reply:
 
     def publish(self, event: str | None, data: dict) -> None:
         self.events.append(event_text(f"{self.message_id}.{len(self.events)}", data, event))
+        self.records.append((event, data))
         if self.on_event:
             self.on_event(self, event, data)
         changed, self._changed = self._changed, Event()
@@ -91,20 +93,22 @@ class Reply:
 
     # Listening
 
-    def listen(self, after: int = -1):
-        """The events after index `after`, then each new one as it comes, with pings between."""
+    def listen(self, after: int = -1, records: bool = False):
+        """The events after index `after`, then each new one as it comes, with pings between: as SSE text,
+        or with `records` as (name, data) pairs and None for a ping."""
         self.listeners += 1
+        events, ping = (self.records, None) if records else (self.events, PING)
         try:
             sent = after + 1
             while True:
                 changed = self._changed
-                while sent < len(self.events):
-                    yield self.events[sent]
+                while sent < len(events):
+                    yield events[sent]
                     sent += 1
                 if self.finished:
                     return
                 if not changed.wait(timeout=self.ping_seconds):
-                    yield PING
+                    yield ping
         finally:
             self.listeners -= 1
             if self.listeners == 0:

@@ -229,6 +229,8 @@ class ReplyService:
         research: Research | None = None,
         on_event: ReplyEvents | None = None,
         replacing: uuid.UUID | None = None,
+        stops: list[str] | None = None,
+        by_prefix: bool = False,
     ) -> Reply:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
@@ -248,11 +250,12 @@ class ReplyService:
             chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
         )
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
+        reply.job.by_prefix = by_prefix
         self._remember(reply)
         self.saves[reply] = save
         self.preparing += 1
         try:
-            self._prepare(reply, history, system_prompt, options, research)
+            self._prepare(reply, history, system_prompt, options, research, stops or [])
         except Exception as exc:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
@@ -301,7 +304,7 @@ class ReplyService:
             now = time.monotonic()
             self._end(reply, Result("cancelled", len(reply.job.prompt.tokens), 0, 0, now, None, now))
 
-    def _prepare(self, reply, history, system_prompt, options, research) -> None:
+    def _prepare(self, reply, history, system_prompt, options, research, stops) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
@@ -311,6 +314,7 @@ class ReplyService:
         budget = self.model.n_ctx - options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if research else 0
         prompt = self.in_thread(self.prompts.build, system_prompt, history, budget - reserve)
+        prompt.stop = [*prompt.stop, *stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if research:
             self._read_ahead(reply, prompt)
