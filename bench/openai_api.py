@@ -49,7 +49,7 @@ def as_messages(history: list[tuple[str, str]]) -> list[dict]:
     return [{"role": ROLES[role], "content": text} for role, text in history]
 
 
-def completion_stream(base: str, messages: list[dict], max_tokens: int) -> Reply:
+def completion_stream(base: str, messages: list[dict], max_tokens: int, text_needed: bool = True) -> Reply:
     """One streamed completion read to [DONE], timing each content chunk as it arrives; `done` holds the text,
     the finish reason and the usage (asked with stream_options.include_usage; None from a server without it)."""
     body = {
@@ -91,7 +91,7 @@ def completion_stream(base: str, messages: list[dict], max_tokens: int) -> Reply
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{base} still streaming after {DEADLINE_SECONDS} s")
-    if reply.done is None or not reply.tokens:
+    if reply.done is None or (text_needed and not reply.tokens):
         raise RuntimeError(f"{base}: the stream ended without [DONE] or without text: {reply.done}")
     return reply
 
@@ -114,7 +114,8 @@ def resent(base: str, tag: str, rotation: int) -> tuple[Reply, Reply]:
 
 
 def measure(base: str) -> dict:
-    completion_stream(base, [{"role": "user", "content": "warm-up"}], 4)
+    # Loads the model; a base model may well end its answer at once in another server's chat format.
+    completion_stream(base, [{"role": "user", "content": "warm-up"}], 4, text_needed=False)
     rates = streaming_rates(base)
     turns = [resent(base, f"O{n}", n) for n in range(RUNS)]
     return {"rates": rates, "turns": turns}
