@@ -40,6 +40,16 @@ class Config:
     MAX_CONTENT_LENGTH = int(os.environ.get("CHATAPI_MAX_BODY_BYTES") or 1024 * 1024)
     CHATAPI_MAX_MESSAGE_CHARS = int(os.environ.get("CHATAPI_MAX_MESSAGE_CHARS") or 65536)
 
+    # Where replies come from (see chatapi/llm): "local", the model in this process, or "openai", an
+    # OpenAI-compatible server at CHATAPI_LLM_URL (its base URL, http://127.0.0.1:8001/v1) that holds the model.
+    CHATAPI_LLM_BACKEND = (os.environ.get("CHATAPI_LLM_BACKEND") or "local").strip().lower()
+    CHATAPI_LLM_URL = os.environ.get("CHATAPI_LLM_URL") or None
+    CHATAPI_LLM_API_KEY = os.environ.get("CHATAPI_LLM_API_KEY") or None
+    CHATAPI_LLM_MODEL = os.environ.get("CHATAPI_LLM_MODEL") or None  # else the first model the server lists
+    # Seconds the server may stay silent (connecting, before its first byte, between two) before the reply
+    # ends with an error event.
+    CHATAPI_LLM_TIMEOUT = float(os.environ.get("CHATAPI_LLM_TIMEOUT") or 60)
+
     # The model (see chatapi/llm): the bundled Gemma 3 270M unless a GGUF path is given.
     CHATAPI_MODEL_PATH = os.environ.get("CHATAPI_MODEL_PATH") or None
     CHATAPI_N_CTX = int(os.environ.get("CHATAPI_N_CTX") or 4096)

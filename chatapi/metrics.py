@@ -130,14 +130,20 @@ class Metrics:
             self.replies_finished.labels(mode, "error").inc()
         elif event == "done":
             self.replies_finished.labels(mode, data["finish_reason"]).inc()
-            self.reply_done(mode, data["usage"], data["timings"])
+            self.reply_done(mode, data["usage"], data["timings"], wrote=data["message"] is not None)
 
-    def reply_done(self, mode: str, usage: dict, timings: dict) -> None:
-        self.completion_tokens.labels(mode).inc(usage["completion_tokens"])
-        self.prompt_tokens.labels(mode).inc(usage["prompt_tokens"])
-        self.cached_tokens.labels(mode).inc(usage["cached_tokens"])
+    def reply_done(self, mode: str, usage: dict, timings: dict, wrote: bool) -> None:
+        # Counts a remote model server did not report (None) are not counted.
+        for counter, name in (
+            (self.completion_tokens, "completion_tokens"),
+            (self.prompt_tokens, "prompt_tokens"),
+            (self.cached_tokens, "cached_tokens"),
+        ):
+            if usage[name] is not None:
+                counter.labels(mode).inc(usage[name])
         self.queue_time.labels(mode).observe(timings["queue_ms"] / 1000)
-        if usage["completion_tokens"]:  # a reply stopped before its first token has no such time
+        generated = usage["completion_tokens"] if usage["completion_tokens"] is not None else wrote
+        if generated:  # a reply stopped before its first token has no such time
             self.time_to_first_token.labels(mode).observe(timings["ttft_ms"] / 1000)
         if timings["tokens_per_second"] is not None:
             self.tokens_per_second.labels(mode).observe(timings["tokens_per_second"])

@@ -8,7 +8,6 @@ Errors here are in OpenAI's shape (chatapi/errors.py).
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import limits, metrics, replies
 from .extensions import db
 from .llm.prompt import Message
+from .llm.remote import UpstreamError
 from .llm.reply import Reply
 from .llm.service import QueueFull, ReplyService
 from .models import Chat, Conversation, utcnow
@@ -245,8 +245,12 @@ def ready_service() -> ReplyService:
 
 
 def model_card(service: ReplyService) -> dict:
-    model = service.model
-    return {"id": model.name, "object": "model", "created": int(os.path.getmtime(model.path)), "owned_by": OWNER}
+    """The model as OpenAI lists it; 503 when a remote model server cannot say which it serves."""
+    try:
+        card = service.model_card()
+    except UpstreamError as exc:
+        abort(503, message=str(exc), code_name="model_not_ready")
+    return {"id": card["id"], "object": "model", "created": card["created"], "owned_by": OWNER}
 
 
 @bp.route("/models", methods=["GET"])
@@ -258,10 +262,10 @@ def list_models():
 @bp.route("/models/<path:model_id>", methods=["GET"])
 def get_model(model_id: str):
     """The loaded model by its id; 404 for any other."""
-    service = ready_service()
-    if model_id != service.model.name:
+    card = model_card(ready_service())
+    if model_id != card["id"]:
         abort(404, message=f"the model {model_id!r} does not exist", param="model", code_name="model_not_found")
-    return model_card(service)
+    return card
 
 
 @bp.route("/chat/completions", methods=["POST"])
@@ -269,6 +273,7 @@ def create_chat_completion():
     """A chat completion of the messages given, as one `chat.completion` or a stream of chunks."""
     args = read_completion_request()
     service = ready_service()
+    model = model_card(service)["id"]
     system_prompt, history = prompt_parts(args["messages"])
     given = {
         "max_tokens": args.get("max_completion_tokens") or args.get("max_tokens"),
@@ -278,7 +283,7 @@ def create_chat_completion():
     }
     options = service.options_from({name: value for name, value in given.items() if value is not None})
     # As the chat API allows: at most half the window, the rest for the conversation.
-    options.max_tokens = min(options.max_tokens, service.model.n_ctx // 2)
+    options.max_tokens = min(options.max_tokens, service.n_ctx // 2)
     limits.count_reply_start()
     try:
         reply = service.start(
@@ -295,7 +300,7 @@ def create_chat_completion():
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")
-    completion = Completion(reply, service.model.name)
+    completion = Completion(reply, model)
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
         return replies.event_stream_response(completion.chunks(service, include_usage))
@@ -332,11 +337,13 @@ class Completion:
                 yield None, {"event": event, **data}
 
     def usage(self, done: dict) -> dict:
+        """OpenAI's usage; its counts None where the backend knows none (a remote server that reports none)."""
         usage = done["usage"]
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
         return {
-            "prompt_tokens": usage["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"],
-            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion if prompt is not None and completion is not None else None,
             "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
         }
 

@@ -333,7 +333,9 @@ class RepliesHealthSchema(ma.Schema):
 
 
 class ModelHealthSchema(ma.Schema):
-    status = fields.String(metadata={"description": "loading, ok or failed"})
+    status = fields.String(metadata={"description": "loading, ok or failed; unavailable (a remote model server)"})
+    backend = fields.String(metadata={"description": "openai: a remote model server (CHATAPI_LLM_BACKEND)"})
+    url = fields.String(metadata={"description": "the remote model server's base URL"})
     name = fields.String()
     n_ctx = fields.Integer()
     path = fields.String()
@@ -428,9 +430,11 @@ class StreamTokenSchema(ma.Schema):
 
 
 class UsageSchema(ma.Schema):
-    prompt_tokens = fields.Integer(required=True)
-    completion_tokens = fields.Integer(required=True)
-    cached_tokens = fields.Integer(required=True)
+    # null: a remote model server (CHATAPI_LLM_BACKEND=openai) reported no count, and `note` says so.
+    prompt_tokens = fields.Integer(required=True, allow_none=True)
+    completion_tokens = fields.Integer(required=True, allow_none=True)
+    cached_tokens = fields.Integer(required=True, allow_none=True)
+    note = fields.String(metadata={"description": "why the counts are null"})
 
 
 class TimingsSchema(ma.Schema):

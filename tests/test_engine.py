@@ -11,8 +11,8 @@ import time
 import pytest
 
 from chatapi.llm.engine import Engine, Job, Options
+from chatapi.llm.local import Threads, other_cpu_seconds, thread_cpu_seconds
 from chatapi.llm.prompt import Prompt
-from chatapi.llm.service import Threads, other_cpu_seconds, thread_cpu_seconds
 
 END = 0
 

@@ -57,12 +57,13 @@ class Job:
 @dataclass
 class Result:
     finish_reason: str  # stop, length or cancelled
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
+    prompt_tokens: int | None  # None: unknown (a remote server that reports no usage)
+    completion_tokens: int | None
+    cached_tokens: int | None
     started: float  # monotonic times
     first_token: float | None
     ended: float
+    usage_note: str | None = None  # why the counts are unknown
 
 
 @dataclass

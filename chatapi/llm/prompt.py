@@ -166,3 +166,33 @@ class PromptBuilder:
         kept = self.model.detokenize(text_tokens[-room:]) if room > 0 else ""
         without[index] = Message("Human", ELLIPSIS + kept.lstrip())
         return without
+
+
+@dataclass
+class ChatPrompt:
+    """A prompt as OpenAI's chat messages, for a server that applies its own chat template and counts the tokens
+    itself (the remote backend)."""
+
+    messages: list[dict]
+    stop: list[str]
+    truncated: int  # history messages left out: none, since only the server can count them
+    system_prompt: str = ""
+    history: list[Message] | None = None
+    tokens = None  # unknown here
+
+
+def chat_messages(system_prompt: str, history: list[Message], sources: str = "", layout: str = "") -> ChatPrompt:
+    """The history as chat messages: the system prompt first, and internet mode's sources placed as the local
+    prompt places them (`layout`, one of LAYOUTS): in the latest Human message, before or after its text, or
+    after the system prompt."""
+    system = system_prompt.strip()
+    if sources and layout == "system":
+        system = f"{system}\n\n{sources}".strip()
+    messages = [{"role": TEMPLATE_ROLES[m.role], "content": m.text.strip()} for m in history]
+    if sources and layout != "system":
+        latest = max(i for i, m in enumerate(history) if m.role == "Human")
+        question = messages[latest]["content"]
+        joined = f"{sources}\n\n{question}" if layout == "sources-first" else f"{question}\n\n{sources}"
+        messages[latest] = {"role": "user", "content": joined}
+    head = [{"role": "system", "content": system}] if system else []
+    return ChatPrompt([*head, *messages], [], 0, system_prompt, history)

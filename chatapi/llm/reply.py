@@ -12,7 +12,7 @@ from collections.abc import Callable
 import gevent
 from gevent.event import Event
 
-from .engine import Job, Options
+from .engine import Job, Options, Result
 from .prompt import Prompt
 from .sse import PING, event_text
 
@@ -142,3 +142,9 @@ class Reply:
         if seen is not None and seen < len(self.events) - 1:
             return seen  # the rest of a finished reply
         return None
+
+
+# How a backend reports to the service, in the event loop: a reply it ended (its result), or one it could not make
+# (the error event's code and message).
+OnEnd = Callable[[Reply, Result], None]
+OnFailure = Callable[[Reply, int, str], None]

@@ -1,25 +1,26 @@
-"""The model room's service: the model (load and status), the queue in front of it, and the replies of
-every chat. It knows nothing of HTTP or the database: the app gives each reply a `save` callback.
+"""The model room's service: the queue in front of the model, and the replies of every chat. It knows nothing
+of HTTP or the database (the app gives each reply a `save` callback), nor which backend makes the text: the
+model in this process (local.py) or an OpenAI-compatible server (remote.py), to which it hands prepared replies.
 """
 
-import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real thread-blocking queue
 import logging
-import os
-import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
 
 import gevent
-from gevent.threadpool import ThreadPool
 
-from .engine import Engine, Job, Options, Result
-from .model import BATCH_SIZE, Model, default_model_path
-from .prompt import LAYOUTS, Message, Prompt, PromptBuilder
+from .engine import Options, Result
+from .local import LocalBackend
+from .model import BATCH_SIZE
+from .prompt import LAYOUTS, Message
+from .remote import RemoteBackend
 from .reply import Reply
 
+BACKENDS = ("local", "openai")
 FINISHED_KEPT = 1000  # finished replies remembered for reconnects
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
 log = logging.getLogger(__name__)
@@ -62,11 +63,18 @@ class Settings:
     grace_seconds: float  # a reply nobody listens to for this long is stopped
     sources_tokens: int  # internet mode: room kept for web sources (at most half the prompt)
     sources_layout: str  # internet mode: where the sources go (prompt.LAYOUTS)
+    backend: str = "local"  # or "openai": an OpenAI-compatible server at llm_url
+    llm_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None  # None: the first model the server lists
+    llm_timeout: float = 60.0  # seconds the server may stay silent before a reply ends with an error
 
     @classmethod
     def from_config(cls, config: Mapping, model_cache: str) -> "Settings":
+        """The settings of CHATAPI_*; ValueError (the server does not start) for a combination that cannot work."""
         if config["CHATAPI_SOURCES_LAYOUT"] not in LAYOUTS:
             raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
+        check_backend(config)
         return cls(
             model_path=config["CHATAPI_MODEL_PATH"],
             model_cache=model_cache,
@@ -82,121 +90,76 @@ class Settings:
             grace_seconds=config["CHATAPI_GRACE_SECONDS"],
             sources_tokens=max(0, config["CHATAPI_SOURCES_TOKENS"]),
             sources_layout=config["CHATAPI_SOURCES_LAYOUT"],
+            backend=config["CHATAPI_LLM_BACKEND"],
+            llm_url=config["CHATAPI_LLM_URL"],
+            llm_api_key=config["CHATAPI_LLM_API_KEY"],
+            llm_model=config["CHATAPI_LLM_MODEL"],
+            llm_timeout=config["CHATAPI_LLM_TIMEOUT"],
         )
 
 
-class Threads:
-    """The model's thread count: one fewer while other work needs a core.
-
-    llama.cpp's threads meet at a barrier after every operation of the model, spinning there to be quick.
-    When other work (the server answering requests, the clients, another program) takes a core from one of
-    them, the others spin waiting for it: a reply on 2 cores fell from ~70 to 2-23 tokens/s beside
-    back-to-back API requests (sleeping at the barriers instead holds ~43 but costs 40% when nothing else
-    runs). So every WINDOW the model's thread reads how much CPU the rest of the machine used (the event loop
-    of this process included, the model's own threads not) and runs one thread fewer while that is more than
-    OTHERS_LIMIT of a core. Measured in bench/batching.py (threads table)."""
-
-    WINDOW = 0.1  # seconds between two readings
-    OTHERS_LIMIT = 0.5  # cores of other work from which the model leaves one to it
-
-    def __init__(self, model: Model, n_threads: int, loop_thread: int):
-        self.model = model
-        self.full = n_threads
-        self.current = n_threads
-        self.loop_thread = loop_thread  # the event loop's native thread id: its CPU is other work
-        self.last: tuple[float, float] | None = None  # (when, CPU seconds of other work until then)
-
-    def adjust(self, now: float) -> None:
-        if self.full == 1 or (self.last and now - self.last[0] < self.WINDOW):
-            return
-        others = other_cpu_seconds(self.loop_thread)
-        if others is None:  # not Linux: the count stays
-            return
-        if self.last:
-            self.set(self.wanted((others - self.last[1]) / (now - self.last[0])))
-        self.last = (now, others)
-
-    def wanted(self, other_cores: float) -> int:
-        return self.full - 1 if other_cores > self.OTHERS_LIMIT else self.full
-
-    def set(self, n_threads: int) -> None:
-        if n_threads != self.current:
-            self.current = n_threads
-            self.model.set_threads(n_threads)
-
-
-def other_cpu_seconds(loop_thread: int) -> float | None:
-    """CPU seconds the machine spent on anything but this process's model threads (Linux; else None)."""
-    try:
-        with open("/proc/stat") as stat:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-        loop = thread_cpu_seconds(loop_thread)
-    except (OSError, ValueError):
-        return None
-    process = os.times()
-    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return machine - (process.user + process.system) + loop
-
-
-def thread_cpu_seconds(thread: int) -> float:
-    """CPU seconds one native thread of this process has used."""
-    with open(f"/proc/self/task/{thread}/stat") as stat:
-        user, system = map(int, stat.read().rsplit(")", 1)[1].split()[11:13])
-    return (user + system) / os.sysconf("SC_CLK_TCK")
+def check_backend(config: Mapping) -> None:
+    """CHATAPI_LLM_BACKEND and the settings that go with it: ValueError saying what is wrong."""
+    backend, url = config["CHATAPI_LLM_BACKEND"], config["CHATAPI_LLM_URL"]
+    if backend not in BACKENDS:
+        raise ValueError(f"CHATAPI_LLM_BACKEND={backend!r}: must be one of {', '.join(BACKENDS)}")
+    remote_only = [name for name in ("CHATAPI_LLM_URL", "CHATAPI_LLM_API_KEY", "CHATAPI_LLM_MODEL") if config[name]]
+    if backend == "local" and remote_only:
+        raise ValueError(
+            f"{', '.join(remote_only)} set with CHATAPI_LLM_BACKEND=local: they are for CHATAPI_LLM_BACKEND=openai "
+            "(a remote OpenAI-compatible server); set it, or unset them"
+        )
+    if backend == "openai":
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"CHATAPI_LLM_BACKEND=openai needs CHATAPI_LLM_URL, the base URL of an OpenAI-compatible server "
+                f"such as http://127.0.0.1:8001/v1 (got {url!r})"
+            )
+    if config["CHATAPI_LLM_TIMEOUT"] <= 0:
+        raise ValueError(f"CHATAPI_LLM_TIMEOUT={config['CHATAPI_LLM_TIMEOUT']!r}: must be more than 0 seconds")
 
 
 class ReplyService:
-    """The process's model, its queue, and the replies of every chat."""
+    """The replies of every chat, the queue in front of the backend that makes them, and that backend."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.pool = ThreadPool(1)  # the one real OS thread that owns the model
-        self.status = "not loaded"
-        self.error: str | None = None
-        self.model: Model | None = None
-        self.prompts: PromptBuilder | None = None
-        self.engine: Engine | None = None
+        backend = RemoteBackend if settings.backend == "openai" else LocalBackend
+        self.backend = backend(settings, on_end=self._ended, on_failure=self._failed)
         self.waiting: deque[Reply] = deque()
         self.running: list[Reply] = []
         self.preparing = 0  # replies whose prompt is being built
         self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
-        self.hub = None  # the server's event loop, which the model's thread reports to
-        self.loop_thread = 0  # its native thread id
-        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread
-        self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
     def load(self) -> None:
-        """Start loading the model in its thread, once. The server calls this as its worker starts
-        (gunicorn.conf.py); elsewhere the first request that needs the model does (not `flask db upgrade`)."""
-        if self.status == "not loaded":
-            self.status = "loading"
-            self.hub = gevent.get_hub()
-            self.loop_thread = threading.get_native_id()
-            self.pool.spawn(self._load)
+        """Get the backend ready, once (the local one loads its model in its thread). The server calls this as its
+        worker starts (gunicorn.conf.py); elsewhere the first request that needs the model does."""
+        self.backend.load()
 
-    def _load(self) -> None:
-        """Runs in the model's thread, then stays there running steps; plain attribute writes, so no hub is
-        needed to see the result."""
-        s = self.settings
-        try:
-            path = s.model_path or default_model_path(s.model_cache)
-            self.model = Model(path, s.n_ctx, s.n_threads, s.kv_chats)
-            self.prompts = PromptBuilder(self.model)
-            self.engine = Engine(self.model, s.step_tokens)
-            self.status = "ok"
-        except Exception as exc:
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            return
-        self._run_steps()
+    @property
+    def status(self) -> str:
+        """Whether replies can be started: "ok", else "not loaded", "loading" or "failed" (see `error`)."""
+        return self.backend.status
+
+    @property
+    def error(self) -> str | None:
+        return self.backend.error
+
+    @property
+    def n_ctx(self) -> int:
+        """The context window of a reply, in tokens."""
+        return self.backend.n_ctx
+
+    def model_card(self) -> dict:
+        """The model as OpenAI lists it: {"id", "created"}. A remote server is asked (UpstreamError)."""
+        return self.backend.model_card()
 
     def describe(self) -> dict:
+        """The backend's state for /health: its status (not "ok": and the reason), the model, the replies."""
         self.load()
-        described = {"status": self.status}
-        if self.model:
-            described.update(name=self.model.name, n_ctx=self.model.n_ctx, path=self.model.path)
-        if self.error:
-            described["reason"] = self.error
+        described = self.backend.describe()
         described["replies"] = {"running": len(self.running), "waiting": self.preparing + len(self.waiting)}
         return described
 
@@ -249,7 +212,6 @@ class ReplyService:
         reply = Reply(
             chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
         )
-        reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         reply.job.by_prefix = by_prefix
         self._remember(reply)
         self.saves[reply] = save
@@ -294,7 +256,8 @@ class ReplyService:
         return True
 
     def cancel(self, reply: Reply) -> None:
-        """A queued reply leaves the queue at once; a running one stops at its next token."""
+        """A queued reply leaves the queue at once; a running one stops at its next token (its request to a
+        remote server is closed)."""
         reply.job.cancelled = True
         if reply.reading_ahead:
             reply.reading_ahead.cancelled = True
@@ -302,43 +265,36 @@ class ReplyService:
             self.waiting.remove(reply)
             self._announce_positions()
             now = time.monotonic()
-            self._end(reply, Result("cancelled", len(reply.job.prompt.tokens), 0, 0, now, None, now))
+            tokens = reply.job.prompt.tokens  # None: a remote server's prompt, which only it counts
+            counted = len(tokens) if tokens is not None else None
+            note = None if tokens is not None else "stopped before the model server was asked"
+            cached = 0 if tokens is not None else None
+            self._end(reply, Result("cancelled", counted, 0, cached, now, None, now, note))
+        elif reply in self.running:
+            self.backend.cancel(reply)
 
     def _prepare(self, reply, history, system_prompt, options, research, stops) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
-        the web is searched and read, the model reads the part of the prompt that comes before them.
+        the web is searched and read, the local model reads the part of the prompt that comes before them.
         """
         s = self.settings
-        budget = self.model.n_ctx - options.max_tokens
+        backend = self.backend
+        budget = backend.n_ctx - options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if research else 0
-        prompt = self.in_thread(self.prompts.build, system_prompt, history, budget - reserve)
+        prompt = backend.build(system_prompt, history, budget - reserve)
         prompt.stop = [*prompt.stop, *stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if research:
-            self._read_ahead(reply, prompt)
+            backend.read_ahead(reply, prompt, busy=bool(self.waiting))
             extra = research(reply, reserve - SOURCES_MARGIN)  # CHATAPI_SOURCES_TOKENS, the joining lines included
             if extra:
-                reply.job.prompt = self.in_thread(self.prompts.with_sources, prompt, extra, s.sources_layout)
-
-    def _read_ahead(self, reply: Reply, prompt: Prompt) -> None:
-        """Have the model read the prompt up to where the sources go into the chat's cache now, unless
-        replies are waiting for the model (then it has no time to spare)."""
-        if self.settings.sources_layout == "system" or self.waiting or prompt.head < 2:
-            return
-        ahead = Prompt(prompt.tokens[: prompt.head], prompt.stop, prompt.truncated)
-        reply.reading_ahead = Job(reply.chat_id, ahead, reply.job.options, on_text=len, read_only=True)
-        self._admitted.put(reply.reading_ahead)
-
-    def in_thread(self, function, *args):
-        """Prompts are tokenized in another real thread (llama.cpp's tokenizer is safe beside decoding):
-        a long history must not stall the hub, and greenlets never call llama.cpp themselves."""
-        return gevent.get_hub().threadpool.apply(function, args)
+                reply.job.prompt = backend.with_sources(prompt, extra, s.sources_layout)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of texts, tokenized in another thread (see in_thread)."""
-        return self.in_thread(lambda: [len(self.model.tokenize(t)) for t in texts])
+        """Token counts of texts (internet mode sizes its sources with them)."""
+        return self.backend.count_tokens(texts)
 
     def _remember(self, reply: Reply) -> None:
         """The chat's latest reply, kept for joins and reconnects; the oldest finished are dropped."""
@@ -355,60 +311,37 @@ class ReplyService:
             waiting.publish("queued", {"position": position})
 
     def _admit(self) -> None:
-        """Hand waiting replies (in arrival order) to the model's thread while it has places for them."""
+        """Hand waiting replies (in arrival order) to the backend while it has places for them."""
         admitted = False
         while self.waiting and len(self.running) < self.settings.parallel:
             reply = self.waiting.popleft()
             reply.dequeued = time.monotonic()
             self.running.append(reply)
-            self._admitted.put(reply.job)
+            self.backend.generate(reply)
             admitted = True
         if admitted:
             self._announce_positions()
 
-    def _run_steps(self) -> None:
-        """The model's thread, for good: engine steps back to back while replies run, asleep while none do.
+    def _ended(self, reply: Reply, result: Result) -> None:
+        """The backend finished a reply (in the event loop). Saving talks to the database, which the event loop
+        itself must not do: a greenlet does."""
+        gevent.spawn(self._end_running, reply, result)
 
-        The steps never wait for the server's event loop, however busy it is with requests: after each one,
-        a single callback hands the loop the step's text and the replies that ended."""
-        engine = self.engine
-        threads = Threads(self.model, self.settings.n_threads, self.loop_thread)
-        while True:
-            threads.adjust(time.monotonic())
-            new = [] if engine.slots else [self._admitted.get()]
-            while not self._admitted.empty():
-                new.append(self._admitted.get())
-            try:
-                ended, error = engine.step(new), None
-            except Exception as exc:  # the engine has dropped every running job
-                log.exception("generation failed")
-                ended, error = [], exc
-            texts, self._step_texts = self._step_texts, []
-            if texts or ended or error:
-                self.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
-
-    def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
-        """In the event loop: publish a step's text, end the replies it finished, admit waiting ones."""
-        for reply, text in texts:
-            reply.add_text(text)
-        if error is not None:
-            for reply in self.running:
-                self.saves.pop(reply)
-                reply.finish("error", {"code": 500, "message": f"generation failed: {error}"})
-            self.running = []
-        for job, result in ended:
-            reply = next(r for r in self.running if r.job is job)
-            # Saving talks to the database, which the event loop itself must not do: a greenlet does.
-            gevent.spawn(self._end_running, reply, result)
+    def _failed(self, reply: Reply, code: int, message: str) -> None:
+        """The backend could not make a reply: it ends with an `error` event, and nothing is saved."""
+        self.saves.pop(reply, None)
+        reply.finish("error", {"code": code, "message": message})
+        if reply in self.running:
+            self.running.remove(reply)
         self._admit()
 
     def _end_running(self, reply: Reply, result: Result) -> None:
-        """End a reply the engine finished, and only then give its place to the next: the one behind it
+        """End a reply the backend finished, and only then give its place to the next: the one behind it
         starts after `done` (a save to PostgreSQL can take longer than a step)."""
         try:
             self._end(reply, result)
         finally:
-            if reply in self.running:  # a failed step has already emptied the list
+            if reply in self.running:  # a failed step has already taken it out
                 self.running.remove(reply)
             self._admit()
 
@@ -431,11 +364,14 @@ class ReplyService:
 
 
 def usage(result: Result) -> dict:
-    return {
+    """The reply's token counts; where the backend knows none (a remote server that reports no usage), None
+    and a note that says why, rather than a guess."""
+    counts = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "cached_tokens": result.cached_tokens,
     }
+    return {**counts, "note": result.usage_note} if result.usage_note else counts
 
 
 def timings(reply: Reply, result: Result) -> dict:
@@ -444,6 +380,8 @@ def timings(reply: Reply, result: Result) -> dict:
         "queue_ms": round(((reply.dequeued or result.started) - reply.created) * 1000, 1),
         "ttft_ms": round(((result.first_token or result.ended) - reply.created) * 1000, 1),
         "total_ms": round((result.ended - reply.created) * 1000, 1),
-        "tokens_per_second": round((result.completion_tokens - 1) / generating, 1) if generating > 0 else None,
+        "tokens_per_second": round((result.completion_tokens - 1) / generating, 1)
+        if generating > 0 and result.completion_tokens is not None
+        else None,
         **reply.research_timings,
     }
