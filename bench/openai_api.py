@@ -15,8 +15,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +25,6 @@ from bench.inference import (
     DEADLINE_SECONDS,
     ENDLESS,
     FOLLOW_UP,
-    STARTUP_SECONDS,
     STREAM_GOAL,
     STREAM_TOKENS,
     TTFT_GOAL,
@@ -39,7 +36,7 @@ from bench.inference import (
     raw_rates,
 )
 from config import Config
-from tests.support.server import ROOT, free_port
+from tests.support.upstream import LlamaCppServer
 
 RUNS = 3  # measured repetitions, after one warm-up
 ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -121,44 +118,6 @@ def measure(base: str) -> dict:
     return {"rates": rates, "turns": turns}
 
 
-class LlamaCppServer:
-    """llama-cpp-python's own OpenAI-compatible server on the same GGUF, as its users start it."""
-
-    def __init__(self, workdir: Path, model: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "llama_cpp_server.log"
-        command = [
-            *(sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1"),
-            *("--port", str(self.port), "--n_ctx", str(Config.CHATAPI_N_CTX)),
-            *("--n_threads", str(Config.CHATAPI_N_THREADS), "--n_threads_batch", str(Config.CHATAPI_N_THREADS)),
-        ]
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-
-    def __enter__(self) -> "LlamaCppServer":
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                if requests.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"llama_cpp.server did not come up:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
 def llama_cpp_server_installed() -> bool:
     return all(importlib.util.find_spec(name) for name in ("uvicorn", "fastapi", "sse_starlette"))
 
@@ -177,7 +136,8 @@ def main() -> None:
             ours = measure(server.url)
         theirs = None
         if llama_cpp_server_installed():
-            with LlamaCppServer(Path(workdir), path) as other:
+            log = Path(workdir) / "llama_cpp_server.log"
+            with LlamaCppServer(log, path, Config.CHATAPI_N_CTX, Config.CHATAPI_N_THREADS) as other:
                 theirs = measure(other.url)
 
     raw_rate = statistics.median(raw)

@@ -1,2 +1,3 @@
-"""The model room: the local model in its own thread, the queue in front of it, prompts, and each
-reply's event stream. It knows nothing of Flask or the database (chatapi/replies.py connects them)."""
+"""The model room: the queue in front of the model, prompts, each reply's event stream, and the backend that makes
+the text (the local model in its own thread, or a remote OpenAI-compatible server). It knows nothing of Flask or
+the database (chatapi/replies.py connects them)."""

@@ -20,6 +20,7 @@ from .reply import OnEnd, OnFailure, Reply
 CHARS_PER_TOKEN = 4  # internet mode's room for sources, measured without the server's tokenizer
 HEALTH_SECONDS = 5  # /health waits this long for the server at most
 NO_USAGE = "the model server reported no token counts"
+STOPPED_USAGE = "stopped before the model server reported its token counts"
 FINISH_REASONS = {"stop": "stop", "length": "length"}  # anything else (content_filter, ...) ends it too
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class RemoteBackend:
             started=started,
             first_token=progress["first_token"],
             ended=time.monotonic(),
-            usage_note=None if usage else NO_USAGE,
+            usage_note=None if usage else STOPPED_USAGE if progress["finish_reason"] == "cancelled" else NO_USAGE,
         )
         self.on_end(reply, result)
 
