@@ -110,6 +110,7 @@ SQLITE_ONLY = (
     "test_page_markdown.py",
     "test_page_accessibility.py",
     "test_openai.py",
+    "test_remote_backend.py",
 )
 
 

@@ -1,0 +1,279 @@
+"""CHATAPI_LLM_BACKEND=openai: replies streamed from a remote OpenAI-compatible server instead of the model in the
+process. The server is llama-cpp-python's own (`python -m llama_cpp.server`) on the bundled GGUF, and, where token
+counts are needed (llama_cpp.server reports none in a stream), chatapi's own /v1 on the local backend.
+
+The replies are saved by the same code as the local backend's (chatapi/replies.py save_reply), tested on both
+databases there: these run on SQLite only (conftest.SQLITE_ONLY)."""
+
+import os
+import re
+import time
+import uuid
+
+import pytest
+import requests
+
+from chatapi import create_app
+from chatapi.llm.model import default_model_path
+from chatapi.llm.prompt import LAYOUTS, Message, chat_messages
+from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE
+from conftest import FAST_STREAM_SETTINGS
+from tests.support import wait_for
+from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat, pieces
+from tests.support.server import ROOT, Server, free_port
+from tests.support.sse import EventStream, read_events, read_events_acting
+from tests.support.upstream import LlamaCppServer, SilentServer
+from tests.support.web import web_settings
+
+UPSTREAM_KEY = "upstream-key-" + uuid.uuid4().hex
+VOLCANO = "How often does the Zorblax volcano erupt?"
+
+
+def remote(url: str, **more: str) -> dict:
+    """A chatapi server's settings for the remote backend at `url` (a base URL ending in /v1)."""
+    return {**FAST_STREAM_SETTINGS, "CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": url, **more}
+
+
+def health(base: str) -> requests.Response:
+    return requests.get(f"{base}/health", timeout=30)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """llama_cpp.server on the bundled GGUF with an API key; it serves one request at a time, and a new one waits
+    rather than cutting the running one short (--interrupt_requests False). The GGUF has no chat template, and in
+    the server's fallback format (llama-2) the base model answers nothing: ChatML it continues."""
+    model = os.environ.get("CHATAPI_MODEL_PATH") or default_model_path(ROOT / "instance" / "models")
+    log = tmp_path_factory.mktemp("upstream") / "llama_cpp_server.log"
+    options = ("--api_key", UPSTREAM_KEY, "--interrupt_requests", "False", "--chat_format", "chatml")
+    with LlamaCppServer(log, str(model), 2048, os.cpu_count() or 1, *options) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def remote_server(app, database_url, upstream, web, tmp_path_factory):
+    """chatapi on llama_cpp.server, with internet mode on the local web."""
+    settings = remote(f"{upstream.url}/v1", CHATAPI_LLM_API_KEY=UPSTREAM_KEY, CHATAPI_N_CTX="2048")
+    log = tmp_path_factory.mktemp("remote") / "gunicorn.log"
+    server = Server(database_url, log, **settings, **web_settings(web))
+    yield server.wait_until_up()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def counting_pair(app, database_url, web, tmp_path_factory):
+    """chatapi on chatapi's own /v1 (the local backend), which reports token counts in its streams."""
+    directory = tmp_path_factory.mktemp("pair")
+    local = Server(database_url, directory / "local.log", **FAST_STREAM_SETTINGS).wait_until_up()
+    try:
+        front = Server(database_url, directory / "front.log", **remote(f"{local.url}/v1"), **web_settings(web))
+        yield front.wait_until_up(), local
+        front.stop()
+    finally:
+        local.stop()
+
+
+def test_a_reply_streams_from_the_model_server_and_is_saved(remote_server, upstream, client):
+    base = remote_server.url
+    body = health(base).json()
+    assert body["status"] == "ok" and body["model"]["status"] == "ok"
+    assert body["model"]["backend"] == "openai" and body["model"]["url"] == f"{upstream.url}/v1"
+    assert (
+        body["model"]["name"]
+        == requests.get(
+            f"{upstream.url}/v1/models", headers={"Authorization": f"Bearer {UPSTREAM_KEY}"}, timeout=10
+        ).json()["data"][0]["id"]
+    )
+
+    chat_id = new_chat(base, *ENDLESS)
+    events = read_events(infer(base, chat_id, "max_tokens=16&temperature=0"))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"message"}, kinds
+    message_id = events[0]["data"]["message_id"]
+    assert [e["id"] for e in events] == [f"{message_id}.{i}" for i in range(len(events))]
+    assert events[0]["data"] == {"chat_id": chat_id, "message_id": message_id, "mode": "local", "truncated": 0}
+    done = events[-1]["data"]
+    assert done["finish_reason"] == "length"  # max_tokens reached the server
+    assert done["message"]["id"] == message_id and done["message"]["message"] == pieces(events).strip()
+    assert history(base, chat_id)[-1] == done["message"]
+    # llama_cpp.server reports no usage in a stream: the counts are null and a note says why, never a guess.
+    assert done["usage"] == {"prompt_tokens": None, "completion_tokens": None, "cached_tokens": None, "note": NO_USAGE}
+    assert done["timings"]["tokens_per_second"] is None and done["timings"]["ttft_ms"] > 0
+
+
+def test_the_usage_is_the_model_servers_and_the_options_reach_it(counting_pair, client):
+    front, local = counting_pair
+    base = front.url
+    chat_id = new_chat(base, QUESTION)
+    seeded = "max_tokens=5&temperature=1.5&top_p=0.9&seed=7"
+    first = read_events(infer(base, chat_id, seeded))[-1]["data"]
+    usage = first["usage"]
+    assert first["finish_reason"] == "length" and usage["completion_tokens"] == 5  # max_tokens went through
+    assert usage["prompt_tokens"] > 20 and "note" not in usage
+    assert first["timings"]["tokens_per_second"] is not None
+
+    # The same seed, temperature and top_p give the same text again: they reached the model too.
+    requests.delete(f"{base}/conversations/delete/{first['message']['id']}", timeout=10)
+    again = read_events(infer(base, chat_id, seeded))[-1]["data"]
+    assert again["message"]["message"] == first["message"]["message"]
+    # The second time the server found the prompt in its cache, and said so.
+    assert again["usage"]["cached_tokens"] > 0
+
+
+def test_the_openai_api_works_on_the_remote_backend_with_stop_strings(counting_pair, client):
+    front, local = counting_pair
+    ask = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24}
+    plain = requests.post(f"{front.url}/v1/chat/completions", json=ask, timeout=60).json()
+    text = plain["choices"][0]["message"]["content"]
+    assert text and plain["usage"]["completion_tokens"] > 0
+    assert plain["model"] == requests.get(f"{local.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    stop = text.split()[1]  # the second word: the answer stops before it
+    stopped = requests.post(f"{front.url}/v1/chat/completions", json={**ask, "stop": [stop]}, timeout=60).json()
+    assert stopped["choices"][0]["message"]["content"].strip() == text[: text.index(stop)].strip()
+
+
+def test_stop_closes_the_request_to_the_model_server_and_saves_the_part(remote_server, upstream, client):
+    base = remote_server.url
+    chat_id = new_chat(base, *ENDLESS)
+    stopped_at = []
+
+    def stop() -> None:
+        stopped_at.append(time.monotonic())
+        assert requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is True
+
+    disconnects = upstream.output().count("Disconnected from client")
+    events = read_events_acting(infer(base, chat_id, "max_tokens=1000&temperature=0"), 8, stop)
+    done = events[-1]
+    assert done["event"] == "done" and done["data"]["finish_reason"] == "cancelled"
+    assert time.monotonic() - stopped_at[0] < 5  # not the 1,000 tokens' end
+    assert done["data"]["message"]["message"] == pieces(events).strip()
+    assert history(base, chat_id)[-1]["message"] == pieces(events).strip()
+    assert done["data"]["usage"]["completion_tokens"] is None and done["data"]["usage"]["note"] == STOPPED_USAGE
+    # The model server saw its client go away: the request was closed, not left to run to its end.
+    wait_for(lambda: upstream.output().count("Disconnected from client") > disconnects, 30, "the upstream's log")
+
+
+def test_a_reconnect_with_last_event_id_gets_the_rest(remote_server, client):
+    base = remote_server.url
+    chat_id = new_chat(base, *ENDLESS)
+    url = infer(base, chat_id, "max_tokens=40&temperature=0")
+    stream = EventStream(url)
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if len(seen) == 5:
+            break
+    stream.close()
+    rest = read_events(url, last_event_id=seen[-1]["id"])
+    message_id = seen[0]["data"]["message_id"]
+    assert [e["id"] for e in seen + rest] == [f"{message_id}.{i}" for i in range(len(seen) + len(rest))]
+    assert rest[-1]["event"] == "done"
+    assert rest[-1]["data"]["message"]["message"] == pieces(seen + rest).strip()
+    # Delivered in full: a reconnect with the last id gets 204.
+    assert requests.get(url, headers={"Last-Event-ID": rest[-1]["id"]}, timeout=10).status_code == 204
+
+
+def test_internet_mode_puts_the_sources_in_the_model_servers_prompt(remote_server, counting_pair, web, client):
+    base = remote_server.url
+    events = read_events(f"{base}/conversations/inference_internet/{new_chat(base, VOLCANO)}?max_tokens=8")
+    kinds = [e["event"] for e in events]
+    assert kinds[:3] == ["start", "search", "sources"] and kinds[-1] == "done", kinds
+    sources = events[2]["data"]["sources"]
+    assert sources[0]["url"] == f"{web.url}/articles/volcano"
+    assert events[-1]["data"]["message"]["sources"] == sources
+
+    # Through a server that counts: the sources made the prompt longer by far.
+    front = counting_pair[0].url
+    plain = read_events(infer(front, new_chat(front, VOLCANO), "max_tokens=1"))[-1]["data"]
+    sourced = read_events(f"{front}/conversations/inference_internet/{new_chat(front, VOLCANO)}?max_tokens=1")
+    assert "sources" in [e["event"] for e in sourced]
+    assert sourced[-1]["data"]["usage"]["prompt_tokens"] - plain["usage"]["prompt_tokens"] > 100
+
+
+def test_a_model_server_that_is_down_ends_the_reply_with_an_error_and_fails_health(start_server, client):
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens there
+    base = start_server(ready_status=503, **remote(url)).url
+    body = health(base).json()
+    assert body["status"] == "unavailable" and body["model"]["status"] == "unavailable"
+    assert body["reason"] == f"model unavailable: the model server at {url} cannot be reached: Connection refused"
+
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(infer(base, chat_id))
+    assert [e["event"] for e in events] == ["start", "error"]
+    assert events[-1]["data"] == {
+        "code": 502,
+        "message": f"the model server at {url} cannot be reached: Connection refused",
+    }
+    assert [m["role"] for m in history(base, chat_id)] == ["Human"]  # nothing saved
+
+
+def test_a_model_server_that_never_answers_ends_the_reply_within_the_timeout(start_server, client):
+    silent = SilentServer()
+    try:
+        url = f"{silent.url}/v1"
+        base = start_server(ready_status=503, **remote(url, CHATAPI_LLM_TIMEOUT="1", CHATAPI_LLM_MODEL="any")).url
+        reason = health(base).json()["reason"]
+        assert reason == f"model unavailable: the model server at {url} did not answer within 1 s"
+        chat_id = new_chat(base, QUESTION)
+        started = time.monotonic()
+        events = read_events(infer(base, chat_id))
+        assert time.monotonic() - started < 10
+        assert [e["event"] for e in events] == ["start", "error"]
+        assert events[-1]["data"] == {"code": 504, "message": f"the model server at {url} sent nothing for 1 s"}
+    finally:
+        silent.close()
+
+
+def test_a_wrong_api_key_is_the_model_servers_error(start_server, upstream, client):
+    url = f"{upstream.url}/v1"
+    base = start_server(ready_status=503, **remote(url, CHATAPI_LLM_API_KEY="wrong")).url
+    assert "answered 401: Invalid API key to GET /models" in health(base).json()["reason"]
+    events = read_events(infer(base, new_chat(base, QUESTION)))
+    assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 502
+    assert "answered 401: Invalid API key" in events[-1]["data"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"CHATAPI_LLM_BACKEND": "vllm"}, "CHATAPI_LLM_BACKEND='vllm': must be one of local, openai"),
+        ({"CHATAPI_LLM_BACKEND": "openai"}, "CHATAPI_LLM_BACKEND=openai needs CHATAPI_LLM_URL"),
+        ({"CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": "127.0.0.1:8001"}, "needs CHATAPI_LLM_URL"),
+        ({"CHATAPI_LLM_URL": "http://127.0.0.1:8001/v1"}, "CHATAPI_LLM_URL set with CHATAPI_LLM_BACKEND=local"),
+        ({"CHATAPI_LLM_MODEL": "m", "CHATAPI_LLM_API_KEY": "k"}, "CHATAPI_LLM_API_KEY, CHATAPI_LLM_MODEL set with"),
+        (
+            {"CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": "http://127.0.0.1:1/v1", "CHATAPI_LLM_TIMEOUT": 0},
+            "CHATAPI_LLM_TIMEOUT=0: must be more than 0 seconds",
+        ),
+    ],
+)
+def test_a_backend_setting_that_cannot_work_stops_the_app(database_url, settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, **settings})
+
+
+def test_the_server_refuses_to_start_without_the_model_servers_url(database_url, tmp_path):
+    server = Server(database_url, tmp_path / "gunicorn.log", CHATAPI_LLM_BACKEND="openai")
+    try:
+        server.process.wait(timeout=60)  # gunicorn stops when its worker cannot load the app
+    finally:
+        server.stop()
+    assert server.process.returncode != 0
+    assert "CHATAPI_LLM_BACKEND=openai needs CHATAPI_LLM_URL" in server.output()
+
+
+def test_the_prompt_goes_as_chat_messages_with_the_sources_where_the_layout_puts_them():
+    history = [Message("Human", " Hi "), Message("Assistant", "Hello."), Message("Human", "Volcano?")]
+    first, second = user("Hi"), {"role": "assistant", "content": "Hello."}
+    system = {"role": "system", "content": "Be brief."}
+    assert chat_messages(" Be brief. ", history).messages == [system, first, second, user("Volcano?")]
+    assert chat_messages("", history).messages == [first, second, user("Volcano?")]  # no empty system message
+    placed = {layout: chat_messages("Be brief.", history, "[1] Zorblax", layout).messages for layout in LAYOUTS}
+    assert placed["sources-first"] == [system, first, second, user("[1] Zorblax\n\nVolcano?")]
+    assert placed["question-first"] == [system, first, second, user("Volcano?\n\n[1] Zorblax")]
+    sourced_system = {"role": "system", "content": "Be brief.\n\n[1] Zorblax"}
+    assert placed["system"] == [sourced_system, first, second, user("Volcano?")]
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
