@@ -15,7 +15,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 # gevent: one process serves many slow clients (event streams) at once.
 worker_class = "gevent"
 worker_connections = 1000
-# One process per box: each worker would load its own copy of the model.
+# One process per box: each worker would load its own copy of the model (on_starting refuses more).
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
 # X-Forwarded-* are believed in one place only, the app's ProxyFix (CHATAPI_TRUST_PROXY=1); gunicorn's own
@@ -30,8 +30,24 @@ every chat. Either
   - or, on a network you trust, CHATAPI_ALLOW_NO_AUTH=1."""
 
 
+ONE_WORKER = """refusing to start {workers} workers (WEB_CONCURRENCY={workers}): {why}. Serve with one worker
+(WEB_CONCURRENCY=1, the default): its gevent loop serves many clients at once, and CHATAPI_PARALLEL replies are
+generated together."""
+WHY_ONE_WORKER = {
+    "local": "each would load its own copy of the model (CHATAPI_LLM_BACKEND=local)",
+    # Until replies' events, stop and the per-chat lock are shared (CHATAPI_REDIS_URL, issue 13), a reply lives
+    # in the memory of the worker that started it: another could neither resume nor stop it.
+    "openai": "a reply lives in the memory of the worker that started it, so another could not resume or stop it",
+}
+
+
 def on_starting(server):
-    """Before binding: no keys means loopback only, unless CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
+    """Before binding: one worker only (see ONE_WORKER); no keys means loopback only, unless
+    CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
+    if server.cfg.workers > 1:
+        why = WHY_ONE_WORKER.get(Config.CHATAPI_LLM_BACKEND, WHY_ONE_WORKER["local"])
+        server.log.error(ONE_WORKER.format(workers=server.cfg.workers, why=why))
+        sys.exit(1)
     if Config.CHATAPI_API_KEYS:
         return
     exposed = [address for address in server.cfg.address if not local_only(address)]

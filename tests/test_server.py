@@ -1,6 +1,13 @@
 """Smoke test of the real server: gunicorn with a gevent worker, over HTTP."""
 
+import os
+import subprocess
+import sys
+
+import pytest
 import requests
+
+from tests.support.server import ROOT, free_port
 
 
 def test_gunicorn_gevent_serves_the_api(live_server):
@@ -34,3 +41,21 @@ def test_what_gunicorn_refuses_itself_is_a_json_error_too(live_server):
     assert response.headers["Content-Type"] == "application/json"
     body = response.json()
     assert (body["code"], body["status"]) == (414, "URI Too Long") and "too large" in body["message"]
+
+
+@pytest.mark.parametrize("backend", ["local", "openai"])
+def test_more_than_one_worker_is_refused_with_the_reason(tmp_path, backend):
+    """Each worker would load the model again (local), or hold replies that no other worker can resume or stop
+    (openai, until they are shared through Redis): gunicorn.conf.py refuses before anything is served."""
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), WEB_CONCURRENCY="2", DATABASE_URL=f"sqlite:///{tmp_path}/chatapi.db")
+    if backend == "openai":
+        env.update(CHATAPI_LLM_BACKEND="openai", CHATAPI_LLM_URL="http://127.0.0.1:9/v1")
+    else:
+        env.pop("CHATAPI_LLM_BACKEND", None)
+    command = [sys.executable, "-m", "gunicorn", "wsgi:app"]
+    process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert process.returncode != 0
+    assert "refusing to start 2 workers (WEB_CONCURRENCY=2)" in process.stderr
+    reason = "load its own copy of the model" if backend == "local" else "could not resume or stop it"
+    assert reason in process.stderr and "Booting worker" not in process.stderr
