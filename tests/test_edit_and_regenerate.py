@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, infer, new_chat, pieces
-from tests.support.sse import EventStream, read_events, read_events_acting
+from tests.support.sse import EventStream, read_events, read_events_acting, read_events_dropped_and_resumed
 
 STREAM_ROUTES = pytest.mark.parametrize("route", ["inference", "inference_internet"])
 
@@ -56,12 +56,7 @@ def test_a_regenerate_resumes_after_last_event_id(inference_server, client):
     chat_id = new_chat(base, *ENDLESS, "An old answer.")
     old = history(base, chat_id)[-1]
     url = infer(base, chat_id, f"max_tokens=40&{GREEDY}&replace={old['id']}")
-    stream = EventStream(url)
-    iterator = iter(stream)
-    head = [next(iterator) for _ in range(5)]
-    stream.close()  # the connection drops mid-reply
-    rest = read_events(url, last_event_id=head[-1]["id"])
-    events = head + rest
+    events = read_events_dropped_and_resumed(url)
     assert [int(e["id"].rsplit(".", 1)[1]) for e in events] == list(range(len(events)))
     assert events[-1]["event"] == "done"
     saved = history(base, chat_id)

@@ -11,7 +11,7 @@ from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
 from tests.support.metrics import moved, scrape
-from tests.support.sse import Arrivals, EventStream, read_events, read_events_acting
+from tests.support.sse import Arrivals, EventStream, read_events, read_events_acting, read_events_dropped_and_resumed
 
 # Both stream routes check their input the same way before any stream (or web search) starts.
 STREAM_ROUTES = pytest.mark.parametrize("route", ["inference", "inference_internet"])
@@ -133,12 +133,7 @@ def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_s
     base = inference_server
     chat_id = new_chat(base, *ENDLESS)
     url = infer(base, chat_id, f"max_tokens=40&{GREEDY}")
-    stream = EventStream(url)
-    iterator = iter(stream)
-    head = [next(iterator) for _ in range(5)]
-    stream.close()  # the connection drops mid-reply
-    rest = read_events(url, last_event_id=head[-1]["id"])
-    events = head + rest
+    events = read_events_dropped_and_resumed(url)
     ids = [e["id"] for e in events]
     assert len(set(ids)) == len(ids), "replay repeated or skipped events"
     assert [int(i.rsplit(".", 1)[1]) for i in ids] == list(range(len(ids)))

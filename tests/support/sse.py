@@ -51,6 +51,16 @@ def read_events(url: str, last_event_id: str | None = None) -> list[dict]:
         stream.close()
 
 
+def read_events_dropped_and_resumed(url: str, before_drop: int = 5) -> list[dict]:
+    """Read `before_drop` events, drop the connection mid-reply, then resume with Last-Event-ID to the end: every
+    event the client got, in order."""
+    stream = EventStream(url)
+    iterator = iter(stream)
+    head = [next(iterator) for _ in range(before_drop)]
+    stream.close()
+    return head + read_events(url, last_event_id=head[-1]["id"])
+
+
 def read_events_acting(url: str, after: int, action) -> list[dict]:
     """Read a stream to its end, calling action() once, as soon as `after` events have arrived."""
     stream = EventStream(url)

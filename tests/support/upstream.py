@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.server import ROOT, free_port
+from tests.support.server import ROOT, free_port, stop_process
 
 STARTUP_SECONDS = 180
 
@@ -51,13 +51,7 @@ class LlamaCppServer:
             time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 class SilentServer:
