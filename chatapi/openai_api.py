@@ -235,15 +235,6 @@ def prompt_parts(messages: list[dict]) -> tuple[str, list[Message]]:
     return system, history
 
 
-def ready_service() -> ReplyService:
-    """The reply service with its model loaded; 503 while it is loading or failed."""
-    service = replies.service()
-    service.load()
-    if service.status != "ok":
-        abort(503, message=service.error or f"the model is {service.status}", code_name="model_not_ready")
-    return service
-
-
 def model_card(service: ReplyService) -> dict:
     """The model as OpenAI lists it; 503 when a remote model server cannot say which it serves."""
     try:
@@ -256,13 +247,13 @@ def model_card(service: ReplyService) -> dict:
 @bp.route("/models", methods=["GET"])
 def list_models():
     """The loaded model, as OpenAI lists models."""
-    return {"object": "list", "data": [model_card(ready_service())]}
+    return {"object": "list", "data": [model_card(replies.ready_service())]}
 
 
 @bp.route("/models/<path:model_id>", methods=["GET"])
 def get_model(model_id: str):
     """The loaded model by its id; 404 for any other."""
-    card = model_card(ready_service())
+    card = model_card(replies.ready_service())
     if model_id != card["id"]:
         abort(404, message=f"the model {model_id!r} does not exist", param="model", code_name="model_not_found")
     return card
@@ -272,7 +263,7 @@ def get_model(model_id: str):
 def create_chat_completion():
     """A chat completion of the messages given, as one `chat.completion` or a stream of chunks."""
     args = read_completion_request()
-    service = ready_service()
+    service = replies.ready_service()
     model = model_card(service)["id"]
     system_prompt, history = prompt_parts(args["messages"])
     given = {

@@ -41,6 +41,15 @@ def service() -> ReplyService:
     return current_app.extensions["replies"]
 
 
+def ready_service() -> ReplyService:
+    """The reply service with its model loaded; 503 while it is loading or failed (in either API's shape)."""
+    replies = service()
+    replies.load()
+    if replies.status != "ok":
+        abort(503, message=replies.error or f"the model is {replies.status}", code_name="model_not_ready")
+    return replies
+
+
 def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:
     """Join the chat's running reply, resume one after Last-Event-ID, or start the next (404/409/503
     before any stream); 204 when there is nothing to send. With `replace` (regenerate), the next reply
@@ -63,9 +72,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     history = [Message(c.role, c.message) for c in answered]
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
-    replies.load()
-    if replies.status != "ok":
-        abort(503, message=replies.error or f"the model is {replies.status}")
+    ready_service()
     config = current_app.config
     research = None
     if mode == "internet":
