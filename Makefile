@@ -7,7 +7,7 @@ export FLASK_APP := wsgi
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint install db model clients postgres-server screenshot postman clean vendor vendor-check
+.PHONY: run test bench lint install db model clients postgres-server nginx screenshot postman clean vendor vendor-check
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -77,9 +77,14 @@ vendor-check: node_modules/.installed
 postgres-server:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
+# Debian's nginx (the light build: proxying is all it needs): tests/test_deployment.py and `make bench` run it in
+# front of two chatapi instances with deploy/nginx.conf, the configuration docs/deploy.md gives users.
+nginx:
+	command -v nginx >/dev/null || ls /usr/sbin/nginx >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nginx-light; }
+
 # The page's modules first (Node's own test runner, a fake EventSource, jsdom: seconds), then everything else.
 # `clients` brings node (node_modules/.installed installs it from apt when it is missing).
-test: db model lint clients postgres-server vendor-check
+test: db model lint clients postgres-server nginx vendor-check
 	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest
 
