@@ -14,8 +14,6 @@ Every wait is bounded (DEADLINE_SECONDS for a stream, STARTUP_SECONDS for the se
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -210,17 +208,7 @@ class Server(live_server.Server):
 
     def __init__(self, workdir: Path, model: str, **settings: str):
         database_url = f"sqlite:///{workdir}/bench.db"
-        flask = Path(sys.executable).parent / "flask"
-        upgrade = [str(flask)] if flask.exists() else [sys.executable, "-m", "flask"]
-        upgraded = subprocess.run(
-            [*upgrade, "--app", "wsgi", "db", "upgrade"],
-            cwd=ROOT,
-            env=dict(os.environ, DATABASE_URL=database_url),
-            timeout=120,
-            capture_output=True,
-        )
-        if upgraded.returncode != 0:
-            raise RuntimeError(f"flask db upgrade failed:\n{upgraded.stdout.decode()}{upgraded.stderr.decode()}")
+        live_server.migrate(database_url)
         super().__init__(database_url, workdir / "gunicorn.log", CHATAPI_MODEL_PATH=model, **settings)
         self.http = requests.Session()
         self.problems: list[str] = []  # error lines of its log, read when it stops

@@ -24,10 +24,12 @@ def free_port() -> int:
 
 class Server:
     """Starts gunicorn with DATABASE_URL and the given settings; its output goes to log_path. It listens on
-    bind_host (reached at 127.0.0.1 all the same)."""
+    bind_host (reached at 127.0.0.1 all the same), on `port` (a restart on the port of one that died) or a free one."""
 
-    def __init__(self, database_url: str, log_path: Path, bind_host: str = "127.0.0.1", **settings: str):
-        self.port = free_port()
+    def __init__(
+        self, database_url: str, log_path: Path, bind_host: str = "127.0.0.1", port: int | None = None, **settings: str
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = dict(os.environ, DATABASE_URL=database_url, **settings)
@@ -68,6 +70,21 @@ class Server:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database to the latest migration, as `make db` does (`flask db upgrade`)."""
+    flask = Path(sys.executable).parent / "flask"
+    upgrade = [str(flask)] if flask.exists() else [sys.executable, "-m", "flask"]
+    upgraded = subprocess.run(
+        [*upgrade, "--app", "wsgi", "db", "upgrade"],
+        cwd=ROOT,
+        env=dict(os.environ, DATABASE_URL=database_url),
+        timeout=120,
+        capture_output=True,
+    )
+    if upgraded.returncode != 0:
+        raise RuntimeError(f"flask db upgrade failed:\n{upgraded.stdout.decode()}{upgraded.stderr.decode()}")
 
 
 def stop_process(process: subprocess.Popen) -> None:
