@@ -114,9 +114,19 @@ SQLITE_ONLY = (
 )
 
 
+# Modules that test a deployment of several processes, which share a database only as PostgreSQL.
+POSTGRES_ONLY = ("test_deployment.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Leave out the PostgreSQL runs of the SQLite-only modules (reported as deselected)."""
-    dropped = [item for item in items if item.path.name in SQLITE_ONLY and "[postgresql" in item.name]
+    """Leave out the PostgreSQL runs of the SQLite-only modules and the SQLite runs of the PostgreSQL-only ones
+    (reported as deselected)."""
+    dropped = [
+        item
+        for item in items
+        if (item.path.name in SQLITE_ONLY and "[postgresql" in item.name)
+        or (item.path.name in POSTGRES_ONLY and "[sqlite" in item.name)
+    ]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
