@@ -114,9 +114,23 @@ SQLITE_ONLY = (
 )
 
 
+# Modules about several processes sharing a database, as several hosts would: PostgreSQL is what they share.
+POSTGRESQL_ONLY = ("test_redis.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Leave out the PostgreSQL runs of the SQLite-only modules (reported as deselected)."""
-    dropped = [item for item in items if item.path.name in SQLITE_ONLY and "[postgresql" in item.name]
+    """Leave out the PostgreSQL runs of the SQLite-only modules and the SQLite runs of the PostgreSQL-only ones
+    (reported as deselected)."""
+    def database(item) -> str | None:
+        callspec = getattr(item, "callspec", None)
+        return callspec.params.get("database_url") if callspec else None
+
+    dropped = [
+        item
+        for item in items
+        if (item.path.name in SQLITE_ONLY and database(item) == "postgresql")
+        or (item.path.name in POSTGRESQL_ONLY and database(item) == "sqlite")
+    ]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
