@@ -116,6 +116,15 @@ class Config:
     # redis package), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
 
+    # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis
+    # stream, so that any process can resume or stop it, and a chat has one reply at a time across all of them
+    # (chatapi/llm/shared.py). Keys start with the prefix; a process that dies lets go of its chats within the
+    # lease; finished replies' streams expire after the TTL.
+    CHATAPI_REDIS_URL = os.environ.get("CHATAPI_REDIS_URL") or None
+    CHATAPI_REDIS_PREFIX = os.environ.get("CHATAPI_REDIS_PREFIX") or "chatapi:"
+    CHATAPI_REDIS_LEASE_SECONDS = float(os.environ.get("CHATAPI_REDIS_LEASE_SECONDS") or 10)
+    CHATAPI_REDIS_TTL_SECONDS = int(os.environ.get("CHATAPI_REDIS_TTL_SECONDS") or 3600)
+
     # Store each exchange of the OpenAI-compatible API (/v1/chat/completions) as a chat, shown in the page and
     # the chat API; off: such requests leave nothing behind (chatapi/openai_api.py).
     CHATAPI_OPENAI_STORE = flag("CHATAPI_OPENAI_STORE")

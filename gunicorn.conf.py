@@ -15,7 +15,8 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"
 # gevent: one process serves many slow clients (event streams) at once.
 worker_class = "gevent"
 worker_connections = 1000
-# One process per box: each worker would load its own copy of the model (on_starting refuses more).
+# One process per box on the local backend: each worker would load its own copy of the model (on_starting refuses
+# more). With a remote model server and Redis (docs/deploy.md), as many as the box serves.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
 # X-Forwarded-* are believed in one place only, the app's ProxyFix (CHATAPI_TRUST_PROXY=1); gunicorn's own
@@ -33,19 +34,24 @@ every chat. Either
 ONE_WORKER = """refusing to start {workers} workers (WEB_CONCURRENCY={workers}): {why}. Serve with one worker
 (WEB_CONCURRENCY=1, the default): its gevent loop serves many clients at once, and CHATAPI_PARALLEL replies are
 generated together."""
-WHY_ONE_WORKER = {
-    "local": "each would load its own copy of the model (CHATAPI_LLM_BACKEND=local)",
-    # Until replies' events, stop and the per-chat lock are shared (CHATAPI_REDIS_URL, issue 13), a reply lives
-    # in the memory of the worker that started it: another could neither resume nor stop it.
-    "openai": "a reply lives in the memory of the worker that started it, so another could not resume or stop it",
-}
+
+def why_one_worker() -> str | None:
+    """Why this configuration cannot have several workers, or None when it can."""
+    if Config.CHATAPI_LLM_BACKEND != "openai":
+        return "each would load its own copy of the model (CHATAPI_LLM_BACKEND=local)"
+    if not Config.CHATAPI_REDIS_URL:
+        return (
+            "without CHATAPI_REDIS_URL a reply lives in the memory of the worker that started it, so another could "
+            "not resume or stop it (set CHATAPI_REDIS_URL to share replies through Redis)"
+        )
+    return None
 
 
 def on_starting(server):
-    """Before binding: one worker only (see ONE_WORKER); no keys means loopback only, unless
-    CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
-    if server.cfg.workers > 1:
-        why = WHY_ONE_WORKER.get(Config.CHATAPI_LLM_BACKEND, WHY_ONE_WORKER["local"])
+    """Before binding: one worker only unless the model is remote and replies go through Redis (ONE_WORKER); no
+    keys means loopback only, unless CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
+    why = why_one_worker() if server.cfg.workers > 1 else None
+    if why:
         server.log.error(ONE_WORKER.format(workers=server.cfg.workers, why=why))
         sys.exit(1)
     if Config.CHATAPI_API_KEYS:

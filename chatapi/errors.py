@@ -3,6 +3,7 @@
 read it."""
 
 from flask import Flask, current_app, request
+from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
@@ -99,6 +100,12 @@ def handle_database_unavailable(error: OperationalError):
     )
 
 
+def handle_redis_unavailable(error: RedisError):
+    """Redis (CHATAPI_REDIS_URL) that cannot be reached: replies can be neither started nor found for now."""
+    current_app.logger.error("Redis unavailable: %s", error)
+    return error_response(ServiceUnavailable(f"Redis is unavailable: {error}"), headers={"Retry-After": "5"})
+
+
 def handle_unexpected(error: Exception):
     """Anything else is a bug: roll back, log it, answer JSON."""
     db.session.rollback()
@@ -109,4 +116,5 @@ def handle_unexpected(error: Exception):
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(OperationalError, handle_database_unavailable)
+    app.register_error_handler(RedisError, handle_redis_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

@@ -19,7 +19,8 @@ RETRY_AFTER = {"description": "seconds to wait, when the database is down", "sch
 @bp.alt_response(503, schema=HealthSchema, headers={"Retry-After": RETRY_AFTER})
 @bp.doc(security=[])  # open to monitors when API keys are on
 def health():
-    """Report the database and the model; 503 with the reason while either cannot serve."""
+    """Report the database, the model and (when replies are shared through it) Redis; 503 with the reason while
+    any cannot serve."""
     model = replies.service().describe()
     try:
         db.session.execute(sa.text("SELECT 1"))
@@ -28,7 +29,13 @@ def health():
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         body = {"status": "unavailable", "database": "error", "model": model, "reason": reason}
         return body, 503, {"Retry-After": DATABASE_RETRY_AFTER}
+    body = {"database": "ok", "model": model}
+    if replies.service().board is not None:
+        redis_problem = replies.service().redis_problem()
+        body["redis"] = "unreachable" if redis_problem else "ok"
+        if redis_problem:  # no reply can start or be found
+            return {"status": "unavailable", **body, "reason": redis_problem}, 503
     if model["status"] != "ok":
         reason = f"model {model['status']}" + (f": {model['reason']}" if "reason" in model else "")
-        return {"status": "unavailable", "database": "ok", "model": model, "reason": reason}, 503
-    return {"status": "ok", "database": "ok", "model": model}
+        return {"status": "unavailable", **body, "reason": reason}, 503
+    return {"status": "ok", **body}

@@ -346,6 +346,7 @@ class ModelHealthSchema(ma.Schema):
 class HealthSchema(ma.Schema):
     status = fields.String(required=True, metadata={"description": "ok, or unavailable"})
     database = fields.String(required=True, metadata={"description": "ok, or error"})
+    redis = fields.String(metadata={"description": "with CHATAPI_REDIS_URL: ok, or unreachable"})
     model = fields.Nested(ModelHealthSchema)
     reason = fields.String(metadata={"description": "why the server is unavailable"})
 

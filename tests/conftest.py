@@ -114,18 +114,22 @@ SQLITE_ONLY = (
 )
 
 
-# Modules that test a deployment of several processes, which share a database only as PostgreSQL.
-POSTGRES_ONLY = ("test_deployment.py",)
+# Modules about several processes sharing a database, as several hosts would: PostgreSQL is what they share.
+POSTGRESQL_ONLY = ("test_redis.py", "test_deployment.py")
 
 
 def pytest_collection_modifyitems(config, items):
     """Leave out the PostgreSQL runs of the SQLite-only modules and the SQLite runs of the PostgreSQL-only ones
     (reported as deselected)."""
+    def database(item) -> str | None:
+        callspec = getattr(item, "callspec", None)
+        return callspec.params.get("database_url") if callspec else None
+
     dropped = [
         item
         for item in items
-        if (item.path.name in SQLITE_ONLY and "[postgresql" in item.name)
-        or (item.path.name in POSTGRES_ONLY and "[sqlite" in item.name)
+        if (item.path.name in SQLITE_ONLY and database(item) == "postgresql")
+        or (item.path.name in POSTGRESQL_ONLY and database(item) == "sqlite")
     ]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -3,11 +3,13 @@
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 import requests
 
-from tests.support.server import ROOT, free_port
+from tests.support import wait_for
+from tests.support.server import ROOT, Server, free_port
 
 
 def test_gunicorn_gevent_serves_the_api(live_server):
@@ -43,19 +45,44 @@ def test_what_gunicorn_refuses_itself_is_a_json_error_too(live_server):
     assert (body["code"], body["status"]) == (414, "URI Too Long") and "too large" in body["message"]
 
 
-@pytest.mark.parametrize("backend", ["local", "openai"])
-def test_more_than_one_worker_is_refused_with_the_reason(tmp_path, backend):
-    """Each worker would load the model again (local), or hold replies that no other worker can resume or stop
-    (openai, until they are shared through Redis): gunicorn.conf.py refuses before anything is served."""
+REMOTE = {"CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": "http://127.0.0.1:9/v1"}
+REDIS = {"CHATAPI_REDIS_URL": "redis://127.0.0.1:6379/0"}
+
+
+@pytest.mark.parametrize(
+    "settings, reason",
+    [
+        ({}, "load its own copy of the model"),
+        (REDIS, "load its own copy of the model"),
+        (REMOTE, "without CHATAPI_REDIS_URL a reply lives in the memory of the worker that started it"),
+    ],
+    ids=["local", "local with Redis", "remote without Redis"],
+)
+def test_more_than_one_worker_is_refused_with_the_reason(tmp_path, settings, reason):
+    """Each worker would load the model again (local, Redis or not), or hold replies that no other worker can resume
+    or stop (remote without Redis): gunicorn.conf.py refuses before anything is served."""
     port = free_port()
     env = dict(os.environ, PORT=str(port), WEB_CONCURRENCY="2", DATABASE_URL=f"sqlite:///{tmp_path}/chatapi.db")
-    if backend == "openai":
-        env.update(CHATAPI_LLM_BACKEND="openai", CHATAPI_LLM_URL="http://127.0.0.1:9/v1")
-    else:
-        env.pop("CHATAPI_LLM_BACKEND", None)
+    for name in ("CHATAPI_LLM_BACKEND", "CHATAPI_LLM_URL", "CHATAPI_REDIS_URL"):
+        env.pop(name, None)
+    env.update(settings)
     command = [sys.executable, "-m", "gunicorn", "wsgi:app"]
     process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert process.returncode != 0
     assert "refusing to start 2 workers (WEB_CONCURRENCY=2)" in process.stderr
-    reason = "load its own copy of the model" if backend == "local" else "could not resume or stop it"
     assert reason in process.stderr and "Booting worker" not in process.stderr
+
+
+def test_several_workers_serve_with_a_remote_model_and_redis(tmp_path):
+    """The remote backend with Redis: WEB_CONCURRENCY=2 starts two workers (the model server here is down, so
+    /health answers 503 with the reason, from either)."""
+    settings = {**REMOTE, **REDIS, "CHATAPI_REDIS_PREFIX": f"chatapi-test-{uuid.uuid4().hex[:8]}:"}
+    server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", WEB_CONCURRENCY="2", **settings)
+    try:
+        server.wait_until_up(ready_status=503)
+        wait_for(lambda: len(server.workers()) == 2, 30, "two workers")
+        body = requests.get(f"{server.url}/health", timeout=10).json()
+        assert body["redis"] == "ok" and "127.0.0.1:9" in body["reason"]
+        assert server.output().count("Booting worker") == 2
+    finally:
+        server.stop()

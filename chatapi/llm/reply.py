@@ -1,7 +1,8 @@
 """The event log of one Assistant reply: its events so far, replayed to whoever listens, resumable.
 
 Everything here runs in greenlets of the server's hub; the service hands it the text the engine thread
-made (chatapi/llm/service.py).
+made (chatapi/llm/service.py). With Redis (chatapi/llm/shared.py) the same events are also written to a stream
+that other processes read.
 """
 
 import re
@@ -17,7 +18,42 @@ from .prompt import Prompt
 from .sse import PING, event_text
 
 
-class Reply:
+class Resumable:
+    """What a request needs to join or resume a reply, whether it is made in this process (Reply) or another
+    (shared.SharedReply): its ids, whether it is over, how many events it has, and `listen`."""
+
+    message_id: uuid.UUID
+    answering: uuid.UUID | None  # the id of the message the reply answers
+    replacing: uuid.UUID | None  # regenerate: the id of the message the saved reply takes the place of
+    finished: bool
+
+    @property
+    def event_count(self) -> int:
+        raise NotImplementedError
+
+    def listen(self, after: int = -1):
+        raise NotImplementedError
+
+    def index_of(self, event_id: str) -> int | None:
+        """The position of an event id of this reply, else None."""
+        message_id, _, index = event_id.rpartition(".")
+        # ASCII digits, and not too many for int(): str.isdigit() also takes "²", which int() refuses.
+        if message_id != str(self.message_id) or not re.fullmatch(r"[0-9]{1,9}", index):
+            return None
+        return int(index)
+
+    def resumable_after(self, event_id: str | None) -> int | None:
+        """Where a listener that saw `event_id` picks up: -1 (from the start) when it names nothing
+        of a running reply, the index after which events remain, or None when nothing is left."""
+        seen = self.index_of(event_id) if event_id is not None else None
+        if not self.finished:
+            return -1 if seen is None else seen
+        if seen is not None and seen < self.event_count - 1:
+            return seen  # the rest of a finished reply
+        return None
+
+
+class Reply(Resumable):
     """One Assistant reply being made. `on_unheard` runs when nobody has listened for `grace_seconds`;
     `on_event`, if given, is told of every event published (the app counts them for its metrics)."""
 
@@ -35,8 +71,8 @@ class Reply:
     ):
         self.chat_id = chat_id
         self.mode = mode
-        self.answering = answering  # the id of the message this reply answers
-        self.replacing = replacing  # regenerate: the id of the message the saved reply takes the place of
+        self.answering = answering
+        self.replacing = replacing
         self.message_id = uuid.uuid4()  # the id the saved reply will have
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds
@@ -57,6 +93,14 @@ class Reply:
         self.web_sources: list = []  # internet mode: the same as chatapi.web.rank.Source, passages included
         self.research_timings: dict = {}
         self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
+        # With Redis: told of each event, to write it to the reply's stream (shared.Publication.wake)...
+        self.on_publish: Callable[[], None] | None = None
+        # ...and asked, when nobody here listens, for how many seconds more a listener elsewhere counts as there.
+        self.heard_elsewhere: Callable[[], float] | None = None
+
+    @property
+    def event_count(self) -> int:
+        return len(self.events)
 
     @property
     def cancelled(self) -> bool:
@@ -80,6 +124,8 @@ class Reply:
         self.records.append((event, data))
         if self.on_event:
             self.on_event(self, event, data)
+        if self.on_publish:
+            self.on_publish()
         changed, self._changed = self._changed, Event()
         changed.set()
 
@@ -122,26 +168,14 @@ class Reply:
 
     def _cancel_if_unheard(self, departures: int) -> None:
         # A listener that came and went meanwhile started a grace period of its own.
-        if self.listeners == 0 and self.departures == departures and not self.finished:
+        if self.listeners != 0 or self.departures != departures or self.finished:
+            return
+        # One listening through another process (Redis) keeps it going: look again when its word runs out.
+        remaining = self.heard_elsewhere() if self.heard_elsewhere else 0
+        if remaining > 0:
+            gevent.spawn_later(remaining, self._cancel_if_unheard, departures)
+        else:
             self.on_unheard(self)
-
-    def index_of(self, event_id: str) -> int | None:
-        """The position of an event id of this reply, else None."""
-        message_id, _, index = event_id.rpartition(".")
-        # ASCII digits, and not too many for int(): str.isdigit() also takes "²", which int() refuses.
-        if message_id != str(self.message_id) or not re.fullmatch(r"[0-9]{1,9}", index):
-            return None
-        return int(index)
-
-    def resumable_after(self, event_id: str | None) -> int | None:
-        """Where a listener that saw `event_id` picks up: -1 (from the start) when it names nothing
-        of a running reply, the index after which events remain, or None when nothing is left."""
-        seen = self.index_of(event_id) if event_id is not None else None
-        if not self.finished:
-            return -1 if seen is None else seen
-        if seen is not None and seen < len(self.events) - 1:
-            return seen  # the rest of a finished reply
-        return None
 
 
 # How a backend reports to the service, in the event loop: a reply it ended (its result), or one it could not make

@@ -1,6 +1,7 @@
 """The model room's service: the queue in front of the model, and the replies of every chat. It knows nothing
 of HTTP or the database (the app gives each reply a `save` callback), nor which backend makes the text: the
 model in this process (local.py) or an OpenAI-compatible server (remote.py), to which it hands prepared replies.
+With Redis (shared.py) the chats' replies are also found, resumed and stopped across processes.
 """
 
 import logging
@@ -18,7 +19,8 @@ from .local import LocalBackend
 from .model import BATCH_SIZE
 from .prompt import LAYOUTS, Message
 from .remote import RemoteBackend
-from .reply import Reply
+from .reply import Reply, Resumable
+from .shared import Board
 
 BACKENDS = ("local", "openai")
 FINISHED_KEPT = 1000  # finished replies remembered for reconnects
@@ -68,6 +70,10 @@ class Settings:
     llm_api_key: str | None = None
     llm_model: str | None = None  # None: the first model the server lists
     llm_timeout: float = 60.0  # seconds the server may stay silent before a reply ends with an error
+    redis_url: str | None = None  # replies shared across processes (shared.py)
+    redis_prefix: str = "chatapi:"
+    redis_lease: float = 10.0  # seconds a chat stays locked by a process that stopped renewing it
+    redis_ttl: int = 3600  # seconds a finished reply's stream is kept
 
     @classmethod
     def from_config(cls, config: Mapping, model_cache: str) -> "Settings":
@@ -75,6 +81,7 @@ class Settings:
         if config["CHATAPI_SOURCES_LAYOUT"] not in LAYOUTS:
             raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
         check_backend(config)
+        check_redis(config)
         return cls(
             model_path=config["CHATAPI_MODEL_PATH"],
             model_cache=model_cache,
@@ -95,6 +102,10 @@ class Settings:
             llm_api_key=config["CHATAPI_LLM_API_KEY"],
             llm_model=config["CHATAPI_LLM_MODEL"],
             llm_timeout=config["CHATAPI_LLM_TIMEOUT"],
+            redis_url=config["CHATAPI_REDIS_URL"],
+            redis_prefix=config["CHATAPI_REDIS_PREFIX"],
+            redis_lease=config["CHATAPI_REDIS_LEASE_SECONDS"],
+            redis_ttl=config["CHATAPI_REDIS_TTL_SECONDS"],
         )
 
 
@@ -120,6 +131,16 @@ def check_backend(config: Mapping) -> None:
         raise ValueError(f"CHATAPI_LLM_TIMEOUT={config['CHATAPI_LLM_TIMEOUT']!r}: must be more than 0 seconds")
 
 
+def check_redis(config: Mapping) -> None:
+    """CHATAPI_REDIS_* : ValueError saying what is wrong."""
+    url = config["CHATAPI_REDIS_URL"]
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"CHATAPI_REDIS_URL={url!r}: must be a redis://, rediss:// or unix:// URL")
+    for name in ("CHATAPI_REDIS_LEASE_SECONDS", "CHATAPI_REDIS_TTL_SECONDS"):
+        if config[name] <= 0:
+            raise ValueError(f"{name}={config[name]!r}: must be more than 0 seconds")
+
+
 class ReplyService:
     """The replies of every chat, the queue in front of the backend that makes them, and that backend."""
 
@@ -132,6 +153,11 @@ class ReplyService:
         self.preparing = 0  # replies whose prompt is being built
         self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
+        self.board: Board | None = None
+        if settings.redis_url:
+            s = settings
+            self.board = Board(s.redis_url, s.redis_prefix, s.redis_lease, s.redis_ttl, s.grace_seconds, s.ping_seconds)
+            self.board.on_stop = self.cancel
 
     def load(self) -> None:
         """Get the backend ready, once (the local one loads its model in its thread). The server calls this as its
@@ -163,6 +189,10 @@ class ReplyService:
         described["replies"] = {"running": len(self.running), "waiting": self.preparing + len(self.waiting)}
         return described
 
+    def redis_problem(self) -> str | None:
+        """Why the Redis that replies are shared through cannot be used now; None when it can, or is not used."""
+        return self.board.problem() if self.board is not None else None
+
     def options_from(self, given: dict) -> Options:
         """The reply's options: the request's, else the defaults (a fresh seed each time)."""
         defaults = Options(
@@ -176,9 +206,11 @@ class ReplyService:
 
     # Starting, joining, stopping
 
-    def current(self, chat_id: uuid.UUID) -> Reply | None:
-        """The chat's latest reply, running or finished, while it is remembered."""
-        return self.by_chat.get(chat_id)
+    def current(self, chat_id: uuid.UUID) -> Resumable | None:
+        """The chat's latest reply, running or finished, while it is remembered: with Redis, in whichever process
+        made it."""
+        local = self.by_chat.get(chat_id)
+        return local if self.board is None else self.board.current(chat_id, local)
 
     def start(
         self,
@@ -194,16 +226,20 @@ class ReplyService:
         replacing: uuid.UUID | None = None,
         stops: list[str] | None = None,
         by_prefix: bool = False,
-    ) -> Reply:
+        shared: bool = True,
+    ) -> Resumable:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
         QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
         two requests for one chat cannot both start one. `answering` is the id of the message the reply
         answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
         `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
-        `replacing` (regenerate) is the id of the message the reply is saved in place of.
+        `replacing` (regenerate) is the id of the message the reply is saved in place of. With Redis, a `shared`
+        reply (a chat's, not /v1's, which nobody resumes) holds its chat across processes, and the reply another
+        process is making for the chat is returned instead (RedisError when Redis cannot be reached).
         """
-        existing = self.current(chat_id)
+        shared = shared and self.board is not None
+        existing = self.current(chat_id) if shared else self.by_chat.get(chat_id)
         if existing and not existing.finished:
             return existing
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
@@ -213,6 +249,10 @@ class ReplyService:
             chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
         )
         reply.job.by_prefix = by_prefix
+        if shared:
+            holder = self.board.claim(reply)  # may yield: another request may have started one meanwhile
+            if holder is not None:
+                return self.board.view(chat_id, holder, self.by_chat.get(chat_id))
         self._remember(reply)
         self.saves[reply] = save
         self.preparing += 1
@@ -237,23 +277,30 @@ class ReplyService:
         return reply
 
     def is_running(self, chat_id: uuid.UUID) -> bool:
-        """Whether a reply is being made for the chat (prepared, queued or generated)."""
-        reply = self.current(chat_id)
-        return reply is not None and not reply.finished
+        """Whether a reply is being made for the chat (prepared, queued or generated), here or, with Redis,
+        in any process."""
+        reply = self.by_chat.get(chat_id)
+        if reply is not None and not reply.finished:
+            return True
+        return self.board is not None and self.board.holder(chat_id) is not None
 
     def forget(self, chat_id: uuid.UUID) -> None:
         """Forget the chat's finished reply: its messages were deleted, so what it answered may be answered
         again, also by a request with `after` or a Last-Event-ID of it."""
-        reply = self.current(chat_id)
+        reply = self.by_chat.get(chat_id)
         if reply is not None and reply.finished:
             del self.by_chat[chat_id]
+        if self.board is not None:
+            self.board.forget(chat_id)
 
     def stop(self, chat_id: uuid.UUID) -> bool:
-        """Stop the chat's reply if one is being made; its partial text is saved as cancelled."""
-        if not self.is_running(chat_id):
-            return False
-        self.cancel(self.current(chat_id))
-        return True
+        """Stop the chat's reply if one is being made (with Redis, by whichever process makes it); its partial text
+        is saved as cancelled."""
+        reply = self.by_chat.get(chat_id)
+        if reply is not None and not reply.finished:
+            self.cancel(reply)
+            return True
+        return self.board is not None and self.board.request_stop(chat_id)
 
     def cancel(self, reply: Reply) -> None:
         """A queued reply leaves the queue at once; a running one stops at its next token (its request to a

@@ -7,8 +7,13 @@ PING = ": ping\n\n"
 
 def event_text(id: str, data: dict, event: str | None = None) -> str:
     """One event: an `id:` line, an optional `event:` line, and a JSON `data:` line."""
+    return serialized_event_text(id, json.dumps(data, ensure_ascii=False), event)
+
+
+def serialized_event_text(id: str, data_json: str, event: str | None = None) -> str:
+    """The same, with the data already serialized (as a Redis stream holds it: chatapi/llm/shared.py)."""
     lines = [f"id: {id}"]
     if event:
         lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, ensure_ascii=False))
+    lines.append("data: " + data_json)
     return "\n".join(lines) + "\n\n"
