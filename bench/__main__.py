@@ -1,5 +1,5 @@
 """Run the benchmarks: python -m bench [name ...]. Prints each table and writes them to docs/benchmarks.md; with
-names (list_chats, inference, batching, internet, answers, load, openai) only those run and their sections are
+names (list_chats, inference, batching, internet, answers, load, openai, remote) only those run and their sections are
 replaced. `python -m bench --list` lists them and runs nothing."""
 
 import contextlib
@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import answers, batching, inference, internet, list_chats, load, openai_api
+from bench import answers, batching, inference, internet, list_chats, load, openai_api, remote
 from tests.support.factweb import INJECTION
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -149,6 +149,34 @@ message, so no system prompt.
   window), on its own after ours has stopped."""
 
 
+REMOTE_NOTES = f"""\
+The remote backend (`CHATAPI_LLM_BACKEND=openai`) deployed as `tests/test_deployment.py` deploys it
+(`tests/support/deployment.py`, `bench/remote.py`): llama-cpp-python's OpenAI server (`python -m llama_cpp.server`,
+Gemma's turn format, one reply at a time, all cores) on the bundled GGUF, chatapi instances (gunicorn, one gevent
+worker each) on a PostgreSQL database of the run's own, nginx in front with `deploy/nginx.conf`; one chatapi
+instance for the first two measures, two for the third. Every ratio against the same model server consumed
+directly in the same run, the sides taken in turns.
+
+- **tok/s**: content chunks per second that a client reads from the model server's `/v1/chat/completions`
+  (*direct*: `stream: true`, `temperature` 0, the messages chatapi sends for the chat: its system prompt, then
+  the looping history of *Inference over HTTP*), and token events per second from chatapi's
+  `GET /conversations/inference/<chat_id>?max_tokens={remote.STREAM_TOKENS}&temperature=0` for a new chat with
+  that history (*chatapi*: the instance itself; *nginx + chatapi*: through nginx); first token to last, median of
+  {remote.RUNS} after a warm-up. **÷ direct**: the median of each round's ratio (the sides of a round run back to
+  back, so that load from elsewhere on the machine weighs on both alike); goal at least {inference.STREAM_GOAL}.
+- **TTFT**: from sending the request to the first token, `max_tokens={remote.TTFT_TOKENS}`, median of
+  {remote.TTFT_RUNS} after two warm-ups; the model server finds the same prompt in its cache every time, so that
+  the difference is chatapi's own. **added** = chatapi's median − direct's: goal at most {remote.TTFT_GOAL_MS} ms.
+  The details give the machine's load average as each configuration ran (other programs on the same cores).
+- Both *without Redis* and *with Redis* (`CHATAPI_REDIS_URL` at 127.0.0.1:6379, a key prefix of the run's own),
+  when this chatapi has that setting.
+- **resumed**: with Redis, two instances; {remote.RESUMED} replies (`max_tokens={remote.RESUME_TOKENS}`) started
+  on instance A one after another, each read for {remote.READ_BEFORE_DROP} events and dropped, then all resumed
+  at once on instance B with `Last-Event-ID`: how many came whole to `done` (every event once, in order, the text
+  as saved), and the time from the reconnect to the first resumed event. The model server makes one reply at a
+  time, so the later replies are still being made when they are resumed."""
+
+
 class Tee(io.TextIOBase):
     """Writes to the terminal and keeps a copy."""
 
@@ -193,6 +221,7 @@ BENCHMARKS = {
     "answers": ("Internet mode's answers", ANSWERS_NOTES, answers.main),
     "load": ("Load: 50 clients, SQLite and PostgreSQL", LOAD_NOTES, load.main),
     "openai": ("OpenAI-compatible API", OPENAI_NOTES, openai_api.main),
+    "remote": ("Remote backend, Redis and several instances", REMOTE_NOTES, remote.main),
 }
 
 
