@@ -82,6 +82,7 @@ class Reply(Resumable):
         self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
         self.events: list[str] = []  # as sent on the chat API's stream
         self.records: list[tuple[str | None, dict]] = []  # the same events as (name, data), for other streams
+        self.visible = 0  # the events listeners may see (finish holds back the last while it is shared)
         self.pieces: list[str] = []
         self.listeners = 0
         self.departures = 0  # times the last listener left: a grace timer only acts on the latest one
@@ -95,6 +96,7 @@ class Reply(Resumable):
         self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
         # With Redis: told of each event, to write it to the reply's stream (shared.Publication.wake)...
         self.on_publish: Callable[[], None] | None = None
+        self.on_finish: Callable[[], None] | None = None  # ...and told of the last, to write it at once
         # ...and asked, when nobody here listens, for how many seconds more a listener elsewhere counts as there.
         self.heard_elsewhere: Callable[[], float] | None = None
 
@@ -119,13 +121,19 @@ class Reply(Resumable):
 
     # Producing events (hub thread only)
 
-    def publish(self, event: str | None, data: dict) -> None:
+    def publish(self, event: str | None, data: dict, announce: bool = True) -> None:
         self.events.append(event_text(f"{self.message_id}.{len(self.events)}", data, event))
         self.records.append((event, data))
         if self.on_event:
             self.on_event(self, event, data)
         if self.on_publish:
             self.on_publish()
+        if announce:
+            self._announce()
+
+    def _announce(self) -> None:
+        """Let the listeners here see every event published so far."""
+        self.visible = len(self.events)
         changed, self._changed = self._changed, Event()
         changed.set()
 
@@ -134,8 +142,13 @@ class Reply(Resumable):
         self.publish(None, {"content": text})
 
     def finish(self, event: str, data: dict) -> None:
-        self.publish(event, data)
+        self.publish(event, data, announce=False)
+        if self.on_finish:
+            # With Redis the end is there, and the chat let go, before a listener here hears of it: a client that
+            # asks another process for its next reply at once must not find this one still going.
+            self.on_finish()
         self.finished = True
+        self._announce()
 
     # Listening
 
@@ -148,7 +161,7 @@ class Reply(Resumable):
             sent = after + 1
             while True:
                 changed = self._changed
-                while sent < len(events):
+                while sent < self.visible:
                     yield events[sent]
                     sent += 1
                 if self.finished:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import gevent
 import redis
 from gevent.event import Event
+from gevent.lock import Semaphore
 from redis.exceptions import LockError
 
 from .reply import Reply, Resumable
@@ -231,8 +232,11 @@ class Publication:
         self.lock = lock
         self.stream = board.stream_key(reply.message_id)
         self.written = 0
+        self.closed = False
         self._wake = Event()
+        self._writing = Semaphore()  # one write at a time, in order: the loop's or finish's
         reply.on_publish = self._wake.set
+        reply.on_finish = self.finish
         reply.heard_elsewhere = lambda: board.heard_for(reply.message_id)
         gevent.spawn(self._run)
 
@@ -245,10 +249,13 @@ class Publication:
             self._wake.wait(timeout=renew_every)
             self._wake.clear()
             try:
-                self._write()
-                if time.monotonic() - renewed >= renew_every:
-                    self._renew()
-                    renewed = time.monotonic()
+                with self._writing:
+                    if self.closed:
+                        return
+                    self._write()
+                    if time.monotonic() - renewed >= renew_every:
+                        self._renew()
+                        renewed = time.monotonic()
                 failing_since = None
             except (LockError, redis.ResponseError) as exc:
                 # The lease ran out (this process stalled for a whole lease) and another process ended the reply
@@ -265,7 +272,21 @@ class Publication:
                 gevent.sleep(min(1, renew_every))
                 continue
             if reply.finished and self.written == len(reply.records):
-                return self._close()
+                with self._writing:
+                    return self._close()
+
+    def finish(self) -> None:
+        """The reply's last event is published: write what is left and let go of the chat now (in the caller's
+        greenlet), before the listeners in this process hear of the end. Should Redis fail, the loop tries again."""
+        with self._writing:
+            if self.closed:
+                return
+            try:
+                self._write()
+            except redis.RedisError as exc:
+                log.warning("Redis: reply %s's end could not be written yet: %s", self.reply.message_id, exc)
+                return
+            self._close()
 
     def _write(self) -> None:
         records = self.reply.records
@@ -297,9 +318,11 @@ class Publication:
         pipe.expire(board.record_key(reply.chat_id), board.ttl)
         pipe.exists(board.stop_key(reply.message_id))
         if pipe.execute()[-1] and not reply.cancelled:
-            board.on_stop(reply)
+            gevent.spawn(board.on_stop, reply)  # not under the write lock: stopping a queued reply finishes it
 
     def _close(self) -> None:
+        if self.closed:
+            return
         board, reply = self.board, self.reply
         pipe = board.redis.pipeline(transaction=False)
         pipe.expire(self.stream, board.ttl + 60)  # outlives the record, which points at it
@@ -315,8 +338,9 @@ class Publication:
         self._detach()
 
     def _detach(self) -> None:
+        self.closed = True
         self.board.owned.pop(str(self.reply.message_id), None)
-        self.reply.on_publish = None
+        self.reply.on_publish = self.reply.on_finish = None
 
 
 class SharedReply(Resumable):
