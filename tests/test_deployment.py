@@ -79,6 +79,25 @@ def test_a_reply_stopped_through_another_instance_ends_cancelled_and_its_part_is
         assert history(instance.url, chat_id)[-1] == done["data"]["message"]
 
 
+def test_an_instance_is_healthy_while_the_model_server_streams_its_reply(deployment, client):
+    """llama-cpp-python's server answers GET /models only once the reply it is making is over: /health, which asks
+    it, must take the reply's data as the server's answer instead of saying for as long as it streams (and a
+    load balancer's health check with it) that the server does not answer."""
+    a, _ = deployment.instances
+    chat_id = new_chat(a.url, *ENDLESS)
+    healths = []
+
+    def check_health() -> None:
+        healths.append(requests.get(f"{a.url}/health", timeout=30))
+        requests.post(f"{a.url}/conversations/stop/{chat_id}", timeout=10)
+
+    events = read_events_acting(infer(a.url, chat_id, "max_tokens=1000&temperature=0"), 6, check_health)
+    assert events[-1]["event"] == "done" and events[-1]["data"]["finish_reason"] == "cancelled", events[-1]
+    health = healths[0]
+    assert health.status_code == 200, health.text
+    assert health.json()["model"]["status"] == "ok" and health.json()["model"]["replies"]["running"] == 1
+
+
 def test_a_reply_started_on_one_instance_is_resumed_on_the_other_with_last_event_id(deployment, client):
     a, b = deployment.instances
     chat_id = new_chat(a.url, *ENDLESS)

@@ -48,6 +48,8 @@ class RemoteBackend:
         self.error: str | None = None
         self.session = requests.Session()  # keeps connections to the server open between replies
         self.streaming: dict[Reply, gevent.Greenlet] = {}  # the greenlets reading a response, to close it
+        # When the server last sent something (a reply's data, its model list): /health takes that as an answer.
+        self.heard_at: float | None = None
 
     def load(self) -> None:
         """Nothing to load: the server holds the model."""
@@ -75,6 +77,7 @@ class RemoteBackend:
             raise UpstreamError(f"the model server at {self.url} lists no model")
         if self.model_name is not None and not any(m["id"] == self.model_name for m in models):
             raise UpstreamError(f"the model server at {self.url} does not list the model {self.model_name!r}")
+        self.heard_at = time.monotonic()
         return models
 
     def model(self, timeout: float) -> dict:
@@ -86,8 +89,13 @@ class RemoteBackend:
         return model
 
     def describe(self) -> dict:
-        """Asks the server now: `ok` with its model, or `unavailable` and why."""
+        """`ok` with its model when the server sent a reply's data or its model list in the last HEALTH_SECONDS;
+        else it is asked now: `ok`, or `unavailable` and why. (llama-cpp-python's server answers GET /models only
+        once the reply it is making is over: asked while streaming, it would seem down.)"""
         described = {"status": "ok", "backend": self.name, "url": self.url, "n_ctx": self.n_ctx}
+        recent = self.heard_at is not None and time.monotonic() - self.heard_at < HEALTH_SECONDS
+        if recent and self.model_name is not None:
+            return {**described, "name": self.model_name}
         try:
             described["name"] = self.model(min(HEALTH_SECONDS, self.settings.llm_timeout))["id"]
         except UpstreamError as exc:
@@ -195,6 +203,7 @@ class RemoteBackend:
             if response.status_code != 200:
                 raise UpstreamError(f"the model server at {self.url} answered {answer(response)}")
             for line in response.iter_lines(chunk_size=None):
+                self.heard_at = time.monotonic()
                 if not line.startswith(b"data:"):
                     continue  # blank lines between events, comments (pings), other fields
                 data = line[len(b"data:") :].strip()

@@ -114,7 +114,7 @@ class Deployment:
         found = []
         for server in self.instances:
             try:
-                replies = requests.get(f"{server.url}/health", timeout=5).json()["model"]["replies"]
+                replies = requests.get(f"{server.url}/health", timeout=30).json()["model"]["replies"]
             except requests.RequestException:
                 continue  # a dead instance makes nothing
             if replies["running"] or replies["waiting"]:
