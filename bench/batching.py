@@ -40,7 +40,7 @@ from bench.inference import (
     stream,
 )
 from config import Config
-from tests.support.server import free_port
+from tests.support.server import free_port, wait_for_startup
 
 TOKENS = 128
 RUNS = 3  # measured repetitions of each concurrency, after one warm-up
@@ -120,17 +120,14 @@ class LlamaServer:
         env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"llama-server did not come up:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+
+        def healthy() -> bool:
+            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
+
+        def tail() -> str:
+            return log.read_text()[-2000:]
+
+        wait_for_startup(self.process, healthy, "llama-server", tail, 120, interval=0.2)
 
     def stream(self, prompt: str) -> Reply:
         """One streamed completion of the prompt (what our server sends the model for the same history)."""

@@ -6,10 +6,9 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-from tests.support.server import ROOT, free_port, stop_process
+from tests.support.server import ROOT, free_port, stop_process, wait_for_startup
 
 DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 STARTUP_SECONDS = 30
@@ -65,17 +64,12 @@ class Nginx:
             self.process = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "Nginx":
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"nginx did not come up:\n{self.errors()}")
-            time.sleep(0.05)
+        def accepting() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+
+        wait_for_startup(self.process, accepting, "nginx", self.errors, STARTUP_SECONDS, interval=0.05)
+        return self
 
     def __exit__(self, *exc) -> None:
         stop_process(self.process)  # SIGTERM: nginx's fast shutdown

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -42,18 +43,22 @@ class Server:
 
     def wait_until_up(self, ready_status: int = 200, seconds: float = 60) -> "Server":
         """Wait until GET /health answers ready_status (the model loads after the worker boots)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == ready_status:
-                    return self
-            except requests.RequestException:  # bound but the worker still booting
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                output = self.output()
-                self.stop()
-                raise RuntimeError(f"gunicorn did not come up (GET /health != {ready_status}):\n{output}")
-            time.sleep(0.1)
+
+        def ready() -> bool:
+            return requests.get(f"{self.url}/health", timeout=2).status_code == ready_status
+
+        wait_for_startup(self.process, ready, f"gunicorn (GET /health {ready_status})", self.output, seconds)
+        return self
+
+    def refusal(self, seconds: float = 60) -> str:
+        """For settings the server must refuse: wait until gunicorn stops (before binding, or when its worker
+        cannot load the app), check that it failed, and return what it said."""
+        try:
+            returncode = self.process.wait(timeout=seconds)
+        finally:
+            self.stop()
+        assert returncode != 0, self.output()
+        return self.output()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -85,6 +90,30 @@ def migrate(database_url: str) -> None:
     )
     if upgraded.returncode != 0:
         raise RuntimeError(f"flask db upgrade failed:\n{upgraded.stdout.decode()}{upgraded.stderr.decode()}")
+
+
+def wait_for_startup(
+    process: subprocess.Popen,
+    serving: Callable[[], bool],
+    what: str,
+    output: Callable[[], str],
+    seconds: float,
+    interval: float = 0.1,
+) -> None:
+    """Poll `serving()` until the process serves (a connection or request that fails counts as not yet); if the
+    process exits or `seconds` pass first, stop it and raise RuntimeError with `what` and its output()."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if serving():
+                return
+        except OSError:  # requests' errors are OSErrors too
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            said = output()
+            stop_process(process)
+            raise RuntimeError(f"{what} did not come up:\n{said}")
+        time.sleep(interval)
 
 
 def stop_process(process: subprocess.Popen) -> None:

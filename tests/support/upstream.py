@@ -5,12 +5,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from tests.support.server import ROOT, free_port, stop_process
+from tests.support.server import ROOT, free_port, stop_process, wait_for_startup
 
 STARTUP_SECONDS = 180
 
@@ -37,18 +36,16 @@ class LlamaCppServer:
         return self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> "LlamaCppServer":
-        deadline = time.monotonic() + STARTUP_SECONDS
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        while True:
-            try:
-                if requests.get(f"{self.url}/v1/models", headers=headers, timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"llama_cpp.server did not come up:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
+
+        def listing() -> bool:
+            return requests.get(f"{self.url}/v1/models", headers=headers, timeout=2).status_code == 200
+
+        def tail() -> str:
+            return self.output()[-3000:]
+
+        wait_for_startup(self.process, listing, "llama_cpp.server", tail, STARTUP_SECONDS, interval=0.2)
+        return self
 
     def __exit__(self, *exc) -> None:
         stop_process(self.process)
