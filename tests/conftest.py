@@ -14,25 +14,13 @@ from chatapi.extensions import db
 from chatapi.web import research
 from tests.support import wait_for
 from tests.support.factweb import FactWeb
+from tests.support.scratch import create_database, drop_database
 from tests.support.server import Server
 from tests.support.web import Web
 
-POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # A database of this run's own, so that two runs at once never drop each other's schema.
 POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"
 postgres_skipped: list[str] = []
-
-
-def postgres_admin(statement: str) -> None:
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(statement)
-
-
-def postgres_url() -> str:
-    """A URL for this run's database on the local PostgreSQL, created here and dropped at the end."""
-    postgres_admin(f'CREATE DATABASE "{POSTGRES_TEST_DB}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    return f"{base}/{POSTGRES_TEST_DB}"
 
 
 def postgres_opted_out() -> bool:
@@ -46,14 +34,14 @@ def database_url(request, tmp_path_factory) -> str:
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/chatapi.db"
         return
     try:
-        url = postgres_url()
+        url = create_database(POSTGRES_TEST_DB)
     except psycopg.OperationalError as exc:
         if not postgres_opted_out():
             pytest.fail(f"PostgreSQL is unreachable (set CHATAPI_SKIP_POSTGRES=1 to test SQLite only): {exc}")
         postgres_skipped.append(str(exc).strip())
         pytest.skip("PostgreSQL unreachable at 127.0.0.1:5432 and CHATAPI_SKIP_POSTGRES=1")
     yield url
-    postgres_admin(f'DROP DATABASE IF EXISTS "{POSTGRES_TEST_DB}" WITH (FORCE)')
+    drop_database(POSTGRES_TEST_DB)
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,10 @@ from chatapi.llm.shared import Board, SharedReply
 from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, new_chat, pieces
+from tests.support.scratch import REDIS_URL, forget_keys
 from tests.support.server import Server
 from tests.support.sse import EventStream, read_events, read_events_acting
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 LEASE_SECONDS = 2
 TTL_SECONDS = 120
 LONG = "max_tokens=2000&temperature=0"
@@ -38,9 +38,7 @@ def redis_prefix():
     """A key prefix of this module's own; its keys are deleted afterwards."""
     prefix = f"chatapi-test-{uuid.uuid4().hex[:8]}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    forget_keys(prefix)
 
 
 def shared_settings(prefix: str) -> dict:

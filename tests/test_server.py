@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from tests.support import wait_for
+from tests.support.scratch import REDIS_URL
 from tests.support.server import ROOT, Server, free_port
 
 
@@ -46,7 +47,7 @@ def test_what_gunicorn_refuses_itself_is_a_json_error_too(live_server):
 
 
 REMOTE = {"CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": "http://127.0.0.1:9/v1"}
-REDIS = {"CHATAPI_REDIS_URL": "redis://127.0.0.1:6379/0"}
+REDIS = {"CHATAPI_REDIS_URL": REDIS_URL}
 
 
 @pytest.mark.parametrize(

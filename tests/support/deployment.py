@@ -8,17 +8,14 @@ import os
 import uuid
 from pathlib import Path
 
-import psycopg
-import redis
 import requests
 
 from chatapi.llm.model import default_model_path
 from tests.support.nginx import Nginx
+from tests.support.scratch import REDIS_URL, create_database, drop_database, forget_keys
 from tests.support.server import ROOT, Server, migrate
 from tests.support.upstream import LlamaCppServer
 
-REDIS_URL = os.environ.get("CHATAPI_TEST_REDIS", "redis://127.0.0.1:6379/0")
-POSTGRES_ADMIN_URL = os.environ.get("CHATAPI_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 N_CTX = 2048  # the model server's window, and the instances' CHATAPI_N_CTX
 STARTUP_SECONDS = 120
 
@@ -73,7 +70,7 @@ class Deployment:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             if self.prefix:
-                self.exits.callback(forget_keys, REDIS_URL, self.prefix)
+                self.exits.callback(forget_keys, self.prefix)
             if self.own_upstream:
                 self.upstream = self.exits.enter_context(model_server(self.dir / "llama_cpp_server.log"))
             self.settings["CHATAPI_LLM_URL"] = f"{self.upstream.url}/v1"
@@ -135,29 +132,14 @@ class Deployment:
         return "\n".join(f"--- {name}\n{text[-tail:]}" for name, text in parts)
 
 
-def forget_keys(url: str, prefix: str) -> None:
-    """Delete every Redis key under the prefix."""
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def scratch_database():
     """A PostgreSQL database of its own on the local server (CHATAPI_TEST_POSTGRES's), at the latest migration,
     dropped afterwards: the URL."""
     name = f"chatapi_deploy_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    url = create_database(name)
     try:
-        url = f"{base}/{name}"
         migrate(url)
         yield url
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
