@@ -21,7 +21,8 @@ RETRY_AFTER = {"description": "seconds to wait, when the database is down", "sch
 def health():
     """Report the database, the model and (when replies are shared through it) Redis; 503 with the reason while
     any cannot serve."""
-    model = replies.service().describe()
+    service = replies.service()
+    model = service.describe()
     try:
         db.session.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
@@ -30,8 +31,8 @@ def health():
         body = {"status": "unavailable", "database": "error", "model": model, "reason": reason}
         return body, 503, {"Retry-After": DATABASE_RETRY_AFTER}
     body = {"database": "ok", "model": model}
-    if replies.service().board is not None:
-        redis_problem = replies.service().redis_problem()
+    if service.board is not None:
+        redis_problem = service.redis_problem()
         body["redis"] = "unreachable" if redis_problem else "ok"
         if redis_problem:  # no reply can start or be found
             return {"status": "unavailable", **body, "reason": redis_problem}, 503

@@ -124,17 +124,17 @@ class Board:
         pipe.hgetall(self.record_key(chat_id))
         pipe.get(self.lock_key(chat_id))
         record, holder = pipe.execute()
-        if not record:
-            return None
-        if local is not None and str(local.message_id) == record["message_id"]:
-            return local
-        return SharedReply(self, chat_id, record, holder)
+        return self._resumable(chat_id, record, holder, local) if record else None
 
     def view(self, chat_id, message_id: str, local: Reply | None) -> Resumable:
         """The reply `message_id` that holds the chat's lock (one that another request started meanwhile)."""
-        if local is not None and str(local.message_id) == message_id:
+        return self._resumable(chat_id, {"message_id": message_id}, message_id, local)
+
+    def _resumable(self, chat_id, record: dict, holder: str | None, local: Reply | None) -> Resumable:
+        """`local` when it is the reply the record names, else a view of that reply's stream."""
+        if local is not None and str(local.message_id) == record["message_id"]:
             return local
-        return SharedReply(self, chat_id, {"message_id": message_id}, message_id)
+        return SharedReply(self, chat_id, record, holder)
 
     def claim(self, reply: Reply) -> str | None:
         """Take the chat's lock for `reply` and publish it from now on: None; or, when another reply holds the
