@@ -101,6 +101,10 @@ class Config:
     CHATAPI_ALLOW_NO_AUTH = flag("CHATAPI_ALLOW_NO_AUTH")
     # Behind a reverse proxy: believe its X-Forwarded-For, -Proto, -Host and -Port (one proxy in front).
     CHATAPI_TRUST_PROXY = flag("CHATAPI_TRUST_PROXY")
+    # Host names served besides this machine's own (loopback, its host name and addresses; chatapi/guard.py),
+    # comma-separated: a reverse proxy's public name, a LAN name. Another Host gets 403, so that a web page on a
+    # name of its own that resolves here (DNS rebinding) cannot use the server. `*` serves any (unsafe without keys).
+    CHATAPI_ALLOWED_HOSTS = os.environ.get("CHATAPI_ALLOWED_HOSTS") or ""
 
     # Serving others (see chatapi/cors.py, chatapi/limits.py).
     # Origins whose pages may call the API from a browser, comma-separated (https://app.example.com); none when empty.

@@ -88,7 +88,9 @@ def describe(address) -> str:
 
 
 def post_worker_init(worker):
-    """Load the model as soon as the worker is up, in the background: /health says when it is ready."""
+    """Serve the host gunicorn is bound to (`--bind chat.lan:5000`) besides the machine's own names (chatapi/guard.py);
+    load the model as soon as the worker is up, in the background: /health says when it is ready."""
+    worker.wsgi.extensions["guard"].allow_bound(worker.cfg.address)
     worker.wsgi.extensions["replies"].load()
 
 

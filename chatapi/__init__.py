@@ -7,7 +7,7 @@ from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cors, limits, metrics, replies
+from . import auth, cors, guard, limits, metrics, replies
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -34,7 +34,8 @@ def trust_proxy(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    auth.init_app(app)  # first: its request hook decides who is asking before any other hook runs
+    guard.init_app(app)  # first: a foreign Host, or a cross-site request that acts, is refused before anything runs
+    auth.init_app(app)  # next: its request hook decides who is asking before any other hook runs
     # Before the API: a bad limit or search backend stops the app before the one API object is set up for it
     # (half set up, the process's other apps would serve an empty document).
     limits.init_app(app)

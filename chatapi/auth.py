@@ -1,5 +1,6 @@
-"""Who may use the API: API keys (`Authorization: Bearer <key>`), the page's session cookie (POST /session),
-and the same-origin rule for cookie requests that change something.
+"""Who may use the API: API keys (`Authorization: Bearer <key>`) and the page's session cookie (POST /session).
+Where a request comes from is chatapi/guard.py's to judge, before this: with the cookie, a request that changes
+something must come from this server's own page.
 
 Off until CHATAPI_API_KEYS or CHATAPI_API_KEYS_FILE names a key (config.py reads them). Then every request but
 the open ones below must carry a key or a session, and `g.key_id` names the key it came with: a short id that
@@ -10,7 +11,6 @@ import copy
 import hashlib
 import hmac
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, make_response, request
 from flask_smorest import abort
@@ -35,7 +35,6 @@ OPEN_ENDPOINTS = frozenset(
         "docs_assets.static",
     }
 )
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="chatapi"'}
 # What the OpenAPI document says about it when keys are on.
 SECURITY_SCHEMES = {
@@ -104,8 +103,7 @@ def unauthorized(message: str) -> NoReturn:
 
 
 def authenticate() -> None:
-    """Before every request: the key it came with (g.key_id), else 401; and a request that changes something
-    with the cookie alone must come from this server's own page, else 403. Nothing has been read or done yet."""
+    """Before every request: the key it came with (g.key_id), else 401. Nothing has been read or done yet."""
     # A CORS preflight carries no credentials by design, and changes nothing.
     if request.endpoint in OPEN_ENDPOINTS or request.method == "OPTIONS":
         return
@@ -113,9 +111,7 @@ def authenticate() -> None:
     if header is not None:
         g.key_id = key_from_header(header)
         return  # a browser never adds this header by itself: whoever sent it holds the key
-    g.key_id = key_from_cookie()
-    if request.method not in SAFE_METHODS:
-        require_same_origin()
+    g.key_id = key_from_cookie()  # from this server's own page if it changes something (chatapi/guard.py)
 
 
 def key_from_header(header: str) -> str:
@@ -142,21 +138,6 @@ def key_from_cookie() -> str:
     if not isinstance(found, str) or found not in keys.ids:  # signed with a SECRET_KEY for a key since taken away
         unauthorized("the session's key is no longer accepted: sign in again")
     return found
-
-
-def require_same_origin() -> None:
-    """The cookie goes with every request the browser makes to this host, from whatever page (SameSite=Strict
-    stops other sites, not another port or subdomain of this one). Browsers say where a request comes from:
-    Sec-Fetch-Site (recent ones), else Origin. A client that sends neither is no browser."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        allowed = site in ("same-origin", "none")
-    else:
-        origin = request.headers.get("Origin")
-        # The host only: behind a TLS proxy without CHATAPI_TRUST_PROXY the app sees http for an https page.
-        allowed = origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
-    if not allowed:
-        abort(403, message="a request from another site may not use the session cookie to change anything")
 
 
 def session_cookie(response: Response, value: str, max_age: int) -> Response:

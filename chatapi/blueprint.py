@@ -8,34 +8,43 @@ from flask_smorest import abort
 from webargs.flaskparser import FlaskParser
 
 
-class JSONBodyParser(FlaskParser):
-    """Reads the body as JSON whatever its Content-Type (curl -d sends a form type).
+def json_object(req) -> dict:
+    """The request's body: a JSON object, sent as application/json (or another +json type). Any other type is a
+    415: a web page can send text/plain or a form to any server without asking first, JSON only after a CORS
+    preflight. A body that is not JSON, or not a JSON object, is a 400."""
+    if not req.is_json:
+        abort(415, message="send the request body as JSON, with Content-Type: application/json")
+    try:
+        body = json.loads(req.get_data(cache=True))
+    except (ValueError, UnicodeDecodeError):
+        abort(400, message="request body must be JSON")
+    except RecursionError:  # a valid body too, but nested deeper than any request needs
+        abort(400, message="request body is nested too deeply")
+    if not isinstance(body, dict):
+        abort(400, message="request body must be a JSON object")
+    return body
 
-    A body that is not JSON, or not a JSON object, is a 400 rather than a field error.
-    """
+
+class JSONBodyParser(FlaskParser):
+    """Reads the body with json_object(): a 415, or a 400 rather than a field error."""
 
     def load_json(self, req, schema):
-        try:
-            body = json.loads(req.get_data(cache=True))
-        except (ValueError, UnicodeDecodeError):
-            abort(400, message="request body must be JSON")
-        except RecursionError:  # a valid body too, but nested deeper than any request needs
-            abort(400, message="request body is nested too deeply")
-        if not isinstance(body, dict):
-            abort(400, message="request body must be a JSON object")
-        return body
+        return json_object(req)
 
 
 def common_errors(doc: dict, keys_on: bool) -> dict:
     """The errors an operation can answer whatever it does, by status: a missing or wrong key (when the server
-    has keys, unless the operation asks for none), a body that is not a JSON object or too large, a URL too long
+    has keys, unless the operation asks for none), a foreign Host or a request from another site
+    (chatapi/guard.py), a body that is not a JSON object, too large or not sent as JSON, a URL too long
     (gunicorn's limit), too many requests, and a database that cannot be reached."""
     errors = {}
     if keys_on and doc.get("security") != []:
         errors[401] = "UNAUTHORIZED"
+    errors[403] = "FORBIDDEN"
     if "requestBody" in doc:
         errors[400] = "BAD_REQUEST"
         errors[413] = "REQUEST_ENTITY_TOO_LARGE"
+        errors[415] = "UNSUPPORTED_MEDIA_TYPE"
     errors[414] = "REQUEST_URI_TOO_LONG"
     errors[429] = "TOO_MANY_REQUESTS"
     errors[503] = "SERVICE_UNAVAILABLE"

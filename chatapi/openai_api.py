@@ -22,6 +22,7 @@ from marshmallow import fields, validate
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import limits, metrics, replies
+from .blueprint import json_object
 from .extensions import db
 from .llm.prompt import Message
 from .llm.remote import UpstreamError
@@ -208,15 +209,10 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def read_completion_request() -> dict:
-    """The request's parameters, validated; 400 in OpenAI's shape naming the `param` at fault."""
+    """The request's parameters, validated; 400 in OpenAI's shape naming the `param` at fault (415 for a body
+    not sent as JSON)."""
     try:
-        body = json.loads(request.get_data(cache=True))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        bad_request("the request body must be JSON")
-    if not isinstance(body, dict):
-        bad_request("the request body must be a JSON object")
-    try:
-        args = ChatCompletionSchema().load(body)
+        args = ChatCompletionSchema().load(json_object(request))
     except ma.ValidationError as error:
         param, message = param_path(error.messages)
         bad_request(f"{param}: {message}", param)

@@ -25,11 +25,8 @@ def test_create_chat_returns_the_chat_with_location(client):
     assert client.get(response.headers["Location"]).json == chat
 
 
-def test_create_chat_strips_the_name_and_accepts_a_form_content_type(client):
-    # curl -d without -H sends application/x-www-form-urlencoded; the body is still JSON.
-    response = client.post(
-        "/chats/create", data='{"name": "  padded  "}', content_type="application/x-www-form-urlencoded"
-    )
+def test_create_chat_strips_the_name(client):
+    response = client.post("/chats/create", json={"name": "  padded  "})
     assert response.status_code == 201
     assert response.json["name"] == "padded"
 

@@ -296,8 +296,12 @@ def test_errors_on_v1_are_in_openais_shape(openai_server):
     assert_openai_error(requests.get(f"{base}/v1/no/such/route", timeout=10), 404, "not_found_error")
     assert_openai_error(requests.delete(f"{base}/v1/models", timeout=10), 405, "invalid_request_error")
     assert_openai_error(requests.get(f"{base}/v1/chat/completions", timeout=10), 405, "invalid_request_error")
-    not_json = requests.post(f"{base}/v1/chat/completions", data="{", timeout=10)
+    completions = f"{base}/v1/chat/completions"
+    not_json = requests.post(completions, data="{", headers={"Content-Type": "application/json"}, timeout=10)
     assert_openai_error(not_json, 400, "invalid_request_error")
+    valid = json.dumps({"model": "any", "messages": ASK, "max_tokens": 1})
+    as_text = requests.post(completions, data=valid, headers={"Content-Type": "text/plain"}, timeout=10)
+    assert_openai_error(as_text, 415, "invalid_request_error")
     not_an_object = requests.post(f"{base}/v1/chat/completions", json=[ASK], timeout=10)
     assert_openai_error(not_an_object, 400, "invalid_request_error")
     huge = {"model": "any", "messages": [{"role": "user", "content": "x" * 1100000}]}

@@ -31,7 +31,8 @@ def test_gunicorn_gevent_serves_the_api(live_server):
     assert [m["message"] for m in history] == ["hello"]
     missing = requests.get(f"{live_server}/chats/not-a-chat", timeout=5)
     assert missing.status_code == 404 and missing.json()["code"] == 404
-    bad = requests.post(f"{live_server}/chats/create", data="nope", timeout=5)
+    json_type = {"Content-Type": "application/json"}
+    bad = requests.post(f"{live_server}/chats/create", data="nope", headers=json_type, timeout=5)
     assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/json"
     assert requests.get(f"{live_server}/openapi.json", timeout=5).json()["info"]["title"] == "chatapi"
     assert requests.delete(f"{live_server}/chats/delete/{chat['id']}", timeout=5).json()["deleted"] is True
