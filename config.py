@@ -141,3 +141,5 @@ class Config:
     OPENAPI_SWAGGER_UI_PATH = "docs"
     # Served by the app itself from the swagger-ui-bundle package: no CDN.
     OPENAPI_SWAGGER_UI_URL = "/docs/assets/"
+    # No badge from swagger.io's validator: the docs page loads nothing from elsewhere (and its policy allows nothing).
+    OPENAPI_SWAGGER_UI_CONFIG = {"validatorUrl": None}

@@ -9,8 +9,11 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# The page and the files under /static/ (the app's static route): its script, its stylesheet, its icon.
-PAGE_ENDPOINTS = ("pages.index", "static")
+# The page and the docs page (/docs, flask-smorest's Swagger UI), and their files: the page's under /static/ (the
+# app's static route: scripts, stylesheet, icon, the docs page's docs.js) and Swagger UI's under /docs/assets/.
+PROTECTED_ENDPOINTS = ("pages.index", "static", "api-docs.openapi_swagger_ui", "docs_assets.static")
+# Any other HTML: no site may show it in a frame (to trick a click on it).
+NO_FRAMES = "frame-ancestors 'none'"
 
 
 @bp.route("/", methods=["GET"])
@@ -21,9 +24,12 @@ def index():
 
 @bp.after_app_request
 def protect_page(response: Response) -> Response:
-    """The policy on the page and on its files (an SVG opened by itself is a document too), and no
-    content-type sniffing, so that a file is only ever run or styled as what the server says it is."""
-    if request.endpoint in PAGE_ENDPOINTS:
+    """The policy on the pages and their files (an SVG opened by itself is a document too), no frames for any
+    other HTML, and no content-type sniffing anywhere, so that a file is only ever run or styled as what the
+    server says it is."""
+    if request.endpoint in PROTECTED_ENDPOINTS:
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["X-Content-Type-Options"] = "nosniff"
+    elif response.mimetype == "text/html" and "Content-Security-Policy" not in response.headers:
+        response.headers["Content-Security-Policy"] = NO_FRAMES
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -136,5 +136,5 @@ def test_docs_page_loads_only_local_assets(client):
         assert not urlparse(asset).netloc, f"{asset} is loaded from another host"
         response = client.get(asset)
         assert response.status_code == 200, asset
-        assert len(response.data) > 1000
+        assert len(response.data) > 200  # a file, not an empty answer (Swagger UI's start script is short)
     assert "/openapi.json" in html
