@@ -138,3 +138,24 @@ def test_docs_page_loads_only_local_assets(client):
         assert response.status_code == 200, asset
         assert len(response.data) > 200  # a file, not an empty answer (Swagger UI's start script is short)
     assert "/openapi.json" in html
+
+
+def test_docs_page_has_the_pages_policy_and_no_page_may_frame_html(app, client):
+    """/docs and its files get the page's Content-Security-Policy (tests/test_browser.py shows Swagger UI works
+    under it); any other HTML at least frame-ancestors 'none'; every response nosniff."""
+    page_policy = client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self';" in page_policy and "frame-ancestors 'none'" in page_policy
+    for path in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/static/docs.js"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["Content-Security-Policy"] == page_policy, path
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+    assert "<script>" not in client.get("/docs").get_data(as_text=True)  # no inline script to allow
+    assert client.get("/chats/").headers["X-Content-Type-Options"] == "nosniff"
+
+    other = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"]})
+    other.add_url_rule("/some.html", "some_html", lambda: "<!doctype html><p>HTML of another route</p>")
+    response = other.test_client().get("/some.html")
+    assert response.mimetype == "text/html"
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
