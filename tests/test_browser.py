@@ -7,6 +7,7 @@ import shutil
 import socket
 import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,6 +31,8 @@ LAUNCH_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Names an attacker's DNS would point at this machine, for this browser only (tests of chatapi/guard.py).
+    "--host-resolver-rules=MAP rebind.test 127.0.0.1, MAP elsewhere.test 127.0.0.1",
 ]
 # `make screenshot` sets this to docs/: the screenshots the README shows are written there.
 SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
@@ -943,15 +946,141 @@ def test_a_session_gone_mid_visit_asks_again_and_the_request_or_the_stream_goes_
     expect(page.locator("#chat-list .chat-name")).to_have_text(["New chat", "keyed"])
 
 
-def test_the_api_docs_are_linked_and_load_offline(tab):
+def test_the_api_docs_are_linked_and_load_offline_under_the_pages_policy(tab, page_server):
     page = tab.page
     page.goto("/")
     link = page.locator("#docs-link")
     expect(link).to_have_text("API docs")
     assert link.get_attribute("href") == "/docs"
-    page.goto(link.get_attribute("href"))
+    refused = []  # what the Content-Security-Policy blocked, as the browser tells the page and its console
+    page.on("console", lambda message: "Content Security Policy" in message.text and refused.append(message.text))
+    tab.context.add_init_script("""document.addEventListener("securitypolicyviolation",
+      (event) => console.error(`Content Security Policy: ${event.effectiveDirective} ${event.blockedURI}`))""")
+    docs = page.goto(link.get_attribute("href"))
+    assert docs.headers["content-security-policy"] == EXPECTED_CSP
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("chatapi")
-    expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible()
+    spec = requests.get(f"{page_server}/openapi.json", timeout=10).json()
+    operations = sum(method != "parameters" for path in spec["paths"].values() for method in path)
+    expect(page.locator(".swagger-ui .opblock")).to_have_count(operations)
+    page.locator(".swagger-ui .opblock-summary-path", has_text="/chats/create").click()  # opens: React at work
+    expect(page.locator(".swagger-ui .opblock.is-open .opblock-body")).to_be_visible()
+    assert refused == []
+
+
+# Other web sites, through the owner's browser (chatapi/guard.py): a page of elsewhere.test (another origin on
+# 127.0.0.1) and rebind.test (a name of an attacker's that resolves here), as LAUNCH_ARGS map them.
+
+
+@pytest.fixture(scope="module")
+def elsewhere_site():
+    """A web site of someone else's on 127.0.0.1 (reached as http://elsewhere.test:PORT): an empty page."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>Somewhere else</title><p>Nothing to see.</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://elsewhere.test:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# What the other site's script tries: no preflight is asked for any of these (a text/plain body, mode no-cors,
+# an EventSource), so before issue 20 the browser sent them all and the server acted on each.
+FORGE = """async ({target, ask, regenerate, replace, file}) => {
+  const text = {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}};
+  await fetch(`${target}/chats/create`, {...text, body: JSON.stringify({name: "forged"})});
+  await fetch(`${target}/chats/import`, {...text, body: JSON.stringify(file)});
+  await fetch(`${target}/conversations/inference_internet/${regenerate}?replace=${replace}`, {mode: "no-cors"});
+  await new Promise((resolve) => {
+    const source = new EventSource(`${target}/conversations/inference/${ask}?max_tokens=8`);
+    source.onerror = () => { source.close(); resolve(); };
+  });
+}"""
+
+
+def test_another_site_can_neither_create_nor_import_a_chat_nor_start_a_reply(
+    browser, page_server, elsewhere_site, client
+):
+    ask = new_chat(page_server, QUESTION)  # ends with a question: a stream would answer it
+    regenerate = new_chat(page_server, QUESTION, "The capital of France is Paris.")  # replace= would redo it
+    replace = history(page_server, regenerate)[-1]["id"]
+    exported = requests.get(f"{page_server}/chats/{regenerate}/export", timeout=10).json()
+    before = {chat_id: history(page_server, chat_id) for chat_id in (ask, regenerate)}
+    listed = requests.get(f"{page_server}/chats/", timeout=10).json()
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        statuses = {}
+        page.on("response", lambda response: statuses.setdefault(urlparse(response.url).path, response.status))
+        page.goto(elsewhere_site)
+        arguments = {"target": page_server, "ask": ask, "regenerate": regenerate, "replace": replace, "file": exported}
+        page.evaluate(FORGE, arguments)
+    finally:
+        context.close()
+
+    assert requests.get(f"{page_server}/chats/", timeout=10).json() == listed  # nothing created or imported
+    assert requests.get(f"{page_server}/health", timeout=10).json()["model"]["replies"] == {"running": 0, "waiting": 0}
+    assert {chat_id: history(page_server, chat_id) for chat_id in before} == before  # nothing deleted or added
+    # The server refused each fetch (the page itself could not tell: their answers are opaque to it); the
+    # EventSource's answer, refused by the browser for want of CORS headers, reaches no handler.
+    paths = ["/chats/create", "/chats/import", f"/conversations/inference_internet/{regenerate}"]
+    assert {path: statuses.get(path) for path in paths} == dict.fromkeys(paths, 403)
+
+
+# The rebound page's script, on what is to the browser its own origin.
+READ_AND_DELETE = """async (chatId) => {
+  const answers = [];
+  for (const [method, path] of [["GET", "/chats/"], ["GET", `/chats/${chatId}/conversations`],
+                                ["DELETE", `/chats/delete/${chatId}`]]) {
+    const response = await fetch(path, {method});
+    answers.push([response.status, await response.text()]);
+  }
+  return answers;
+}"""
+
+
+def test_a_page_on_a_name_that_resolves_here_can_read_nothing(browser, page_server, client):
+    """DNS rebinding: to the browser, http://rebind.test:PORT is the attacker's own origin, whose scripts may
+    read whatever it answers; the server answers nothing to that Host."""
+    chat_id = new_chat(page_server, "My secret plans")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        rebound = f"http://rebind.test:{urlparse(page_server).port}"
+        assert page.goto(f"{rebound}/").status == 403
+        tries = page.evaluate(READ_AND_DELETE, chat_id)
+    finally:
+        context.close()
+    assert [status for status, _ in tries] == [403, 403, 403]
+    assert not any("My secret plans" in body or chat_id in body for _, body in tries)
+    assert [m["message"] for m in history(page_server, chat_id)] == ["My secret plans"]
+
+
+def test_the_page_works_on_localhost_too(open_tab, page_server):
+    """The page at http://localhost:PORT (the other tests use http://127.0.0.1:PORT): a chat made, a question
+    sent and its reply streamed and saved."""
+    tab = open_tab(page_server.replace("127.0.0.1", "localhost"))
+    page = tab.page
+    page.goto(f"/?max_tokens=8&{GREEDY}")
+    expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
+    page.click("#new-chat")
+    chat_id = page.locator("#chat-list .chat-item.active").get_attribute("data-id")
+    page.fill("#message-input", QUESTION)
+    page.press("#message-input", "Enter")
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    assert [m["role"] for m in history(page_server, chat_id)] == ["Human", "Assistant"]
+    assert tab.event_sources()[0]["url"].startswith("http://localhost:")
 
 
 def test_a_phone_width_screen_gets_a_drawer_and_no_sideways_scrolling(open_tab, page_server, tmp_path):
