@@ -335,7 +335,8 @@ def test_a_keys_file_that_names_no_key_stops_the_server(contents, tmp_path):
 
 def test_the_cookie_is_secure_over_https_behind_a_trusted_proxy_only(start_server, client):
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "chat.example"}
-    trusting = start_server(CHATAPI_API_KEYS=KEY, CHATAPI_TRUST_PROXY="1")
+    # The proxy's public name is one the server must be told it answers to (chatapi/guard.py).
+    trusting = start_server(CHATAPI_API_KEYS=KEY, CHATAPI_TRUST_PROXY="1", CHATAPI_ALLOWED_HOSTS="chat.example")
     cookie = session_cookie(trusting.url, headers=forwarded)
     assert cookie[COOKIE]["secure"] is True
     assert session_cookie(trusting.url)[COOKIE]["secure"] == ""  # the proxy said http

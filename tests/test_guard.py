@@ -145,6 +145,16 @@ def test_allowed_hosts_adds_names_and_a_star_serves_any(database_url, client):
     assert anything.get("/chats/", headers={"Host": "rebind.test:5000"}).status_code == 200
 
 
+def test_behind_a_trusted_proxy_the_host_checked_is_the_one_the_proxy_was_asked_for(database_url, client):
+    """CHATAPI_TRUST_PROXY: X-Forwarded-Host is what the browser sent to the proxy (deploy/nginx.conf)."""
+    proxied = make_app(database_url, CHATAPI_TRUST_PROXY=True, CHATAPI_ALLOWED_HOSTS="chat.example.org").test_client()
+    assert proxied.get("/chats/", headers={"X-Forwarded-Host": "chat.example.org"}).status_code == 200
+    check_refused(proxied.get("/chats/", headers={"X-Forwarded-Host": "rebind.test"}), "CHATAPI_ALLOWED_HOSTS")
+    # Not trusted, the header is nobody's word: the Host is.
+    direct = make_app(database_url).test_client()
+    assert direct.get("/chats/", headers={"X-Forwarded-Host": "rebind.test"}).status_code == 200
+
+
 @pytest.mark.parametrize("setting", ["https://chat.example.org", "chat.example.org/", "a b", "[::1", "*.example.org"])
 def test_an_allowed_host_that_is_no_host_name_stops_the_app(database_url, setting):
     with pytest.raises(ValueError, match="CHATAPI_ALLOWED_HOSTS"):
