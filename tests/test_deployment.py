@@ -98,6 +98,23 @@ def test_an_instance_is_healthy_while_the_model_server_streams_its_reply(deploym
     assert health.json()["model"]["status"] == "ok" and health.json()["model"]["replies"]["running"] == 1
 
 
+def test_through_nginx_the_pages_origin_is_served_and_a_foreign_host_is_not(deployment, client):
+    """The instances check the Host nginx was asked for (it passes it on, and CHATAPI_TRUST_PROXY believes its
+    X-Forwarded-Host and -Port), so the page's own origin is this server's and a rebound name is refused."""
+    base = deployment.url
+    for page in ({"Origin": base}, {"Origin": base, "Sec-Fetch-Site": "same-origin"}):
+        created = requests.post(f"{base}/chats/create", json={"name": "from the page"}, headers=page, timeout=30)
+        assert created.status_code == 201, created.text
+    elsewhere = requests.post(f"{base}/chats/create", json={"name": "x"}, headers={"Origin": "http://evil.example"},
+                              timeout=30)
+    assert elsewhere.status_code == 403
+    rebound = requests.get(f"{base}/chats/", headers={"Host": f"rebind.test:{deployment.nginx.port}"}, timeout=30)
+    assert rebound.status_code == 403 and "host name" in rebound.json()["message"]
+    # A client cannot claim a name of the machine's: nginx sets X-Forwarded-Host from the Host it was asked for.
+    claimed = {"Host": "rebind.test", "X-Forwarded-Host": "127.0.0.1"}
+    assert requests.get(f"{base}/chats/", headers=claimed, timeout=30).status_code == 403
+
+
 def test_a_reply_started_on_one_instance_is_resumed_on_the_other_with_last_event_id(deployment, client):
     a, b = deployment.instances
     chat_id = new_chat(a.url, *ENDLESS)
