@@ -36,8 +36,16 @@ FROM_ELSEWHERE = [
 FROM_HERE = [{"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {"Origin": "http://localhost"}, {}]
 
 
-def make_app(database_url: str, **settings):
-    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, **settings})
+@pytest.fixture
+def make_app(database_url):
+    """Makes apps with other settings in this process. The one Api object (chatapi.extensions.api) serves the
+    document of the app made last: the default one is made again afterwards, for the tests that follow."""
+
+    def make(**settings):
+        return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, **settings})
+
+    yield make
+    make()
 
 
 def seeded(client) -> tuple[str, str]:
@@ -127,8 +135,8 @@ def test_the_machines_own_names_and_addresses_are_served(client):
         assert response.status_code == 200, (host, response.json)
 
 
-def test_allowed_hosts_adds_names_and_a_star_serves_any(database_url, client):
-    allowing = make_app(database_url, CHATAPI_ALLOWED_HOSTS=" chat.example.org , [fd00::5]:8443,lan-box").test_client()
+def test_allowed_hosts_adds_names_and_a_star_serves_any(make_app, client):
+    allowing = make_app(CHATAPI_ALLOWED_HOSTS=" chat.example.org , [fd00::5]:8443,lan-box").test_client()
     for host in (
         "chat.example.org",
         "CHAT.example.org:443",
@@ -141,24 +149,24 @@ def test_allowed_hosts_adds_names_and_a_star_serves_any(database_url, client):
     for host in ("example.org", "evil.chat.example.org", "[fd00::6]", "rebind.test"):
         check_refused(allowing.get("/chats/", headers={"Host": host}), "CHATAPI_ALLOWED_HOSTS")
 
-    anything = make_app(database_url, CHATAPI_ALLOWED_HOSTS="*").test_client()
+    anything = make_app(CHATAPI_ALLOWED_HOSTS="*").test_client()
     assert anything.get("/chats/", headers={"Host": "rebind.test:5000"}).status_code == 200
 
 
-def test_behind_a_trusted_proxy_the_host_checked_is_the_one_the_proxy_was_asked_for(database_url, client):
+def test_behind_a_trusted_proxy_the_host_checked_is_the_one_the_proxy_was_asked_for(make_app, client):
     """CHATAPI_TRUST_PROXY: X-Forwarded-Host is what the browser sent to the proxy (deploy/nginx.conf)."""
-    proxied = make_app(database_url, CHATAPI_TRUST_PROXY=True, CHATAPI_ALLOWED_HOSTS="chat.example.org").test_client()
+    proxied = make_app(CHATAPI_TRUST_PROXY=True, CHATAPI_ALLOWED_HOSTS="chat.example.org").test_client()
     assert proxied.get("/chats/", headers={"X-Forwarded-Host": "chat.example.org"}).status_code == 200
     check_refused(proxied.get("/chats/", headers={"X-Forwarded-Host": "rebind.test"}), "CHATAPI_ALLOWED_HOSTS")
     # Not trusted, the header is nobody's word: the Host is.
-    direct = make_app(database_url).test_client()
+    direct = make_app().test_client()
     assert direct.get("/chats/", headers={"X-Forwarded-Host": "rebind.test"}).status_code == 200
 
 
 @pytest.mark.parametrize("setting", ["https://chat.example.org", "chat.example.org/", "a b", "[::1", "*.example.org"])
-def test_an_allowed_host_that_is_no_host_name_stops_the_app(database_url, setting):
+def test_an_allowed_host_that_is_no_host_name_stops_the_app(make_app, setting):
     with pytest.raises(ValueError, match="CHATAPI_ALLOWED_HOSTS"):
-        make_app(database_url, CHATAPI_ALLOWED_HOSTS=setting)
+        make_app(CHATAPI_ALLOWED_HOSTS=setting)
 
 
 def test_the_host_gunicorn_is_bound_to_is_served(tmp_path):
@@ -212,8 +220,8 @@ def test_the_page_and_clients_that_are_no_browser_may_act(app, client):
     assert renamed.status_code == 200 and renamed.json["name"] == "from the page"
 
 
-def test_a_listed_cors_origin_may_act_without_the_session_cookie(database_url, client):
-    cors = make_app(database_url, CHATAPI_CORS_ORIGINS=f"{LISTED}/").test_client()
+def test_a_listed_cors_origin_may_act_without_the_session_cookie(make_app, client):
+    cors = make_app(CHATAPI_CORS_ORIGINS=f"{LISTED}/").test_client()
     listed = {"Sec-Fetch-Site": "cross-site", "Origin": LISTED}
     created = cors.post("/chats/create", json={"name": "from a listed origin"}, headers=listed)
     assert created.status_code == 201
@@ -225,10 +233,10 @@ def test_a_listed_cors_origin_may_act_without_the_session_cookie(database_url, c
     check_refused(cors.put(f"/chats/update/{chat_id}", json={"name": "x"}, headers=listed), "another site")
 
 
-def test_a_bearer_key_is_no_browsers_doing(database_url, client):
+def test_a_bearer_key_is_no_browsers_doing(make_app, client):
     """A browser adds Authorization to no request by itself, and to one across origins only after a preflight
     CORS allowed: the request was written by whoever holds the key. Basic credentials a browser does keep."""
-    keyed = make_app(database_url, CHATAPI_API_KEYS=(KEY,)).test_client()
+    keyed = make_app(CHATAPI_API_KEYS=(KEY,)).test_client()
     evil = FROM_ELSEWHERE[0]
     created = keyed.post("/chats/create", json={"name": "by key"}, headers={**evil, "Authorization": f"Bearer {KEY}"})
     assert created.status_code == 201
@@ -243,8 +251,8 @@ def test_a_bearer_key_is_no_browsers_doing(database_url, client):
     )
 
 
-def test_signing_in_from_another_site_is_refused(database_url, client):
-    keyed = make_app(database_url, CHATAPI_API_KEYS=(KEY,)).test_client()
+def test_signing_in_from_another_site_is_refused(make_app, client):
+    keyed = make_app(CHATAPI_API_KEYS=(KEY,)).test_client()
     check_refused(keyed.post("/session", json={"key": KEY}, headers=FROM_ELSEWHERE[0]), "another site")
     assert keyed.post("/session", json={"key": KEY}, headers=FROM_HERE[0]).status_code == 204
 
@@ -281,7 +289,7 @@ def body_requests(client) -> list[tuple[str, str, str]]:
     ]
 
 
-def test_a_body_not_sent_as_json_is_a_415(app, client):
+def test_a_body_not_sent_as_json_is_a_415(app, client, make_app):
     requests_ = body_requests(client)
     before = snapshot(app)
     for content_type in NOT_JSON_TYPES:
@@ -293,7 +301,7 @@ def test_a_body_not_sent_as_json_is_a_415(app, client):
             assert message == "send the request body as JSON, with Content-Type: application/json"
     assert snapshot(app) == before
 
-    keyed = make_app(app.config["SQLALCHEMY_DATABASE_URI"], CHATAPI_API_KEYS=(KEY,)).test_client()
+    keyed = make_app(CHATAPI_API_KEYS=(KEY,)).test_client()
     signed_in = keyed.post("/session", data=json.dumps({"key": KEY}), content_type="text/plain")
     assert signed_in.status_code == 415 and "Set-Cookie" not in signed_in.headers
 
