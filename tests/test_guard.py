@@ -21,6 +21,7 @@ CHAT_FILE = {
     "chat": {"name": "imported", "created_at": "2023-08-05T14:48:00Z", "updated_at": "2023-08-05T14:48:00Z"},
     "conversations": [],
 }
+COMPLETION = {"model": "any", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 # What a browser sends for a page of another origin: recent browsers say so in Sec-Fetch-Site (and in Origin
 # unless it is a GET or HEAD); older ones in Origin only; "null" is a sandboxed frame or a data: page.
 FROM_ELSEWHERE = [
@@ -67,7 +68,7 @@ def acting_requests(chat_id: str, message_id: str) -> list[tuple[str, str, dict 
         ("DELETE", f"/chats/delete/{chat_id}", None),
         ("GET", f"/conversations/inference/{chat_id}?max_tokens=1", None),
         ("GET", f"/conversations/inference_internet/{chat_id}?max_tokens=1&replace={message_id}", None),
-        ("POST", "/v1/chat/completions", {"model": "any", "messages": [{"role": "user", "content": "Hi"}]}),
+        ("POST", "/v1/chat/completions", COMPLETION),
     ]
 
 
@@ -266,7 +267,7 @@ BODY_ROUTES = [
     ("POST", "/conversations/create", {"chat_id": "{chat_id}", "role": "Human", "message": "typed"}),
     ("PUT", "/conversations/update/{message_id}", {"message": "typed"}),
     ("POST", "/chats/import", CHAT_FILE),
-    ("POST", "/v1/chat/completions", {"model": "any", "messages": [{"role": "user", "content": "Hi"}]}),
+    ("POST", "/v1/chat/completions", COMPLETION),
 ]
 # What a page may send to any server without a preflight (a form or fetch's no-cors), and others.
 NOT_JSON_TYPES = [
