@@ -39,6 +39,10 @@ class Config:
     # Bodies above this size get a 413 before they are read.
     MAX_CONTENT_LENGTH = int(os.environ.get("CHATAPI_MAX_BODY_BYTES") or 1024 * 1024)
     CHATAPI_MAX_MESSAGE_CHARS = int(os.environ.get("CHATAPI_MAX_MESSAGE_CHARS") or 65536)
+    # Messages one import may hold: the one worker checks and stores about 3,000 a second and serves nobody else
+    # meanwhile (a 1 MB file of 10,000 short ones held it for 3 s); 1,000 is a third of a second, and far more
+    # than the model ever reads of a chat (the latest turns that fit CHATAPI_N_CTX).
+    CHATAPI_MAX_IMPORT_MESSAGES = int(os.environ.get("CHATAPI_MAX_IMPORT_MESSAGES") or 1000)
 
     # Where replies come from (see chatapi/llm): "local", the model in this process, or "openai", an
     # OpenAI-compatible server at CHATAPI_LLM_URL (its base URL, http://127.0.0.1:8001/v1) that holds the model.
