@@ -116,8 +116,12 @@ class Config:
     CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""
     # Requests that start a reply (joining or resuming one never counts):
     CHATAPI_RATE_LIMIT_REPLIES = os.environ.get("CHATAPI_RATE_LIMIT_REPLIES") or ""
+    # Wrong API keys and sessions per client address, whenever keys are on (whatever CHATAPI_RATE_LIMIT says): over
+    # it, any request with a key or session from that address gets 429 until the window frees one, so keys cannot be
+    # guessed at the server's speed. Room for a mistyped key and a browser's expired session (a few requests).
+    CHATAPI_RATE_LIMIT_AUTH_FAILURES = os.environ.get("CHATAPI_RATE_LIMIT_AUTH_FAILURES") or "10/minute;100/hour"
     # Where the counts live: in the process, or a URL the limits library knows (redis://host:6379 needs the
-    # redis package), shared by several servers.
+    # redis package; the keys start with CHATAPI_REDIS_PREFIX), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
 
     # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis

@@ -362,11 +362,18 @@ class ModelHealthSchema(ma.Schema):
 
 
 class HealthSchema(ma.Schema):
+    """With API keys on, a request without a valid key or session gets status, database, redis and the model's
+    status only: the rest names addresses, paths and the drivers' words."""
+
     status = fields.String(required=True, metadata={"description": "ok, or unavailable"})
-    database = fields.String(required=True, metadata={"description": "ok, or error"})
+    database = fields.String(
+        required=True, metadata={"description": "ok, error (cannot be reached), or disk full (writes fail)"}
+    )
     redis = fields.String(metadata={"description": "with CHATAPI_REDIS_URL: ok, or unreachable"})
     model = fields.Nested(ModelHealthSchema)
-    reason = fields.String(metadata={"description": "why the server is unavailable"})
+    reason = fields.String(
+        metadata={"description": "why the server is unavailable (with API keys on, to keyed requests only)"}
+    )
 
 
 def max_tokens_fit(value: int) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import FAST_STREAM_SETTINGS
 
-KEY = "fuzz-test-key"
+KEY = "fuzz-test-key-0123456789"  # at least 16 characters, as the server wants
 EXAMPLES = 15
 CHECKS = (
     "not_a_server_error",
