@@ -39,6 +39,10 @@ class Config:
     # Bodies above this size get a 413 before they are read.
     MAX_CONTENT_LENGTH = int(os.environ.get("CHATAPI_MAX_BODY_BYTES") or 1024 * 1024)
     CHATAPI_MAX_MESSAGE_CHARS = int(os.environ.get("CHATAPI_MAX_MESSAGE_CHARS") or 65536)
+    # Messages one import may hold: the one worker checks and stores about 3,000 a second and serves nobody else
+    # meanwhile (a 1 MB file of 10,000 short ones held it for 3 s); 1,000 is a third of a second, and far more
+    # than the model ever reads of a chat (the latest turns that fit CHATAPI_N_CTX).
+    CHATAPI_MAX_IMPORT_MESSAGES = int(os.environ.get("CHATAPI_MAX_IMPORT_MESSAGES") or 1000)
 
     # Where replies come from (see chatapi/llm): "local", the model in this process, or "openai", an
     # OpenAI-compatible server at CHATAPI_LLM_URL (its base URL, http://127.0.0.1:8001/v1) that holds the model.
@@ -116,8 +120,12 @@ class Config:
     CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""
     # Requests that start a reply (joining or resuming one never counts):
     CHATAPI_RATE_LIMIT_REPLIES = os.environ.get("CHATAPI_RATE_LIMIT_REPLIES") or ""
+    # Wrong API keys and sessions per client address, whenever keys are on (whatever CHATAPI_RATE_LIMIT says): over
+    # it, any request with a key or session from that address gets 429 until the window frees one, so keys cannot be
+    # guessed at the server's speed. Room for a mistyped key and a browser's expired session (a few requests).
+    CHATAPI_RATE_LIMIT_AUTH_FAILURES = os.environ.get("CHATAPI_RATE_LIMIT_AUTH_FAILURES") or "10/minute;100/hour"
     # Where the counts live: in the process, or a URL the limits library knows (redis://host:6379 needs the
-    # redis package), shared by several servers.
+    # redis package; the keys start with CHATAPI_REDIS_PREFIX), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
 
     # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis

@@ -25,7 +25,8 @@ secure_scheme_headers = {}
 
 REFUSAL = """refusing to serve {where} without API keys: anyone who can reach it could read, change and delete
 every chat. Either
-  - set keys: CHATAPI_API_KEYS=key1,key2 or CHATAPI_API_KEYS_FILE=/path/to/keys (one a line), for example
+  - set keys of 16 characters or more: CHATAPI_API_KEYS=KEY1,KEY2 or CHATAPI_API_KEYS_FILE=/path/to/keys (one a line),
+    for example
     CHATAPI_API_KEYS="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
   - or serve 127.0.0.1 only (HOST=127.0.0.1, the default),
   - or, on a network you trust, CHATAPI_ALLOW_NO_AUTH=1."""

@@ -8,6 +8,7 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, cors, guard, limits, metrics, replies
+from .disk import DiskWatch
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
 
@@ -49,6 +50,7 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", set_sqlite_pragmas)
+        app.extensions["disk"] = DiskWatch(db.engine)
 
 
 def engine_options(url: str) -> dict:

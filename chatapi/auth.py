@@ -10,16 +10,21 @@ is no secret, for rate limits and metrics. Without keys `g.key_id` is never set.
 import copy
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import NoReturn
 
 from flask import Flask, Response, current_app, g, make_response, request
 from flask_smorest import abort
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException, Unauthorized
 
+from . import limits
 from .blueprint import Blueprint
 from .schemas import SessionSchema
 
 COOKIE = "chatapi_session"
+# A random key this long cannot be guessed; CHATAPI_RATE_LIMIT_AUTH_FAILURES slows the guessing of a chosen one.
+MIN_KEY_CHARS = 16
 # Open to anyone who can reach the server: the health check (load balancers and monitors), the page and its
 # files (it asks for a key itself), sign-in and sign-out, and the API document with its page (they describe
 # the routes, which are no secret, and the docs page needs the document to offer its "Authorize" button).
@@ -79,9 +84,21 @@ class Keys:
         return found
 
 
+def check_key_lengths(keys: tuple[str, ...]) -> None:
+    """ValueError (the server does not start) for a key short enough to guess; it is named by its id only."""
+    short = [key_id(key) for key in keys if len(key) < MIN_KEY_CHARS]
+    if short:
+        raise ValueError(
+            f"CHATAPI_API_KEYS (or CHATAPI_API_KEYS_FILE) holds {len(short)} key(s) shorter than {MIN_KEY_CHARS} "
+            f"characters (ids {', '.join(short)}): keys must be long enough not to be guessed; make one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
 def init_app(app: Flask) -> None:
     """Turn authentication on when keys are configured. Call it before any other extension registers a
     request hook (the rate limiter reads g.key_id) and before the Api is set up (the document's security)."""
+    check_key_lengths(app.config["CHATAPI_API_KEYS"])
     keys = Keys(app.config["CHATAPI_API_KEYS"], app.config.get("SECRET_KEY"))
     app.extensions["auth"] = keys
     if not keys:
@@ -107,27 +124,60 @@ def authenticate() -> None:
     # A CORS preflight carries no credentials by design, and changes nothing.
     if request.endpoint in OPEN_ENDPOINTS or request.method == "OPTIONS":
         return
-    header = request.headers.get("Authorization")
-    if header is not None:
-        g.key_id = key_from_header(header)
-        return  # a browser never adds this header by itself: whoever sent it holds the key
-    g.key_id = key_from_cookie()  # from this server's own page if it changes something (chatapi/guard.py)
+    header, cookie = request.headers.get("Authorization"), request.cookies.get(COOKIE)
+    if header is None and cookie is None:  # nothing to check, so nothing guessed: not counted
+        unauthorized("an API key is required: send Authorization: Bearer <key>, or sign in with POST /session")
+    g.key_id = checked(lambda: presented_key(header, cookie))
+
+
+def checked(check: Callable[[], str]) -> str:
+    """The key id a check of credentials finds. Guessing is limited per client address
+    (CHATAPI_RATE_LIMIT_AUTH_FAILURES): 429 once it is over, before anything is checked; else the check's 401
+    counts against it."""
+    limits.refuse_guessing()
+    try:
+        return check()
+    except Unauthorized:
+        limits.count_auth_failure()
+        raise
+
+
+def presented_key(header: str | None, cookie: str | None) -> str:
+    """The id of the key in the Authorization header, else in the session cookie; 401 when it is not valid."""
+    return key_from_header(header) if header is not None else key_from_cookie(cookie)
+
+
+def may_see_details() -> bool:
+    """Whether an open route may say more than a stranger is told (/health: the database's error, the model's path):
+    always without keys (whoever reaches the server may use all of it), else with a valid key or session. A wrong
+    one counts as anywhere, and over the limit nothing is checked: the route answers for a stranger."""
+    if not configured_keys():
+        return True
+    header, cookie = request.headers.get("Authorization"), request.cookies.get(COOKIE)
+    if header is None and cookie is None:
+        return False
+    try:
+        checked(lambda: presented_key(header, cookie))
+    except HTTPException:  # 401 or 429
+        return False
+    return True
 
 
 def key_from_header(header: str) -> str:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         unauthorized("send the API key as Authorization: Bearer <key>")
-    found = configured_keys().find(token.strip())
+    return key_from_token(token.strip())
+
+
+def key_from_token(token: str) -> str:
+    found = configured_keys().find(token)
     if found is None:
         unauthorized("the API key is not valid")
     return found
 
 
-def key_from_cookie() -> str:
-    token = request.cookies.get(COOKIE)
-    if token is None:
-        unauthorized("an API key is required: send Authorization: Bearer <key>, or sign in with POST /session")
+def key_from_cookie(token: str) -> str:
     keys = configured_keys()
     try:
         found = keys.sessions.loads(token, max_age=current_app.config["CHATAPI_SESSION_SECONDS"])
@@ -164,10 +214,8 @@ def require_keys() -> None:
 def open_session(args):
     """Trade an API key for a session cookie (signed, expiring, HttpOnly, SameSite=Strict): the browser page's
     sign-in, since EventSource cannot send an Authorization header."""
+    found = checked(lambda: key_from_token(args["key"]))
     keys = configured_keys()
-    found = keys.find(args["key"])
-    if found is None:
-        unauthorized("the API key is not valid")
     seconds = current_app.config["CHATAPI_SESSION_SECONDS"]
     return session_cookie(make_response("", 204), keys.sessions.dumps(found), seconds)
 

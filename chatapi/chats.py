@@ -135,6 +135,12 @@ def export_chat(args, chat_id):
 @bp.route("/import", methods=["POST"])
 @bp.arguments(ChatExportSchema)
 @bp.response(201, ChatSchema, headers={"Location": LOCATION})
+@bp.alt_response(
+    413,
+    schema=ErrorSchema,
+    description="More messages than CHATAPI_MAX_IMPORT_MESSAGES (the message says how many may be imported), or a "
+    "body larger than CHATAPI_MAX_BODY_BYTES; nothing is imported.",
+)
 def import_chat(args):
     """Make a new chat from a JSON export: new ids; the times, system prompt and web sources of the file. All
     of it or nothing: anything invalid is a 422 whose `errors` name it by path (conversations.3.role)."""

@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
+from .disk import is_disk_full
 from .extensions import db
 
 # OpenAI's error `type` by status, where the route gives none; its `code` for some.
@@ -92,18 +93,19 @@ def handle_http_exception(error: HTTPException):
 
 
 def handle_database_unavailable(error: OperationalError):
-    """A database that cannot be reached (stopped, restarting) is a 503 to retry later, not a crash."""
+    """A database that cannot be reached (stopped, restarting) or whose disk is full is a 503 to retry later, not a
+    crash. The driver's words (SQL, parameters, the server's address) go to the log only."""
     db.session.rollback()
     current_app.logger.error("database unavailable: %s", error)
-    return error_response(
-        ServiceUnavailable("the database is unavailable"), headers={"Retry-After": DATABASE_RETRY_AFTER}
-    )
+    message = "the database's disk is full: nothing was saved" if is_disk_full(error) else "the database is unavailable"
+    return error_response(ServiceUnavailable(message), headers={"Retry-After": DATABASE_RETRY_AFTER})
 
 
 def handle_redis_unavailable(error: RedisError):
-    """Redis (CHATAPI_REDIS_URL) that cannot be reached: replies can be neither started nor found for now."""
+    """Redis (CHATAPI_REDIS_URL) that cannot be reached: replies can be neither started nor found for now. Why
+    (its address among it) goes to the log only."""
     current_app.logger.error("Redis unavailable: %s", error)
-    return error_response(ServiceUnavailable(f"Redis is unavailable: {error}"), headers={"Retry-After": "5"})
+    return error_response(ServiceUnavailable("Redis is unavailable"), headers={"Retry-After": "5"})
 
 
 def handle_unexpected(error: Exception):

@@ -1,17 +1,22 @@
 """GET /health: is the server able to serve?"""
 
+import logging
+
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import replies
+from . import auth, replies
 from .blueprint import Blueprint
 from .errors import DATABASE_RETRY_AFTER
 from .extensions import db
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")
+log = logging.getLogger(__name__)
 
 RETRY_AFTER = {"description": "seconds to wait, when the database is down", "schema": {"type": "integer"}}
+last_reason: str | None = None  # logged once each, not at every probe of a monitor
 
 
 @bp.route("/health", methods=["GET"])
@@ -19,8 +24,26 @@ RETRY_AFTER = {"description": "seconds to wait, when the database is down", "sch
 @bp.alt_response(503, schema=HealthSchema, headers={"Retry-After": RETRY_AFTER})
 @bp.doc(security=[])  # open to monitors when API keys are on
 def health():
-    """Report the database, the model and (when replies are shared through it) Redis; 503 with the reason while
-    any cannot serve."""
+    """Report the database, the model and (when replies are shared through it) Redis; 503 while any cannot serve.
+    With API keys on, a request without a valid key or session is told only which part cannot serve: the reason
+    (driver messages, addresses, paths) and the model's details go to keyed requests and to the log."""
+    global last_reason
+    body, status, headers = report()
+    if body.get("reason") != last_reason:
+        last_reason = body.get("reason")
+        if last_reason:
+            log.warning("/health: unavailable: %s", last_reason)
+    if not auth.may_see_details():
+        body = {
+            "status": body["status"],
+            **{part: body[part] for part in ("database", "redis") if part in body},
+            "model": {"status": body["model"]["status"]},
+        }
+    return body, status, headers
+
+
+def report() -> tuple[dict, int, dict]:
+    """The whole report: the database, then Redis, then the model; the reason names the first that cannot serve."""
     service = replies.service()
     model = service.describe()
     try:
@@ -30,13 +53,16 @@ def health():
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         body = {"status": "unavailable", "database": "error", "model": model, "reason": reason}
         return body, 503, {"Retry-After": DATABASE_RETRY_AFTER}
+    disk_problem = current_app.extensions["disk"].problem()
+    if disk_problem:  # every write fails, the reply's save too
+        return {"status": "unavailable", "database": "disk full", "model": model, "reason": disk_problem}, 503, {}
     body = {"database": "ok", "model": model}
     if service.board is not None:
         redis_problem = service.redis_problem()
         body["redis"] = "unreachable" if redis_problem else "ok"
         if redis_problem:  # no reply can start or be found
-            return {"status": "unavailable", **body, "reason": redis_problem}, 503
+            return {"status": "unavailable", **body, "reason": redis_problem}, 503, {}
     if model["status"] != "ok":
         reason = f"model {model['status']}" + (f": {model['reason']}" if "reason" in model else "")
-        return {"status": "unavailable", **body, "reason": reason}, 503
-    return {"status": "ok", **body}
+        return {"status": "unavailable", **body, "reason": reason}, 503, {}
+    return {"status": "ok", **body}, 200, {}

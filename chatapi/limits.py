@@ -1,5 +1,6 @@
 """Rate limits with Flask-Limiter, per API key (else per client address): every request
-(CHATAPI_RATE_LIMIT) and, on top, the requests that start a reply (CHATAPI_RATE_LIMIT_REPLIES).
+(CHATAPI_RATE_LIMIT) and, on top, the requests that start a reply (CHATAPI_RATE_LIMIT_REPLIES); and, whenever
+keys are on, wrong keys and sessions per client address (CHATAPI_RATE_LIMIT_AUTH_FAILURES, chatapi/auth.py).
 
 Over a limit, a request gets 429 in the usual error body with `Retry-After` and changes nothing.
 `GET /health` (probes poll it) and CORS preflights are never counted; the static files are not either
@@ -10,6 +11,7 @@ so only the general limit counts it: a browser reconnecting to its stream is nev
 import math
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
@@ -20,12 +22,14 @@ from .errors import error_response
 
 KEY_PREFIX = "chatapi"
 REPLY_SCOPE = "reply-start"
+AUTH_FAILURE_SCOPE = "auth-failure"
 
 
 @dataclass
 class RateLimits:
     limiter: Limiter
     replies: list[RateLimitItem]
+    auth_failures: list[RateLimitItem]
 
 
 def client_key() -> str:
@@ -43,9 +47,11 @@ def limits_from(config, name: str) -> list[RateLimitItem]:
 
 
 def init_app(app: Flask) -> None:
+    """Call it after auth.init_app: wrong keys are counted only when there are keys."""
     general = limits_from(app.config, "CHATAPI_RATE_LIMIT")
     replies = limits_from(app.config, "CHATAPI_RATE_LIMIT_REPLIES")
-    if not general and not replies:
+    auth_failures = limits_from(app.config, "CHATAPI_RATE_LIMIT_AUTH_FAILURES") if app.extensions["auth"] else []
+    if not general and not replies and not auth_failures:
         return
     # One limiter (and so one in-memory storage) per app: the tests make several apps in one process.
     limiter = Limiter(
@@ -53,11 +59,21 @@ def init_app(app: Flask) -> None:
         app=app,
         application_limits=[app.config["CHATAPI_RATE_LIMIT"]] if general else [],
         storage_uri=app.config["CHATAPI_RATE_LIMIT_STORAGE"],
+        storage_options=storage_options(app.config),
         key_prefix=KEY_PREFIX,
     )
     limiter.request_filter(never_counted)
-    app.extensions["rate_limits"] = RateLimits(limiter, replies)
+    app.extensions["rate_limits"] = RateLimits(limiter, replies, auth_failures)
     app.register_error_handler(RateLimitExceeded, handle_rate_limit_exceeded)
+
+
+def storage_options(config) -> dict:
+    """In Redis the counts go under CHATAPI_REDIS_PREFIX, as every key chatapi writes (several deployments may
+    share one Redis): the limits library's own prefix would put them under LIMITS:."""
+    scheme = config["CHATAPI_RATE_LIMIT_STORAGE"].partition("://")[0].lower()
+    if scheme.startswith(("redis", "valkey")):  # redis, rediss, redis+unix, redis+sentinel, ...
+        return {"key_prefix": config["CHATAPI_REDIS_PREFIX"] + "limits"}
+    return {}
 
 
 def never_counted() -> bool:
@@ -72,12 +88,36 @@ def count_reply_start() -> None:
     strategy, key = rate_limits.limiter.limiter, client_key()
     for item in rate_limits.replies:
         if not strategy.hit(item, KEY_PREFIX, key, REPLY_SCOPE):
-            reset_at = strategy.get_window_stats(item, KEY_PREFIX, key, REPLY_SCOPE).reset_time
-            abort(
-                429,
-                message=f"too many replies started: at most {item}",
-                headers={"Retry-After": str(seconds_until(reset_at))},
-            )
+            too_many(item, key, REPLY_SCOPE, f"too many replies started: at most {item}")
+
+
+def refuse_guessing() -> None:
+    """429 while the client's address is at CHATAPI_RATE_LIMIT_AUTH_FAILURES: before any key is checked, so that
+    the answer says nothing of the key."""
+    rate_limits = current_app.extensions.get("rate_limits")
+    if rate_limits is None:
+        return
+    strategy, address = rate_limits.limiter.limiter, request.remote_addr or "unknown"
+    for item in rate_limits.auth_failures:
+        if not strategy.test(item, KEY_PREFIX, address, AUTH_FAILURE_SCOPE):
+            message = f"too many wrong API keys or sessions from this address: at most {item}"
+            too_many(item, address, AUTH_FAILURE_SCOPE, message)
+
+
+def count_auth_failure() -> None:
+    """Count a wrong key or session against the client's address (CHATAPI_RATE_LIMIT_AUTH_FAILURES)."""
+    rate_limits = current_app.extensions.get("rate_limits")
+    if rate_limits is None:
+        return
+    address = request.remote_addr or "unknown"
+    for item in rate_limits.auth_failures:
+        rate_limits.limiter.limiter.hit(item, KEY_PREFIX, address, AUTH_FAILURE_SCOPE)
+
+
+def too_many(item: RateLimitItem, key: str, scope: str, message: str) -> NoReturn:
+    """429 with the seconds until the limit's window frees a request."""
+    reset_at = current_app.extensions["rate_limits"].limiter.limiter.get_window_stats(item, KEY_PREFIX, key, scope)
+    abort(429, message=message, headers={"Retry-After": str(seconds_until(reset_at.reset_time))})
 
 
 def handle_rate_limit_exceeded(error: RateLimitExceeded):

@@ -236,7 +236,8 @@ def model_card(service: ReplyService) -> dict:
     try:
         card = service.model_card()
     except UpstreamError as exc:
-        abort(503, message=str(exc), code_name="model_not_ready")
+        current_app.logger.error("%s", exc)  # where and why; the client is told what
+        abort(503, message=exc.public, code_name="model_not_ready")
     return {"id": card["id"], "object": "model", "created": card["created"], "owned_by": OWNER}
 
 

@@ -13,6 +13,7 @@ from flask_smorest import abort
 from sqlalchemy.exc import OperationalError
 
 from . import limits, metrics
+from .disk import is_disk_full
 from .extensions import db
 from .llm.prompt import Message
 from .llm.reply import Reply
@@ -45,8 +46,9 @@ def ready_service() -> ReplyService:
     """The reply service with its model loaded; 503 while it is loading or failed (in either API's shape)."""
     replies = service()
     replies.load()
-    if replies.status != "ok":
-        abort(503, message=replies.error or f"the model is {replies.status}", code_name="model_not_ready")
+    if replies.status != "ok":  # why it failed (its words name paths) is in the log and in keyed /health
+        message = "the model failed to load" if replies.status == "failed" else f"the model is {replies.status}"
+        abort(503, message=message, code_name="model_not_ready")
     return replies
 
 
@@ -158,9 +160,10 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
             db.session.add(conversation)
             db.session.commit()
             return ConversationSchema().dump(conversation)
-        except OperationalError as exc:  # the database is down: the stream ends with a 503 error event
+        except OperationalError as exc:  # the database is down or full: the stream ends with a 503 error event
             db.session.rollback()
-            raise StoreUnavailable("the database is unavailable: the reply was not saved") from exc
+            why = "the database's disk is full" if is_disk_full(exc) else "the database is unavailable"
+            raise StoreUnavailable(f"{why}: the reply was not saved") from exc
         except Exception:
             db.session.rollback()
             raise

@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 
 import marshmallow as ma
 from flask import current_app
+from flask_smorest import abort
 from marshmallow import fields, validate
 
 from .models import ROLES
@@ -308,8 +309,25 @@ class ChatExportSchema(RequestSchema):
     conversations = fields.List(
         fields.Nested(ExportedConversationSchema),
         required=True,
-        metadata={"description": "oldest first; the request size limit (CHATAPI_MAX_BODY_BYTES) caps an import"},
+        metadata={
+            "description": "oldest first; at most CHATAPI_MAX_IMPORT_MESSAGES (1,000 by default), and the request "
+            "size limit (CHATAPI_MAX_BODY_BYTES) caps an import too"
+        },
     )
+
+    @ma.pre_load
+    def not_too_many_messages(self, data, **kwargs):
+        """Counted before any message is read: the one worker checks and stores about 3,000 messages a second, and
+        serves nobody else meanwhile."""
+        conversations = data.get("conversations") if isinstance(data, dict) else None
+        limit = current_app.config["CHATAPI_MAX_IMPORT_MESSAGES"]
+        if isinstance(conversations, list) and len(conversations) > limit:
+            abort(
+                413,
+                message=f"an import may hold at most {limit} messages (CHATAPI_MAX_IMPORT_MESSAGES); this one holds "
+                f"{len(conversations)}",
+            )
+        return data
 
 
 class ExportQuerySchema(RequestSchema):
@@ -344,11 +362,18 @@ class ModelHealthSchema(ma.Schema):
 
 
 class HealthSchema(ma.Schema):
+    """With API keys on, a request without a valid key or session gets status, database, redis and the model's
+    status only: the rest names addresses, paths and the drivers' words."""
+
     status = fields.String(required=True, metadata={"description": "ok, or unavailable"})
-    database = fields.String(required=True, metadata={"description": "ok, or error"})
+    database = fields.String(
+        required=True, metadata={"description": "ok, error (cannot be reached), or disk full (writes fail)"}
+    )
     redis = fields.String(metadata={"description": "with CHATAPI_REDIS_URL: ok, or unreachable"})
     model = fields.Nested(ModelHealthSchema)
-    reason = fields.String(metadata={"description": "why the server is unavailable"})
+    reason = fields.String(
+        metadata={"description": "why the server is unavailable (with API keys on, to keyed requests only)"}
+    )
 
 
 def max_tokens_fit(value: int) -> None:

@@ -23,7 +23,13 @@ from tests.support.sse import EventStream
 KEY = "test-key-" + uuid.uuid4().hex
 OTHER_KEY = "other-key-" + uuid.uuid4().hex
 COOKIE = "chatapi_session"
-KEYED = {"CHATAPI_API_KEYS": f"{KEY}, {OTHER_KEY}", **FAST_STREAM_SETTINGS}
+# The module's server is sent hundreds of wrong keys from one address on purpose (each route, each wrong kind):
+# the limit on them is tested on servers of its own.
+KEYED = {
+    "CHATAPI_API_KEYS": f"{KEY}, {OTHER_KEY}",
+    "CHATAPI_RATE_LIMIT_AUTH_FAILURES": "10000/minute",
+    **FAST_STREAM_SETTINGS,
+}
 SHORT_REPLY = f"max_tokens=8&{GREEDY}"
 CHAT_FILE = {"name": "imported", "created_at": "2023-08-05T14:48:00Z", "updated_at": "2023-08-05T14:48:00Z"}
 
@@ -92,7 +98,8 @@ def check_unauthorized(response: requests.Response, message: str = "") -> None:
 
 
 def replies_running(base: str) -> dict:
-    return requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]
+    """The model's counts, which /health tells keyed requests only."""
+    return requests.get(f"{base}/health", headers=bearer(), timeout=10).json()["model"]["replies"]
 
 
 def session_cookie(base: str, key: str = KEY, headers: dict | None = None) -> SimpleCookie:
@@ -331,6 +338,63 @@ def test_a_keys_file_that_names_no_key_stops_the_server(contents, tmp_path):
     output = server.refusal()
     assert str(keys) in output
     assert ("holds no key" if contents else "No such file") in output
+
+
+def assert_guessing_refused(response: requests.Response) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["message"].startswith("too many wrong API keys or sessions from this address")
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+
+
+def test_wrong_keys_are_limited_per_client_then_every_key_gets_429(start_server, client):
+    """Keys cannot be guessed at the server's speed: CHATAPI_RATE_LIMIT_AUTH_FAILURES counts wrong keys and sessions
+    (POST /session's too) per client address; over it, any request with a key or session gets 429 before anything
+    is checked, the right key too, so that the answer says nothing of the key guessed."""
+    base = start_server(CHATAPI_API_KEYS=KEY, CHATAPI_RATE_LIMIT_AUTH_FAILURES="3/minute").url
+    for _ in range(5):  # no key at all: nothing guessed, never counted
+        check_unauthorized(requests.get(f"{base}/chats/", timeout=10), "Authorization: Bearer <key>")
+    check_unauthorized(requests.get(f"{base}/chats/", headers=bearer("not-" + KEY), timeout=10), "not valid")
+    check_unauthorized(requests.post(f"{base}/session", json={"key": "not-" + KEY}, timeout=10), "not valid")
+    forged = {"Cookie": f"{COOKIE}=forged.value.here"}
+    check_unauthorized(requests.get(f"{base}/chats/", headers=forged, timeout=10), "session is not valid")
+
+    for headers in (bearer("not-" + KEY), bearer(KEY), forged):
+        assert_guessing_refused(requests.get(f"{base}/chats/", headers=headers, timeout=10))
+    assert_guessing_refused(requests.post(f"{base}/session", json={"key": KEY}, timeout=10))
+    # Monitors still get their answer, a stranger's: no key is checked for /health either.
+    health = requests.get(f"{base}/health", headers=bearer(KEY), timeout=10)
+    assert health.status_code == 200 and health.json()["model"] == {"status": "ok"}
+    check_unauthorized(requests.get(f"{base}/chats/", timeout=10), "Authorization: Bearer <key>")
+
+
+def test_the_wrong_key_limit_is_on_by_default_and_counts_per_address(app, database_url):
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
+    keyed = create_app({**config, "CHATAPI_API_KEYS": (KEY,)})
+    create_app(config)  # every app shares one API document, the last app's: the open server's for the next tests
+    assert keyed.config["CHATAPI_RATE_LIMIT"] == ""  # no other limit
+    assert keyed.config["CHATAPI_RATE_LIMIT_AUTH_FAILURES"] == "10/minute;100/hour"
+    client = keyed.test_client()
+
+    def status(address: str, key: str) -> int:
+        return client.get("/chats/", headers=bearer(key), environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [status("10.0.0.1", "not-" + KEY) for _ in range(11)] == [401] * 10 + [429]
+    assert status("10.0.0.1", KEY) == 429
+    assert [status("10.0.0.2", KEY), status("10.0.0.2", "not-" + KEY)] == [200, 401]  # its own count
+
+
+def test_a_key_shorter_than_16_characters_stops_the_server(database_url, tmp_path):
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
+    short = "x" * 15
+    with pytest.raises(ValueError, match="CHATAPI_API_KEYS .*shorter than 16 characters") as raised:
+        create_app({**config, "CHATAPI_API_KEYS": (KEY, short)})
+    assert short not in str(raised.value) and key_id(short) in str(raised.value)  # named by its id only
+    create_app({**config, "CHATAPI_API_KEYS": ("x" * 16,)})
+    create_app(config)  # the open server's API document again
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\nshort-key\n")
+    output = Server(database_url, tmp_path / "gunicorn.log", CHATAPI_API_KEYS_FILE=str(keys)).refusal()
+    assert "shorter than 16 characters" in output and key_id("short-key") in output
 
 
 def test_the_cookie_is_secure_over_https_behind_a_trusted_proxy_only(start_server, client):

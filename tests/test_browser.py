@@ -869,6 +869,7 @@ def test_a_server_with_keys_asks_for_one_refuses_a_wrong_one_and_the_person_carr
 
     sign_in(page)
     expect(prompt).to_be_hidden()
+    expect(page.locator("#model-label")).to_have_text("Gemma 3 270m")  # /health names it to the signed in only
     (cookie,) = tab.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and PAGE_KEY not in cookie["value"]
     assert page.evaluate("document.cookie") == ""  # no script can read it

@@ -1,11 +1,16 @@
 """Bad input: a clear JSON error, the right status, and nothing changed in the database."""
 
 import json
+import time
 import uuid
+from functools import partial
 
 import pytest
 
 from chatapi import create_app
+from chatapi.llm.engine import Result
+from chatapi.llm.reply import Reply
+from chatapi.replies import save_reply
 from helpers import add_message, create_chat, snapshot
 
 UNKNOWN = str(uuid.uuid4())
@@ -261,8 +266,25 @@ def test_database_down_is_503_json_not_500():
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
     client = app.test_client()
     assert_error(client.get("/chats/"), 503)
-    assert_error(client.post("/chats/create", json={"name": "x"}), 503)
+    assert assert_error(client.post("/chats/create", json={"name": "x"}), 503)["message"] == (
+        "the database is unavailable"  # the driver's words (the server's address) are for the log
+    )
     health = client.get("/health")
     assert health.status_code == 503
     assert health.json["status"] == "unavailable" and health.json["database"] == "error"
     assert "127.0.0.1" in health.json["reason"] or "connect" in health.json["reason"].lower()
+
+
+def test_a_save_that_fails_ends_the_reply_with_a_short_error_and_logs_the_sql(app, client, caplog):
+    """The database's words (SQL, parameters, the message text) go to the log, never into the stream."""
+    chat = create_chat(client)
+    human = add_message(client, chat["id"], "hello")
+    service = app.extensions["replies"]
+    reply = Reply(uuid.UUID(chat["id"]), "local", service.options_from({}), None, 15, 10, service.cancel)
+    reply.message_id = uuid.UUID(human["id"])  # taken: the INSERT fails on the primary key, with its SQL
+    reply.add_text("a reply with private words")
+    service.saves[reply] = partial(save_reply, app)
+    now = time.monotonic()
+    service._end(reply, Result("stop", 1, 1, 0, now, now, now))
+    assert reply.records[-1] == ("error", {"code": 500, "message": "the reply could not be saved"})
+    assert "INSERT INTO conversations" in caplog.text and "private words" in caplog.text

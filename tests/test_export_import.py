@@ -254,3 +254,25 @@ def test_a_file_bad_at_its_last_message_leaves_no_chat(app, client):
     imported = client.post("/chats/import", json=dict(EXPORTED, conversations=messages))
     assert imported.status_code == 201
     assert len(client.get(f"/chats/{imported.json['id']}/conversations").json) == 60
+
+
+def test_an_import_of_more_messages_than_the_cap_is_413_saying_so_and_imports_nothing(app, client, monkeypatch):
+    """CHATAPI_MAX_IMPORT_MESSAGES is counted before any message is read: validating and storing them holds the one
+    worker (10,000 held it for 3 s)."""
+    assert app.config["CHATAPI_MAX_IMPORT_MESSAGES"] == 1000
+    monkeypatch.setitem(app.config, "CHATAPI_MAX_IMPORT_MESSAGES", 3)
+    message = {"role": "Human", "message": "hello", "created_at": "2023-08-05T14:00:00Z"}
+    message["updated_at"] = message["created_at"]
+    before = snapshot(app)
+    response = client.post("/chats/import", json=dict(EXPORTED, conversations=[message] * 4))
+    assert response.status_code == 413 and response.json["code"] == 413
+    assert response.json["message"] == (
+        "an import may hold at most 3 messages (CHATAPI_MAX_IMPORT_MESSAGES); this one holds 4"
+    )
+    assert snapshot(app) == before
+    assert client.post("/chats/import", json=dict(EXPORTED, conversations=[message] * 3)).status_code == 201
+
+
+def test_the_import_cap_is_in_the_api_document(client):
+    operation = client.get("/openapi.json").json["paths"]["/chats/import"]["post"]
+    assert "CHATAPI_MAX_IMPORT_MESSAGES" in operation["responses"]["413"]["description"]

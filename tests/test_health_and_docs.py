@@ -2,17 +2,24 @@
 
 import re
 import time
+import uuid
 from urllib.parse import urlparse
+
+import pytest
 
 from chatapi import create_app
 
 
-def test_health_reports_database_and_model(app, client):
+def wait_for_the_model(app) -> None:
     service = app.extensions["replies"]
     service.load()
     deadline = time.monotonic() + 60
     while service.status == "loading" and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def test_health_reports_database_and_model(app, client):
+    wait_for_the_model(app)
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json
@@ -110,7 +117,7 @@ def test_openapi_documents_every_error(client):
 
 def test_openapi_with_keys_documents_401_on_every_operation_that_asks_for_one(database_url):
     config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
-    keyed = create_app({**config, "CHATAPI_API_KEYS": ("k",)})
+    keyed = create_app({**config, "CHATAPI_API_KEYS": ("k" * 16,)})
     spec = keyed.test_client().get("/openapi.json").json
     # Every app shares one Api (extensions.api), whose document is the last app's: the tests after this one
     # must see the open server's again.
@@ -159,3 +166,42 @@ def test_docs_page_has_the_pages_policy_and_no_page_may_frame_html(app, client):
     assert response.mimetype == "text/html"
     assert response.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+KEY = "health-key-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def keyed_app(database_url):
+    """Makes apps with a key (on the given database, else the tests'); then an open one again, since every app
+    shares one API document, the last app's."""
+    yield lambda url=database_url: create_app(
+        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": url, "CHATAPI_API_KEYS": (KEY,)}
+    )
+    create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+
+
+def test_health_tells_a_stranger_only_which_part_cannot_serve(app, keyed_app):
+    """With API keys on: the status of each part to anyone (monitors), the details to keyed requests."""
+    keyed = keyed_app()
+    wait_for_the_model(keyed)
+    client = keyed.test_client()
+    stranger = client.get("/health")
+    assert stranger.status_code == 200
+    assert stranger.json == {"status": "ok", "database": "ok", "model": {"status": "ok"}}
+    for wrong in ({"Authorization": "Bearer not-the-key"}, {"Cookie": "chatapi_session=forged"}):
+        assert client.get("/health", headers=wrong).json == stranger.json
+    keyed_body = client.get("/health", headers={"Authorization": f"Bearer {KEY}"}).json
+    assert keyed_body["model"]["path"].endswith(".gguf") and keyed_body["model"]["name"] == "Gemma 3 270m"
+    client.post("/session", json={"key": KEY})  # the page's session sees them too
+    assert client.get("/health").json == keyed_body
+
+
+def test_health_of_a_database_that_is_down_names_no_address_to_a_stranger(keyed_app):
+    client = keyed_app("postgresql+psycopg://postgres@127.0.0.1:1/none").test_client()
+    stranger = client.get("/health")
+    assert stranger.status_code == 503 and stranger.headers["Retry-After"].isdigit()
+    assert stranger.json["database"] == "error" and "reason" not in stranger.json
+    assert "127.0.0.1" not in stranger.get_data(as_text=True)
+    keyed = client.get("/health", headers={"Authorization": f"Bearer {KEY}"})
+    assert keyed.status_code == 503 and "127.0.0.1" in keyed.json["reason"]

@@ -45,8 +45,14 @@ def left_idle(request):
         wait_for(lambda: replies(base) == IDLE, 120, "an idle model")
 
 
-def replies(base: str) -> dict:
-    return requests.get(f"{base}/health", timeout=10).json()["model"]["replies"]
+def health(base: str, key: str | None = None) -> dict:
+    """/health, which names the model and counts its replies for keyed requests only on a server with keys."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.get(f"{base}/health", headers=headers, timeout=10).json()
+
+
+def replies(base: str, key: str | None = None) -> dict:
+    return health(base, key)["model"]["replies"]
 
 
 def sdk(base: str, key: str = "unused") -> openai.OpenAI:
@@ -54,8 +60,8 @@ def sdk(base: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
 
 
-def model_name(base: str) -> str:
-    return requests.get(f"{base}/health", timeout=10).json()["model"]["name"]
+def model_name(base: str, key: str | None = None) -> str:
+    return health(base, key)["model"]["name"]
 
 
 def complete(base: str, **params) -> requests.Response:
@@ -391,7 +397,7 @@ def test_keys_rate_limits_and_a_full_queue(start_server):
     assert_openai_error(unauthorized, 401, "authentication_error", None, "invalid_api_key")
     assert unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
     client = sdk(base, KEY)
-    assert [model.id for model in client.models.list().data] == [model_name(base)]
+    assert [model.id for model in client.models.list().data] == [model_name(base, KEY)]
 
     # The first reply runs (1 of 3 started); the queue holds one, so the next is refused (2 of 3: it asked).
     running = requests.post(
@@ -407,7 +413,7 @@ def test_keys_rate_limits_and_a_full_queue(start_server):
     assert raised.value.status_code == 503 and raised.value.code == "queue_full"
     assert raised.value.response.headers["Retry-After"] == "5"
     running.close()
-    wait_for(lambda: replies(base) == IDLE, 30, "the engine to be free")
+    wait_for(lambda: replies(base, KEY) == IDLE, 30, "the engine to be free")
     assert client.chat.completions.create(model="any", messages=ASK, max_tokens=2).choices  # 3 of 3
     with pytest.raises(openai.RateLimitError) as raised:
         client.chat.completions.create(model="any", messages=ASK, max_tokens=2)

@@ -35,7 +35,7 @@ def requests_of(items: list[dict]) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("api_key", [None, "postman-key"], ids=["open", "with-key"])
+@pytest.mark.parametrize("api_key", [None, "postman-key-0123456789"], ids=["open", "with-key"])
 def test_the_collection_passes_against_the_real_server(api_key, start_server, web, client, tmp_path):
     keys = {"CHATAPI_API_KEYS": api_key} if api_key else {}
     server = start_server(

@@ -1,6 +1,10 @@
 """Rate limits (CHATAPI_RATE_LIMIT, CHATAPI_RATE_LIMIT_REPLIES): the real server, and the key function in-process."""
 
+import random
+import uuid
+
 import pytest
+import redis
 import requests
 from flask import g, request
 
@@ -9,6 +13,7 @@ from chatapi.limits import client_key
 from conftest import FAST_STREAM_SETTINGS
 from helpers import snapshot
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, infer, new_chat
+from tests.support.scratch import REDIS_URL, forget_keys
 from tests.support.sse import EventStream, read_events
 
 ORIGIN = "https://app.example"
@@ -128,3 +133,25 @@ def test_the_key_function_prefers_the_key(app):
 def test_a_bad_limit_stops_the_app_with_its_name(database_url, name):
     with pytest.raises(ValueError, match=name):
         create_app({"SQLALCHEMY_DATABASE_URI": database_url, name: "lots"})
+
+
+def test_the_counts_in_redis_go_under_the_redis_prefix(tmp_path):
+    """As every key chatapi writes (CHATAPI_REDIS_PREFIX): several deployments may share one Redis."""
+    prefix = f"chatapi-test-{uuid.uuid4().hex[:8]}:"
+    address = ".".join(str(random.randint(1, 254)) for _ in range(4))  # this test's own counts
+    settings = {
+        "CHATAPI_RATE_LIMIT": "2/minute",
+        "CHATAPI_RATE_LIMIT_STORAGE": REDIS_URL,
+        "CHATAPI_REDIS_PREFIX": prefix,
+    }
+    limited = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/chatapi.db", **settings})
+    store = redis.Redis.from_url(REDIS_URL)
+    try:
+        client = limited.test_client()
+        got = [client.get("/openapi.json", environ_base={"REMOTE_ADDR": address}).status_code for _ in range(3)]
+        assert got == [200, 200, 429]
+        keys = [key.decode() for key in store.scan_iter(match=f"*{address}*")]
+        assert keys and all(key.startswith(prefix) for key in keys), keys
+    finally:
+        store.close()
+        forget_keys(prefix)

@@ -16,7 +16,9 @@ import requests
 from chatapi import create_app
 from chatapi.llm.model import default_model_path
 from chatapi.llm.prompt import LAYOUTS, Message, chat_messages
-from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE
+from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend
+from chatapi.llm.service import Settings
+from config import Config
 from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat, pieces
@@ -192,7 +194,8 @@ def test_internet_mode_puts_the_sources_in_the_model_servers_prompt(remote_serve
 
 def test_a_model_server_that_is_down_ends_the_reply_with_an_error_and_fails_health(start_server, client):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nobody listens there
-    base = start_server(ready_status=503, **remote(url)).url
+    server = start_server(ready_status=503, **remote(url))
+    base = server.url
     body = health(base).json()
     assert body["status"] == "unavailable" and body["model"]["status"] == "unavailable"
     assert body["reason"] == f"model unavailable: the model server at {url} cannot be reached: Connection refused"
@@ -200,10 +203,9 @@ def test_a_model_server_that_is_down_ends_the_reply_with_an_error_and_fails_heal
     chat_id = new_chat(base, QUESTION)
     events = read_events(infer(base, chat_id))
     assert [e["event"] for e in events] == ["start", "error"]
-    assert events[-1]["data"] == {
-        "code": 502,
-        "message": f"the model server at {url} cannot be reached: Connection refused",
-    }
+    # The server's address and the system's words go to the log only.
+    assert events[-1]["data"] == {"code": 502, "message": "the model server cannot be reached"}
+    assert f"the model server at {url} cannot be reached: Connection refused" in server.output()
     assert [m["role"] for m in history(base, chat_id)] == ["Human"]  # nothing saved
 
 
@@ -219,7 +221,7 @@ def test_a_model_server_that_never_answers_ends_the_reply_within_the_timeout(sta
         events = read_events(infer(base, chat_id))
         assert time.monotonic() - started < 10
         assert [e["event"] for e in events] == ["start", "error"]
-        assert events[-1]["data"] == {"code": 504, "message": f"the model server at {url} sent nothing for 1 s"}
+        assert events[-1]["data"] == {"code": 504, "message": "the model server sent nothing for 1 s"}
     finally:
         silent.close()
 
@@ -230,7 +232,7 @@ def test_a_wrong_api_key_is_the_model_servers_error(start_server, upstream, clie
     assert "answered 401: Invalid API key to GET /models" in health(base).json()["reason"]
     events = read_events(infer(base, new_chat(base, QUESTION)))
     assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 502
-    assert "answered 401: Invalid API key" in events[-1]["data"]["message"]
+    assert events[-1]["data"]["message"] == "the model server answered 401 to GET /models"  # its words: the log's
 
 
 @pytest.mark.parametrize(
@@ -272,3 +274,13 @@ def test_the_prompt_goes_as_chat_messages_with_the_sources_where_the_layout_puts
 
 def user(text: str) -> dict:
     return {"role": "user", "content": text}
+
+
+def test_a_model_servers_user_and_password_are_never_shown():
+    url = f"http://someone:secret-password@127.0.0.1:{free_port()}/v1"
+    config = {name: getattr(Config, name) for name in dir(Config) if name.isupper()}
+    settings = Settings.from_config({**config, "CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": url}, "unused")
+    backend = RemoteBackend(settings, on_end=None, on_failure=None)
+    described = backend.describe()
+    assert described["status"] == "unavailable" and described["url"] == url.replace("someone:secret-password@", "")
+    assert "secret-password" not in described["reason"] and "someone" not in described["reason"]

@@ -201,6 +201,60 @@ def test_public_addresses_are_allowed():
     assert AddressPolicy("").allows("example.test", "2606:2800:220:1:248:1893:25c8:1946")
 
 
+# IPv6 forms that carry an IPv4 address, each with a private one inside (10.0.0.1, 127.0.0.1, 169.254.169.254)
+# and with a public one (93.184.216.34 = 5db8:d822).
+CARRYING_PRIVATE = [
+    "64:ff9b::10.0.0.1",  # NAT64, well-known prefix
+    "64:ff9b::169.254.169.254",
+    "64:ff9b:1::10.0.0.1",  # NAT64, local-use prefix
+    "::10.0.0.1",  # IPv4-compatible
+    "::127.0.0.1",
+    "::ffff:0:10.0.0.1",  # SIIT
+    "::ffff:10.0.0.1",  # IPv4-mapped
+    "2002:a00:1::",  # 6to4 of 10.0.0.1
+    "2002:7f00:1:5::1",  # 6to4 of 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1 (its last 32 bits inverted)
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+]
+CARRYING_PUBLIC = [
+    "64:ff9b::93.184.216.34",
+    "64:ff9b:1::93.184.216.34",
+    "::ffff:93.184.216.34",
+    "::ffff:0:93.184.216.34",
+    "2002:5db8:d822::1",
+    "2001:0:4136:e378:8000:63bf:a247:27dd",  # Teredo, client 93.184.216.34 behind the public server 65.54.227.120
+]
+
+
+@pytest.mark.parametrize("address", CARRYING_PRIVATE)
+def test_ipv6_forms_carrying_a_private_ipv4_address_are_refused(address):
+    assert not AddressPolicy("").allows("example.test", address)
+
+
+@pytest.mark.parametrize("address", CARRYING_PUBLIC)
+def test_ipv6_forms_carrying_a_public_ipv4_address_are_judged_by_it(address):
+    assert AddressPolicy("").allows("example.test", address)
+
+
+def test_ipv6_forms_carrying_an_ipv4_address_follow_the_allow_list():
+    assert AddressPolicy("10.0.0.0/8").allows("example.test", "64:ff9b::10.0.0.1")
+    assert AddressPolicy("10.0.0.0/8").allows("example.test", "2002:a00:1::")
+    assert not AddressPolicy("10.0.0.0/8").allows("example.test", "64:ff9b::127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "fec0::1",  # site-local (deprecated, still routed inside some sites)
+        "feff:ffff::1",
+        "64:ff9b:1:5db8:d8:2200::",  # a local NAT64 prefix of another length: the IPv4 address inside is unknown
+        "2001:0:a00:1:8000:63bf:a247:27dd",  # Teredo: a public client behind a private server
+    ],
+)
+def test_other_non_public_ipv6_addresses_are_refused(address):
+    assert not AddressPolicy("").allows("example.test", address)
+
+
 def test_redirect_to_an_unlisted_address_is_refused_before_any_request(web, elsewhere):
     before = len(web.requests)
     web.redirect_target = f"{elsewhere.url}/secret"

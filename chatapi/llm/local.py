@@ -118,7 +118,8 @@ class LocalBackend:
             self.engine = Engine(self.model, s.step_tokens)
             self.status = "ok"
         except Exception as exc:
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("the model could not be loaded")
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"  # for /health's details only
             return
         self._run_steps()
 
@@ -202,6 +203,6 @@ class LocalBackend:
         if error is not None:
             failed, self.generating = list(self.generating.values()), {}
             for reply in failed:
-                self.on_failure(reply, 500, f"generation failed: {error}")
+                self.on_failure(reply, 500, "generation failed")  # why: in the log (_run_steps)
         for job, result in ended:
             self.on_end(self.generating.pop(id(job)), result)

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import requests
@@ -26,7 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
-    """The model server cannot serve a reply: the message says why."""
+    """The model server cannot serve a reply. The message says why, with the server's address and words (for the
+    log and /health's details); `public` says it without them (for a reply's error event and JSON errors)."""
+
+    def __init__(self, message: str, public: str):
+        super().__init__(message)
+        self.public = public
 
 
 class RemoteBackend:
@@ -41,6 +47,7 @@ class RemoteBackend:
         self.on_end = on_end
         self.on_failure = on_failure
         self.url = settings.llm_url.rstrip("/")
+        self.shown_url = without_credentials(self.url)  # the URL as messages and /health show it
         self.headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
         self.model_name: str | None = settings.llm_model  # else the first model the server lists, once known
         self.card: dict | None = None  # the model as the server listed it, once it has
@@ -59,24 +66,34 @@ class RemoteBackend:
         """The window the replies assume the server has (CHATAPI_N_CTX): it bounds max_tokens and the sources."""
         return self.settings.n_ctx
 
+    def failure(self, problem: str, said: str = "", public: str | None = None) -> UpstreamError:
+        """UpstreamError: "the model server at URL <problem><said>", and without the URL and `said` (the server's or
+        the system's words) for clients, unless `public` is given."""
+        return UpstreamError(
+            f"the model server at {self.shown_url} {problem}{said}", public or f"the model server {problem}"
+        )
+
     def listed_models(self, timeout: float) -> list[dict]:
         """The server's model list (GET /models); UpstreamError when it cannot be read or is empty."""
         try:
             response = self.session.get(f"{self.url}/models", headers=self.headers, timeout=timeout)
         except requests.Timeout:
-            raise UpstreamError(f"the model server at {self.url} did not answer within {timeout:g} s") from None
+            raise self.failure(f"did not answer within {timeout:g} s") from None
         except requests.RequestException as exc:
-            raise UpstreamError(f"the model server at {self.url} cannot be reached: {reason(exc)}") from None
+            raise self.failure("cannot be reached", f": {reason(exc)}") from None
         if response.status_code != 200:
-            raise UpstreamError(f"the model server at {self.url} answered {answer(response)} to GET /models")
+            raise self.failure(
+                f"answered {answer(response)} to GET /models",
+                public=f"the model server answered {response.status_code} to GET /models",
+            )
         try:
             models = [m for m in response.json()["data"] if isinstance(m, dict) and m.get("id")]
         except (ValueError, KeyError, TypeError):
-            raise UpstreamError(f"the model server at {self.url} sent no model list from GET /models") from None
+            raise self.failure("sent no model list from GET /models") from None
         if not models:
-            raise UpstreamError(f"the model server at {self.url} lists no model")
+            raise self.failure("lists no model")
         if self.model_name is not None and not any(m["id"] == self.model_name for m in models):
-            raise UpstreamError(f"the model server at {self.url} does not list the model {self.model_name!r}")
+            raise self.failure("does not list the model", f" {self.model_name!r}")
         self.heard_at = time.monotonic()
         return models
 
@@ -92,7 +109,7 @@ class RemoteBackend:
         """`ok` with its model when the server sent a reply's data or its model list in the last HEALTH_SECONDS;
         else it is asked now: `ok`, or `unavailable` and why. (llama-cpp-python's server answers GET /models only
         once the reply it is making is over: asked while streaming, it would seem down.)"""
-        described = {"status": "ok", "backend": self.name, "url": self.url, "n_ctx": self.n_ctx}
+        described = {"status": "ok", "backend": self.name, "url": self.shown_url, "n_ctx": self.n_ctx}
         recent = self.heard_at is not None and time.monotonic() - self.heard_at < HEALTH_SECONDS
         if recent and self.model_name is not None:
             return {**described, "name": self.model_name}
@@ -167,16 +184,15 @@ class RemoteBackend:
                 self._read(reply, progress)
         except gevent.GreenletExit:  # cancel() closed the request
             progress["finish_reason"] = "cancelled"
-        except UpstreamError as exc:
-            return self.on_failure(reply, 502, str(exc))
         except requests.Timeout:
-            timeout = self.settings.llm_timeout
-            return self.on_failure(reply, 504, f"the model server at {self.url} sent nothing for {timeout:g} s")
+            return self.failed(reply, 504, self.failure(f"sent nothing for {self.settings.llm_timeout:g} s"))
         except requests.RequestException as exc:
-            return self.on_failure(reply, 502, f"the model server at {self.url} failed: {reason(exc)}")
-        except Exception as exc:  # the stream must still end with an event
+            return self.failed(reply, 502, self.failure("failed", f": {reason(exc)}"))
+        except UpstreamError as exc:
+            return self.failed(reply, 502, exc)
+        except Exception:  # the stream must still end with an event
             log.exception("streaming from the model server failed")
-            return self.on_failure(reply, 502, f"the model server's answer could not be read: {exc}")
+            return self.on_failure(reply, 502, "the model server's answer could not be read")
         finally:
             self.streaming.pop(reply, None)
         usage = progress["usage"] or {}
@@ -193,6 +209,11 @@ class RemoteBackend:
         )
         self.on_end(reply, result)
 
+    def failed(self, reply: Reply, code: int, error: UpstreamError) -> None:
+        """The reply ends with an error event that says what failed; the log says where and why."""
+        log.error("reply %s: %s", reply.message_id, error)
+        self.on_failure(reply, code, error.public)
+
     def _read(self, reply: Reply, progress: dict) -> None:
         timeout = self.settings.llm_timeout
         if self.model_name is None:
@@ -201,7 +222,9 @@ class RemoteBackend:
         url = f"{self.url}/chat/completions"
         with self.session.post(url, json=body, headers=self.headers, stream=True, timeout=timeout) as response:
             if response.status_code != 200:
-                raise UpstreamError(f"the model server at {self.url} answered {answer(response)}")
+                raise self.failure(
+                    f"answered {answer(response)}", public=f"the model server answered {response.status_code}"
+                )
             for line in response.iter_lines(chunk_size=None):
                 self.heard_at = time.monotonic()
                 if not line.startswith(b"data:"):
@@ -213,7 +236,7 @@ class RemoteBackend:
                 if chunk.get("error"):
                     error = chunk["error"]
                     said = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamError(f"the model server at {self.url} failed: {said}")
+                    raise self.failure("failed", f": {said}")
                 progress["usage"] = chunk.get("usage") or progress["usage"]
                 for choice in chunk.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
@@ -223,7 +246,7 @@ class RemoteBackend:
                     if choice.get("finish_reason"):
                         progress["finish_reason"] = FINISH_REASONS.get(choice["finish_reason"], "stop")
         if progress["finish_reason"] is None:
-            raise UpstreamError(f"the model server at {self.url} ended the stream before the reply's end")
+            raise self.failure("ended the stream before the reply's end")
 
 
 def answer(response: requests.Response) -> str:
@@ -235,6 +258,14 @@ def answer(response: requests.Response) -> str:
     except ValueError:
         said = response.text
     return f"{response.status_code}: {str(said).strip()[:300]}"
+
+
+def without_credentials(url: str) -> str:
+    """The URL without a user name and password in it (http://user:secret@host/v1 -> http://host/v1)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def reason(exc: requests.RequestException) -> str:

@@ -258,10 +258,10 @@ class ReplyService:
         self.preparing += 1
         try:
             self._prepare(reply, history, system_prompt, options, research, stops or [])
-        except Exception as exc:
+        except Exception:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
-            reply.finish("error", {"code": 500, "message": f"the reply could not be prepared: {exc}"})
+            reply.finish("error", {"code": 500, "message": "the reply could not be prepared"})  # why: in the log
             return reply
         finally:
             self.preparing -= 1
@@ -402,9 +402,9 @@ class ReplyService:
         except StoreUnavailable as exc:
             log.error("the reply could not be saved: %s", exc.__cause__ or exc)
             return reply.finish("error", {"code": 503, "message": str(exc)})
-        except Exception as exc:  # the stream must still end with an event
+        except Exception:  # the stream must still end with an event; why (SQL, parameters) goes to the log only
             log.exception("saving the reply failed")
-            return reply.finish("error", {"code": 500, "message": f"the reply could not be saved: {exc}"})
+            return reply.finish("error", {"code": 500, "message": "the reply could not be saved"})
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
         reply.finish("done", {**done, "timings": timings(reply, result)})

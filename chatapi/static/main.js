@@ -56,6 +56,7 @@ async function submitKey() {
   try {
     await openSession(key);
     el.signIn.close("signed-in");
+    checkHealth(); // signed in, /health names the model
     return;
   } catch (error) {
     if (error.status === 401) showSignInError("That key is not valid.");

@@ -33,6 +33,34 @@ class Page:
     body: bytes  # at most the cap: a longer page is cut there
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits (RFC 4291, 6052, 6145, 8215).
+IPV4_IN_LAST_32_BITS = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # SIIT (IPv4-translated)
+        "64:ff9b::/96",  # NAT64, the well-known prefix
+        "64:ff9b:1::/96",  # NAT64, the local-use prefix at the usual length
+        "::/96",  # IPv4-compatible (deprecated); :: and ::1 are 0.0.0.0 and 0.0.0.1 inside, never public
+    )
+)
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+NAT64_LOCAL_96 = ipaddress.IPv6Network("64:ff9b:1::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 addresses an IPv6 address carries, or None for a plain IPv6 address: 6to4's (2002::/16, bits 16
+    to 48), Teredo's server and client (2001::/32; the client's inverted in the last 32 bits), or the last 32 bits
+    of the forms of IPV4_IN_LAST_32_BITS."""
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if ip.teredo is not None:
+        return ip.teredo
+    if any(ip in network for network in IPV4_IN_LAST_32_BITS):
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF),)
+    return None
+
+
 class AddressPolicy:
     """Only public addresses, except hosts and networks listed in CHATAPI_FETCH_ALLOW."""
 
@@ -47,14 +75,25 @@ class AddressPolicy:
                 self.hosts.add(entry.lower())
 
     def allows(self, host: str, address: str) -> bool:
+        """Whether the host may be fetched at the address: a listed host or network, else a public address. An
+        IPv6 address that carries an IPv4 one is judged by the IPv4 address(es) inside: a NAT64 gateway, a 6to4
+        or Teredo relay or the system's own mapping would take the request there."""
         if host.lower() in self.hosts:
             return True
         ip = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
         if any(ip in network for network in self.networks):
             return True
-        return ip.is_global and not ip.is_multicast
+        if isinstance(ip, ipaddress.IPv4Address):
+            return self.allows_ipv4(ip)
+        if ip in NAT64_LOCAL and ip not in NAT64_LOCAL_96:
+            return False  # an operator's own NAT64 prefix of another length: the IPv4 address inside is unknown
+        inside = embedded_ipv4(ip)
+        if inside is not None:
+            return all(self.allows_ipv4(v4) for v4 in inside)
+        return ip.is_global and not ip.is_multicast and not ip.is_site_local
+
+    def allows_ipv4(self, ip: ipaddress.IPv4Address) -> bool:
+        return any(ip in network for network in self.networks) or (ip.is_global and not ip.is_multicast)
 
     def check_host(self, host: str, port: int) -> None:
         """Resolve the host; every address it has must be allowed."""
