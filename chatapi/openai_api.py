@@ -34,6 +34,10 @@ MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
 ROLES = {"user": "Human", "assistant": "Assistant"}  # system and developer messages make the system prompt
 MAX_STOPS = 4  # as OpenAI allows
+# A stop string is a delimiter (a turn marker, a closing tag, a line or two): 500 characters is several lines of
+# one. The stop scanner's cost a token does not grow with it; the cap bounds the text a reply holds back from its
+# stream (up to a stop string's length) and what is sent on to a remote model server.
+MAX_STOP_CHARS = 500
 NAME_CHARS = 200  # a stored exchange's chat name: its first user message, cut to a chat name's length
 log = logging.getLogger(__name__)
 
@@ -104,7 +108,8 @@ class Content(fields.Field):
 
 
 class Stop(fields.Field):
-    """`stop`: a string or a list of at most MAX_STOPS strings; always a list once read."""
+    """`stop`: a string or a list of at most MAX_STOPS strings of at most MAX_STOP_CHARS characters; always a list
+    once read."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         stops = [value] if isinstance(value, str) else value
@@ -112,6 +117,8 @@ class Stop(fields.Field):
             raise ma.ValidationError("must be a string or a list of strings")
         if len(stops) > MAX_STOPS:
             raise ma.ValidationError(f"at most {MAX_STOPS} stop strings")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ma.ValidationError(f"a stop string may be at most {MAX_STOP_CHARS} characters long")
         return stops
 
 

@@ -11,6 +11,7 @@ import openai
 import pytest
 import requests
 
+from chatapi.openai_api import MAX_STOP_CHARS
 from conftest import FAST_STREAM_SETTINGS
 from helpers import snapshot
 from tests.support import wait_for
@@ -168,7 +169,7 @@ def test_stop_strings(openai_server):
     word = "Paris"
     assert word in free and not free.startswith(word), free
     expected = free[: free.index(word)]
-    for stop in (word, ["no such text here", word]):
+    for stop in (word, ["no such text here", word], ["x" * MAX_STOP_CHARS, word]):
         choice = client.chat.completions.create(**params, stop=stop).choices[0]
         assert choice.message.content == expected and choice.finish_reason == "stop"
     streamed = client.chat.completions.create(**params, stop=[word], stream=True)
@@ -234,6 +235,8 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
         ({"messages": ASK, "seed": "1"}, "seed"),
         ({"messages": ASK, "stop": 5}, "stop"),
         ({"messages": ASK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": ASK, "stop": "x" * 200_000}, "stop"),  # the issue's: scanned a token, it stalled every reply
+        ({"messages": ASK, "stop": ["\n", "x" * (MAX_STOP_CHARS + 1)]}, "stop"),
         ({"messages": ASK, "stream": "yes"}, "stream"),
         ({"messages": ASK, "stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"messages": ASK, "model": 7}, "model"),
