@@ -8,12 +8,15 @@ Errors here are in OpenAI's shape (chatapi/errors.py).
 
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 
+import gevent
+import gevent.socket
 import marshmallow as ma
 import sqlalchemy as sa
 from flask import Blueprint, Flask, current_app, request
@@ -303,7 +306,38 @@ def create_chat_completion():
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
         return replies.event_stream_response(completion.chunks(service, include_usage))
-    return completion.whole()
+    watcher = cancel_when_client_leaves(request.environ.get("gunicorn.socket"), service, reply)
+    try:
+        return completion.whole()
+    finally:
+        if watcher is not None:
+            watcher.kill(block=False)
+
+
+def cancel_when_client_leaves(client: socket.socket | None, service: ReplyService, reply: Reply):
+    """A greenlet that cancels the reply as soon as its client hangs up, else None. A reply answered whole keeps its
+    listener (the request) to the end, so without this it would run to max_tokens for nobody.
+
+    Under gunicorn (its socket in the environ) nothing reads the connection while the reply is made: the request's
+    body was read whole, and a client waits for its answer. So when it becomes readable, the client either closed
+    it (a peek reads nothing) or sent something more (a pipelined request: the client is there, and the watch
+    stops)."""
+    if client is None:
+        return None
+
+    def watch():
+        try:
+            gevent.socket.wait_read(client.fileno())
+            gone = client.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # TLS: no peeking; the reply runs its course
+            return
+        except OSError:  # reset by the peer
+            gone = True
+        if gone and not reply.finished:
+            log.info("the client of chat completion %s left: its reply is stopped", reply.message_id)
+            service.cancel(reply)
+
+    return gevent.spawn(watch)
 
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}

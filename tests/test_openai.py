@@ -3,9 +3,11 @@ model. Nothing here touches the database (CHATAPI_OPENAI_STORE is off; tests/tes
 so these run on SQLite only (conftest.SQLITE_ONLY)."""
 
 import json
+import socket
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -204,6 +206,27 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
     assert 5 <= moved(before, after, "chatapi_reply_completion_tokens_total", mode="openai") < 2000
     # The engine serves the next request.
     assert complete(base, messages=ASK, max_tokens=4).status_code == 200
+
+
+def test_a_client_that_leaves_before_its_whole_answer_frees_the_engine_at_once(openai_server):
+    """A completion answered whole has no stream to break: the server watches the client's connection, and one
+    that hangs up (a timeout, a closed program) stops its reply, which ran to max_tokens for nobody before."""
+    base = openai_server
+    before = scrape(base)
+    address = urlsplit(base)
+    body = json.dumps({"model": "any", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0})
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        wait_for(lambda: replies(base) == {"running": 1, "waiting": 0}, 30, "the reply to run")
+        time.sleep(0.5)  # some tokens made
+    left = time.monotonic()
+    wait_for(lambda: replies(base) == IDLE, 30, "the engine to be free")
+    assert time.monotonic() - left < 10  # far sooner than 2000 tokens take, or the 60 s grace period
+    after = scrape(base)
+    assert moved(before, after, "chatapi_replies_finished_total", mode="openai", finish_reason="cancelled") == 1
+    assert moved(before, after, "chatapi_reply_completion_tokens_total", mode="openai") < 2000
+    assert complete(base, messages=ASK, max_tokens=4).status_code == 200  # the engine serves the next one
 
 
 @pytest.mark.parametrize(
