@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import limits, metrics, replies
 from .extensions import db
-from .llm.prompt import Message
+from .llm.prompt import ContextLengthExceeded, Message
 from .llm.remote import UpstreamError
 from .llm.reply import Reply
 from .llm.service import QueueFull, ReplyService
@@ -299,9 +299,19 @@ def create_chat_completion():
             stops=args.get("stop"),
             by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
             shared=False,  # nobody resumes it: it stays in this process, also with Redis
+            cut=False,  # as OpenAI: the messages whole, or an error the client can act on
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")
+    except ContextLengthExceeded as exc:
+        bad_request(
+            f"This model's maximum context length is {service.n_ctx} tokens. However, you requested"
+            f" {exc.needed + options.max_tokens} tokens ({exc.needed} in the messages, {options.max_tokens} in the"
+            " completion), with the older messages left out: the system prompt, the latest user message and the"
+            " last message are kept whole. Please reduce the length of the messages or completion.",
+            "messages",
+            "context_length_exceeded",
+        )
     completion = Completion(reply, model)
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))

@@ -229,6 +229,28 @@ def test_a_client_that_leaves_before_its_whole_answer_frees_the_engine_at_once(o
     assert complete(base, messages=ASK, max_tokens=4).status_code == 200  # the engine serves the next one
 
 
+def test_messages_that_cannot_fit_whole_are_refused_as_openai_does(openai_server):
+    """The older messages are left out to fit, but the system prompt, the latest user message and the last
+    message are kept whole: when they alone are too long for the window, a 400 context_length_exceeded (a chat
+    ending in such a message used to overflow the window: every running reply ended with a 500)."""
+    base = openai_server
+    before = scrape(base)
+    long = "tell me more " * 5000  # some 15,000 tokens; the window is 4096
+    for messages in (
+        [*ASK, {"role": "assistant", "content": long}],
+        [{"role": "user", "content": long}],
+        [{"role": "system", "content": long}, *ASK],
+    ):
+        refused = complete(base, messages=messages, max_tokens=16)
+        error = assert_openai_error(refused, 400, "invalid_request_error", "messages", "context_length_exceeded")
+        assert "maximum context length is 4096 tokens" in error["message"]
+    assert moved(before, scrape(base), "chatapi_replies_started_total", mode="openai") == 0
+    # Long older turns are left out: the answer comes.
+    older = [{"role": "user", "content": long}, {"role": "assistant", "content": long}]
+    answered = complete(base, messages=[*older, *ASK], max_tokens=4, temperature=0)
+    assert answered.status_code == 200 and answered.json()["usage"]["prompt_tokens"] < 4096
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [
