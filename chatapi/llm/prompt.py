@@ -40,7 +40,7 @@ class Prompt:
     truncated: int  # history messages left out or cut to fit the window (a cut system prompt counts as one)
     head: int = 0  # tokens before the latest Human message's text: what does not depend on web sources
     system_prompt: str = ""  # as rendered (cut to fit, maybe)
-    messages: list[Message] | None = None  # as rendered (the oldest dropped and the latest cut to fit, maybe)
+    messages: list[Message] | None = None  # as rendered (the oldest dropped and the kept ones cut to fit, maybe)
 
 
 def render_transcript(system_prompt: str, messages: list[Message]) -> str:
@@ -107,8 +107,7 @@ class PromptBuilder:
         `cut` (a client that wants its messages whole or an error) that is a ContextLengthExceeded instead.
         """
         latest = max(i for i, m in enumerate(history) if m.role == "Human")
-        kept = sorted({latest, len(history) - 1})
-        droppable = [i for i in range(len(history)) if i not in kept]  # oldest first
+        droppable = [i for i in range(len(history)) if i not in (latest, len(history) - 1)]  # oldest first
         dropped = 0
         messages = list(history)
         tokens = self.tokens(self.render(system_prompt, messages))
@@ -126,12 +125,11 @@ class PromptBuilder:
             return self._prompt(system_prompt, messages, dropped)
         if not cut:
             raise ContextLengthExceeded(len(tokens), budget)
-        # Only the kept messages are left: where they stand now.
-        indexes = [index - sum(1 for gone in droppable[:dropped] if gone < index) for index in kept]
-        cut_system_prompt = self._cut_system_prompt(system_prompt, messages, indexes, budget)
+        # Only the kept messages are left, and too long: cut.
+        cut_system_prompt = self._cut_system_prompt(system_prompt, messages, budget)
         slack = 2  # a cut text tokenized again may take a token or two more than its share
         while True:
-            cut_messages = self._cut_to_fit(cut_system_prompt, messages, indexes, budget, slack)
+            cut_messages = self._cut_to_fit(cut_system_prompt, messages, budget, slack)
             truncated = dropped + sum(a != b for a, b in zip(messages, cut_messages, strict=True))
             prompt = self._prompt(cut_system_prompt, cut_messages, truncated + (cut_system_prompt != system_prompt))
             if len(prompt.tokens) <= budget or slack >= budget:
@@ -169,38 +167,32 @@ class PromptBuilder:
             return self._prompt(f"{prompt.system_prompt}\n\n{sources}".strip(), prompt.messages, prompt.truncated)
         return self._prompt(prompt.system_prompt, prompt.messages, prompt.truncated, sources, layout)
 
-    def _cut_system_prompt(self, system_prompt: str, messages: list[Message], indexes: list[int], budget: int) -> str:
-        """The system prompt, shortened to its beginning when it would leave the messages it must keep
-        (messages[i] for i in indexes) less than half of the budget."""
-        without = list(messages)
-        for index in indexes:
-            without[index] = Message(messages[index].role, ELLIPSIS)
+    def _cut_system_prompt(self, system_prompt: str, messages: list[Message], budget: int) -> str:
+        """The system prompt, shortened to its beginning when it would leave the messages less than half of the
+        budget."""
+        without = [Message(m.role, ELLIPSIS) for m in messages]
         over = len(self.tokens(self.render(system_prompt, without))) - budget // 2
         if over <= 0:
             return system_prompt
         system_tokens = self.model.tokenize(system_prompt)
         return self.model.detokenize(system_tokens[: max(0, len(system_tokens) - over - 2)]).rstrip() + " …"
 
-    def _cut_to_fit(
-        self, system_prompt: str, messages: list[Message], indexes: list[int], budget: int, slack: int
-    ) -> list[Message]:
-        """The messages with messages[i] for i in indexes (those that must stay) shortened to their ends so that
-        the prompt fits, `slack` tokens to spare: they share the room, and one shorter than its share stays whole."""
-        without = list(messages)
-        for index in indexes:
-            without[index] = Message(messages[index].role, ELLIPSIS)
-        room = budget - len(self.tokens(self.render(system_prompt, without))) - slack
-        texts = {index: self.model.tokenize(messages[index].text) for index in indexes}
-        for count, index in enumerate(sorted(indexes, key=lambda i: len(texts[i])), start=1):
+    def _cut_to_fit(self, system_prompt: str, messages: list[Message], budget: int, slack: int) -> list[Message]:
+        """The messages shortened to their ends so that the prompt fits, `slack` tokens to spare: they share the
+        room, and one shorter than its share stays whole (the other takes what it leaves)."""
+        shortened = [Message(m.role, ELLIPSIS) for m in messages]
+        room = budget - len(self.tokens(self.render(system_prompt, shortened))) - slack
+        texts = [self.model.tokenize(m.text) for m in messages]
+        for count, index in enumerate(sorted(range(len(messages)), key=lambda i: len(texts[i]))):
             text = texts[index]
-            share = max(0, room // (len(indexes) - count + 1))
+            share = max(0, room // (len(messages) - count))
             if len(text) <= share:
-                without[index] = messages[index]
+                shortened[index] = messages[index]
             else:
                 kept = self.model.detokenize(text[-share:]) if share > 0 else ""
-                without[index] = Message(messages[index].role, ELLIPSIS + kept.lstrip())
+                shortened[index] = Message(messages[index].role, ELLIPSIS + kept.lstrip())
             room -= min(len(text), share)
-        return without
+        return shortened
 
 
 @dataclass
