@@ -1,6 +1,6 @@
 """Run the benchmarks: python -m bench [name ...]. Prints each table and writes them to docs/benchmarks.md; with
-names (list_chats, inference, batching, internet, answers, load, openai, remote) only those run and their sections are
-replaced. `python -m bench --list` lists them and runs nothing."""
+names (list_chats, inference, batching, internet, answers, load, openai, remote, stops) only those run and their
+sections are replaced. `python -m bench --list` lists them and runs nothing."""
 
 import contextlib
 import io
@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import answers, batching, inference, internet, list_chats, load, openai_api, remote
+from bench import answers, batching, inference, internet, list_chats, load, openai_api, remote, stops
 from tests.support.factweb import INJECTION
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -176,6 +176,15 @@ directly in the same run, the sides taken in turns.
   as saved), and the time from the reconnect to the first resumed event. The model server makes one reply at a
   time, so the later replies are still being made when they are resumed."""
 
+STOPS_NOTES = """\
+`POST /v1/chat/completions` streamed at temperature 0 on the real server with its defaults (`bench/stops.py`): a
+reply A of the looping conversation to 256 tokens, its content chunks per second first to last, alone, beside a
+reply B of the same conversation without stop strings, and beside a B with the longest stop strings allowed (4 of
+500 characters, each the looping text but for its last character, so that B always holds back and scans the
+most). B starts first and is stopped once A is done. Median of 3 rounds of the three after a warm-up round. Goal:
+A beside the longest stop strings keeps at least half its speed alone (a 100,000-character stop string used to
+cost 185 ms a token for every reply); a 200,000-character stop string is refused with a 400."""
+
 
 class Tee(io.TextIOBase):
     """Writes to the terminal and keeps a copy."""
@@ -222,6 +231,7 @@ BENCHMARKS = {
     "load": ("Load: 50 clients, SQLite and PostgreSQL", LOAD_NOTES, load.main),
     "openai": ("OpenAI-compatible API", OPENAI_NOTES, openai_api.main),
     "remote": ("Remote backend, Redis and several instances", REMOTE_NOTES, remote.main),
+    "stops": ("Stop strings beside other replies", STOPS_NOTES, stops.main),
 }
 
 

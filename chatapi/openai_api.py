@@ -8,12 +8,15 @@ Errors here are in OpenAI's shape (chatapi/errors.py).
 
 import json
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 
+import gevent
+import gevent.socket
 import marshmallow as ma
 import sqlalchemy as sa
 from flask import Blueprint, Flask, current_app, request
@@ -24,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import limits, metrics, replies
 from .blueprint import json_object
 from .extensions import db
-from .llm.prompt import Message
+from .llm.prompt import ContextLengthExceeded, Message
 from .llm.remote import UpstreamError
 from .llm.reply import Reply
 from .llm.service import QueueFull, ReplyService
@@ -35,6 +38,10 @@ MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
 ROLES = {"user": "Human", "assistant": "Assistant"}  # system and developer messages make the system prompt
 MAX_STOPS = 4  # as OpenAI allows
+# A stop string is a delimiter (a turn marker, a closing tag, a line or two): 500 characters is several lines of
+# one. The stop scanner's cost a token does not grow with it; the cap bounds the text a reply holds back from its
+# stream (up to a stop string's length) and what is sent on to a remote model server.
+MAX_STOP_CHARS = 500
 NAME_CHARS = 200  # a stored exchange's chat name: its first user message, cut to a chat name's length
 log = logging.getLogger(__name__)
 
@@ -105,7 +112,8 @@ class Content(fields.Field):
 
 
 class Stop(fields.Field):
-    """`stop`: a string or a list of at most MAX_STOPS strings; always a list once read."""
+    """`stop`: a string or a list of at most MAX_STOPS strings of at most MAX_STOP_CHARS characters; always a list
+    once read."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         stops = [value] if isinstance(value, str) else value
@@ -113,6 +121,8 @@ class Stop(fields.Field):
             raise ma.ValidationError("must be a string or a list of strings")
         if len(stops) > MAX_STOPS:
             raise ma.ValidationError(f"at most {MAX_STOPS} stop strings")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise ma.ValidationError(f"a stop string may be at most {MAX_STOP_CHARS} characters long")
         return stops
 
 
@@ -286,14 +296,55 @@ def create_chat_completion():
             stops=args.get("stop"),
             by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
             shared=False,  # nobody resumes it: it stays in this process, also with Redis
+            cut=False,  # as OpenAI: the messages whole, or an error the client can act on
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")
+    except ContextLengthExceeded as exc:
+        bad_request(
+            f"This model's maximum context length is {service.n_ctx} tokens. However, you requested"
+            f" {exc.needed + options.max_tokens} tokens ({exc.needed} in the messages, {options.max_tokens} in the"
+            " completion), with the older messages left out: the system prompt, the latest user message and the"
+            " last message are kept whole. Please reduce the length of the messages or completion.",
+            "messages",
+            "context_length_exceeded",
+        )
     completion = Completion(reply, model)
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
         return replies.event_stream_response(completion.chunks(service, include_usage))
-    return completion.whole()
+    watcher = cancel_when_client_leaves(request.environ.get("gunicorn.socket"), service, reply)
+    try:
+        return completion.whole()
+    finally:
+        if watcher is not None:
+            watcher.kill(block=False)
+
+
+def cancel_when_client_leaves(client: socket.socket | None, service: ReplyService, reply: Reply):
+    """A greenlet that cancels the reply as soon as its client hangs up, else None. A reply answered whole keeps its
+    listener (the request) to the end, so without this it would run to max_tokens for nobody.
+
+    Under gunicorn (its socket in the environ) nothing reads the connection while the reply is made: the request's
+    body was read whole, and a client waits for its answer. So when it becomes readable, the client either closed
+    it (a peek reads nothing) or sent something more (a pipelined request: the client is there, and the watch
+    stops)."""
+    if client is None:
+        return None
+
+    def watch():
+        try:
+            gevent.socket.wait_read(client.fileno())
+            gone = client.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # TLS: no peeking; the reply runs its course
+            return
+        except OSError:  # reset by the peer
+            gone = True
+        if gone and not reply.finished:
+            log.info("the client of chat completion %s left: its reply is stopped", reply.message_id)
+            service.cancel(reply)
+
+    return gevent.spawn(watch)
 
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}

@@ -420,7 +420,10 @@ class StreamStartSchema(ma.Schema):
     chat_id = fields.UUID(required=True)
     message_id = fields.UUID(required=True, metadata={"description": "the id the saved reply will have"})
     mode = fields.String(required=True, validate=validate.OneOf(["local", "internet"]))
-    truncated = fields.Integer(required=True, metadata={"description": "history messages left out to fit"})
+    truncated = fields.Integer(
+        required=True,
+        metadata={"description": "history messages left out or cut to fit (a cut system prompt counts as one)"},
+    )
 
 
 class StreamSearchSchema(ma.Schema):

@@ -2,17 +2,22 @@
 
 The real model cannot be made to end with an end-of-generation token right after text that looks like
 the start of a stop string, so a stub plays the model here: the test is about the engine's bookkeeping,
-not about llama.cpp (test_prompt.py and test_inference.py run the real model).
+not about llama.cpp (test_prompt.py and test_inference.py run the real model). The tests of tokens llama.cpp
+refuses run the real model, since what they are about is how llama.cpp fails.
 """
 
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from chatapi.llm.engine import Engine, Job, Options
+from chatapi.llm.engine import Engine, Job, Options, StopScanner
 from chatapi.llm.local import Threads, other_cpu_seconds, thread_cpu_seconds
-from chatapi.llm.prompt import Prompt
+from chatapi.llm.model import Model, default_model_path
+from chatapi.llm.prompt import Message, Prompt, PromptBuilder
+from tests.support.server import ROOT
 
 END = 0
 
@@ -72,6 +77,68 @@ def test_text_held_back_is_flushed_at_an_end_of_generation_token(pieces, reply):
 
 def test_a_stop_string_is_never_streamed():
     assert generate([b"Paris.", b"\nHu", b"man:", b" more"], ["\nHuman:"]) == ("Paris.", "stop")
+
+
+class NaiveStopScanner:
+    """The stop scanner as it was: every start of every stop string checked for each token. The reference that
+    StopScanner must match."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        self.pending += text
+        for stop in self.stops:
+            at = self.pending.find(stop)
+            if at >= 0:
+                out, self.pending = self.pending[:at], ""
+                return out, True
+        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+# Few letters, so that stop strings, their repeated starts (aab, abab) and near misses come up often.
+SMALL_TEXT = st.text(alphabet="ab\n", max_size=8)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(stops=st.lists(SMALL_TEXT, max_size=4), pieces=st.lists(SMALL_TEXT, max_size=12))
+def test_the_stop_scanner_passes_on_what_the_naive_one_did(stops, pieces):
+    """Piece by piece the same text out and the same stop; fed on after a stop (or flushed), the same again."""
+    scanner, naive = StopScanner(stops), NaiveStopScanner(stops)
+    for piece in pieces:
+        assert scanner.feed(piece) == naive.feed(piece), (stops, pieces)
+    assert scanner.flush() == naive.flush()
+
+
+class CountingString(str):
+    """A stop string that counts how often its characters are read."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        CountingString.reads += 1
+        return str.__getitem__(self, index)
+
+
+def test_a_long_stop_string_costs_no_more_a_token():
+    """The scanner's work per token does not grow with the stop strings' length: a 100,000-character one read
+    once to build its table, then a few characters' worth a token (every start of it a token was 185 ms)."""
+    stop = CountingString("x" * 99_999 + "y")
+    scanner = StopScanner([stop, "\nHuman:"])
+    built = CountingString.reads
+    assert built <= 10 * len(stop)
+    for _ in range(200):
+        assert scanner.feed("xxxx") == ("", False)  # held back: it could be the stop string's start
+    assert CountingString.reads - built <= 10 * 200 * 4
+    assert scanner.feed("y") == ("x" * 800 + "y", False)  # it was not
 
 
 class EndlessModel(ScriptedModel):
@@ -278,3 +345,45 @@ def test_a_short_prefix_in_common_is_read_again():
     assert not any(s.chat_id == "x" for s in engine.sequences)
     engine.generate(no_chat_job("z", [1, 2, 3, 4, 99]))  # 4 in common with y: a sequence of its own
     assert sequence_of(engine, "y").tokens[:39] == list(range(1, 40))
+
+
+@pytest.fixture(scope="module")
+def small_model() -> Model:
+    """The real model with a small window (256 tokens), two sequences."""
+    return Model(default_model_path(ROOT / "instance" / "models"), 256, 2, 2)
+
+
+def run_beside(model: Model, good: Job, other: Job | None) -> dict[str, object]:
+    """Run `good` and, once it generates, `other` beside it, until both end; their results by chat."""
+    engine = Engine(model, step_tokens=64)
+    results = {}
+    new = [good]
+    for _ in range(2):  # the good job reads its prompt and starts generating
+        results.update((job.chat_id, result) for job, result in engine.step(new))
+        new = []
+    new = [other] if other else []
+    while engine.slots or new:
+        results.update((job.chat_id, result) for job, result in engine.step(new))
+        new = []
+    return results
+
+
+@pytest.mark.parametrize("culprit", ["longer than the window", "a token not in the vocabulary"])
+def test_tokens_the_model_cannot_read_end_their_job_alone(small_model, culprit):
+    """llama.cpp refuses a batch that holds a job's tokens it cannot read (past the sequence's window, out of
+    the vocabulary): that job ends with an error, the one beside it goes on to the very text it makes alone
+    (it used to end with the culprit, as every running reply did)."""
+    model = small_model
+    question = "Tell me everything you know about the history of Rome, in detail."
+    tokens = PromptBuilder(model).build("", [Message("Human", question)], 200).tokens
+    texts: list[str] = []
+    alone = run_beside(model, Job("good", Prompt(tokens, [], 0), Options(60, 0, 1, 1), texts.append), None)["good"]
+    assert alone.finish_reason == "length"  # it runs to its max_tokens: it is still running when the culprit fails
+    alone_text, texts = "".join(texts), []
+    bad_tokens = tokens * 20 if culprit == "longer than the window" else [2, model.n_vocab + 5, 100]
+    bad = Job("bad", Prompt(bad_tokens, [], 0), Options(10, 0, 1, 1), on_text=list().append)
+    good = Job("good", Prompt(tokens, [], 0), Options(60, 0, 1, 1), texts.append)
+    results = run_beside(model, good, bad)
+    assert results["bad"].finish_reason == "error" and "llama_decode returned" in results["bad"].error
+    assert results["good"].finish_reason == "length" and results["good"].error is None
+    assert "".join(texts) == alone_text

@@ -380,6 +380,19 @@ def test_long_history_is_trimmed_oldest_first(start_server, client):
     assert events[-1]["data"]["usage"]["prompt_tokens"] <= 512 - 16
 
 
+def test_a_chat_ending_in_long_assistant_messages_is_trimmed_to_fit(start_server, client):
+    """Messages after the latest Human one (added by hand, or before a regenerate) are trimmed too: the oldest
+    left out, the last cut to its end, and `truncated` says so. They used to overflow the window, and the failed
+    decode ended the reply (and every other running) with an error."""
+    base = start_server(CHATAPI_N_CTX="512", **FAST_STREAM_SETTINGS).url
+    chat = new_chat(base, QUESTION, "lorem ipsum " * 600, roles=("Human", "Assistant"))
+    add_message(base, chat, "dolor sit amet " * 600, "Assistant")
+    events = read_events(infer(base, chat, f"max_tokens=16&{GREEDY}"))
+    assert events[0]["data"]["truncated"] == 2  # the first Assistant message left out, the last cut
+    assert events[-1]["event"] == "done", events[-1]
+    assert events[-1]["data"]["usage"]["prompt_tokens"] <= 512 - 16
+
+
 def test_a_full_queue_answers_503_with_retry_after(start_server, client):
     base = start_server(CHATAPI_QUEUE_SIZE="1", CHATAPI_PING_SECONDS="0.5").url
     busy = new_chat(base, *ENDLESS)

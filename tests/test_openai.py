@@ -3,14 +3,17 @@ model. Nothing here touches the database (CHATAPI_OPENAI_STORE is off; tests/tes
 so these run on SQLite only (conftest.SQLITE_ONLY)."""
 
 import json
+import socket
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import openai
 import pytest
 import requests
 
+from chatapi.openai_api import MAX_STOP_CHARS
 from conftest import FAST_STREAM_SETTINGS
 from helpers import snapshot
 from tests.support import wait_for
@@ -174,7 +177,7 @@ def test_stop_strings(openai_server):
     word = "Paris"
     assert word in free and not free.startswith(word), free
     expected = free[: free.index(word)]
-    for stop in (word, ["no such text here", word]):
+    for stop in (word, ["no such text here", word], ["x" * MAX_STOP_CHARS, word]):
         choice = client.chat.completions.create(**params, stop=stop).choices[0]
         assert choice.message.content == expected and choice.finish_reason == "stop"
     streamed = client.chat.completions.create(**params, stop=[word], stream=True)
@@ -211,6 +214,49 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
     assert complete(base, messages=ASK, max_tokens=4).status_code == 200
 
 
+def test_a_client_that_leaves_before_its_whole_answer_frees_the_engine_at_once(openai_server):
+    """A completion answered whole has no stream to break: the server watches the client's connection, and one
+    that hangs up (a timeout, a closed program) stops its reply, which ran to max_tokens for nobody before."""
+    base = openai_server
+    before = scrape(base)
+    address = urlsplit(base)
+    body = json.dumps({"model": "any", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0})
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        wait_for(lambda: replies(base) == {"running": 1, "waiting": 0}, 30, "the reply to run")
+        time.sleep(0.5)  # some tokens made
+    left = time.monotonic()
+    wait_for(lambda: replies(base) == IDLE, 30, "the engine to be free")
+    assert time.monotonic() - left < 10  # far sooner than 2000 tokens take, or the 60 s grace period
+    after = scrape(base)
+    assert moved(before, after, "chatapi_replies_finished_total", mode="openai", finish_reason="cancelled") == 1
+    assert moved(before, after, "chatapi_reply_completion_tokens_total", mode="openai") < 2000
+    assert complete(base, messages=ASK, max_tokens=4).status_code == 200  # the engine serves the next one
+
+
+def test_messages_that_cannot_fit_whole_are_refused_as_openai_does(openai_server):
+    """The older messages are left out to fit, but the system prompt, the latest user message and the last
+    message are kept whole: when they alone are too long for the window, a 400 context_length_exceeded (a chat
+    ending in such a message used to overflow the window: every running reply ended with a 500)."""
+    base = openai_server
+    before = scrape(base)
+    long = "tell me more " * 5000  # some 15,000 tokens; the window is 4096
+    for messages in (
+        [*ASK, {"role": "assistant", "content": long}],
+        [{"role": "user", "content": long}],
+        [{"role": "system", "content": long}, *ASK],
+    ):
+        refused = complete(base, messages=messages, max_tokens=16)
+        error = assert_openai_error(refused, 400, "invalid_request_error", "messages", "context_length_exceeded")
+        assert "maximum context length is 4096 tokens" in error["message"]
+    assert moved(before, scrape(base), "chatapi_replies_started_total", mode="openai") == 0
+    # Long older turns are left out: the answer comes.
+    older = [{"role": "user", "content": long}, {"role": "assistant", "content": long}]
+    answered = complete(base, messages=[*older, *ASK], max_tokens=4, temperature=0)
+    assert answered.status_code == 200 and answered.json()["usage"]["prompt_tokens"] < 4096
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [
@@ -240,6 +286,8 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
         ({"messages": ASK, "seed": "1"}, "seed"),
         ({"messages": ASK, "stop": 5}, "stop"),
         ({"messages": ASK, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": ASK, "stop": "x" * 200_000}, "stop"),  # the issue's: scanned a token, it stalled every reply
+        ({"messages": ASK, "stop": ["\n", "x" * (MAX_STOP_CHARS + 1)]}, "stop"),
         ({"messages": ASK, "stream": "yes"}, "stream"),
         ({"messages": ASK, "stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
         ({"messages": ASK, "model": 7}, "model"),

@@ -1,5 +1,6 @@
 """Prompt building and stop handling, on the real model's tokenizer (no server)."""
 
+import random
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ from llama_cpp import _internals
 
 from chatapi.llm.engine import Engine, Job, Options, StopScanner
 from chatapi.llm.model import Model, default_model_path
-from chatapi.llm.prompt import MARK, TRANSCRIPT_STOPS, Message, PromptBuilder
+from chatapi.llm.prompt import MARK, TRANSCRIPT_STOPS, ContextLengthExceeded, Message, PromptBuilder
 from tests.support.server import ROOT
 
 SYSTEM = "You are a helpful assistant."
@@ -113,6 +114,72 @@ def test_a_system_prompt_longer_than_the_window_keeps_its_beginning_and_the_ques
     assert "w1999" in text and "w0 " not in text and text.endswith("\nAssistant:")
     # The question keeps about half of the window.
     assert len(model.tokenize(text[text.index("Human:") :])) > 100
+
+
+def test_messages_after_the_latest_human_one_go_oldest_first_and_the_last_is_cut_to_fit(model, builder):
+    """A chat that ends in Assistant messages (added by hand, or a regenerate of the last of several): they are
+    trimmed too, the oldest first, and the last one, kept, is cut keeping its end. It used to stay whole, the
+    prompt outgrew the window and llama.cpp's decode failed."""
+    tail = " ".join(f"w{i}" for i in range(3000))
+    history = [
+        Message("Human", "an old question"),
+        Message("Assistant", "an old answer"),
+        Message("Human", "the question"),
+        Message("Assistant", "first " * 400),
+        Message("Assistant", "second " * 400),
+        Message("Assistant", tail),
+    ]
+    prompt = builder.build(SYSTEM, history, 300)
+    text = text_of(model, prompt.tokens)
+    assert len(prompt.tokens) <= 300
+    assert "old" not in text and "first" not in text and "second" not in text
+    assert "Human: the question\nAssistant: … " in text and "w2999" in text and "w0 " not in text
+    assert text.startswith(SYSTEM) and text.endswith("\nAssistant:")
+    assert prompt.truncated == 5  # four left out, one cut
+
+
+def test_the_latest_human_message_and_the_last_share_the_room(model, builder):
+    """Both too long: each keeps its end in about half of what the system prompt leaves; a short last message
+    stays whole and the question takes the rest."""
+    question = " ".join(f"q{i}" for i in range(2000))
+    answer = " ".join(f"a{i}" for i in range(2000))
+    prompt = builder.build(SYSTEM, [Message("Human", question), Message("Assistant", answer)], 400)
+    text = text_of(model, prompt.tokens)
+    assert len(prompt.tokens) <= 400 and prompt.truncated == 2
+    assert "q1999" in text and "q0 " not in text and "a1999" in text and "a0 " not in text
+    asked, answered = text.split("\nAssistant: ", 1)
+    assert abs(len(model.tokenize(asked)) - len(model.tokenize(answered))) < 60
+    short = builder.build(SYSTEM, [Message("Human", question), Message("Assistant", "a short answer")], 400)
+    assert len(short.tokens) <= 400 and short.truncated == 1
+    assert text_of(model, short.tokens).endswith("Assistant: a short answer\nAssistant:")
+
+
+def test_without_cuts_what_must_stay_whole_either_fits_or_is_refused(model, builder):
+    """The /v1 API's prompt: older messages still go first, but the system prompt, the latest Human message and
+    the last one are whole, or the prompt is refused (ContextLengthExceeded: the API's 400)."""
+    older = [Message("Human", "old " * 300), Message("Assistant", "older " * 300)]
+    kept = [Message("Human", "the question"), Message("Assistant", "a short answer")]
+    prompt = builder.build(SYSTEM, [*older, *kept], 300, cut=False)
+    assert len(prompt.tokens) <= 300 and prompt.truncated == 2
+    assert text_of(model, prompt.tokens).endswith("Human: the question\nAssistant: a short answer\nAssistant:")
+    long_last = [*older, Message("Human", "the question"), Message("Assistant", "long " * 400)]
+    with pytest.raises(ContextLengthExceeded) as refused:
+        builder.build(SYSTEM, long_last, 300, cut=False)
+    assert refused.value.budget == 300 and refused.value.needed > 400
+
+
+def test_every_prompt_fits_its_budget(model, builder):
+    """Random histories of short and long messages, ending in either role, with or without a system prompt:
+    every prompt fits."""
+    rng = random.Random(20)
+    for _ in range(40):
+        roles = [rng.choice(["Human", "Assistant"]) for _ in range(rng.randint(0, 5))]
+        roles.insert(rng.randint(0, len(roles)), "Human")
+        history = [Message(role, "word " * rng.choice([1, 30, 300, 1500])) for role in roles]
+        system = rng.choice(["", SYSTEM, "rule " * 1000])
+        budget = rng.choice([100, 300, 1000])
+        prompt = builder.build(system, history, budget)
+        assert len(prompt.tokens) <= budget, (system[:20], [(m.role, len(m.text)) for m in history], budget)
 
 
 def test_a_template_in_the_gguf_is_used(templated_path):

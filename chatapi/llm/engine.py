@@ -13,6 +13,7 @@ with most of them, taken over when no chat owns it, else copied, so that the cha
 """
 
 import codecs
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,7 @@ MIN_COPIED_PREFIX = 128
 # A job of no chat takes over another's sequence for at least this many tokens in common; fewer (a template's
 # opening) are not worth evicting that conversation's cache rather than the least recently used one.
 MIN_SHARED_PREFIX = 16
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Job:
 
 @dataclass
 class Result:
-    finish_reason: str  # stop, length or cancelled
+    finish_reason: str  # stop, length, cancelled, or error (see `error`)
     prompt_tokens: int | None  # None: unknown (a remote server that reports no usage)
     completion_tokens: int | None
     cached_tokens: int | None
@@ -64,6 +66,7 @@ class Result:
     first_token: float | None
     ended: float
     usage_note: str | None = None  # why the counts are unknown
+    error: str | None = None  # finish_reason "error": why llama.cpp could not go on with the job's tokens
 
 
 @dataclass
@@ -77,29 +80,75 @@ class Sequence:
     by_prefix: bool = False  # held for a job of no chat: nobody comes back for it by its chat id
 
 
+class StopMatcher:
+    """One stop string's Knuth-Morris-Pratt automaton: fed the text a character at a time, its `matched` is
+    the length of the longest start of the stop string the text so far ends with (all of it: a match). Each
+    character costs O(1) amortized, whatever the stop string's length."""
+
+    def __init__(self, stop: str):
+        self.stop = stop
+        # fallback[n]: the longest proper start of stop[:n] that stop[:n] also ends with.
+        self.fallback = [0] * (len(stop) + 1)
+        k = 0
+        for n in range(2, len(stop) + 1):
+            while k and stop[n - 1] != stop[k]:
+                k = self.fallback[k]
+            if stop[n - 1] == stop[k]:
+                k += 1
+            self.fallback[n] = k
+        self.matched = 0
+
+    def feed(self, char: str) -> bool:
+        """Whether the stop string ends with this character."""
+        stop, k = self.stop, self.matched
+        while k and char != stop[k]:
+            k = self.fallback[k]
+        if char == stop[k]:
+            k += 1
+        self.matched = k
+        return k == len(stop)
+
+
 class StopScanner:
-    """Passes text on, holding back what could be the start of a stop string."""
+    """Passes text on, holding back what could be the start of a stop string. Linear in the text fed: each stop
+    string's automaton (StopMatcher) reads each character once, so a long stop string costs no more a token."""
 
     def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
+        self.matchers = [StopMatcher(s) for s in stops if s]
         self.pending = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was reached)."""
+        # The first stop string in the list that the text holds wins, cut where it begins.
+        ends = [self._first_match(matcher, text) for matcher in self.matchers]
+        found = next((end - len(m.stop) for m, end in zip(self.matchers, ends, strict=True) if end is not None), None)
         self.pending += text
-        for stop in self.stops:
-            at = self.pending.find(stop)
-            if at >= 0:
-                out, self.pending = self.pending[:at], ""
-                return out, True
-        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
+        if found is not None:
+            out = self.pending[:found]
+            self._reset()
+            return out, True
+        hold = max((m.matched for m in self.matchers), default=0)
         cut = len(self.pending) - hold
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False
 
+    def _first_match(self, matcher: StopMatcher, text: str) -> int | None:
+        """Feed the matcher the text: where in pending + text its first match ends, else None. What is held back
+        holds no whole stop string, so a match ends in the new text."""
+        for i, char in enumerate(text):
+            if matcher.feed(char):
+                return len(self.pending) + i + 1
+        return None
+
     def flush(self) -> str:
-        out, self.pending = self.pending, ""
+        out = self.pending
+        self._reset()
         return out
+
+    def _reset(self) -> None:
+        self.pending = ""
+        for matcher in self.matchers:
+            matcher.matched = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -109,6 +158,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+@dataclass
+class Part:
+    """One slot's entries in a step's batch."""
+
+    slot: "Slot"
+    entries: list[tuple[int, int, int, bool]]  # (token, position, sequence, wants logits)
+    sampled: bool  # whether the slot samples a token from its last entry's logits
+    start: int  # the sequence's length before these entries: where a decode that failed leaves it
 
 
 @dataclass
@@ -190,7 +249,15 @@ class Engine:
 
     def step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
         """Admit new jobs, then decode one batch and sample a token for each job it ends on; returns the
-        jobs that ended (cancelled, stopped, or at their length) with their results."""
+        jobs that ended (cancelled, stopped, at their length, or with an error: llama.cpp refused their tokens)
+        with their results. Anything else that fails drops every job (the backend reports them failed)."""
+        try:
+            return self._step(new_jobs)
+        except Exception:
+            self._forget_all()
+            raise
+
+    def _step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
         for job in new_jobs:
             if job.read_only and not self._sequence_to_spare(job.chat_id):
                 continue  # reading ahead never takes a sequence from a job
@@ -199,19 +266,46 @@ class Engine:
             self.slots.append(self._admit(job))
         self._stop_reading_ahead(lambda slot: slot.job.cancelled)
         ended = [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
-        batch, sampled = self._fill_batch()
+        parts = self._fill_batch()
         self._stop_reading_ahead(lambda slot: slot.read == len(slot.job.prompt.tokens))  # all read: done
-        if not batch:
+        if not parts:
             return ended
         try:
-            self.model.decode(batch)
-        except Exception:
-            self._forget_all()
-            raise
-        for slot, index in sampled:
-            reason = self._take(slot, self.model.sample(slot.sampler, index))
-            if reason:
-                ended.append(self._end(slot, reason))
+            self.model.decode([entry for part in parts for entry in part.entries])
+        except Exception:  # llama.cpp refused the batch: the tokens of some job (or jobs) in it
+            return ended + self._decode_apart(parts)
+        index = -1
+        for part in parts:
+            index += len(part.entries)
+            if part.sampled:
+                ended += self._sample(part.slot, index)
+        return ended
+
+    def _sample(self, slot: Slot, index: int) -> list[tuple[Job, Result]]:
+        """Take the slot's next token from the last decode's entry `index`; its job's end if it ends with it."""
+        reason = self._take(slot, self.model.sample(slot.sampler, index))
+        return [self._end(slot, reason)] if reason else []
+
+    def _decode_apart(self, parts: list[Part]) -> list[tuple[Job, Result]]:
+        """After a batch llama.cpp refused: each slot's part of it decoded alone, so that only the jobs whose
+        tokens it refuses again end, with an error, and the others go on as if the batch had been decoded."""
+        ended = []
+        for part in parts:
+            slot, sequence = part.slot, part.slot.sequence
+            self.model.forget(sequence.id, part.start)  # whatever the refused batch left of these entries
+            try:
+                self.model.decode(part.entries)
+            except Exception as exc:
+                log.warning("the model could not read a job's %d tokens at %d: %s", len(part.entries), part.start, exc)
+                self.model.forget(sequence.id, part.start)
+                sequence.tokens = sequence.tokens[: part.start]
+                if slot.job.read_only:  # reading ahead ends unreported: the chat's job will meet this itself
+                    self._stop_reading_ahead(lambda other, slot=slot: other is slot)
+                else:
+                    ended.append(self._end(slot, "error", f"the model could not read the reply's tokens: {exc}"))
+                continue
+            if part.sampled:
+                ended += self._sample(slot, len(part.entries) - 1)
         return ended
 
     def _sequence_to_spare(self, chat_id: uuid.UUID) -> bool:
@@ -242,35 +336,37 @@ class Engine:
             read=cached,
         )
 
-    def _fill_batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Slot, int]]]:
-        """The step's batch, as (token, position, sequence, wants logits), and the slots to sample with the
-        batch index of their logits: every generating slot's last token first, by sequence id (llama.cpp
-        splits a batch whose sequences are out of order: 4 replies on sequences 4, 5, 3, 2 took 50 ms a step
-        against 31 in order), then prompt chunks in arrival order."""
-        batch: list[tuple[int, int, int, bool]] = []
-        sampled: list[tuple[Slot, int]] = []
+    def _fill_batch(self) -> list[Part]:
+        """The step's batch, in parts of one slot each: every generating slot's last token first, by sequence id
+        (llama.cpp splits a batch whose sequences are out of order: 4 replies on sequences 4, 5, 3, 2 took 50 ms
+        a step against 31 in order), then prompt chunks in arrival order."""
+        parts: list[Part] = []
+        size = 0
         for slot in sorted(self.slots, key=lambda slot: slot.sequence.id):
             if slot.pending is not None:
                 sequence = slot.sequence
-                batch.append((slot.pending, len(sequence.tokens), sequence.id, True))
+                entry = (slot.pending, len(sequence.tokens), sequence.id, True)
+                parts.append(Part(slot, [entry], sampled=True, start=len(sequence.tokens)))
                 sequence.tokens.append(slot.pending)
                 slot.pending = None
-                sampled.append((slot, len(batch) - 1))
+                size += 1
         for slot in self.slots:
             prompt = slot.job.prompt.tokens
-            room = self.step_tokens - len(batch)
+            room = self.step_tokens - size
             if slot.read == len(prompt) or room <= 0:
                 continue
             chunk = prompt[slot.read : slot.read + room]
             last = slot.read + len(chunk) == len(prompt)
             wants_logits = last and not slot.job.read_only
-            for offset, token in enumerate(chunk):
-                batch.append((token, slot.read + offset, slot.sequence.id, wants_logits and offset == len(chunk) - 1))
+            entries = [
+                (token, slot.read + offset, slot.sequence.id, wants_logits and offset == len(chunk) - 1)
+                for offset, token in enumerate(chunk)
+            ]
+            parts.append(Part(slot, entries, sampled=wants_logits, start=len(slot.sequence.tokens)))
             slot.read += len(chunk)
             slot.sequence.tokens.extend(chunk)
-            if wants_logits:
-                sampled.append((slot, len(batch) - 1))
-        return batch, sampled
+            size += len(chunk)
+        return parts
 
     def _take(self, slot: Slot, token: int) -> str | None:
         """Stream a sampled token's text; the finish reason if the job ends with it."""
@@ -293,9 +389,9 @@ class Engine:
             slot.first_token = slot.first_token or time.monotonic()
             slot.job.on_text(text)
 
-    def _end(self, slot: Slot, finish_reason: str) -> tuple[Job, Result]:
+    def _end(self, slot: Slot, finish_reason: str, error: str | None = None) -> tuple[Job, Result]:
         self.slots.remove(slot)
-        if slot.scanner is not None:  # text held back as a possible stop string is part of the reply after all
+        if slot.scanner is not None and error is None:  # text held back as a possible stop string is the reply's
             self._emit(slot, slot.scanner.flush() + slot.decoder.decode(b"", final=True))
         result = Result(
             finish_reason=finish_reason,
@@ -305,11 +401,12 @@ class Engine:
             started=slot.started,
             first_token=slot.first_token,
             ended=time.monotonic(),
+            error=error,
         )
         return slot.job, result
 
     def _forget_all(self) -> None:
-        """After a failed decode every running sequence's cells are in an unknown state."""
+        """After an unexpected failure every running sequence's cells are in an unknown state."""
         for slot in self.slots:
             self.model.forget(slot.sequence.id, 0)
             slot.sequence.tokens = []

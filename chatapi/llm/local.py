@@ -140,8 +140,8 @@ class LocalBackend:
 
     # Prompts
 
-    def build(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
-        return self.in_thread(self.prompts.build, system_prompt, history, budget)
+    def build(self, system_prompt: str, history: list[Message], budget: int, cut: bool = True) -> Prompt:
+        return self.in_thread(self.prompts.build, system_prompt, history, budget, cut)
 
     def with_sources(self, prompt: Prompt, sources: str, layout: str) -> Prompt:
         return self.in_thread(self.prompts.with_sources, prompt, sources, layout)
@@ -189,7 +189,7 @@ class LocalBackend:
                 new.append(self._admitted.get())
             try:
                 ended, error = engine.step(new), None
-            except Exception as exc:  # the engine has dropped every running job
+            except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
                 log.exception("generation failed")
                 ended, error = [], exc
             texts, self._step_texts = self._step_texts, []
@@ -197,7 +197,8 @@ class LocalBackend:
                 self.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
 
     def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
-        """In the event loop: publish a step's text, then report the replies it ended or that failed."""
+        """In the event loop: publish a step's text, then report the replies it ended or that failed: those whose
+        tokens the model could not read, or every one when the step itself failed (`error`)."""
         for reply, text in texts:
             reply.add_text(text)
         if error is not None:
@@ -205,4 +206,8 @@ class LocalBackend:
             for reply in failed:
                 self.on_failure(reply, 500, "generation failed")  # why: in the log (_run_steps)
         for job, result in ended:
-            self.on_end(self.generating.pop(id(job)), result)
+            reply = self.generating.pop(id(job))
+            if result.error is not None:
+                self.on_failure(reply, 500, f"generation failed: {result.error}")
+            else:
+                self.on_end(reply, result)

@@ -24,14 +24,23 @@ class Message:
     text: str
 
 
+class ContextLengthExceeded(Exception):
+    """What a prompt must keep whole does not fit its budget (a prompt built without cuts)."""
+
+    def __init__(self, needed: int, budget: int):
+        super().__init__(f"the prompt needs {needed} tokens, more than the {budget} it may have")
+        self.needed = needed
+        self.budget = budget
+
+
 @dataclass
 class Prompt:
     tokens: list[int]
     stop: list[str]
-    truncated: int  # history messages left out to fit the window
+    truncated: int  # history messages left out or cut to fit the window (a cut system prompt counts as one)
     head: int = 0  # tokens before the latest Human message's text: what does not depend on web sources
     system_prompt: str = ""  # as rendered (cut to fit, maybe)
-    messages: list[Message] | None = None  # as rendered (the oldest dropped and the latest cut to fit, maybe)
+    messages: list[Message] | None = None  # as rendered (the oldest dropped and the kept ones cut to fit, maybe)
 
 
 def render_transcript(system_prompt: str, messages: list[Message]) -> str:
@@ -88,34 +97,46 @@ class PromptBuilder:
         add_bos = not text.startswith(self.model.bos)
         return self.model.tokenize(text, add_bos=add_bos)
 
-    def build(self, system_prompt: str, history: list[Message], budget: int) -> Prompt:
+    def build(self, system_prompt: str, history: list[Message], budget: int, cut: bool = True) -> Prompt:
         """The prompt for the next Assistant turn within `budget` tokens.
 
-        The oldest messages go first; the system prompt and the latest Human message always stay.
-        A latest Human message too long by itself is cut, keeping its end; a system prompt that leaves
-        it less than half the budget is cut too, keeping its beginning.
+        The oldest messages go first, on either side of the latest Human message; that one, the last message
+        and the system prompt always stay. If they alone are too long, a system prompt that leaves the two
+        messages less than half the budget is cut, keeping its beginning, and the messages are cut keeping
+        their ends, sharing the room left (the shorter one whole when it takes less than its share). Without
+        `cut` (a client that wants its messages whole or an error) that is a ContextLengthExceeded instead.
         """
-        keep_from = max(i for i, m in enumerate(history) if m.role == "Human")
+        latest = max(i for i, m in enumerate(history) if m.role == "Human")
+        droppable = [i for i in range(len(history)) if i not in (latest, len(history) - 1)]  # oldest first
         dropped = 0
         messages = list(history)
         tokens = self.tokens(self.render(system_prompt, messages))
-        while len(tokens) > budget and dropped < keep_from:
+        while len(tokens) > budget and dropped < len(droppable):
             # Drop as many of the oldest as the excess suggests (at least one), then measure again.
             excess = len(tokens) - budget
-            count = 0
             freed = 0
-            while freed < excess and dropped + count < keep_from:
-                freed += len(self.model.tokenize(messages[count].text)) + 3
-                count += 1
-            messages = messages[count:]
-            dropped += count
+            while freed < excess and dropped < len(droppable):
+                freed += len(self.model.tokenize(history[droppable[dropped]].text)) + 3
+                dropped += 1
+            gone = set(droppable[:dropped])
+            messages = [m for i, m in enumerate(history) if i not in gone]
             tokens = self.tokens(self.render(system_prompt, messages))
-        if len(tokens) > budget:
-            system_prompt = self._cut_system_prompt(system_prompt, messages, keep_from - dropped, budget)
-            messages = self._cut_latest(system_prompt, messages, keep_from - dropped, budget)
-        return self._prompt(system_prompt, messages, dropped)
+        if len(tokens) <= budget:
+            return self._prompt(system_prompt, messages, dropped)
+        if not cut:
+            raise ContextLengthExceeded(len(tokens), budget)
+        # Only the kept messages are left, and too long: cut.
+        cut_system_prompt = self._cut_system_prompt(system_prompt, messages, budget)
+        slack = 2  # a cut text tokenized again may take a token or two more than its share
+        while True:
+            cut_messages = self._cut_to_fit(cut_system_prompt, messages, budget, slack)
+            truncated = dropped + sum(a != b for a, b in zip(messages, cut_messages, strict=True))
+            prompt = self._prompt(cut_system_prompt, cut_messages, truncated + (cut_system_prompt != system_prompt))
+            if len(prompt.tokens) <= budget or slack >= budget:
+                return prompt
+            slack += len(prompt.tokens) - budget
 
-    def _prompt(self, system_prompt, messages, dropped: int, sources: str = "", layout: str = "") -> Prompt:
+    def _prompt(self, system_prompt, messages, truncated: int, sources: str = "", layout: str = "") -> Prompt:
         """The prompt tokenized in two parts, before and from the latest Human message's text, so that the
         first part is the same whatever web sources the second holds (and can be read before they come)."""
         before, spaces, question, after = self.split(system_prompt, messages)
@@ -125,7 +146,7 @@ class PromptBuilder:
             question = f"{question}\n\n{sources}"
         head = self.tokens(before)
         tokens = head + self.model.tokenize(spaces + question + after)
-        return Prompt(tokens, self.stop, dropped, len(head), system_prompt, messages)
+        return Prompt(tokens, self.stop, truncated, len(head), system_prompt, messages)
 
     def split(self, system_prompt: str, messages: list[Message]) -> tuple[str, str, str, str]:
         """The rendered prompt as (what comes before the latest Human message's text, the spaces that lead
@@ -146,26 +167,32 @@ class PromptBuilder:
             return self._prompt(f"{prompt.system_prompt}\n\n{sources}".strip(), prompt.messages, prompt.truncated)
         return self._prompt(prompt.system_prompt, prompt.messages, prompt.truncated, sources, layout)
 
-    def _cut_system_prompt(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> str:
-        """The system prompt, shortened to its beginning when it would leave the latest Human message
-        (messages[index]) less than half of the budget."""
-        without = list(messages)
-        without[index] = Message("Human", ELLIPSIS)
+    def _cut_system_prompt(self, system_prompt: str, messages: list[Message], budget: int) -> str:
+        """The system prompt, shortened to its beginning when it would leave the messages less than half of the
+        budget."""
+        without = [Message(m.role, ELLIPSIS) for m in messages]
         over = len(self.tokens(self.render(system_prompt, without))) - budget // 2
         if over <= 0:
             return system_prompt
         system_tokens = self.model.tokenize(system_prompt)
         return self.model.detokenize(system_tokens[: max(0, len(system_tokens) - over - 2)]).rstrip() + " …"
 
-    def _cut_latest(self, system_prompt: str, messages: list[Message], index: int, budget: int) -> list[Message]:
-        """Shorten messages[index] (the latest Human one) to its end so that the prompt fits."""
-        without = list(messages)
-        without[index] = Message("Human", ELLIPSIS)
-        room = budget - len(self.tokens(self.render(system_prompt, without))) - 2
-        text_tokens = self.model.tokenize(messages[index].text)
-        kept = self.model.detokenize(text_tokens[-room:]) if room > 0 else ""
-        without[index] = Message("Human", ELLIPSIS + kept.lstrip())
-        return without
+    def _cut_to_fit(self, system_prompt: str, messages: list[Message], budget: int, slack: int) -> list[Message]:
+        """The messages shortened to their ends so that the prompt fits, `slack` tokens to spare: they share the
+        room, and one shorter than its share stays whole (the other takes what it leaves)."""
+        shortened = [Message(m.role, ELLIPSIS) for m in messages]
+        room = budget - len(self.tokens(self.render(system_prompt, shortened))) - slack
+        texts = [self.model.tokenize(m.text) for m in messages]
+        for count, index in enumerate(sorted(range(len(messages)), key=lambda i: len(texts[i]))):
+            text = texts[index]
+            share = max(0, room // (len(messages) - count))
+            if len(text) <= share:
+                shortened[index] = messages[index]
+            else:
+                kept = self.model.detokenize(text[-share:]) if share > 0 else ""
+                shortened[index] = Message(messages[index].role, ELLIPSIS + kept.lstrip())
+            room -= min(len(text), share)
+        return shortened
 
 
 @dataclass

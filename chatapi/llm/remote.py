@@ -127,8 +127,9 @@ class RemoteBackend:
 
     # Prompts
 
-    def build(self, system_prompt: str, history: list[Message], budget: int) -> ChatPrompt:
-        """The whole history: the server knows its window (a history too long for it is its error to report)."""
+    def build(self, system_prompt: str, history: list[Message], budget: int, cut: bool = True) -> ChatPrompt:
+        """The whole history: the server knows its window (a history too long for it is its error to report), so
+        nothing is cut here either way."""
         return chat_messages(system_prompt, history)
 
     def with_sources(self, prompt: ChatPrompt, sources: str, layout: str) -> ChatPrompt:

@@ -17,7 +17,7 @@ import gevent
 from .engine import Options, Result
 from .local import LocalBackend
 from .model import BATCH_SIZE
-from .prompt import LAYOUTS, Message
+from .prompt import LAYOUTS, ContextLengthExceeded, Message
 from .remote import RemoteBackend
 from .reply import Reply, Resumable
 from .shared import Board
@@ -227,6 +227,7 @@ class ReplyService:
         stops: list[str] | None = None,
         by_prefix: bool = False,
         shared: bool = True,
+        cut: bool = True,
     ) -> Resumable:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
@@ -236,7 +237,9 @@ class ReplyService:
         `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
         `replacing` (regenerate) is the id of the message the reply is saved in place of. With Redis, a `shared`
         reply (a chat's, not /v1's, which nobody resumes) holds its chat across processes, and the reply another
-        process is making for the chat is returned instead (RedisError when Redis cannot be reached).
+        process is making for the chat is returned instead (RedisError when Redis cannot be reached). Without `cut`
+        (a reply of no chat, that nobody joins) the messages the prompt must keep are never cut: when they do not
+        fit, ContextLengthExceeded, and there is no reply.
         """
         shared = shared and self.board is not None
         existing = self.current(chat_id) if shared else self.by_chat.get(chat_id)
@@ -257,7 +260,11 @@ class ReplyService:
         self.saves[reply] = save
         self.preparing += 1
         try:
-            self._prepare(reply, history, system_prompt, options, research, stops or [])
+            self._prepare(reply, history, system_prompt, options, research, stops or [], cut)
+        except ContextLengthExceeded:
+            self.saves.pop(reply)
+            del self.by_chat[chat_id]
+            raise
         except Exception:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
@@ -320,7 +327,7 @@ class ReplyService:
         elif reply in self.running:
             self.backend.cancel(reply)
 
-    def _prepare(self, reply, history, system_prompt, options, research, stops) -> None:
+    def _prepare(self, reply, history, system_prompt, options, research, stops, cut) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
@@ -330,7 +337,7 @@ class ReplyService:
         backend = self.backend
         budget = backend.n_ctx - options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if research else 0
-        prompt = backend.build(system_prompt, history, budget - reserve)
+        prompt = backend.build(system_prompt, history, budget - reserve, cut)
         prompt.stop = [*prompt.stop, *stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if research:
