@@ -288,7 +288,7 @@ def create_chat_completion():
             on_event=metrics.reply_events(),
             stops=args.get("stop"),
             by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
-            shared=False,  # nobody resumes it: it stays in this process, also with Redis
+            resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
         )
     except QueueFull:
         abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")
