@@ -17,10 +17,12 @@ from tests.support.server import ROOT
 BUDGET_MB = 0.03  # 31 KB: about six replies of 2 tokens, with what each reply holds besides its events (4 KB)
 
 
+CONFIG = {name: getattr(Config, name) for name in dir(Config) if name.startswith("CHATAPI_")}
+
+
 @pytest.fixture(scope="module")
 def service() -> ReplyService:
-    config = {name: getattr(Config, name) for name in dir(Config) if name.startswith("CHATAPI_")}
-    settings = Settings.from_config({**config, "CHATAPI_REPLIES_KEPT_MB": BUDGET_MB}, str(ROOT / "instance" / "models"))
+    settings = Settings.from_config({**CONFIG, "CHATAPI_REPLIES_KEPT_MB": BUDGET_MB}, str(ROOT / "instance" / "models"))
     service = ReplyService(settings)
     service.load()
     wait_for(lambda: service.status != "loading", 120, "the model")
@@ -75,3 +77,8 @@ def test_a_reply_lets_go_of_its_prompt_once_the_model_has_read_it(service):
     assert reply.job.prompt is None
     assert "event: done" in list(stream)[-1]
     assert reply.job.prompt is None and reply.reading_ahead is None and reply.web_sources == []
+
+
+def test_a_negative_budget_is_refused_at_start():
+    with pytest.raises(ValueError, match="CHATAPI_REPLIES_KEPT_MB=-1: must be 0 or more"):
+        Settings.from_config({**CONFIG, "CHATAPI_REPLIES_KEPT_MB": -1}, "models")
