@@ -76,6 +76,10 @@ class Config:
     CHATAPI_PING_SECONDS = float(os.environ.get("CHATAPI_PING_SECONDS") or 15)
     # A generation nobody has listened to for this long is stopped.
     CHATAPI_GRACE_SECONDS = float(os.environ.get("CHATAPI_GRACE_SECONDS") or 10)
+    # Finished replies stay in memory for reconnects (Last-Event-ID, a second tab), as their SSE events, the oldest
+    # giving way beyond this many MB: 64 hold about 900 replies of the default 512 tokens (~70 KB each), while a
+    # reconnect comes within seconds of a reply's end. /v1 replies are never kept (nobody can come back for them).
+    CHATAPI_REPLIES_KEPT_MB = float(os.environ.get("CHATAPI_REPLIES_KEPT_MB") or 64)
 
     # Internet mode (see chatapi/web).
     # The search backends to try in turn, each optionally with its endpoint:

@@ -1,5 +1,5 @@
 """Run the benchmarks: python -m bench [name ...]. Prints each table and writes them to docs/benchmarks.md; with
-names (list_chats, inference, batching, internet, answers, load, openai, remote, stops) only those run and their
+names (list_chats, inference, batching, internet, answers, load, openai, remote, stops, soak) only those run and their
 sections are replaced. `python -m bench --list` lists them and runs nothing."""
 
 import contextlib
@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import answers, batching, inference, internet, list_chats, load, openai_api, remote, stops
+from bench import answers, batching, inference, internet, list_chats, load, openai_api, remote, soak, stops
 from tests.support.factweb import INJECTION
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -186,6 +186,17 @@ A beside the longest stop strings keeps at least half its speed alone (a 100,000
 cost 185 ms a token for every reply); a 200,000-character stop string is refused with a 400."""
 
 
+SOAK_NOTES = f"""\
+The server's memory over many requests (issue 20): the real server (gunicorn, one gevent worker, the defaults,
+`CHATAPI_REPLIES_KEPT_MB` 64) on a fresh SQLite database, `bench/soak.py`. After a warm-up of {soak.WARM_UP} of
+each kind, {soak.CLIENTS} client threads ask for {soak.REQUESTS:,} chat replies, each in a new chat with one Human
+message of its own (`GET /conversations/inference/<chat_id>?max_tokens={soak.MAX_TOKENS}` read to `done`), then
+{soak.REQUESTS:,} `/v1/chat/completions` of a question of their own (`max_tokens` {soak.MAX_TOKENS}, not streamed).
+*RSS* is the worker's resident memory (`VmRSS` of `/proc/<pid>/status`) before and after each kind; goal: it grows
+by less than {soak.GOAL_MB} MB in all. Every chat reply is kept for reconnects (about 5 KB each at
+{soak.MAX_TOKENS} tokens, well within the 64 MB); no /v1 one is."""
+
+
 class Tee(io.TextIOBase):
     """Writes to the terminal and keeps a copy."""
 
@@ -232,6 +243,7 @@ BENCHMARKS = {
     "openai": ("OpenAI-compatible API", OPENAI_NOTES, openai_api.main),
     "remote": ("Remote backend, Redis and several instances", REMOTE_NOTES, remote.main),
     "stops": ("Stop strings beside other replies", STOPS_NOTES, stops.main),
+    "soak": ("Memory: 2,000 replies and 2,000 /v1 completions", SOAK_NOTES, soak.main),
 }
 
 

@@ -1,7 +1,9 @@
 """GET /metrics: the server's requests and replies in Prometheus text format (prometheus_client).
 
-Each app has a registry of its own (the tests make several apps in one process). Requests are counted
-by their URL rule, never the raw path, so that ids do not make a series each. A reply reports through
+Each app has a registry of its own (the tests make several apps in one process). Every label takes a bounded
+set of values, so that no request can add series without end: requests are counted by their URL rule, never
+the raw path (a path no rule matches is "unmatched"), and by their method when it is a standard one, else
+"other" (gunicorn passes any token as a method, also to a 401 or 429 before any route runs). A reply reports through
 the `on_event` callback the app gives each reply it starts (chatapi/replies.py); the queue's gauges are
 read from the reply service at each scrape.
 """
@@ -20,6 +22,7 @@ from .llm.service import ReplyService
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 RESEARCH_PHASES = ("search", "fetch", "rank")  # in order; the timings name each `<phase>_ms`
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 # No `_created` series beside each counter and histogram: they double what Prometheus stores, for nothing.
 disable_created_metrics()
@@ -113,10 +116,12 @@ class Metrics:
 
     def count_request(self, response: Response) -> None:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        self.requests.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in HTTP_METHODS else "other"
+        # The status is the app's own (a client cannot choose it), so it takes few values.
+        self.requests.labels(route, method, str(response.status_code)).inc()
         started = g.get("metrics_started")
         if started is not None:
-            self.latency.labels(route, request.method).observe(time.perf_counter() - started)
+            self.latency.labels(route, method).observe(time.perf_counter() - started)
 
     def reply_event(self, reply: Reply, event: str | None, data: dict) -> None:
         """Called for every event of a reply this app started (in the server's hub, never blocking)."""

@@ -295,7 +295,7 @@ def create_chat_completion():
             on_event=metrics.reply_events(),
             stops=args.get("stop"),
             by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
-            shared=False,  # nobody resumes it: it stays in this process, also with Redis
+            resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
             cut=False,  # as OpenAI: the messages whole, or an error the client can act on
         )
     except QueueFull:

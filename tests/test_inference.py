@@ -145,6 +145,15 @@ def test_reconnect_with_last_event_id_resumes_then_204_after_the_end(inference_s
     assert len(history(base, chat_id)) == len(ENDLESS) + 1  # the 204 started nothing new
 
 
+def test_a_finished_reply_is_resumed_where_its_client_left(inference_server, client):
+    """A finished reply is kept as the events it sent: a client whose stream broke before `done` gets the rest."""
+    base = inference_server
+    url = infer(base, new_chat(base, QUESTION))
+    events = read_events(url)
+    assert events[-1]["event"] == "done" and len(events) > 4
+    assert read_events(url, last_event_id=events[2]["id"]) == events[3:]
+
+
 def test_after_names_the_message_a_reply_answers(inference_server, client):
     base = inference_server
     chat_id = new_chat(base, QUESTION)

@@ -63,6 +63,28 @@ def test_requests_are_counted_by_route_and_status(inference_server, client):
     assert 0 < moved(before, after, f"{latency}_sum", route="/chats/<chat_id>", method="GET") < 3
 
 
+def test_made_up_methods_and_paths_add_no_series(inference_server, client):
+    """gunicorn passes any token as a method: each would add series for good were it a label of its own."""
+    base = inference_server
+
+    def made_up(n: int) -> None:  # a method of its own, on a route and on a path of its own
+        for url in (f"{base}/chats/", f"{base}/made/up/{n}"):
+            assert requests.request(f"MADEUP{n}", url, timeout=10).status_code in (404, 405)
+
+    made_up(0)
+    scrape(base)  # the series of the first made-up method and of a scrape are there from now on
+    before = scrape(base)
+    for n in range(1, 41):
+        made_up(n)
+    after = scrape(base)
+
+    assert after.keys() == before.keys()
+    other = {"route": "unmatched", "method": "other"}
+    for status in ("404", "405"):
+        assert moved(before, after, "chatapi_http_requests_total", **other, status=status) == 40
+    assert moved(before, after, "chatapi_http_request_duration_seconds_count", **other) == 80
+
+
 def test_the_gauges_show_replies_running_and_waiting(one_at_a_time_server, client):
     base = one_at_a_time_server
     running_chat = new_chat(base, *ENDLESS)

@@ -7,6 +7,8 @@ import pytest
 import requests
 
 from chatapi import create_app
+from chatapi.web import cache, research
+from chatapi.web.cache import TTLCache
 from chatapi.web.extract import extract
 from chatapi.web.fetch import AddressPolicy, FetchError, fetch_page
 from chatapi.web.rank import select_sources, sources_prompt
@@ -394,6 +396,60 @@ def test_a_second_ask_is_served_from_the_cache(web):
     before = len(web.requests)
     again = gather(question, settings(web), 600, words, lambda q: None)
     assert len(web.requests) == before and again.sources
+
+
+class Clock:
+    """time.monotonic for the cache, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cache_is_bounded_by_bytes_as_well_as_entries(monkeypatch):
+    monkeypatch.setattr(cache.time, "monotonic", Clock())
+    texts = TTLCache(seconds=60, size=10, max_bytes=10, sizeof=len)
+    for key in "abc":
+        texts.put(key, "xxxx")
+    assert (texts.get("a"), texts.get("b"), texts.get("c")) == (None, "xxxx", "xxxx")  # 12 bytes: the oldest went
+    assert texts.bytes == 8
+    texts.put("big", "y" * 11)  # more than the whole budget alone: not kept, and nothing else given up for it
+    assert texts.get("big") is None and texts.bytes == 8 and len(texts) == 2
+    texts.put("b", "z")  # in place of the old value, counted once
+    assert texts.get("b") == "z" and texts.bytes == 5
+    for key in range(20):
+        texts.put(key, "")
+    assert len(texts) == 10
+
+
+def test_expired_entries_go_without_being_read(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(cache.time, "monotonic", clock)
+    texts = TTLCache(seconds=60, size=10, max_bytes=100, sizeof=len)
+    texts.put("old", "x" * 50)
+    clock.now += 30
+    texts.put("newer", "x" * 10)
+    clock.now += 31
+    texts.put("newest", "x")  # "old" expired, never read again: it goes now
+    assert len(texts) == 2 and texts.bytes == 11
+    clock.now += 30
+    assert texts.get("newest") == "x" and len(texts) == 1 and texts.bytes == 1
+
+
+def test_the_page_cache_holds_at_most_its_bytes(web, monkeypatch):
+    """Each read of /articles/huge keeps about 2 MB of text: the cache lets the oldest go to stay within its bytes."""
+    monkeypatch.setattr(research.documents, "max_bytes", 5 * 1024 * 1024)
+    urls = [f"{web.url}/articles/huge?copy={n}" for n in range(3)]
+    for url in urls:
+        assert len(research.read_page(url, ALLOW, 10, time.monotonic() + 10).text) > 1_000_000
+    assert research.documents.bytes <= 5 * 1024 * 1024 and len(research.documents) == 2
+    before = len(web.requests)
+    research.read_page(urls[2], ALLOW, 10, time.monotonic() + 10)
+    assert len(web.requests) == before  # the latest is still there
+    research.read_page(urls[0], ALLOW, 10, time.monotonic() + 10)
+    assert len(web.requests) == before + 1  # the oldest went
 
 
 # The gathers below read the first 3 results only (the volcano, a filler and a redirect): ranking the 2 MB

@@ -44,7 +44,7 @@ class Job:
     """One generation as the engine sees it."""
 
     chat_id: uuid.UUID
-    prompt: Prompt | None  # set once the prompt is built
+    prompt: Prompt | None  # set once the prompt is built; None again once the engine has read it (Slot.prompt_tokens)
     options: Options
     on_text: Callable[[str], None]  # called from the engine thread
     cancelled: bool = False  # set from the server side; read between tokens
@@ -182,6 +182,7 @@ class Slot:
     started: float
     cached: int  # prompt tokens found in the sequence already
     read: int  # prompt tokens in the sequence so far (the rest are read in chunks)
+    prompt_tokens: int  # the prompt's length (the job lets go of the prompt once it is read)
     pending: int | None = None  # the last sampled token, evaluated at the next step
     produced: int = 0
     first_token: float | None = None
@@ -267,7 +268,7 @@ class Engine:
         self._stop_reading_ahead(lambda slot: slot.job.cancelled)
         ended = [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
         parts = self._fill_batch()
-        self._stop_reading_ahead(lambda slot: slot.read == len(slot.job.prompt.tokens))  # all read: done
+        self._stop_reading_ahead(lambda slot: slot.read == slot.prompt_tokens)  # all read: done
         if not parts:
             return ended
         try:
@@ -283,6 +284,8 @@ class Engine:
 
     def _sample(self, slot: Slot, index: int) -> list[tuple[Job, Result]]:
         """Take the slot's next token from the last decode's entry `index`; its job's end if it ends with it."""
+        # Its prompt is all in its sequence now: a reply need not hold the tokens (up to the whole window).
+        slot.job.prompt = None
         reason = self._take(slot, self.model.sample(slot.sampler, index))
         return [self._end(slot, reason)] if reason else []
 
@@ -334,6 +337,7 @@ class Engine:
             started=time.monotonic(),
             cached=cached,
             read=cached,
+            prompt_tokens=len(prompt),
         )
 
     def _fill_batch(self) -> list[Part]:
@@ -351,12 +355,11 @@ class Engine:
                 slot.pending = None
                 size += 1
         for slot in self.slots:
-            prompt = slot.job.prompt.tokens
             room = self.step_tokens - size
-            if slot.read == len(prompt) or room <= 0:
+            if slot.read == slot.prompt_tokens or room <= 0:
                 continue
-            chunk = prompt[slot.read : slot.read + room]
-            last = slot.read + len(chunk) == len(prompt)
+            chunk = slot.job.prompt.tokens[slot.read : slot.read + room]
+            last = slot.read + len(chunk) == slot.prompt_tokens
             wants_logits = last and not slot.job.read_only
             entries = [
                 (token, slot.read + offset, slot.sequence.id, wants_logits and offset == len(chunk) - 1)
@@ -395,7 +398,7 @@ class Engine:
             self._emit(slot, slot.scanner.flush() + slot.decoder.decode(b"", final=True))
         result = Result(
             finish_reason=finish_reason,
-            prompt_tokens=len(slot.job.prompt.tokens),
+            prompt_tokens=slot.prompt_tokens,
             completion_tokens=slot.produced,
             cached_tokens=slot.cached,
             started=slot.started,

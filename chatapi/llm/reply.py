@@ -5,7 +5,9 @@ made (chatapi/llm/service.py). With Redis (chatapi/llm/shared.py) the same event
 that other processes read.
 """
 
+import dataclasses
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +55,11 @@ class Resumable:
         return None
 
 
+# What a finished reply holds besides its events (the objects it is made of, its ids, the `done` event's data),
+# measured with tracemalloc; a few KB, counted so that many short replies are bounded too.
+REPLY_BYTES = 4096
+
+
 class Reply(Resumable):
     """One Assistant reply being made. `on_unheard` runs when nobody has listened for `grace_seconds`;
     `on_event`, if given, is told of every event published (the app counts them for its metrics)."""
@@ -80,8 +87,11 @@ class Reply(Resumable):
         self.on_event = on_event
         # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
         self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
+        self.resumable = True  # a chat's reply, kept for reconnects once finished; not /v1's (see ReplyService.start)
         self.events: list[str] = []  # as sent on the chat API's stream
-        self.records: list[tuple[str | None, dict]] = []  # the same events as (name, data), for other streams
+        # The same events as (name, data), for /v1's stream and Redis; None once the finished reply is kept for
+        # the chat API's reconnects only (keep_for_reconnects).
+        self.records: list[tuple[str | None, dict]] | None = []
         self.visible = 0  # the events listeners may see (finish holds back the last while it is shared)
         self.pieces: list[str] = []
         self.listeners = 0
@@ -149,6 +159,24 @@ class Reply(Resumable):
             self.on_finish()
         self.finished = True
         self._announce()
+
+    # Once finished
+
+    def let_go(self) -> None:
+        """Once finished: drop what only making the reply needed, its prompt and internet mode's pages. The reply
+        keeps a copy of its job without the prompt: a backend that still holds the job itself (the local one lets
+        go of a prompt once it has read it, but a job queued behind a failed step is still in its queue) keeps
+        what it needs."""
+        self.job = dataclasses.replace(self.job, prompt=None)
+        self.reading_ahead = None
+        self.web_sources = []
+
+    def keep_for_reconnects(self) -> int:
+        """Keep a finished reply for the chat API's reconnects only: its SSE events, which hold its text too (Redis
+        has its records by now, or its publication holds them until it has). Returns the bytes it holds."""
+        self.records = None
+        self.pieces = []
+        return REPLY_BYTES + sum(sys.getsizeof(event) + 8 for event in self.events)  # each string and its pointer
 
     # Listening
 

@@ -23,7 +23,6 @@ from .reply import Reply, Resumable
 from .shared import Board
 
 BACKENDS = ("local", "openai")
-FINISHED_KEPT = 1000  # finished replies remembered for reconnects
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class Settings:
     kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
     ping_seconds: float
     grace_seconds: float  # a reply nobody listens to for this long is stopped
+    kept_bytes: int  # what the finished replies kept for reconnects may hold at most, in bytes
     sources_tokens: int  # internet mode: room kept for web sources (at most half the prompt)
     sources_layout: str  # internet mode: where the sources go (prompt.LAYOUTS)
     backend: str = "local"  # or "openai": an OpenAI-compatible server at llm_url
@@ -82,6 +82,8 @@ class Settings:
             raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
         check_backend(config)
         check_redis(config)
+        if config["CHATAPI_REPLIES_KEPT_MB"] < 0:
+            raise ValueError(f"CHATAPI_REPLIES_KEPT_MB={config['CHATAPI_REPLIES_KEPT_MB']!r}: must be 0 or more")
         return cls(
             model_path=config["CHATAPI_MODEL_PATH"],
             model_cache=model_cache,
@@ -95,6 +97,7 @@ class Settings:
             kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
             ping_seconds=config["CHATAPI_PING_SECONDS"],
             grace_seconds=config["CHATAPI_GRACE_SECONDS"],
+            kept_bytes=int(config["CHATAPI_REPLIES_KEPT_MB"] * 1024 * 1024),
             sources_tokens=max(0, config["CHATAPI_SOURCES_TOKENS"]),
             sources_layout=config["CHATAPI_SOURCES_LAYOUT"],
             backend=config["CHATAPI_LLM_BACKEND"],
@@ -151,7 +154,10 @@ class ReplyService:
         self.waiting: deque[Reply] = deque()
         self.running: list[Reply] = []
         self.preparing = 0  # replies whose prompt is being built
-        self.by_chat: OrderedDict[uuid.UUID, Reply] = OrderedDict()
+        self.by_chat: dict[uuid.UUID, Reply] = {}  # each chat's latest reply: running, or finished and kept
+        # The chats whose reply in by_chat is finished, oldest first, with the bytes each holds (within kept_bytes).
+        self.kept: OrderedDict[uuid.UUID, int] = OrderedDict()
+        self.kept_total = 0
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
         self.board: Board | None = None
         if settings.redis_url:
@@ -226,7 +232,7 @@ class ReplyService:
         replacing: uuid.UUID | None = None,
         stops: list[str] | None = None,
         by_prefix: bool = False,
-        shared: bool = True,
+        resumable: bool = True,
         cut: bool = True,
     ) -> Resumable:
         """Queue the chat's next reply, or return the one another request started meanwhile.
@@ -235,13 +241,14 @@ class ReplyService:
         two requests for one chat cannot both start one. `answering` is the id of the message the reply
         answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
         `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
-        `replacing` (regenerate) is the id of the message the reply is saved in place of. With Redis, a `shared`
-        reply (a chat's, not /v1's, which nobody resumes) holds its chat across processes, and the reply another
-        process is making for the chat is returned instead (RedisError when Redis cannot be reached). Without `cut`
+        `replacing` (regenerate) is the id of the message the reply is saved in place of. A `resumable` reply (a
+        chat's, not /v1's, which nobody can come back for) is kept for reconnects once finished, within
+        CHATAPI_REPLIES_KEPT_MB; with Redis it holds its chat across processes, and the reply another process is
+        making for the chat is returned instead (RedisError when Redis cannot be reached). Without `cut`
         (a reply of no chat, that nobody joins) the messages the prompt must keep are never cut: when they do not
         fit, ContextLengthExceeded, and there is no reply.
         """
-        shared = shared and self.board is not None
+        shared = resumable and self.board is not None
         existing = self.current(chat_id) if shared else self.by_chat.get(chat_id)
         if existing and not existing.finished:
             return existing
@@ -252,6 +259,7 @@ class ReplyService:
             chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
         )
         reply.job.by_prefix = by_prefix
+        reply.resumable = resumable
         if shared:
             holder = self.board.claim(reply)  # may yield: another request may have started one meanwhile
             if holder is not None:
@@ -268,7 +276,7 @@ class ReplyService:
         except Exception:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
-            reply.finish("error", {"code": 500, "message": "the reply could not be prepared"})  # why: in the log
+            self._finish(reply, "error", {"code": 500, "message": "the reply could not be prepared"})  # why: in the log
             return reply
         finally:
             self.preparing -= 1
@@ -296,6 +304,7 @@ class ReplyService:
         again, also by a request with `after` or a Last-Event-ID of it."""
         reply = self.by_chat.get(chat_id)
         if reply is not None and reply.finished:
+            self._unkeep(chat_id)
             del self.by_chat[chat_id]
         if self.board is not None:
             self.board.forget(chat_id)
@@ -351,14 +360,34 @@ class ReplyService:
         return self.backend.count_tokens(texts)
 
     def _remember(self, reply: Reply) -> None:
-        """The chat's latest reply, kept for joins and reconnects; the oldest finished are dropped."""
+        """The chat's latest reply, for joins and reconnects (in place of its previous one, finished)."""
+        self._unkeep(reply.chat_id)
         self.by_chat[reply.chat_id] = reply
-        self.by_chat.move_to_end(reply.chat_id)
-        while len(self.by_chat) > FINISHED_KEPT:
-            oldest = next(iter(self.by_chat.values()))
-            if not oldest.finished:
-                break
-            self.by_chat.popitem(last=False)
+
+    def _finish(self, reply: Reply, event: str, data: dict) -> None:
+        """End the reply with its last event. A resumable one is then kept for reconnects with its events only,
+        the oldest finished replies giving way to stay within kept_bytes; one that nobody can resume (/v1's) is
+        forgotten: its request holds it until its response is sent."""
+        reply.finish(event, data)
+        reply.let_go()
+        if self.by_chat.get(reply.chat_id) is not reply:
+            return
+        if not reply.resumable:
+            del self.by_chat[reply.chat_id]
+            return
+        size = reply.keep_for_reconnects()
+        self.kept[reply.chat_id] = size
+        self.kept_total += size
+        while self.kept_total > self.settings.kept_bytes:
+            oldest, size = self.kept.popitem(last=False)
+            del self.by_chat[oldest]
+            self.kept_total -= size
+
+    def _unkeep(self, chat_id: uuid.UUID) -> None:
+        """The chat's finished reply is no longer counted as kept (the caller replaces or forgets it)."""
+        size = self.kept.pop(chat_id, None)
+        if size is not None:
+            self.kept_total -= size
 
     def _announce_positions(self) -> None:
         for position, waiting in enumerate(self.waiting, start=1):
@@ -384,7 +413,7 @@ class ReplyService:
     def _failed(self, reply: Reply, code: int, message: str) -> None:
         """The backend could not make a reply: it ends with an `error` event, and nothing is saved."""
         self.saves.pop(reply, None)
-        reply.finish("error", {"code": code, "message": message})
+        self._finish(reply, "error", {"code": code, "message": message})
         if reply in self.running:
             self.running.remove(reply)
         self._admit()
@@ -405,16 +434,16 @@ class ReplyService:
         try:
             saved = save(reply)
         except ChatGone:
-            return reply.finish("error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
+            return self._finish(reply, "error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
         except StoreUnavailable as exc:
             log.error("the reply could not be saved: %s", exc.__cause__ or exc)
-            return reply.finish("error", {"code": 503, "message": str(exc)})
+            return self._finish(reply, "error", {"code": 503, "message": str(exc)})
         except Exception:  # the stream must still end with an event; why (SQL, parameters) goes to the log only
             log.exception("saving the reply failed")
-            return reply.finish("error", {"code": 500, "message": "the reply could not be saved"})
+            return self._finish(reply, "error", {"code": 500, "message": "the reply could not be saved"})
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
-        reply.finish("done", {**done, "timings": timings(reply, result)})
+        self._finish(reply, "done", {**done, "timings": timings(reply, result)})
 
 
 def usage(result: Result) -> dict:

@@ -229,6 +229,7 @@ class Publication:
     def __init__(self, board: Board, reply: Reply, lock):
         self.board = board
         self.reply = reply
+        self.records = reply.records  # its own hold on them: a finished reply kept for reconnects lets go of its own
         self.lock = lock
         self.stream = board.stream_key(reply.message_id)
         self.written = 0
@@ -271,7 +272,7 @@ class Publication:
                     return self._detach()
                 gevent.sleep(min(1, renew_every))
                 continue
-            if reply.finished and self.written == len(reply.records):
+            if reply.finished and self.written == len(self.records):
                 with self._writing:
                     return self._close()
 
@@ -289,7 +290,7 @@ class Publication:
             self._close()
 
     def _write(self) -> None:
-        records = self.reply.records
+        records = self.records
         end = len(records)
         if self.written == end:
             return

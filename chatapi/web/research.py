@@ -4,6 +4,7 @@ Runs in a greenlet: pages are fetched concurrently, and parsing runs in the hub'
 so that a large page never stalls the server.
 """
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,24 @@ from .search import Backend, SearchError, SearchResult, backends_from, make_quer
 CACHE_SECONDS = 300
 ENOUGH_PAGES = 2
 STRAGGLER_SECONDS = 1.0
-searches = TTLCache(CACHE_SECONDS, 256)
-documents = TTLCache(CACHE_SECONDS, 256)
+ENTRY_BYTES = 512  # what a cache entry holds besides its text: its key, the objects around the text
+
+
+def results_bytes(results: list[SearchResult]) -> int:
+    """What a search's results hold in memory, about."""
+    return ENTRY_BYTES + sum(sys.getsizeof(r.title) + sys.getsizeof(r.url) + sys.getsizeof(r.snippet) for r in results)
+
+
+def document_bytes(document: Document | bool) -> int:
+    """What a page's text holds in memory, about (False: a page that could not be read)."""
+    texts = (document.url, document.title, document.text) if document else ()
+    return ENTRY_BYTES + sum(map(sys.getsizeof, texts))
+
+
+# Pages are up to 2 MB each (fetch.MAX_BYTES), most a few dozen KB of text: 32 MB holds hundreds of those and at
+# least 16 of the largest. A search's results are a few KB.
+searches = TTLCache(CACHE_SECONDS, 256, 4 * 1024 * 1024, results_bytes)
+documents = TTLCache(CACHE_SECONDS, 256, 32 * 1024 * 1024, document_bytes)
 
 
 def clear_caches() -> None:
