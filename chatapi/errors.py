@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 
 from .disk import is_disk_full
 from .extensions import db
+from .llm.queue import ModelNotReady, QueueFull
 
 # OpenAI's error `type` by status, where the route gives none; its `code` for some.
 OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -16,6 +17,7 @@ OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
 
 # Seconds a client should wait before trying again when the database is unavailable (a restart takes a few).
 DATABASE_RETRY_AFTER = "5"
+QUEUE_RETRY_AFTER = "5"  # ...and when the model's queue is full
 
 
 def field_errors(messages: dict) -> dict:
@@ -108,6 +110,25 @@ def handle_redis_unavailable(error: RedisError):
     return error_response(ServiceUnavailable("Redis is unavailable"), headers={"Retry-After": "5"})
 
 
+def unavailable(message: str, **data) -> ServiceUnavailable:
+    """A 503 as flask_smorest.abort makes it: `data` may hold headers and OpenAI's error code (code_name)."""
+    error = ServiceUnavailable()
+    error.data = {"message": message, **data}
+    return error
+
+
+def handle_model_not_ready(error: ModelNotReady):
+    """A reply or the model's card asked for while the model loads, or after it failed to load: why it failed (its
+    words name paths) is in the log and keyed /health."""
+    return error_response(unavailable(str(error), code_name="model_not_ready"))
+
+
+def handle_queue_full(error: QueueFull):
+    """A reply asked for while the model's queue holds CHATAPI_QUEUE_SIZE: try again in a few seconds."""
+    headers = {"Retry-After": QUEUE_RETRY_AFTER}
+    return error_response(unavailable("the model's queue is full", headers=headers, code_name="queue_full"))
+
+
 def handle_unexpected(error: Exception):
     """Anything else is a bug: roll back, log it, answer JSON."""
     db.session.rollback()
@@ -119,4 +140,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(OperationalError, handle_database_unavailable)
     app.register_error_handler(RedisError, handle_redis_unavailable)
+    app.register_error_handler(ModelNotReady, handle_model_not_ready)
+    app.register_error_handler(QueueFull, handle_queue_full)
     app.register_error_handler(Exception, handle_unexpected)

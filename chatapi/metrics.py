@@ -16,8 +16,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .blueprint import Blueprint
+from .llm.queue import ReplyService
 from .llm.reply import Reply
-from .llm.service import ReplyService
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -128,9 +128,6 @@ class Metrics:
         mode = reply.mode
         if event == "start":
             self.replies_started.labels(mode).inc()
-        elif event == "warning" and reply.research_timings and not reply.sources:
-            # A warning with sources says a search backend failed and the next one answered: no failure here.
-            self.research_failures.labels(last_phase(reply.research_timings)).inc()
         elif event == "error":
             self.replies_finished.labels(mode, "error").inc()
         elif event == "done":
@@ -189,6 +186,11 @@ def start_timer(_app: Flask, **_extra) -> None:
 def count_request(response: Response) -> Response:
     current_app.extensions["metrics"].count_request(response)
     return response
+
+
+def count_research_failure(app: Flask, timings: dict) -> None:
+    """Count internet mode's research that gave no sources, by the phase it ended in (chatapi/replies.py)."""
+    app.extensions["metrics"].research_failures.labels(last_phase(timings)).inc()
 
 
 def reply_events():

@@ -24,13 +24,13 @@ from flask_smorest import abort
 from marshmallow import fields, validate
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import limits, metrics, replies
+from . import replies
 from .blueprint import json_object
 from .extensions import db
 from .llm.prompt import ContextLengthExceeded, Message
+from .llm.queue import ReplyService
 from .llm.remote import UpstreamError
-from .llm.reply import Reply
-from .llm.service import QueueFull, ReplyService
+from .llm.reply import Reply, ReplyRequest
 from .models import Chat, Conversation, utcnow
 from .schemas import ConversationSchema, StorableString, message_length
 
@@ -280,30 +280,24 @@ def create_chat_completion():
         "seed": args["seed"] % 2**32 if args.get("seed") is not None else None,  # the sampler's seed is 32-bit
     }
     options = service.options_from({name: value for name, value in given.items() if value is not None})
-    # As the chat API allows: at most half the window, the rest for the conversation.
-    options.max_tokens = min(options.max_tokens, service.n_ctx // 2)
-    limits.count_reply_start()
+    reply_request = ReplyRequest(
+        uuid.uuid4(),  # no chat: a reply of its own
+        MODE,
+        tuple(history),
+        system_prompt,
+        options,
+        save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
+        stops=tuple(args.get("stop") or ()),
+        by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
+        resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
+        cut=False,  # as OpenAI: the messages whole, or an error the client can act on
+    )
     try:
-        reply = service.start(
-            uuid.uuid4(),  # no chat: a reply of its own
-            MODE,
-            history,
-            system_prompt,
-            options,
-            answering=None,
-            save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
-            on_event=metrics.reply_events(),
-            stops=args.get("stop"),
-            by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
-            resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
-            cut=False,  # as OpenAI: the messages whole, or an error the client can act on
-        )
-    except QueueFull:
-        abort(503, message="the model's queue is full", headers={"Retry-After": "5"}, code_name="queue_full")
+        reply = replies.start(reply_request)
     except ContextLengthExceeded as exc:
         bad_request(
             f"This model's maximum context length is {service.n_ctx} tokens. However, you requested"
-            f" {exc.needed + options.max_tokens} tokens ({exc.needed} in the messages, {options.max_tokens} in the"
+            f" {exc.needed + exc.max_tokens} tokens ({exc.needed} in the messages, {exc.max_tokens} in the"
             " completion), with the older messages left out: the system prompt, the latest user message and the"
             " last message are kept whole. Please reduce the length of the messages or completion.",
             "messages",

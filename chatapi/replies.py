@@ -1,9 +1,11 @@
 """The chats' replies as the API serves them: start, join or resume a reply's stream, stop it, save it.
 
-This is the app's side of the model room (chatapi/llm): it reads and writes the database, runs internet
-mode's research (chatapi/web) and publishes what it finds, and turns a reply into an HTTP response.
+This is the app's side of the model room (chatapi/llm): `start` is the one way the app starts a reply, for the
+chat API and /v1 alike. It reads and writes the database, runs internet mode's research (chatapi/web) and
+publishes what it finds, and turns a reply into an HTTP response.
 """
 
+import dataclasses
 import os
 import uuid
 from functools import partial
@@ -16,22 +18,24 @@ from . import limits, metrics
 from .disk import is_disk_full
 from .extensions import db
 from .llm.prompt import Message
-from .llm.reply import Reply
-from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings, StoreUnavailable
+from .llm.queue import ReplyService
+from .llm.reply import ChatGone, Reply, ReplyRequest, Researched, Resumable, StoreUnavailable
+from .llm.settings import ModelSettings
 from .models import Chat, Conversation
 from .schemas import ConversationSchema
 from .web.cite import cite
+from .web.rank import Source
 from .web.research import Settings as WebSettings
 from .web.research import gather
 
 # One service per model settings in a process (the tests make several apps with the same model).
-_services: dict[Settings, ReplyService] = {}
+_services: dict[ModelSettings, ReplyService] = {}
 
 
 def init_app(app: Flask) -> None:
     # Read at start, so that a search backend that cannot be used stops the server rather than a reply.
     app.extensions["web_settings"] = WebSettings.from_config(app.config)
-    settings = Settings.from_config(app.config, os.path.join(app.instance_path, "models"))
+    settings = ModelSettings.from_config(app.config, os.path.join(app.instance_path, "models"))
     if settings not in _services:
         _services[settings] = ReplyService(settings)
     app.extensions["replies"] = _services[settings]
@@ -43,21 +47,31 @@ def service() -> ReplyService:
 
 
 def ready_service() -> ReplyService:
-    """The reply service with its model loaded; 503 while it is loading or failed (in either API's shape)."""
+    """The reply service with its model loaded; ModelNotReady (a 503 in either API's shape, chatapi/errors.py)
+    while it is loading or failed."""
     replies = service()
-    replies.load()
-    if replies.status != "ok":  # why it failed (its words name paths) is in the log and in keyed /health
-        message = "the model failed to load" if replies.status == "failed" else f"the model is {replies.status}"
-        abort(503, message=message, code_name="model_not_ready")
+    replies.ready()
     return replies
+
+
+def start(request: ReplyRequest) -> Resumable:
+    """Start a reply: the one way the app does, for the chat API and /v1 alike. ModelNotReady or QueueFull (503s
+    in each API's shape, chatapi/errors.py) when the model is not ready or its queue is full, 429 over
+    CHATAPI_RATE_LIMIT_REPLIES; ContextLengthExceeded for messages that must stay whole and do not fit. A reply
+    takes at most half the context window (the rest is for the conversation), and its events are counted in the
+    metrics. Returns the new reply, or the chat's reply that another request started meanwhile."""
+    replies = ready_service()
+    limits.count_reply_start()
+    options = request.options
+    options = dataclasses.replace(options, max_tokens=min(options.max_tokens, replies.n_ctx // 2))
+    return replies.start(dataclasses.replace(request, options=options, on_event=metrics.reply_events()))
 
 
 def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:
     """Join the chat's running reply, resume one after Last-Event-ID, or start the next (404/409/503
     before any stream); 204 when there is nothing to send. With `replace` (regenerate), the next reply
     answers the history before that message and takes its place when it is saved."""
-    replies = service()
-    reply = replies.current(chat.id)
+    reply = service().current(chat.id)  # the one look-up of the chat's reply (with Redis, a round trip)
     resume_after = reply.resumable_after(last_event_id) if reply else None
     if resume_after is not None:
         return event_stream_response(reply.listen(after=resume_after))
@@ -71,32 +85,26 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
         if conversations and conversations[-1].id == replace:
             abort(409, message=f"conversation {replace} is a Human message: only an Assistant answer is replaced")
         abort(409, message=f"conversation {replace} is not the last message of chat {chat.id}: only it is replaced")
-    history = [Message(c.role, c.message) for c in answered]
+    history = tuple(Message(c.role, c.message) for c in answered)
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
-    ready_service()
-    config = current_app.config
-    research = None
+    app = current_app._get_current_object()
+    save, research = partial(save_reply, app), None
     if mode == "internet":
-        question = next(m.text for m in reversed(history) if m.role == "Human")
-        research = research_for(question, current_app.extensions["web_settings"], replies)
-    limits.count_reply_start()
-    try:
-        reply = replies.start(
-            chat.id,
-            mode,
-            history,
-            chat.system_prompt or config["CHATAPI_SYSTEM_PROMPT"],
-            replies.options_from(args),
-            answering=answered[-1].id,
-            save=partial(save_reply, current_app._get_current_object()),
-            research=research,
-            on_event=metrics.reply_events(),
-            replacing=replace,
-        )
-    except QueueFull:
-        abort(503, message="the model's queue is full", headers={"Retry-After": "5"})
-    return event_stream_response(reply.listen())
+        web = WebResearch(app, next(m.text for m in reversed(history) if m.role == "Human"))
+        save, research = web.save, web.research
+    request = ReplyRequest(
+        chat.id,
+        mode,
+        history,
+        chat.system_prompt or app.config["CHATAPI_SYSTEM_PROMPT"],
+        service().options_from(args),
+        save,
+        answering=answered[-1].id,
+        replacing=replace,
+        research=research,
+    )
+    return event_stream_response(start(request).listen())
 
 
 def answer_is_wanted(conversations: list[Conversation], last: Reply | None, last_event_id, after, replace) -> bool:
@@ -134,9 +142,10 @@ def forget(chat_id: uuid.UUID) -> None:
     service().forget(chat_id)
 
 
-def save_reply(app: Flask, reply: Reply) -> dict | None:
-    """Store a finished reply as the chat's Assistant message; the saved message, or None without text.
-    A regenerate's message is deleted in the same transaction: a reply without text leaves it."""
+def save_reply(app: Flask, reply: Reply, sources: list[Source] | None = None) -> dict | None:
+    """Store a finished reply as the chat's Assistant message, with the web sources its prompt cited (internet
+    mode); the saved message, or None without text. A regenerate's message is deleted in the same transaction: a
+    reply without text leaves it."""
     with app.app_context():
         try:
             chat = db.session.get(Chat, reply.chat_id)
@@ -145,7 +154,7 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
             if not reply.text:
                 return None
             # Which sentence each source supports, found after the reply (also a cancelled one's part).
-            citations = cite(reply.text, reply.web_sources) if reply.web_sources else None
+            citations = cite(reply.text, sources) if sources else None
             replaced = db.session.get(Conversation, reply.replacing) if reply.replacing else None
             if replaced is not None and replaced.chat_id == chat.id:
                 db.session.delete(replaced)
@@ -154,7 +163,7 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
                 role="Assistant",
                 message=reply.text,
                 id=reply.message_id,
-                sources=reply.sources,
+                sources=[source.public() for source in sources] if sources else None,
                 citations=citations,
             )
             db.session.add(conversation)
@@ -171,27 +180,35 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
             db.session.remove()
 
 
-def research_for(question: str, settings: WebSettings, replies: ReplyService) -> Research:
-    """Internet mode's research step: it tells the reply's listeners what it searched and found
-    (`search`, then `warning` when something failed, then `sources` when pages were read) and returns the
-    sources' text for the prompt."""
+class WebResearch:
+    """Internet mode's research for one reply, and the sources it found: they stay here, on the app's side, for
+    the reply's `save`, which stores them with the message and cites them."""
 
-    def research(reply: Reply, room: int) -> str:
+    def __init__(self, app: Flask, question: str):
+        self.app = app
+        self.question = question
+        self.sources: list[Source] = []  # with their passages, for the citations
+
+    def research(self, reply: Reply, room: int) -> Researched:
+        """Search and read the web for the question. The reply's listeners are told what was searched and found
+        (`search`, then `warning` when something failed, then `sources` when pages were read); the reply gets the
+        sources' text for its prompt, and how long each phase took."""
+        settings, replies = self.app.extensions["web_settings"], self.app.extensions["replies"]
         findings = gather(
-            question, settings, room, replies.count_tokens, lambda query: reply.publish("search", {"query": query})
+            self.question, settings, room, replies.count_tokens, lambda query: reply.publish("search", {"query": query})
         )
-        reply.research_timings = findings.timings
-        if findings.sources:  # before the warning, whose listeners tell a fallback from research that failed
-            reply.sources = [source.public() for source in findings.sources]
-            reply.web_sources = findings.sources  # their passages, for the citations (save_reply)
+        self.sources = findings.sources
         if findings.warning:
+            if not findings.sources:  # with sources, a search backend failed and the next one answered
+                metrics.count_research_failure(self.app, findings.timings)
             failed = [failure.public() for failure in findings.failed]
             reply.publish("warning", {"message": findings.warning, "failed": failed})
         if findings.sources:
-            reply.publish("sources", {"sources": reply.sources})
-        return findings.prompt()
+            reply.publish("sources", {"sources": [source.public() for source in findings.sources]})
+        return Researched(findings.prompt(), findings.timings)
 
-    return research
+    def save(self, reply: Reply) -> dict | None:
+        return save_reply(self.app, reply, self.sources)
 
 
 def event_stream_response(chunks) -> Response:

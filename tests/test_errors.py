@@ -9,7 +9,7 @@ import pytest
 
 from chatapi import create_app
 from chatapi.llm.engine import Result
-from chatapi.llm.reply import Reply
+from chatapi.llm.reply import Reply, ReplyRequest
 from chatapi.replies import save_reply
 from helpers import add_message, create_chat, snapshot
 
@@ -280,7 +280,8 @@ def test_a_save_that_fails_ends_the_reply_with_a_short_error_and_logs_the_sql(ap
     chat = create_chat(client)
     human = add_message(client, chat["id"], "hello")
     service = app.extensions["replies"]
-    reply = Reply(uuid.UUID(chat["id"]), "local", service.options_from({}), None, 15, 10, service.cancel)
+    request = ReplyRequest(uuid.UUID(chat["id"]), "local", (), "", service.options_from({}), partial(save_reply, app))
+    reply = Reply(request, 15, 10, service.cancel)
     reply.message_id = uuid.UUID(human["id"])  # taken: the INSERT fails on the primary key, with its SQL
     reply.add_text("a reply with private words")
     service.saves[reply] = partial(save_reply, app)

@@ -18,7 +18,7 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.engine import Options
-from chatapi.llm.reply import Reply
+from chatapi.llm.reply import Reply, ReplyRequest
 from chatapi.llm.shared import Board, SharedReply
 from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
@@ -301,7 +301,8 @@ def test_the_end_is_in_redis_and_the_chat_free_before_a_listener_here_hears_of_i
     board.redis = SlowRedis.from_url(REDIS_URL, protocol=2, decode_responses=True)
     board._listen_for_stops = lambda: None  # its blocking poll would hold this unpatched process
     chat_id = uuid.uuid4()
-    reply = Reply(chat_id, "local", Options(8, 0.0, 1.0, 1), uuid.uuid4(), 1, 10, on_unheard=lambda reply: None)
+    request = ReplyRequest(chat_id, "local", (), "", Options(8, 0.0, 1.0, 1), lambda reply: None, uuid.uuid4())
+    reply = Reply(request, 1, 10, on_unheard=lambda reply: None)
     assert board.claim(reply) is None
     reply.publish("start", {"chat_id": str(chat_id), "message_id": str(reply.message_id)})
     reply.add_text("Paris")

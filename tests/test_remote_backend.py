@@ -17,7 +17,7 @@ from chatapi import create_app
 from chatapi.llm.model import default_model_path
 from chatapi.llm.prompt import LAYOUTS, Message, chat_messages
 from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend
-from chatapi.llm.service import Settings
+from chatapi.llm.settings import ModelSettings
 from config import Config
 from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
@@ -279,7 +279,7 @@ def user(text: str) -> dict:
 def test_a_model_servers_user_and_password_are_never_shown():
     url = f"http://someone:secret-password@127.0.0.1:{free_port()}/v1"
     config = {name: getattr(Config, name) for name in dir(Config) if name.isupper()}
-    settings = Settings.from_config({**config, "CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": url}, "unused")
+    settings = ModelSettings.from_config({**config, "CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": url}, "unused")
     backend = RemoteBackend(settings, on_end=None, on_failure=None)
     described = backend.describe()
     assert described["status"] == "unavailable" and described["url"] == url.replace("someone:secret-password@", "")

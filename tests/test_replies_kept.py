@@ -8,7 +8,9 @@ import uuid
 import pytest
 
 from chatapi.llm.prompt import Message
-from chatapi.llm.service import ReplyService, Settings
+from chatapi.llm.queue import ReplyService
+from chatapi.llm.reply import ReplyRequest
+from chatapi.llm.settings import ModelSettings
 from config import Config
 from tests.support import wait_for
 from tests.support.chats import QUESTION
@@ -22,7 +24,8 @@ CONFIG = {name: getattr(Config, name) for name in dir(Config) if name.startswith
 
 @pytest.fixture(scope="module")
 def service() -> ReplyService:
-    settings = Settings.from_config({**CONFIG, "CHATAPI_REPLIES_KEPT_MB": BUDGET_MB}, str(ROOT / "instance" / "models"))
+    config = {**CONFIG, "CHATAPI_REPLIES_KEPT_MB": BUDGET_MB}
+    settings = ModelSettings.from_config(config, str(ROOT / "instance" / "models"))
     service = ReplyService(settings)
     service.load()
     wait_for(lambda: service.status != "loading", 120, "the model")
@@ -36,8 +39,9 @@ def saved(reply) -> dict:
 
 def start(service: ReplyService, question: str, max_tokens: int = 2, resumable: bool = True):
     options = service.options_from({"max_tokens": max_tokens, "temperature": 0})
-    history = [Message("Human", question)]
-    return service.start(uuid.uuid4(), "local", history, "", options, uuid.uuid4(), saved, resumable=resumable)
+    history = (Message("Human", question),)
+    request = ReplyRequest(uuid.uuid4(), "local", history, "", options, saved, uuid.uuid4(), resumable=resumable)
+    return service.start(request)
 
 
 def test_finished_replies_are_kept_within_the_budget_the_latest_first(service):
@@ -76,9 +80,9 @@ def test_a_reply_lets_go_of_its_prompt_once_the_model_has_read_it(service):
             break
     assert reply.job.prompt is None
     assert "event: done" in list(stream)[-1]
-    assert reply.job.prompt is None and reply.reading_ahead is None and reply.web_sources == []
+    assert reply.job.prompt is None and reply.reading_ahead is None
 
 
 def test_a_negative_budget_is_refused_at_start():
     with pytest.raises(ValueError, match="CHATAPI_REPLIES_KEPT_MB=-1: must be 0 or more"):
-        Settings.from_config({**CONFIG, "CHATAPI_REPLIES_KEPT_MB": -1}, "models")
+        ModelSettings.from_config({**CONFIG, "CHATAPI_REPLIES_KEPT_MB": -1}, "models")

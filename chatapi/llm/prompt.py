@@ -31,6 +31,7 @@ class ContextLengthExceeded(Exception):
         super().__init__(f"the prompt needs {needed} tokens, more than the {budget} it may have")
         self.needed = needed
         self.budget = budget
+        self.max_tokens: int | None = None  # the reply's part of the window, beside the budget (set by the queue)
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The event log of one Assistant reply: its events so far, replayed to whoever listens, resumable.
+"""One Assistant reply: what it answers and how (ReplyRequest, what the service takes to start it), and the log of
+its events (Reply), replayed to whoever listens, resumable.
 
-Everything here runs in greenlets of the server's hub; the service hands it the text the engine thread
-made (chatapi/llm/service.py). With Redis (chatapi/llm/shared.py) the same events are also written to a stream
+Everything here runs in greenlets of the server's hub; the queue hands a reply the text the engine thread made
+(chatapi/llm/queue.py). With Redis (chatapi/llm/redis_replies.py) the same events are also written to a stream
 that other processes read.
 """
 
@@ -11,18 +12,70 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
 
 from .engine import Job, Options, Result
-from .prompt import Prompt
+from .prompt import Message, Prompt
 from .sse import PING, event_text
+
+
+@dataclass(frozen=True)
+class Researched:
+    """What internet mode's research gives the reply: text for its prompt, and how long each phase took."""
+
+    prompt: str  # the sources, numbered, to join to the prompt; "" when there are none
+    timings: dict  # each phase's time as `<phase>_ms` (search_ms, fetch_ms, rank_ms), added to `done`'s timings
+
+
+# The hooks through which the app takes part in a reply (chatapi/replies.py gives them):
+# Stores a finished reply (reply.text); returns the saved message, or None when the reply has no text. Raises ChatGone
+# when the chat was deleted meanwhile, StoreUnavailable when it cannot be saved for now.
+SaveReply = Callable[["Reply"], dict | None]
+# Told of each event a reply publishes: (reply, event name or None for a text piece, data).
+ReplyEvents = Callable[["Reply", str | None, dict], None]
+# Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> Researched. It may
+# publish events of its own on the reply (search, warning, sources).
+Research = Callable[["Reply", int], Researched]
+
+
+class ChatGone(Exception):
+    """The chat was deleted while its reply was being made."""
+
+
+class StoreUnavailable(Exception):
+    """The reply could not be saved because its store (the database) cannot be reached for now."""
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """What a reply answers and how: all the queue needs to start one (llama.cpp's `server_task`)."""
+
+    chat_id: uuid.UUID  # the chat it belongs to; a reply of no chat (/v1's) has an id of its own, never seen again
+    mode: str  # "local", "internet" or "openai": told in the `start` event, and the metrics' label
+    history: tuple[Message, ...]  # the conversation it answers, oldest first
+    system_prompt: str
+    options: Options  # max_tokens, temperature, top_p, seed
+    save: SaveReply  # stores it once finished
+    answering: uuid.UUID | None = None  # the id of the message it answers
+    replacing: uuid.UUID | None = None  # regenerate: the id of the message it is saved in place of
+    stops: tuple[str, ...] = ()  # the client's stop strings, besides the template's
+    on_event: ReplyEvents | None = None  # told of each of its events (the app's metrics)
+    research: Research | None = None  # internet mode: runs after the `start` event, gives text for the prompt
+    # A chat's reply, kept for reconnects once finished and shared through Redis; not /v1's, which nobody can come
+    # back for: forgotten once it ends.
+    resumable: bool = True
+    # Whether the history may be cut to fit the window; without (/v1: the messages whole or an error the client can
+    # act on), ContextLengthExceeded when what the prompt must keep does not fit.
+    cut: bool = True
+    by_prefix: bool = False  # a reply of no chat: the engine finds its cache by the prompt's tokens, not the chat
 
 
 class Resumable:
     """What a request needs to join or resume a reply, whether it is made in this process (Reply) or another
-    (shared.SharedReply): its ids, whether it is over, how many events it has, and `listen`."""
+    (redis_replies.SharedReply): its ids, whether it is over, how many events it has, and `listen`."""
 
     message_id: uuid.UUID
     answering: uuid.UUID | None  # the id of the message the reply answers
@@ -66,28 +119,25 @@ class Reply(Resumable):
 
     def __init__(
         self,
-        chat_id: uuid.UUID,
-        mode: str,
-        options: Options,
-        answering: uuid.UUID | None,
+        request: ReplyRequest,
         ping_seconds: float,
         grace_seconds: float,
         on_unheard: Callable[["Reply"], None],
-        on_event: Callable[["Reply", str | None, dict], None] | None = None,
-        replacing: uuid.UUID | None = None,
     ):
-        self.chat_id = chat_id
-        self.mode = mode
-        self.answering = answering
-        self.replacing = replacing
+        # What it keeps of its request: not the history, the prompt's parts or the hooks that store it, which a
+        # finished reply kept for reconnects must not hold.
+        self.chat_id = request.chat_id
+        self.mode = request.mode
+        self.answering = request.answering
+        self.replacing = request.replacing
+        self.resumable = request.resumable
+        self.on_event = request.on_event
         self.message_id = uuid.uuid4()  # the id the saved reply will have
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds
         self.on_unheard = on_unheard
-        self.on_event = on_event
         # The engine's view of the reply; its `cancelled` is the one stop flag, read between tokens.
-        self.job = Job(chat_id, None, options, on_text=self.add_text)  # the service redirects it
-        self.resumable = True  # a chat's reply, kept for reconnects once finished; not /v1's (see ReplyService.start)
+        self.job = Job(request.chat_id, None, request.options, on_text=self.add_text, by_prefix=request.by_prefix)
         self.events: list[str] = []  # as sent on the chat API's stream
         # The same events as (name, data), for /v1's stream and Redis; None once the finished reply is kept for
         # the chat API's reconnects only (keep_for_reconnects).
@@ -100,11 +150,8 @@ class Reply(Resumable):
         self._changed = Event()
         self.created = time.monotonic()
         self.dequeued: float | None = None
-        self.sources: list[dict] | None = None  # internet mode: the pages the prompt cites
-        self.web_sources: list = []  # internet mode: the same as chatapi.web.rank.Source, passages included
-        self.research_timings: dict = {}
         self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
-        # With Redis: told of each event, to write it to the reply's stream (shared.Publication.wake)...
+        # With Redis: told of each event, to write it to the reply's stream (redis_replies.Publication.wake)...
         self.on_publish: Callable[[], None] | None = None
         self.on_finish: Callable[[], None] | None = None  # ...and told of the last, to write it at once
         # ...and asked, when nobody here listens, for how many seconds more a listener elsewhere counts as there.
@@ -163,13 +210,11 @@ class Reply(Resumable):
     # Once finished
 
     def let_go(self) -> None:
-        """Once finished: drop what only making the reply needed, its prompt and internet mode's pages. The reply
-        keeps a copy of its job without the prompt: a backend that still holds the job itself (the local one lets
-        go of a prompt once it has read it, but a job queued behind a failed step is still in its queue) keeps
-        what it needs."""
+        """Once finished: drop what only making the reply needed, its prompt. The reply keeps a copy of its job
+        without the prompt: a backend that still holds the job itself (the local one lets go of a prompt once it has
+        read it, but a job queued behind a failed step is still in its queue) keeps what it needs."""
         self.job = dataclasses.replace(self.job, prompt=None)
         self.reading_ahead = None
-        self.web_sources = []
 
     def keep_for_reconnects(self) -> int:
         """Keep a finished reply for the chat API's reconnects only: its SSE events, which hold its text too (Redis

@@ -1,153 +1,45 @@
-"""The model room's service: the queue in front of the model, and the replies of every chat. It knows nothing
-of HTTP or the database (the app gives each reply a `save` callback), nor which backend makes the text: the
-model in this process (local.py) or an OpenAI-compatible server (remote.py), to which it hands prepared replies.
-With Redis (shared.py) the chats' replies are also found, resumed and stopped across processes.
+"""The model room's queue: the replies of every chat, and the queue in front of the backend that makes them. It
+knows nothing of HTTP or the database (the app's hooks in each ReplyRequest save the reply and hear of its events),
+nor which backend makes the text: the model in this process (local.py) or an OpenAI-compatible server (remote.py),
+to which it hands prepared replies. With Redis (redis_replies.py) the chats' replies are also found, resumed and
+stopped across processes.
 """
 
 import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
+from dataclasses import asdict
 
 import gevent
 
 from .engine import Options, Result
 from .local import LocalBackend
-from .model import BATCH_SIZE
-from .prompt import LAYOUTS, ContextLengthExceeded, Message
+from .prompt import ContextLengthExceeded
 from .remote import RemoteBackend
-from .reply import Reply, Resumable
+from .reply import ChatGone, Reply, ReplyRequest, Resumable, SaveReply, StoreUnavailable
+from .settings import ModelSettings
 from .shared import Board
 
-BACKENDS = ("local", "openai")
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
 log = logging.getLogger(__name__)
 
-# Internet mode's step between announcing a reply and queueing it: (reply, room in tokens) -> prompt text.
-Research = Callable[[Reply, int], str]
-# Stores a finished reply (reply.text, reply.sources); returns the saved message, or None when the reply has
-# no text. Raises ChatGone when the chat was deleted meanwhile, StoreUnavailable when it cannot be saved for now.
-SaveReply = Callable[[Reply], dict | None]
-# Told of each event a reply publishes: (reply, event name or None for a text piece, data).
-ReplyEvents = Callable[[Reply, str | None, dict], None]
-
 
 class QueueFull(Exception):
-    pass
+    """The queue holds CHATAPI_QUEUE_SIZE replies already: try again in a few seconds."""
 
 
-class ChatGone(Exception):
-    """The chat was deleted while its reply was being made."""
+class ModelNotReady(Exception):
+    """Replies cannot be started: the model is loading, or failed to load (why: in the log and keyed /health)."""
 
-
-class StoreUnavailable(Exception):
-    """The reply could not be saved because its store (the database) cannot be reached for now."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The model room's settings, from the app's CHATAPI_* configuration."""
-
-    model_path: str | None  # None: the bundled model, assembled into model_cache
-    model_cache: str
-    n_ctx: int
-    n_threads: int
-    max_tokens: int
-    parallel: int  # replies generated together
-    step_tokens: int  # tokens decoded in one engine step at most: a long prompt is read in chunks this size
-    queue_size: int  # replies waiting or running at once; more get QueueFull
-    kv_chats: int  # chats whose KV cache is kept (at least `parallel`: each running reply holds one)
-    ping_seconds: float
-    grace_seconds: float  # a reply nobody listens to for this long is stopped
-    kept_bytes: int  # what the finished replies kept for reconnects may hold at most, in bytes
-    sources_tokens: int  # internet mode: room kept for web sources (at most half the prompt)
-    sources_layout: str  # internet mode: where the sources go (prompt.LAYOUTS)
-    backend: str = "local"  # or "openai": an OpenAI-compatible server at llm_url
-    llm_url: str | None = None
-    llm_api_key: str | None = None
-    llm_model: str | None = None  # None: the first model the server lists
-    llm_timeout: float = 60.0  # seconds the server may stay silent before a reply ends with an error
-    redis_url: str | None = None  # replies shared across processes (shared.py)
-    redis_prefix: str = "chatapi:"
-    redis_lease: float = 10.0  # seconds a chat stays locked by a process that stopped renewing it
-    redis_ttl: int = 3600  # seconds a finished reply's stream is kept
-
-    @classmethod
-    def from_config(cls, config: Mapping, model_cache: str) -> "Settings":
-        """The settings of CHATAPI_*; ValueError (the server does not start) for a combination that cannot work."""
-        if config["CHATAPI_SOURCES_LAYOUT"] not in LAYOUTS:
-            raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
-        check_backend(config)
-        check_redis(config)
-        if config["CHATAPI_REPLIES_KEPT_MB"] < 0:
-            raise ValueError(f"CHATAPI_REPLIES_KEPT_MB={config['CHATAPI_REPLIES_KEPT_MB']!r}: must be 0 or more")
-        return cls(
-            model_path=config["CHATAPI_MODEL_PATH"],
-            model_cache=model_cache,
-            n_ctx=config["CHATAPI_N_CTX"],
-            n_threads=config["CHATAPI_N_THREADS"],
-            max_tokens=config["CHATAPI_MAX_TOKENS"],
-            parallel=config["CHATAPI_PARALLEL"],
-            # Room for every running reply's token and some prompt, within one llama.cpp batch.
-            step_tokens=min(max(config["CHATAPI_STEP_TOKENS"], config["CHATAPI_PARALLEL"] + 1), BATCH_SIZE),
-            queue_size=config["CHATAPI_QUEUE_SIZE"],
-            kv_chats=max(config["CHATAPI_KV_CHATS"], config["CHATAPI_PARALLEL"]),
-            ping_seconds=config["CHATAPI_PING_SECONDS"],
-            grace_seconds=config["CHATAPI_GRACE_SECONDS"],
-            kept_bytes=int(config["CHATAPI_REPLIES_KEPT_MB"] * 1024 * 1024),
-            sources_tokens=max(0, config["CHATAPI_SOURCES_TOKENS"]),
-            sources_layout=config["CHATAPI_SOURCES_LAYOUT"],
-            backend=config["CHATAPI_LLM_BACKEND"],
-            llm_url=config["CHATAPI_LLM_URL"],
-            llm_api_key=config["CHATAPI_LLM_API_KEY"],
-            llm_model=config["CHATAPI_LLM_MODEL"],
-            llm_timeout=config["CHATAPI_LLM_TIMEOUT"],
-            redis_url=config["CHATAPI_REDIS_URL"],
-            redis_prefix=config["CHATAPI_REDIS_PREFIX"],
-            redis_lease=config["CHATAPI_REDIS_LEASE_SECONDS"],
-            redis_ttl=config["CHATAPI_REDIS_TTL_SECONDS"],
-        )
-
-
-def check_backend(config: Mapping) -> None:
-    """CHATAPI_LLM_BACKEND and the settings that go with it: ValueError saying what is wrong."""
-    backend, url = config["CHATAPI_LLM_BACKEND"], config["CHATAPI_LLM_URL"]
-    if backend not in BACKENDS:
-        raise ValueError(f"CHATAPI_LLM_BACKEND={backend!r}: must be one of {', '.join(BACKENDS)}")
-    remote_only = [name for name in ("CHATAPI_LLM_URL", "CHATAPI_LLM_API_KEY", "CHATAPI_LLM_MODEL") if config[name]]
-    if backend == "local" and remote_only:
-        raise ValueError(
-            f"{', '.join(remote_only)} set with CHATAPI_LLM_BACKEND=local: they are for CHATAPI_LLM_BACKEND=openai "
-            "(a remote OpenAI-compatible server); set it, or unset them"
-        )
-    if backend == "openai":
-        parts = urlsplit(url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"CHATAPI_LLM_BACKEND=openai needs CHATAPI_LLM_URL, the base URL of an OpenAI-compatible server "
-                f"such as http://127.0.0.1:8001/v1 (got {url!r})"
-            )
-    if config["CHATAPI_LLM_TIMEOUT"] <= 0:
-        raise ValueError(f"CHATAPI_LLM_TIMEOUT={config['CHATAPI_LLM_TIMEOUT']!r}: must be more than 0 seconds")
-
-
-def check_redis(config: Mapping) -> None:
-    """CHATAPI_REDIS_* : ValueError saying what is wrong."""
-    url = config["CHATAPI_REDIS_URL"]
-    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"CHATAPI_REDIS_URL={url!r}: must be a redis://, rediss:// or unix:// URL")
-    for name in ("CHATAPI_REDIS_LEASE_SECONDS", "CHATAPI_REDIS_TTL_SECONDS"):
-        if config[name] <= 0:
-            raise ValueError(f"{name}={config[name]!r}: must be more than 0 seconds")
+    def __init__(self, status: str):
+        super().__init__("the model failed to load" if status == "failed" else f"the model is {status}")
 
 
 class ReplyService:
     """The replies of every chat, the queue in front of the backend that makes them, and that backend."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: ModelSettings):
         self.settings = settings
         backend = RemoteBackend if settings.backend == "openai" else LocalBackend
         self.backend = backend(settings, on_end=self._ended, on_failure=self._failed)
@@ -159,6 +51,7 @@ class ReplyService:
         self.kept: OrderedDict[uuid.UUID, int] = OrderedDict()
         self.kept_total = 0
         self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
+        self.research_timings: dict[Reply, dict] = {}  # internet mode: unfinished replies' research, for `done`
         self.board: Board | None = None
         if settings.redis_url:
             s = settings
@@ -169,6 +62,12 @@ class ReplyService:
         """Get the backend ready, once (the local one loads its model in its thread). The server calls this as its
         worker starts (gunicorn.conf.py); elsewhere the first request that needs the model does."""
         self.backend.load()
+
+    def ready(self) -> None:
+        """Get the backend ready (load); ModelNotReady unless replies can be started now."""
+        self.load()
+        if self.status != "ok":
+            raise ModelNotReady(self.status)
 
     @property
     def status(self) -> str:
@@ -218,60 +117,37 @@ class ReplyService:
         local = self.by_chat.get(chat_id)
         return local if self.board is None else self.board.current(chat_id, local)
 
-    def start(
-        self,
-        chat_id: uuid.UUID,
-        mode: str,
-        history: list[Message],
-        system_prompt: str,
-        options: Options,
-        answering: uuid.UUID | None,
-        save: SaveReply,
-        research: Research | None = None,
-        on_event: ReplyEvents | None = None,
-        replacing: uuid.UUID | None = None,
-        stops: list[str] | None = None,
-        by_prefix: bool = False,
-        resumable: bool = True,
-        cut: bool = True,
-    ) -> Resumable:
+    def start(self, request: ReplyRequest) -> Resumable:
         """Queue the chat's next reply, or return the one another request started meanwhile.
 
-        QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so
-        two requests for one chat cannot both start one. `answering` is the id of the message the reply
-        answers; `research` (internet mode) runs after the start event and returns text for the system prompt;
-        `on_event` is told of the new reply's events (not of a running reply's that is returned instead);
-        `replacing` (regenerate) is the id of the message the reply is saved in place of. A `resumable` reply (a
-        chat's, not /v1's, which nobody can come back for) is kept for reconnects once finished, within
-        CHATAPI_REPLIES_KEPT_MB; with Redis it holds its chat across processes, and the reply another process is
-        making for the chat is returned instead (RedisError when Redis cannot be reached). Without `cut`
-        (a reply of no chat, that nobody joins) the messages the prompt must keep are never cut: when they do not
-        fit, ContextLengthExceeded, and there is no reply.
+        QueueFull when the queue is at its depth. Until the reply is registered nothing here yields, so two requests
+        for one chat in this process cannot both start one; with Redis a resumable reply claims its chat across
+        processes, and the reply another process is making for the chat is returned instead (RedisError when Redis
+        cannot be reached). The caller has looked the chat's current reply up already (a running one is joined, not
+        started again): only this process's memory is looked at here, and Redis is asked by the claim. A resumable
+        reply is kept for reconnects once finished, within CHATAPI_REPLIES_KEPT_MB. A reply that may not be `cut`
+        whose messages do not fit raises ContextLengthExceeded (its `max_tokens` set), and there is no reply.
         """
-        shared = resumable and self.board is not None
-        existing = self.current(chat_id) if shared else self.by_chat.get(chat_id)
+        chat_id = request.chat_id
+        existing = self.by_chat.get(chat_id)
         if existing and not existing.finished:
             return existing
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
             raise QueueFull
-        s = self.settings
-        reply = Reply(
-            chat_id, mode, options, answering, s.ping_seconds, s.grace_seconds, self.cancel, on_event, replacing
-        )
-        reply.job.by_prefix = by_prefix
-        reply.resumable = resumable
-        if shared:
+        reply = Reply(request, self.settings.ping_seconds, self.settings.grace_seconds, self.cancel)
+        if request.resumable and self.board is not None:
             holder = self.board.claim(reply)  # may yield: another request may have started one meanwhile
             if holder is not None:
                 return self.board.view(chat_id, holder, self.by_chat.get(chat_id))
         self._remember(reply)
-        self.saves[reply] = save
+        self.saves[reply] = request.save
         self.preparing += 1
         try:
-            self._prepare(reply, history, system_prompt, options, research, stops or [], cut)
-        except ContextLengthExceeded:
+            self._prepare(reply, request)
+        except ContextLengthExceeded as exc:
             self.saves.pop(reply)
             del self.by_chat[chat_id]
+            exc.max_tokens = request.options.max_tokens  # the window's other part, which its client is told of
             raise
         except Exception:
             log.exception("preparing the reply failed")
@@ -336,7 +212,7 @@ class ReplyService:
         elif reply in self.running:
             self.backend.cancel(reply)
 
-    def _prepare(self, reply, history, system_prompt, options, research, stops, cut) -> None:
+    def _prepare(self, reply: Reply, request: ReplyRequest) -> None:
         """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
@@ -344,16 +220,17 @@ class ReplyService:
         """
         s = self.settings
         backend = self.backend
-        budget = backend.n_ctx - options.max_tokens
-        reserve = min(s.sources_tokens, budget // 2) if research else 0
-        prompt = backend.build(system_prompt, history, budget - reserve, cut)
-        prompt.stop = [*prompt.stop, *stops]  # a copy: the builder's list is every prompt's
+        budget = backend.n_ctx - request.options.max_tokens
+        reserve = min(s.sources_tokens, budget // 2) if request.research else 0
+        prompt = backend.build(request.system_prompt, list(request.history), budget - reserve, request.cut)
+        prompt.stop = [*prompt.stop, *request.stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
-        if research:
+        if request.research:
             backend.read_ahead(reply, prompt, busy=bool(self.waiting))
-            extra = research(reply, reserve - SOURCES_MARGIN)  # CHATAPI_SOURCES_TOKENS, the joining lines included
-            if extra:
-                reply.job.prompt = backend.with_sources(prompt, extra, s.sources_layout)
+            researched = request.research(reply, reserve - SOURCES_MARGIN)  # the joining lines within the reserve
+            self.research_timings[reply] = researched.timings
+            if researched.prompt:
+                reply.job.prompt = backend.with_sources(prompt, researched.prompt, s.sources_layout)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Token counts of texts (internet mode sizes its sources with them)."""
@@ -368,6 +245,7 @@ class ReplyService:
         """End the reply with its last event. A resumable one is then kept for reconnects with its events only,
         the oldest finished replies giving way to stay within kept_bytes; one that nobody can resume (/v1's) is
         forgotten: its request holds it until its response is sent."""
+        self.research_timings.pop(reply, None)
         reply.finish(event, data)
         reply.let_go()
         if self.by_chat.get(reply.chat_id) is not reply:
@@ -443,7 +321,8 @@ class ReplyService:
             return self._finish(reply, "error", {"code": 500, "message": "the reply could not be saved"})
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
-        self._finish(reply, "done", {**done, "timings": timings(reply, result)})
+        research = self.research_timings.get(reply, {})
+        self._finish(reply, "done", {**done, "timings": {**timings(reply, result), **research}})
 
 
 def usage(result: Result) -> dict:
@@ -466,5 +345,4 @@ def timings(reply: Reply, result: Result) -> dict:
         "tokens_per_second": round((result.completion_tokens - 1) / generating, 1)
         if generating > 0 and result.completion_tokens is not None
         else None,
-        **reply.research_timings,
     }
