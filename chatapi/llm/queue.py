@@ -124,18 +124,23 @@ class ReplyService:
         for one chat in this process cannot both start one; with Redis a resumable reply claims its chat across
         processes, and the reply another process is making for the chat is returned instead (RedisError when Redis
         cannot be reached). The caller has looked the chat's current reply up already (a running one is joined, not
-        started again): only this process's memory is looked at here, and Redis is asked by the claim. A resumable
-        reply is kept for reconnects once finished, within CHATAPI_REPLIES_KEPT_MB. A reply that may not be `cut`
-        whose messages do not fit raises ContextLengthExceeded (its `max_tokens` set), and there is no reply.
+        started again): only this process's memory is looked at here, and Redis is asked by the claim (or, with the
+        queue full, whether another process holds the chat). A resumable reply is kept for reconnects once finished,
+        within CHATAPI_REPLIES_KEPT_MB. A reply that may not be `cut` whose messages do not fit raises
+        ContextLengthExceeded (its `max_tokens` set), and there is no reply.
         """
         chat_id = request.chat_id
+        shared = request.resumable and self.board is not None
         existing = self.by_chat.get(chat_id)
         if existing and not existing.finished:
             return existing
         if self.preparing + len(self.waiting) + len(self.running) >= self.settings.queue_size:
+            holder = self.board.holder(chat_id) if shared else None  # one started elsewhere meanwhile is joined
+            if holder is not None:
+                return self.board.view(chat_id, holder, None)
             raise QueueFull
         reply = Reply(request, self.settings.ping_seconds, self.settings.grace_seconds, self.cancel)
-        if request.resumable and self.board is not None:
+        if shared:
             holder = self.board.claim(reply)  # may yield: another request may have started one meanwhile
             if holder is not None:
                 return self.board.view(chat_id, holder, self.by_chat.get(chat_id))
