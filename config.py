@@ -134,7 +134,7 @@ class Config:
 
     # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis
     # stream, so that any process can resume or stop it, and a chat has one reply at a time across all of them
-    # (chatapi/llm/shared.py). Keys start with the prefix; a process that dies lets go of its chats within the
+    # (chatapi/llm/redis_replies.py). Keys start with the prefix; a process that dies lets go of its chats within the
     # lease; finished replies' streams expire after the TTL.
     CHATAPI_REDIS_URL = os.environ.get("CHATAPI_REDIS_URL") or None
     CHATAPI_REDIS_PREFIX = os.environ.get("CHATAPI_REDIS_PREFIX") or "chatapi:"

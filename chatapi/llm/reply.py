@@ -1,7 +1,7 @@
 """The event log of one Assistant reply: its events so far, replayed to whoever listens, resumable.
 
 Everything here runs in greenlets of the server's hub; the service hands it the text the engine thread
-made (chatapi/llm/service.py). With Redis (chatapi/llm/shared.py) the same events are also written to a stream
+made (chatapi/llm/service.py). With Redis (chatapi/llm/redis_replies.py) the same events are also written to a stream
 that other processes read.
 """
 
@@ -22,7 +22,7 @@ from .sse import PING, event_text
 
 class Resumable:
     """What a request needs to join or resume a reply, whether it is made in this process (Reply) or another
-    (shared.SharedReply): its ids, whether it is over, how many events it has, and `listen`."""
+    (redis_replies.SharedReply): its ids, whether it is over, how many events it has, and `listen`."""
 
     message_id: uuid.UUID
     answering: uuid.UUID | None  # the id of the message the reply answers

@@ -20,7 +20,7 @@ from .model import BATCH_SIZE
 from .prompt import LAYOUTS, ContextLengthExceeded, Message
 from .remote import RemoteBackend
 from .reply import Reply, Resumable
-from .shared import Board
+from .redis_replies import Board
 
 BACKENDS = ("local", "openai")
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt

@@ -11,7 +11,7 @@ def event_text(id: str, data: dict, event: str | None = None) -> str:
 
 
 def serialized_event_text(id: str, data_json: str, event: str | None = None) -> str:
-    """The same, with the data already serialized (as a Redis stream holds it: chatapi/llm/shared.py)."""
+    """The same, with the data already serialized (as a Redis stream holds it: chatapi/llm/redis_replies.py)."""
     lines = [f"id: {id}"]
     if event:
         lines.append(f"event: {event}")
