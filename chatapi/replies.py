@@ -21,8 +21,7 @@ from .llm.service import ChatGone, QueueFull, ReplyService, Research, Settings, 
 from .models import Chat, Conversation
 from .schemas import ConversationSchema
 from .web.cite import cite
-from .web.research import Settings as WebSettings
-from .web.research import gather
+from .web.research import ResearchSettings, gather
 
 # One service per model settings in a process (the tests make several apps with the same model).
 _services: dict[Settings, ReplyService] = {}
@@ -30,7 +29,7 @@ _services: dict[Settings, ReplyService] = {}
 
 def init_app(app: Flask) -> None:
     # Read at start, so that a search backend that cannot be used stops the server rather than a reply.
-    app.extensions["web_settings"] = WebSettings.from_config(app.config)
+    app.extensions["web_settings"] = ResearchSettings.from_config(app.config)
     settings = Settings.from_config(app.config, os.path.join(app.instance_path, "models"))
     if settings not in _services:
         _services[settings] = ReplyService(settings)
@@ -171,7 +170,7 @@ def save_reply(app: Flask, reply: Reply) -> dict | None:
             db.session.remove()
 
 
-def research_for(question: str, settings: WebSettings, replies: ReplyService) -> Research:
+def research_for(question: str, settings: ResearchSettings, replies: ReplyService) -> Research:
     """Internet mode's research step: it tells the reply's listeners what it searched and found
     (`search`, then `warning` when something failed, then `sources` when pages were read) and returns the
     sources' text for the prompt."""
