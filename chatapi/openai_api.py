@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import limits, metrics, replies
 from .blueprint import json_object
 from .extensions import db
+from .llm import prompt
 from .llm.prompt import ContextLengthExceeded, Message
 from .llm.remote import UpstreamError
 from .llm.reply import Reply
@@ -36,7 +37,8 @@ from .schemas import ConversationSchema, StorableString, message_length
 
 MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
-ROLES = {"user": "Human", "assistant": "Assistant"}  # system and developer messages make the system prompt
+# OpenAI's role -> the API's (the one role table's inverse); system and developer messages make the system prompt.
+ROLES = {openai: role for role, openai in prompt.ROLES.items()}
 MAX_STOPS = 4  # as OpenAI allows
 # A stop string is a delimiter (a turn marker, a closing tag, a line or two): 500 characters is several lines of
 # one. The stop scanner's cost a token does not grow with it; the cap bounds the text a reply holds back from its
