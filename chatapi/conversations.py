@@ -3,10 +3,9 @@
 from flask import request
 
 from . import replies
-from .blueprint import Blueprint
 from .extensions import db
 from .models import Chat, Conversation, get_or_404
-from .openapi import ErrorSchema
+from .openapi import Blueprint, ErrorSchema
 from .schemas import (
     STREAM_EVENTS,
     ConversationCreateSchema,

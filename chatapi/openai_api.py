@@ -25,7 +25,6 @@ from marshmallow import fields, validate
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import limits, metrics, replies
-from .blueprint import json_object
 from .extensions import db
 from .llm import prompt
 from .llm.prompt import ContextLengthExceeded, Message
@@ -33,6 +32,7 @@ from .llm.remote import UpstreamError
 from .llm.reply import Reply
 from .llm.service import QueueFull, ReplyService
 from .models import Chat, Conversation, utcnow
+from .openapi import json_object
 from .schemas import ConversationSchema, StorableString, message_length
 
 MODE = "openai"  # the replies' mode, as the metrics label them
