@@ -7,7 +7,6 @@ from .extensions import db
 from .models import Chat, Conversation, get_or_404
 from .openapi import Blueprint, ErrorSchema
 from .schemas import (
-    STREAM_EVENTS,
     ConversationCreateSchema,
     ConversationListQuerySchema,
     ConversationSchema,
@@ -16,6 +15,7 @@ from .schemas import (
     InferenceQuerySchema,
     StoppedSchema,
 )
+from .stream_schemas import STREAM_EVENTS
 
 bp = Blueprint("conversations", __name__, url_prefix="/conversations", description="Conversations")
 
