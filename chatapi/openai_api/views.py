@@ -24,16 +24,16 @@ from flask_smorest import abort
 from marshmallow import fields, validate
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import limits, metrics, replies
-from .extensions import db
-from .llm import prompt
-from .llm.prompt import ContextLengthExceeded, Message
-from .llm.remote import UpstreamError
-from .llm.reply import Reply
-from .llm.service import QueueFull, ReplyService
-from .models import Chat, Conversation, utcnow
-from .openapi import json_object
-from .schemas import ConversationSchema, StorableString, message_length
+from .. import limits, metrics, replies
+from ..extensions import db
+from ..llm import prompt
+from ..llm.prompt import ContextLengthExceeded, Message
+from ..llm.remote import UpstreamError
+from ..llm.reply import Reply
+from ..llm.service import QueueFull, ReplyService
+from ..models import Chat, Conversation, utcnow
+from ..openapi import json_object
+from ..schemas import ConversationSchema, StorableString, message_length
 
 MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
