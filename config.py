@@ -142,7 +142,7 @@ class Config:
     CHATAPI_REDIS_TTL_SECONDS = int(os.environ.get("CHATAPI_REDIS_TTL_SECONDS") or 3600)
 
     # Store each exchange of the OpenAI-compatible API (/v1/chat/completions) as a chat, shown in the page and
-    # the chat API; off: such requests leave nothing behind (chatapi/openai_api.py).
+    # the chat API; off: such requests leave nothing behind (chatapi/openai_api/store.py).
     CHATAPI_OPENAI_STORE = flag("CHATAPI_OPENAI_STORE")
 
     API_TITLE = "chatapi"

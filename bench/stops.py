@@ -18,7 +18,7 @@ import requests
 
 from bench.inference import DEADLINE_SECONDS, ENDLESS, STREAM_TOKENS, Server, model_path
 from bench.openai_api import as_messages, completion_stream
-from chatapi.openai_api.views import MAX_STOP_CHARS, MAX_STOPS
+from chatapi.openai_api.schemas import MAX_STOP_CHARS, MAX_STOPS
 
 RUNS = 3  # measured repetitions of each, after one warm-up
 GOAL = 0.5  # A beside the longest stop strings keeps at least half its speed alone

@@ -13,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from chatapi.openai_api.views import MAX_STOP_CHARS
+from chatapi.openai_api.schemas import MAX_STOP_CHARS
 from conftest import FAST_STREAM_SETTINGS
 from helpers import snapshot
 from tests.support import wait_for
