@@ -18,8 +18,8 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.engine import Options
-from chatapi.llm.reply import Reply
 from chatapi.llm.redis_replies import Board, SharedReply
+from chatapi.llm.reply import Reply
 from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, new_chat, pieces

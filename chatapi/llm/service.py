@@ -18,9 +18,9 @@ from .engine import Options, Result
 from .local import LocalBackend
 from .model import BATCH_SIZE
 from .prompt import LAYOUTS, ContextLengthExceeded, Message
+from .redis_replies import Board
 from .remote import RemoteBackend
 from .reply import Reply, Resumable
-from .redis_replies import Board
 
 BACKENDS = ("local", "openai")
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
