@@ -11,7 +11,7 @@ import requests
 
 from chatapi import create_app
 from chatapi.guard import Guard
-from helpers import add_message, create_chat, snapshot
+from tests.support.client import add_message, create_chat, snapshot
 from tests.support.server import Server
 
 LISTED = "https://app.example"
