@@ -14,8 +14,8 @@ import requests
 from flask import g
 
 from chatapi import create_app
-from tests.support.client import snapshot
 from tests.support.chats import GREEDY, QUESTION, infer
+from tests.support.client import snapshot
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
 from tests.support.sse import EventStream
 

@@ -10,8 +10,8 @@ import requests
 
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat
-from tests.support.sse import EventStream, read_events
 from tests.support.server import FAST_STREAM_SETTINGS
+from tests.support.sse import EventStream, read_events
 
 
 def everything(base: str) -> dict:
