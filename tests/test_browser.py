@@ -34,7 +34,7 @@ LAUNCH_ARGS = [
     # Names an attacker's DNS would point at this machine, for this browser only (tests of chatapi/guard.py).
     "--host-resolver-rules=MAP rebind.test 127.0.0.1, MAP elsewhere.test 127.0.0.1",
 ]
-# `make screenshot` sets this to docs/: the screenshots the README shows are written there.
+# `make screenshot` sets this to docs/: the screenshots README.md and docs/page.md show are written there.
 SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
 
 QUESTION = "What is the capital of France?"
