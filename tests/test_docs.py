@@ -176,7 +176,7 @@ def test_broken_links_are_caught(tmp_path):
     (tmp_path / "README.md").write_text(
         "# Top\n\n## Here\n\n"
         "[ok](docs/guide.md) [ok](docs/guide.md#set-up-make-run) [ok](#here) [ok](https://example.com/x.md)\n"
-        "![ok](docs/guide.md) [ok][ref] <a href=\"docs/guide.md\">ok</a>\n\n"
+        '![ok](docs/guide.md) [ok][ref] <a href="docs/guide.md">ok</a>\n\n'
         "[gone](docs/missing.md) [bad anchor](docs/guide.md#nowhere) [bad here](#there) [out](../../etc/passwd)\n"
         "![gone image](docs/missing.png) [wrapped\ntext](docs/also-missing.md)\n\n"
         "`[code](docs/not-a-link.md)`\n\n```\n[fenced](docs/not-a-link.md)\n```\n\n"
