@@ -138,7 +138,8 @@ def settings_documented(markdown: str) -> set[str]:
 
 def test_every_relative_link_resolves():
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    assert not broken_links(files, ROOT)
+    broken = broken_links(files, ROOT)
+    assert not broken, "\n".join(broken)
 
 
 def test_every_setting_the_server_reads_is_documented():
