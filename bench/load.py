@@ -26,7 +26,7 @@ from tests.support.server import Server
 
 USERS, SECONDS, STREAMS = 50, 30, 3
 ALONE_SECONDS = 15  # the streaming clients alone, first: their replies' time without the API load beside them
-# locust takes a core of its own: the model gets one fewer, as the README advises for a shared box.
+# locust takes a core of its own: the model gets one fewer, as docs/configuration.md advises for a shared box.
 SERVER_SETTINGS = {"CHATAPI_N_THREADS": str(max(1, (os.cpu_count() or 2) - 1))}
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 LOCKED = "database is locked"

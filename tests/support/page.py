@@ -15,7 +15,7 @@ from tests.support.server import ROOT
 
 # The API key of tests/page/conftest.py's keyed_server.
 PAGE_KEY = "page-key-" + uuid.uuid4().hex
-# `make screenshot` sets this to docs/: the screenshots the README shows are written there.
+# `make screenshot` sets this to docs/: the screenshots README.md and docs/page.md show are written there.
 SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
 
 # A Markdown reply with every feature the page draws, and an internet answer with its sources (the Markdown and
