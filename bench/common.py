@@ -151,11 +151,13 @@ def model_path() -> str:
     return str(os.environ.get("CHATAPI_MODEL_PATH") or default_model_path(ROOT / "instance" / "models"))
 
 
-def prompt_text(history: list[tuple[str, str]]) -> str:
-    """The prompt the server builds for this history (the bundled GGUF has no chat template: a transcript)."""
+def prompt_text(history: list[tuple[str, str]], system_prompt: str | None = None) -> str:
+    """The prompt the server builds for this history (the bundled GGUF has no chat template: a transcript), with
+    the server's system prompt unless another is given."""
     from chatapi.llm.prompt import Message, render_transcript
 
-    return render_transcript(Config.CHATAPI_SYSTEM_PROMPT, [Message(role, text) for role, text in history])
+    system = Config.CHATAPI_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    return render_transcript(system, [Message(role, text) for role, text in history])
 
 
 # The in-process baseline

@@ -33,6 +33,7 @@ from bench.common import (
     completion_stream,
     long_history,
     model_path,
+    prompt_text,
     raw_rates,
 )
 from config import Config
@@ -92,11 +93,9 @@ def llama_cpp_server_installed() -> bool:
 
 def main() -> None:
     path = model_path()
-    # The server builds the transcript the bundled GGUF needs; the baseline reads the same text (no system prompt:
-    # an OpenAI request without a system message has none).
-    from chatapi.llm.prompt import Message, render_transcript
-
-    prompt = render_transcript("", [Message(role, text) for role, text in ENDLESS])
+    # The baseline reads the transcript the server builds, without a system prompt: an OpenAI request without a
+    # system message has none.
+    prompt = prompt_text(ENDLESS, system_prompt="")
     print(f"OpenAI-compatible API: /v1/chat/completions streamed, model {Path(path).name}, {os.cpu_count()} CPUs")
     raw, raw_prompt_tokens = raw_rates(path, prompt, RUNS)
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:
