@@ -1,7 +1,7 @@
 """What several benchmarks share, so that none imports another: the tests' live server with the API calls the
 benchmarks make, the two stream readers that time every token as it arrives (the chat API's SSE events, and /v1's
-chunks), the histories they ask about, llama-cpp-python's in-process baseline, listing latencies while a reply
-streams, the nearest-rank percentile, and the benchmarks' database on the local PostgreSQL.
+chunks), the histories they ask about, llama-cpp-python's in-process baseline, a reply streamed beside what is
+measured, listing latencies, the nearest-rank percentile, and the benchmarks' database on the local PostgreSQL.
 
 Every wait is bounded (DEADLINE_SECONDS for a stream, STARTUP_SECONDS for a server) and every loop counted.
 """
