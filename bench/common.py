@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import requests
 
+from chatapi.llm.prompt import ROLES  # the API's role -> OpenAI's
 from config import Config
 from tests.support import server as live_server  # the tests' own server starter, shared rather than copied
 from tests.support.chats import ENDLESS as ENDLESS_MESSAGES
@@ -366,10 +367,8 @@ def latencies_during_generation(server: Server, requests: int = LIST_REQUESTS) -
 # /v1
 
 
-ROLES = {"Human": "user", "Assistant": "assistant"}
-
-
 def as_messages(history: list[tuple[str, str]]) -> list[dict]:
+    """A chat's history as OpenAI's messages, through the app's one role table."""
     return [{"role": ROLES[role], "content": text} for role, text in history]
 
 
