@@ -90,8 +90,8 @@ test: db model lint clients postgres-server nginx vendor-check
 
 # docs/screenshot.png, docs/screenshot-phone.png and docs/screenshot-markdown.png, from the browser tests.
 screenshot: db model clients
-	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/test_browser.py -k "screenshot or phone"
-	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/test_page_markdown.py -k "each_markdown_feature"
+	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_browser.py -k "screenshot or phone"
+	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_page_markdown.py -k "each_markdown_feature"
 
 # The Postman collection against a server that is already running (`make run` in another terminal);
 # API_KEY=... for a server with keys.

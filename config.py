@@ -93,7 +93,7 @@ class Config:
     CHATAPI_FETCH_ALLOW = os.environ.get("CHATAPI_FETCH_ALLOW") or ""
     CHATAPI_RESEARCH_TIMEOUT = float(os.environ.get("CHATAPI_RESEARCH_TIMEOUT") or 15)
     # Tokens of the prompt kept for web sources (at most half the window), and where they go: in the latest
-    # Human turn, before or after the question, or at the head of the system prompt (README, "Internet mode").
+    # Human turn, before or after the question, or at the head of the system prompt (docs/configuration.md says why).
     CHATAPI_SOURCES_TOKENS = int(os.environ.get("CHATAPI_SOURCES_TOKENS") or 512)
     CHATAPI_SOURCES_LAYOUT = os.environ.get("CHATAPI_SOURCES_LAYOUT") or "sources-first"
 
@@ -119,7 +119,7 @@ class Config:
     CHATAPI_CORS_ORIGINS = os.environ.get("CHATAPI_CORS_ORIGINS") or ""
     # Rate limits per API key, else per client address, in Flask-Limiter's notation ("600/minute", several
     # joined by ";"). Off when empty: how many requests are too many depends on how many people share a key
-    # or an address, which only the one running the server knows (the README gives examples).
+    # or an address, which only the one running the server knows (docs/deploy.md, "Rate limits", gives examples).
     # Every request but /health, CORS preflights and static files:
     CHATAPI_RATE_LIMIT = os.environ.get("CHATAPI_RATE_LIMIT") or ""
     # Requests that start a reply (joining or resuming one never counts):
@@ -134,7 +134,7 @@ class Config:
 
     # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis
     # stream, so that any process can resume or stop it, and a chat has one reply at a time across all of them
-    # (chatapi/llm/shared.py). Keys start with the prefix; a process that dies lets go of its chats within the
+    # (chatapi/llm/redis_replies.py). Keys start with the prefix; a process that dies lets go of its chats within the
     # lease; finished replies' streams expire after the TTL.
     CHATAPI_REDIS_URL = os.environ.get("CHATAPI_REDIS_URL") or None
     CHATAPI_REDIS_PREFIX = os.environ.get("CHATAPI_REDIS_PREFIX") or "chatapi:"
@@ -142,7 +142,7 @@ class Config:
     CHATAPI_REDIS_TTL_SECONDS = int(os.environ.get("CHATAPI_REDIS_TTL_SECONDS") or 3600)
 
     # Store each exchange of the OpenAI-compatible API (/v1/chat/completions) as a chat, shown in the page and
-    # the chat API; off: such requests leave nothing behind (chatapi/openai_api.py).
+    # the chat API; off: such requests leave nothing behind (chatapi/openai_api/store.py).
     CHATAPI_OPENAI_STORE = flag("CHATAPI_OPENAI_STORE")
 
     API_TITLE = "chatapi"

@@ -11,6 +11,9 @@
    back on another connection, with the listings' p50 and p99, and 4 replies together.
 
 Every wait is bounded (the streams' deadline, the server's start-up) and every loop counted.
+
+Run it alone: `.venv/bin/python -m bench batching` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Several replies at once" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import json
@@ -27,10 +30,11 @@ from pathlib import Path
 
 import requests
 
-from bench.inference import (
+from bench.common import (
     ENDLESS,
     LIST_REQUESTS,
     Reply,
+    ReplyBeside,
     Server,
     latencies_during_generation,
     list_latencies,
@@ -59,6 +63,35 @@ THREADS = {
 STEPS = (64, 128, 256)  # CHATAPI_STEP_TOKENS compared
 PARALLEL = Config.CHATAPI_PARALLEL
 LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
+
+
+TITLE = "Several replies at once"
+NOTES = """\
+The real server with its defaults (CHATAPI_PARALLEL=4: continuous batching) on a fresh SQLite database, the
+model as above; every ratio against a baseline measured in the same run. llama.cpp's own `llama-server`, when
+`CHATAPI_BENCH_LLAMA_SERVER` names a binary built from the llama.cpp source vendored in the pinned
+llama-cpp-python sdist (outside this repository), gets the same requests: 4 slots of 4,096 tokens,
+`--swa-full` (as our engine, so that a cached prefix can be reused), the same thread count, `/completion`
+streamed at temperature 0, the prompt our server builds for the same history.
+
+- **aggregate tok/s**: *n* replies asked at once from threads of the benchmark's process, distinct chats,
+  `max_tokens=128`, `temperature=0`: all token events over the time from the first request to the last
+  `done`; median of 3 runs after a warm-up, over the same for one reply alone. Two workloads: *new ~15 tokens*,
+  the looping history with a distinct last line (another chat's cache holds all but the last ~15 tokens:
+  the replies' generation is the work, which is what batching shares), and *cold ~260 tokens*, the same
+  history made distinct at its start (every prompt is read whole; reading is compute-bound, so no scheduling
+  makes four cold prompts faster than one after another). The goals apply to the first.
+- **worst 1st token / 1 reply's time**: the slowest of the *n* clients' time to first token, over the time
+  one reply alone takes from request to `done`. Replies made one after another would put this near *n* - 1.
+- **token gap p99 beside a 2,000-token prompt**: the 99th percentile of the gaps between two token events of
+  a running reply while a chat with a ~2,000-token prompt is asked beside it (from that request to its first
+  token), over the same reply's gaps before; one server per `CHATAPI_STEP_TOKENS` (the chunk read per step).
+- **model threads**: one server per setting: `CHATAPI_N_THREADS=1`; 2 threads that sleep at llama.cpp's
+  barriers (`OMP_WAIT_POLICY=PASSIVE`); and the default, 2 threads that spin there (OpenMP's default) with one
+  fewer while the rest of the machine uses more than half a core (`Threads` in `chatapi/llm/local.py`; *Threads*
+  below says why). One reply's tokens/s alone (`max_tokens=256`, median of 2), while 1,000 `GET /chats/?limit=20`
+  run back to back on another connection (with their p50/p99 idle and meanwhile), and 4 replies together.
+  llama-server runs with OpenMP's default wait, as its users run it."""
 
 
 def cold_history() -> list[tuple[str, str]]:
@@ -159,27 +192,10 @@ def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float],
     """Gaps (ms) between a running reply's tokens before and while a long prompt is read beside it."""
     running = server.new_chat(ENDLESS)
     long_chat = server.new_chat([("Human", LONG_PROMPT)])
-    outcome: dict = {}
-    enough = threading.Event()
-
-    def listen() -> None:
-        try:
-            outcome["running"] = stream(server.infer_url(running, 2000), on_token=lambda n: n >= 60 and enough.set())
-        except BaseException as exc:
-            outcome["error"] = exc
-        finally:
-            enough.set()
-
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    enough.wait(120)
+    beside = ReplyBeside(server, running, 2000, started_after=60)
     sent = time.perf_counter()
     long_reply = stream(server.infer_url(long_chat, 8))
-    server.stop_generation(running)
-    listener.join(120)
-    if "error" in outcome or "running" not in outcome:
-        raise RuntimeError(f"the running reply failed: {outcome.get('error')}")
-    times = outcome["running"].tokens
+    times = beside.stop().tokens
     before = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if b < sent]
     during = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if sent <= a and b <= long_reply.tokens[0]]
     return before, during, long_reply.done

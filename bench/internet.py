@@ -4,13 +4,16 @@ The baseline is the same question in local mode, on the same server in the same 
 tests/support/web.py on 127.0.0.1 (a DuckDuckGo-format results page, seven article pages of which
 one drips slowly, one is binary and one redirects); results point at page addresses of their own
 question, so that every cold run really searches and fetches.
+
+Run it alone: `.venv/bin/python -m bench internet` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Internet mode" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import statistics
 import tempfile
 from pathlib import Path
 
-from bench.inference import Server, long_history, model_path, stream
+from bench.common import Server, long_history, model_path, stream
 from tests.support.web import Web, web_settings  # the tests' own web, shared rather than copied
 
 RUNS = 3
@@ -18,6 +21,25 @@ MAX_TOKENS = 16
 QUESTIONS = [f"How often does the Zorblax volcano erupt? (question {n})" for n in range(RUNS)]
 LAYOUTS = ("sources-first", "system")  # CHATAPI_SOURCES_LAYOUT: the new placement, and the old one
 PHASES = ("search_ms", "fetch_ms", "rank_ms")
+
+
+TITLE = "Internet mode"
+NOTES = """\
+`GET /conversations/inference_internet/<chat_id>` against a web served on 127.0.0.1 by the tests' own
+server (tests/support/web.py: a DuckDuckGo-format results page and seven pages, one of which drips a byte
+every half second, one binary, one a redirect). Time to first token as the client sees it, median of 3
+questions, against the same questions in local mode on the same server (the baseline); the phases are the
+server's own `done.timings` (search_ms, fetch_ms, rank_ms) and the rest of its time to first token (model).
+*Cold caches*: each question's results point at pages of their own, so nothing is cached; *asked again*:
+the same questions once more, served from the search and page caches.
+
+*In a chat with ~1,500 tokens of history*: one server per `CHATAPI_SOURCES_LAYOUT`, `max_tokens=1`, distinct
+histories (no chat finds another's tokens cached), median of 3. *Model time* is the server's time to first
+token minus search, fetch and rank. *Warm*: an internet turn right after the chat's previous turn was
+answered; *cold*: an internet turn as the chat's first; *cold prompt*: the TTFT of a new local-mode chat whose
+prompt is as long as the warm turn's (its history, then filler where the sources were), read from scratch.
+*warm ratio* = warm ÷ cold prompt (issue 10's goal: at most 0.5); *cold ratio* = cold ÷ cold prompt: below 1
+only because the history was read while the pages were fetched (about a second here)."""
 
 
 def ask(server: Server, question: str, route: str):

@@ -2,6 +2,10 @@
 
 The baseline is the small table, measured in the same run; the ratio says how much listing
 slows down as the table grows (1.0 = not at all).
+
+Run it alone: `.venv/bin/python -m bench list_chats` (`make bench` runs them all). Its table is in
+docs/benchmarks.md under "Listing chats: `GET /chats/` as the table grows" (TITLE), after NOTES, which say how each
+figure is taken.
 """
 
 import statistics
@@ -10,26 +14,24 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
-import psycopg
 import sqlalchemy as sa
 
+from bench.common import not_measured, postgres_url
 from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.models import Chat
 
 SMALL, LARGE = 100, 100_000
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def postgres_url() -> tuple[str | None, str]:
-    """The benchmark's database on the local PostgreSQL, or None and why it cannot be reached."""
-    try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'chatapi_bench'").fetchone():
-                conn.execute('CREATE DATABASE "chatapi_bench"')
-    except psycopg.OperationalError as exc:
-        return None, str(exc).strip().splitlines()[0]
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/chatapi_bench", ""
+TITLE = "Listing chats: `GET /chats/` as the table grows"
+NOTES = """\
+`GET /chats/` through the Flask test client (no server, no network), on SQLite and, when it answers at
+127.0.0.1:5432, PostgreSQL (when it does not, a bold line above the table says so). Each line is the
+median time of one request with 100 chats in the table (the baseline, 200 requests) and with 100,000
+chats (50 requests), and their ratio: 1.0 would mean that listing does not slow down at all as the
+table grows. *page of 50* is `?limit=50`, *deep page*
+`?limit=50&offset=50`, *search* `?q=chat%2099&limit=50`; *all 100,000* is the unpaginated list (3 requests)."""
 
 
 def fill(count: int, first: int = 0) -> None:
@@ -100,8 +102,4 @@ def main() -> str | None:
                 print(f"{backend:10} {name:24} {large:9.1f} ms")
             else:
                 print(f"{backend:10} {name:24} {small:7.2f} -> {large:7.2f} ms  ratio {large / small:5.2f}")
-    if postgresql is None:
-        warning = f"POSTGRESQL WAS NOT MEASURED ({reason}): this table is SQLite only."
-        print(f"!!! {warning} !!!")
-        return warning
-    return None
+    return None if postgresql else not_measured(reason)

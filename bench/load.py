@@ -3,6 +3,11 @@
 locust, headless, runs the clients of bench/locustfile.py in a process of its own. Afterwards the runner counts
 the answers (no 5xx, no request without one), looks for every acknowledged write in the database (none lost),
 and reads the server's log for "database is locked". tests/test_load.py runs the same and asserts on it.
+
+The baseline is the streaming clients alone, for ALONE_SECONDS on the same server just before: their replies' time
+without the API requests beside them.
+Run it alone: `.venv/bin/python -m bench load` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Load: 50 clients, SQLite and PostgreSQL" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import json
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.list_chats import postgres_url
+from bench.common import not_measured, percentile, postgres_url
 from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
@@ -26,10 +31,31 @@ from tests.support.server import Server
 
 USERS, SECONDS, STREAMS = 50, 30, 3
 ALONE_SECONDS = 15  # the streaming clients alone, first: their replies' time without the API load beside them
-# locust takes a core of its own: the model gets one fewer, as the README advises for a shared box.
+# locust takes a core of its own: the model gets one fewer, as docs/configuration.md advises for a shared box.
 SERVER_SETTINGS = {"CHATAPI_N_THREADS": str(max(1, (os.cpu_count() or 2) - 1))}
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 LOCKED = "database is locked"
+
+
+TITLE = "Load: 50 clients, SQLite and PostgreSQL"
+# locust's version without `import locust`, which monkey-patches the process for gevent.
+NOTES = f"""\
+The real server (gunicorn, one gevent worker; the model with `CHATAPI_N_THREADS` one fewer than the cores,
+since locust needs one) on 127.0.0.1 with a fresh database, SQLite and PostgreSQL. `bench/load.py` runs locust
+{version("locust")} headless with the clients of `bench/locustfile.py`: {USERS} for {SECONDS} s,
+all started in the first second, none pausing between requests. {USERS - STREAMS} create chats, add
+messages (Human or Assistant) to their chats, list (`?limit=20`), search (`?q=`), and read chats and their
+messages (weights 1, 4, 3, 1, 2, 2); {STREAMS} add a Human message, read the reply's stream to `done`
+(`max_tokens=16`) and start again.
+
+*requests*, *req/s*, *p50*, *p99*: the API requests (not the streams), nearest rank. *replies*: how many were
+streamed, and the median time from request to `done`; *alone*: the same median with the {STREAMS} streaming
+clients alone, for {ALONE_SECONDS} s on the same server just before. Afterwards every write the server
+acknowledged (*writes*: each 201, and each reply its `done` said was saved) is looked for in the database
+(*lost*: not found); *5xx* counts server errors and requests without an answer, *locked* the times the
+server's log says "database is locked", and *load* is the machine's 1-minute load average as the run started
+(other programs on the same cores). `tests/test_load.py` runs the same in `make test` (without *alone*) and
+asserts that 5xx, lost and locked are 0."""
 
 
 @dataclass
@@ -57,10 +83,6 @@ class Outcome:
     @property
     def server_failures(self) -> int:
         return sum(count for status, count in self.statuses.items() if status >= 500 or status == 0)
-
-
-def locust_version() -> str:
-    return version("locust")  # not `import locust`: it monkey-patches the process for gevent
 
 
 def run(server: Server, database_url: str, users: int = USERS, seconds: int = SECONDS) -> Outcome:
@@ -109,21 +131,13 @@ def missing_rows(database_url: str, written: dict[str, list[str]]) -> list[str]:
     return [f"{kind} {ident}" for kind, ids in written.items() for ident in ids if uuid.UUID(ident) not in rows[kind]]
 
 
-def percentile(values: list[float], share: float) -> float:
-    """Nearest rank; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(share * len(ordered) + 0.5) - 1))]
-
-
 def report(backend: str, outcome: Outcome, alone: Outcome | None = None) -> None:
     """One line of the table; `alone` is a run of the streaming clients only, for their replies' time."""
     api, replies = outcome.api_times, outcome.replies
-    replies_alone = percentile(alone.replies, 0.5) if alone else float("nan")
+    replies_alone = percentile(alone.replies, 50) if alone else float("nan")
     print(
-        f"{backend:10} {len(api):8} {len(api) / outcome.seconds:7.1f} {percentile(api, 0.5):7.1f} "
-        f"{percentile(api, 0.99):7.1f} {len(replies):7} {percentile(replies, 0.5):9.0f} {replies_alone:9.0f} "
+        f"{backend:10} {len(api):8} {len(api) / outcome.seconds:7.1f} {percentile(api, 50):7.1f} "
+        f"{percentile(api, 99):7.1f} {len(replies):7} {percentile(replies, 50):9.0f} {replies_alone:9.0f} "
         f"{outcome.server_failures:5} {outcome.written:7} {len(outcome.lost):5} {outcome.locked:7} "
         f"{outcome.machine_load:5.1f}"
     )
@@ -167,12 +181,8 @@ def main() -> str | None:
     for backend, outcome in outcomes.items():
         print(f"\n{backend}, per request: count, p50 and p99 ms")
         for name, times in sorted(outcome.times.items()):
-            print(f"  {name:46} {len(times):7} {percentile(times, 0.5):8.1f} {percentile(times, 0.99):8.1f}")
-    if postgresql is None:
-        warning = f"POSTGRESQL WAS NOT MEASURED ({reason}): this table is SQLite only."
-        print(f"!!! {warning} !!!")
-        return warning
-    return None
+            print(f"  {name:46} {len(times):7} {percentile(times, 50):8.1f} {percentile(times, 99):8.1f}")
+    return None if postgresql else not_measured(reason)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,18 @@
    two measurements against `python -m llama_cpp.server` on the same GGUF.
 
 Every wait is bounded (DEADLINE_SECONDS for a stream, STARTUP_SECONDS for a server).
+
+Run it alone: `.venv/bin/python -m bench openai` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "OpenAI-compatible API" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import importlib.util
-import json
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import requests
-
-from bench.inference import (
-    DEADLINE_SECONDS,
+from bench.common import (
     ENDLESS,
     FOLLOW_UP,
     STREAM_GOAL,
@@ -31,66 +29,37 @@ from bench.inference import (
     TTFT_TOKENS,
     Reply,
     Server,
+    as_messages,
+    completion_stream,
     long_history,
     model_path,
+    prompt_text,
     raw_rates,
 )
 from config import Config
 from tests.support.upstream import LlamaCppServer
 
 RUNS = 3  # measured repetitions, after one warm-up
-ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def as_messages(history: list[tuple[str, str]]) -> list[dict]:
-    return [{"role": ROLES[role], "content": text} for role, text in history]
+TITLE = "OpenAI-compatible API"
+NOTES = """\
+`POST /v1/chat/completions` with `"stream": true`, `temperature` 0 and `stream_options.include_usage`, against
+the real server on a fresh SQLite database (`bench/openai_api.py`), with an OpenAI request's prompt: no system
+message, so no system prompt.
 
-
-def completion_stream(base: str, messages: list[dict], max_tokens: int, text_needed: bool = True) -> Reply:
-    """One streamed completion read to [DONE], timing each content chunk as it arrives; `done` holds the text,
-    the finish reason and the usage (asked with stream_options.include_usage; None from a server without it)."""
-    body = {
-        "model": "any",
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    reply = Reply(sent=time.perf_counter())
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    finish_reason, usage, pieces = None, None, []
-    with requests.post(f"{base}/v1/chat/completions", json=body, stream=True, timeout=30) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{base}: {response.status_code} {response.text}")
-        pending = ""
-        for data in response.iter_content(chunk_size=None):
-            at = time.perf_counter()
-            pending += data.decode("utf-8")
-            *events, pending = pending.replace("\r\n", "\n").split("\n\n")
-            for event in events:
-                if not event.startswith("data: "):
-                    continue  # a comment (ping)
-                if event == "data: [DONE]":
-                    reply.done_at = at
-                    reply.done = {"text": "".join(pieces), "finish_reason": finish_reason, "usage": usage}
-                    break
-                chunk = json.loads(event[len("data: ") :])
-                if "error" in chunk:
-                    raise RuntimeError(f"{base}: {chunk['error']}")
-                usage = chunk.get("usage") or usage
-                for choice in chunk["choices"]:
-                    if choice["delta"].get("content"):
-                        reply.tokens.append(at)
-                        pieces.append(choice["delta"]["content"])
-                    finish_reason = choice.get("finish_reason") or finish_reason
-            if reply.done is not None:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{base} still streaming after {DEADLINE_SECONDS} s")
-    if reply.done is None or (text_needed and not reply.tokens):
-        raise RuntimeError(f"{base}: the stream ended without [DONE] or without text: {reply.done}")
-    return reply
+- **tok/s**: content chunks per second a client receives, first to last, for the looping conversation of
+  *Inference over HTTP* to 256 tokens (median of 3 after a warm-up), divided by llama-cpp-python's own
+  `Llama.create_completion(stream=True)` on the same prompt text in the benchmark's process, before any server
+  starts (goal: at least 0.95).
+- **cold / warm TTFT**: time from the request to the first content chunk. *Cold*: a conversation of about 1,500
+  tokens (the prose of *Inference over HTTP*), distinct from its first message on; *warm*: the same conversation
+  resent with the streamed answer and one short question more, as OpenAI clients do: the server finds the cache
+  by the prompt's tokens (`cached_tokens` in the details). Median of 3 conversations' warm ÷ cold (goal: at most
+  0.15).
+- When llama-cpp-python's own OpenAI server is installed (`pip install 'llama-cpp-python[server]'`, same
+  version), it runs the same requests on the same GGUF (`python -m llama_cpp.server`, the same thread count and
+  window), on its own after ours has stopped."""
 
 
 def streaming_rates(base: str) -> list[Reply]:
@@ -124,11 +93,9 @@ def llama_cpp_server_installed() -> bool:
 
 def main() -> None:
     path = model_path()
-    # The server builds the transcript the bundled GGUF needs; the baseline reads the same text (no system prompt:
-    # an OpenAI request without a system message has none).
-    from chatapi.llm.prompt import Message, render_transcript
-
-    prompt = render_transcript("", [Message(role, text) for role, text in ENDLESS])
+    # The baseline reads the transcript the server builds, without a system prompt: an OpenAI request without a
+    # system message has none.
+    prompt = prompt_text(ENDLESS, system_prompt="")
     print(f"OpenAI-compatible API: /v1/chat/completions streamed, model {Path(path).name}, {os.cpu_count()} CPUs")
     raw, raw_prompt_tokens = raw_rates(path, prompt, RUNS)
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:

@@ -12,6 +12,9 @@ run: llama_cpp.server on the bundled GGUF, chatapi instances and nginx as tests/
    the reconnect to the first resumed event.
 
 Every wait is bounded (DEADLINE_SECONDS for a stream, the servers' start-up limits).
+
+Run it alone: `.venv/bin/python -m bench remote` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Remote backend, Redis and several instances" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import os
@@ -23,8 +26,16 @@ from pathlib import Path
 
 import requests
 
-from bench.inference import DEADLINE_SECONDS, ENDLESS, STREAM_GOAL, STREAM_TOKENS, Reply, model_path, stream
-from bench.openai_api import completion_stream
+from bench.common import (
+    DEADLINE_SECONDS,
+    ENDLESS,
+    STREAM_GOAL,
+    STREAM_TOKENS,
+    Reply,
+    completion_stream,
+    model_path,
+    stream,
+)
 from chatapi.llm.prompt import Message, chat_messages
 from config import Config
 from tests.support.chats import add_message, history
@@ -38,6 +49,35 @@ TTFT_GOAL_MS = 20
 RESUMED = 4  # replies started on A and resumed on B
 RESUME_TOKENS = 96
 READ_BEFORE_DROP = 3
+
+
+TITLE = "Remote backend, Redis and several instances"
+NOTES = f"""\
+The remote backend (`CHATAPI_LLM_BACKEND=openai`) deployed as `tests/test_deployment.py` deploys it
+(`tests/support/deployment.py`, `bench/remote.py`): llama-cpp-python's OpenAI server (`python -m llama_cpp.server`,
+Gemma's turn format, one reply at a time, all cores) on the bundled GGUF, chatapi instances (gunicorn, one gevent
+worker each) on a PostgreSQL database of the run's own, nginx in front with `deploy/nginx.conf`; one chatapi
+instance for the first two measures, two for the third. Every ratio against the same model server consumed
+directly in the same run, the sides taken in turns.
+
+- **tok/s**: content chunks per second that a client reads from the model server's `/v1/chat/completions`
+  (*direct*: `stream: true`, `temperature` 0, the messages chatapi sends for the chat: its system prompt, then
+  the looping history of *Inference over HTTP*), and token events per second from chatapi's
+  `GET /conversations/inference/<chat_id>?max_tokens={STREAM_TOKENS}&temperature=0` for a new chat with
+  that history (*chatapi*: the instance itself; *nginx + chatapi*: through nginx); first token to last, median of
+  {RUNS} after a warm-up. **÷ direct**: the median of each round's ratio (the sides of a round run back to
+  back, so that load from elsewhere on the machine weighs on both alike); goal at least {STREAM_GOAL}.
+- **TTFT**: from sending the request to the first token, `max_tokens={TTFT_TOKENS}`, median of
+  {TTFT_RUNS} after two warm-ups; the model server finds the same prompt in its cache every time, so that
+  the difference is chatapi's own. **added** = chatapi's median − direct's: goal at most {TTFT_GOAL_MS} ms.
+  The details give the machine's load average as each configuration ran (other programs on the same cores).
+- Both *without Redis* and *with Redis* (`CHATAPI_REDIS_URL` at 127.0.0.1:6379, a key prefix of the run's own),
+  when this chatapi has that setting.
+- **resumed**: with Redis, two instances; {RESUMED} replies (`max_tokens={RESUME_TOKENS}`) started
+  on instance A one after another, each read for {READ_BEFORE_DROP} events and dropped, then all resumed
+  at once on instance B with `Last-Event-ID`: how many came whole to `done` (every event once, in order, the text
+  as saved), and the time from the reconnect to the first resumed event. The model server makes one reply at a
+  time, so the later replies are still being made when they are resumed."""
 
 
 def redis_supported() -> bool:

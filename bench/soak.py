@@ -6,6 +6,10 @@ reply (`GET /conversations/inference/<chat_id>?max_tokens=4` read to `done`), th
 its own (`max_tokens` 4, not streamed). The worker's resident memory (VmRSS of /proc/<pid>/status) is read before,
 every SAMPLE_EVERY requests, and after each kind; the goal (issue 20) is that it grows by less than GOAL_MB in all.
 CHATAPI_BENCH_SOAK sets how many of each kind (a shorter run to try it out).
+
+The baseline is the worker's own memory after the warm-up, in the same run.
+Run it alone: `.venv/bin/python -m bench soak` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Memory: 2,000 replies and 2,000 /v1 completions" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import os
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from bench.inference import Server, model_path, stream
+from bench.common import Server, model_path, stream
 
 REQUESTS = int(os.environ.get("CHATAPI_BENCH_SOAK") or 2000)  # of each kind
 WARM_UP = max(1, REQUESTS // 20)  # of each kind, before the first reading
@@ -25,6 +29,18 @@ MAX_TOKENS = 4
 SAMPLE_EVERY = max(1, REQUESTS // 4)  # 500
 GOAL_MB = 100
 QUESTION = "Question {n}: what is the capital of France, and why?"
+
+
+TITLE = "Memory: 2,000 replies and 2,000 /v1 completions"
+NOTES = f"""\
+The server's memory over many requests (issue 20): the real server (gunicorn, one gevent worker, the defaults,
+`CHATAPI_REPLIES_KEPT_MB` 64) on a fresh SQLite database, `bench/soak.py`. After a warm-up of {WARM_UP} of
+each kind, {CLIENTS} client threads ask for {REQUESTS:,} chat replies, each in a new chat with one Human
+message of its own (`GET /conversations/inference/<chat_id>?max_tokens={MAX_TOKENS}` read to `done`), then
+{REQUESTS:,} `/v1/chat/completions` of a question of their own (`max_tokens` {MAX_TOKENS}, not streamed).
+*RSS* is the worker's resident memory (`VmRSS` of `/proc/<pid>/status`) before and after each kind; goal: it grows
+by less than {GOAL_MB} MB in all. Every chat reply is kept for reconnects (about 5 KB each at
+{MAX_TOKENS} tokens, well within the 64 MB); no /v1 one is."""
 
 
 def rss_mb(pid: int) -> float:

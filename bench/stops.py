@@ -6,6 +6,10 @@ without stop strings, and beside a reply B with MAX_STOPS stop strings of MAX_ST
 looping text keeps nearly matching (so that the most is held back and scanned). B starts first and is stopped (its
 stream closed) once A is done. Before the fix a 100,000-character stop string cost 185 ms a token for every reply;
 now a 200,000-character one is refused with a 400, which the table shows too.
+
+The baseline is A alone, in the same rounds as the two others.
+Run it alone: `.venv/bin/python -m bench stops` (`make bench` runs them all). Its table is in docs/benchmarks.md
+under "Stop strings beside other replies" (TITLE), after NOTES, which say how each figure is taken.
 """
 
 import statistics
@@ -16,15 +20,25 @@ from pathlib import Path
 
 import requests
 
-from bench.inference import DEADLINE_SECONDS, ENDLESS, STREAM_TOKENS, Server, model_path
-from bench.openai_api import as_messages, completion_stream
-from chatapi.openai_api import MAX_STOP_CHARS, MAX_STOPS
+from bench.common import DEADLINE_SECONDS, ENDLESS, STREAM_TOKENS, Server, as_messages, completion_stream, model_path
+from chatapi.openai_api.schemas import MAX_STOP_CHARS, MAX_STOPS
 
 RUNS = 3  # measured repetitions of each, after one warm-up
 GOAL = 0.5  # A beside the longest stop strings keeps at least half its speed alone
 LOOP = "I don't know. "
 # Each nearly the looping text: the whole of it a match but for its last character.
 LONGEST_STOPS = [(LOOP * (MAX_STOP_CHARS // len(LOOP) + 1))[: MAX_STOP_CHARS - 1] + c for c in "!?#%"[:MAX_STOPS]]
+
+
+TITLE = "Stop strings beside other replies"
+NOTES = """\
+`POST /v1/chat/completions` streamed at temperature 0 on the real server with its defaults (`bench/stops.py`): a
+reply A of the looping conversation to 256 tokens, its content chunks per second first to last, alone, beside a
+reply B of the same conversation without stop strings, and beside a B with the longest stop strings allowed (4 of
+500 characters, each the looping text but for its last character, so that B always holds back and scans the
+most). B starts first and is stopped once A is done. Median of 3 rounds of the three after a warm-up round. Goal:
+A beside the longest stop strings keeps at least half its speed alone (a 100,000-character stop string used to
+cost 185 ms a token for every reply); a 200,000-character stop string is refused with a 400."""
 
 
 class Beside:

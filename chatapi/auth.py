@@ -19,7 +19,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from . import limits
-from .blueprint import Blueprint
+from .openapi import Blueprint
 from .schemas import SessionSchema
 
 COOKIE = "chatapi_session"

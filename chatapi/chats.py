@@ -4,10 +4,9 @@ from flask import Response, url_for
 from flask_smorest import abort
 
 from . import replies, transfer
-from .blueprint import Blueprint
 from .extensions import db
 from .models import Chat, Conversation, get_or_404, utcnow
-from .openapi import ErrorSchema
+from .openapi import Blueprint, ErrorSchema
 from .schemas import (
     ChatCreateSchema,
     ChatExportSchema,

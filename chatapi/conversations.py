@@ -3,12 +3,10 @@
 from flask import request
 
 from . import replies
-from .blueprint import Blueprint
 from .extensions import db
 from .models import Chat, Conversation, get_or_404
-from .openapi import ErrorSchema
+from .openapi import Blueprint, ErrorSchema
 from .schemas import (
-    STREAM_EVENTS,
     ConversationCreateSchema,
     ConversationListQuerySchema,
     ConversationSchema,
@@ -17,6 +15,7 @@ from .schemas import (
     InferenceQuerySchema,
     StoppedSchema,
 )
+from .stream_schemas import STREAM_EVENTS
 
 bp = Blueprint("conversations", __name__, url_prefix="/conversations", description="Conversations")
 

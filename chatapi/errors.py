@@ -1,5 +1,5 @@
 """Every error becomes the same JSON body: {code, status, message[, errors]}; on the OpenAI-compatible routes
-(/v1, chatapi/openai_api.py) OpenAI's instead: {"error": {message, type, param, code}}, so that its clients
+(/v1, chatapi/openai_api/) OpenAI's instead: {"error": {message, type, param, code}}, so that its clients
 read it."""
 
 from flask import Flask, current_app, request

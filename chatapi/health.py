@@ -7,9 +7,9 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import auth, replies
-from .blueprint import Blueprint
 from .errors import DATABASE_RETRY_AFTER
 from .extensions import db
+from .openapi import Blueprint
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Health")

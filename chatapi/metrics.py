@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from .blueprint import Blueprint
 from .llm.queue import ReplyService
 from .llm.reply import Reply
+from .openapi import Blueprint
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)

@@ -8,8 +8,9 @@ import sqlalchemy.orm as so
 from flask_smorest import abort
 
 from .extensions import db
+from .llm import prompt
 
-ROLES = ("Human", "Assistant")
+ROLES = tuple(prompt.ROLES)  # a message's roles: the one role table's (chatapi/llm/prompt.py)
 
 
 def utcnow() -> datetime:

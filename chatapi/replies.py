@@ -25,8 +25,7 @@ from .models import Chat, Conversation
 from .schemas import ConversationSchema
 from .web.cite import cite
 from .web.rank import Source
-from .web.research import Settings as WebSettings
-from .web.research import gather
+from .web.research import ResearchSettings, gather
 
 # One service per model settings in a process (the tests make several apps with the same model).
 _services: dict[ModelSettings, ReplyService] = {}
@@ -34,7 +33,7 @@ _services: dict[ModelSettings, ReplyService] = {}
 
 def init_app(app: Flask) -> None:
     # Read at start, so that a search backend that cannot be used stops the server rather than a reply.
-    app.extensions["web_settings"] = WebSettings.from_config(app.config)
+    app.extensions["web_settings"] = ResearchSettings.from_config(app.config)
     settings = ModelSettings.from_config(app.config, os.path.join(app.instance_path, "models"))
     if settings not in _services:
         _services[settings] = ReplyService(settings)

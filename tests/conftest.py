@@ -3,19 +3,17 @@
 import os
 import uuid
 
-import flask_migrate
 import psycopg
 import pytest
 import requests
-import sqlalchemy as sa
 
-from chatapi import create_app
 from chatapi.extensions import db
 from chatapi.web import research
 from tests.support import wait_for
+from tests.support.database import app_on, sqlite_url
 from tests.support.factweb import FactWeb
 from tests.support.scratch import create_database, drop_database
-from tests.support.server import Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.web import Web
 
 # A database of this run's own, so that two runs at once never drop each other's schema.
@@ -31,7 +29,7 @@ def postgres_opted_out() -> bool:
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/chatapi.db"
+        yield sqlite_url(tmp_path_factory)
         return
     try:
         url = create_database(POSTGRES_TEST_DB)
@@ -46,27 +44,7 @@ def database_url(request, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def app(database_url):
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
-    with app.app_context():
-        reset_schema()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-
-
-def drop_everything() -> None:
-    """Drop the models' tables and alembic's, leaving an empty database."""
-    db.session.remove()
-    db.drop_all()
-    with db.engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-
-
-def reset_schema() -> None:
-    """An empty database brought to head by the migrations: the schema production runs on."""
-    drop_everything()
-    flask_migrate.upgrade()
+    yield from app_on(database_url)
 
 
 @pytest.fixture(autouse=True)
@@ -91,15 +69,9 @@ def backend(database_url) -> str:
 
 
 # Modules whose tests see the database only through the API, whose own tests run on both, or not at all (the
-# OpenAI-compatible API stores nothing by default): SQLite is enough.
-SQLITE_ONLY = (
-    "test_browser.py",
-    "test_page_actions.py",
-    "test_page_markdown.py",
-    "test_page_accessibility.py",
-    "test_openai.py",
-    "test_remote_backend.py",
-)
+# OpenAI-compatible API stores nothing by default): SQLite is enough. The page tests (tests/page/) have a SQLite-only
+# database_url of their own.
+SQLITE_ONLY = ("test_openai.py", "test_remote_backend.py")
 
 
 # Modules about several processes sharing a database, as several hosts would: PostgreSQL is what they share.
@@ -128,10 +100,6 @@ def pytest_terminal_summary(terminalreporter):
     if postgres_skipped:
         terminalreporter.write_sep("!", "PostgreSQL WAS NOT TESTED", red=True, bold=True)
         terminalreporter.write_line(f"every PostgreSQL test was skipped: {postgres_skipped[0]}", red=True)
-
-
-# Short pings and grace period, so that disconnects are noticed within the tests' patience.
-FAST_STREAM_SETTINGS = {"CHATAPI_PING_SECONDS": "0.5", "CHATAPI_GRACE_SECONDS": "1"}
 
 
 @pytest.fixture

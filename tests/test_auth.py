@@ -14,10 +14,9 @@ import requests
 from flask import g
 
 from chatapi import create_app
-from conftest import FAST_STREAM_SETTINGS
-from helpers import snapshot
 from tests.support.chats import GREEDY, QUESTION, infer
-from tests.support.server import ROOT, Server, free_port
+from tests.support.client import snapshot
+from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
 from tests.support.sse import EventStream
 
 KEY = "test-key-" + uuid.uuid4().hex

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from helpers import TIMESTAMP, add_message, create_chat, snapshot
+from tests.support.client import TIMESTAMP, add_message, create_chat, snapshot
 
 
 def now() -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from chatapi.extensions import db
 from chatapi.models import Conversation
-from helpers import TIMESTAMP, add_message, create_chat, snapshot
+from tests.support.client import TIMESTAMP, add_message, create_chat, snapshot
 
 
 def now() -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import requests
 
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat
+from tests.support.server import FAST_STREAM_SETTINGS
 from tests.support.sse import EventStream, read_events
 
 

@@ -11,9 +11,8 @@ import requests
 from sqlalchemy.exc import OperationalError
 
 from chatapi.disk import is_disk_full
-from conftest import FAST_STREAM_SETTINGS
 from tests.support.chats import QUESTION, history, infer, new_chat
-from tests.support.server import Server, migrate
+from tests.support.server import FAST_STREAM_SETTINGS, Server, migrate
 from tests.support.sse import read_events
 
 DISK_FULL = "the database's disk is full"

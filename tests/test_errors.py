@@ -11,7 +11,7 @@ from chatapi import create_app
 from chatapi.llm.engine import Result
 from chatapi.llm.reply import Reply, ReplyRequest
 from chatapi.replies import save_reply
-from helpers import add_message, create_chat, snapshot
+from tests.support.client import add_message, create_chat, snapshot
 
 UNKNOWN = str(uuid.uuid4())
 

@@ -9,7 +9,7 @@ import pytest
 
 from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
-from helpers import add_message, create_chat, snapshot
+from tests.support.client import add_message, create_chat, snapshot
 
 SOURCES = [
     {"n": 1, "title": "Zorblax [volcano] facts", "url": "http://127.0.0.1:8000/articles/volcano", "snippet": "It..."},

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import FAST_STREAM_SETTINGS
+from tests.support.server import FAST_STREAM_SETTINGS
 
 KEY = "fuzz-test-key-0123456789"  # at least 16 characters, as the server wants
 EXAMPLES = 15

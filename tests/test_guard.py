@@ -1,6 +1,6 @@
 """What a web page may make the owner's browser do to the server (chatapi/guard.py, issue 20), with keys or
 without: the Host allow-list against DNS rebinding, the origin rule for requests that act, and JSON bodies only
-under a JSON type (chatapi/blueprint.py). In process; tests/test_browser.py has the same in a real browser."""
+under a JSON type (chatapi/openapi.py). In process; tests/page/test_browser.py has the same in a real browser."""
 
 import json
 import socket
@@ -11,7 +11,7 @@ import requests
 
 from chatapi import create_app
 from chatapi.guard import Guard
-from helpers import add_message, create_chat, snapshot
+from tests.support.client import add_message, create_chat, snapshot
 from tests.support.server import Server
 
 LISTED = "https://app.example"

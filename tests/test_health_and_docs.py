@@ -148,7 +148,7 @@ def test_docs_page_loads_only_local_assets(client):
 
 
 def test_docs_page_has_the_pages_policy_and_no_page_may_frame_html(app, client):
-    """/docs and its files get the page's Content-Security-Policy (tests/test_browser.py shows Swagger UI works
+    """/docs and its files get the page's Content-Security-Policy (tests/page/test_browser.py shows Swagger UI works
     under it); any other HTML at least frame-ancestors 'none'; every response nosniff."""
     page_policy = client.get("/").headers["Content-Security-Policy"]
     assert "script-src 'self';" in page_policy and "frame-ancestors 'none'" in page_policy

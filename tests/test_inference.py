@@ -7,10 +7,10 @@ import uuid
 import pytest
 import requests
 
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer, new_chat, pieces
 from tests.support.metrics import moved, scrape
+from tests.support.server import FAST_STREAM_SETTINGS
 from tests.support.sse import Arrivals, EventStream, read_events, read_events_acting, read_events_dropped_and_resumed
 
 # Both stream routes check their input the same way before any stream (or web search) starts.

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 
 from chatapi.extensions import db
 from chatapi.models import ROLES, Chat, Conversation
-from conftest import drop_everything, reset_schema
+from tests.support.database import drop_everything, reset_schema
 
 
 def check_sql(sql: str) -> str:

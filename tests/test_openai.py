@@ -13,13 +13,12 @@ import openai
 import pytest
 import requests
 
-from chatapi.openai_api import MAX_STOP_CHARS
-from conftest import FAST_STREAM_SETTINGS
-from helpers import snapshot
+from chatapi.openai_api.schemas import MAX_STOP_CHARS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, infer, new_chat
+from tests.support.client import snapshot
 from tests.support.metrics import moved, scrape
-from tests.support.server import Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.sse import EventStream, read_events
 
 KEY = "openai-key-" + uuid.uuid4().hex

@@ -4,9 +4,8 @@ import openai
 import pytest
 import requests
 
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
-from tests.support.server import Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 
 SYSTEM = "You are a geography teacher. Answer briefly."
 QUESTION = "What is the capital of France?"

@@ -10,11 +10,10 @@ import requests
 
 from chatapi import create_app
 from chatapi.extensions import db
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat
 from tests.support.postgres import Cluster
-from tests.support.server import Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.sse import EventStream, read_events
 
 # Every API route that reads or writes the database, with a body where it takes one.

@@ -10,10 +10,10 @@ from flask import g, request
 
 from chatapi import create_app
 from chatapi.limits import client_key
-from conftest import FAST_STREAM_SETTINGS
-from helpers import snapshot
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, infer, new_chat
+from tests.support.client import snapshot
 from tests.support.scratch import REDIS_URL, forget_keys
+from tests.support.server import FAST_STREAM_SETTINGS
 from tests.support.sse import EventStream, read_events
 
 ORIGIN = "https://app.example"

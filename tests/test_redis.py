@@ -18,13 +18,12 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.engine import Options
+from chatapi.llm.redis_replies import Board, SharedReply
 from chatapi.llm.reply import Reply, ReplyRequest
-from chatapi.llm.shared import Board, SharedReply
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, new_chat, pieces
 from tests.support.scratch import REDIS_URL, forget_keys
-from tests.support.server import Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.sse import EventStream, read_events, read_events_acting
 
 LEASE_SECONDS = 2

@@ -19,10 +19,9 @@ from chatapi.llm.prompt import LAYOUTS, Message, chat_messages
 from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend
 from chatapi.llm.settings import ModelSettings
 from config import Config
-from conftest import FAST_STREAM_SETTINGS
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat, pieces
-from tests.support.server import ROOT, Server, free_port
+from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
 from tests.support.sse import EventStream, read_events, read_events_acting
 from tests.support.upstream import LlamaCppServer, SilentServer
 from tests.support.web import web_settings

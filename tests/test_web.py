@@ -12,7 +12,7 @@ from chatapi.web.cache import TTLCache
 from chatapi.web.extract import extract
 from chatapi.web.fetch import AddressPolicy, FetchError, fetch_page
 from chatapi.web.rank import select_sources, sources_prompt
-from chatapi.web.research import Settings, gather
+from chatapi.web.research import ResearchSettings, gather
 from chatapi.web.search import (
     DEFAULT_URLS,
     Backend,
@@ -347,7 +347,7 @@ def listed(web, *backends: tuple[str, str]) -> str:
     return ",".join(f"{name}={web.url}{path}" for name, path in backends)
 
 
-def settings(web, backends: str = "", **changes) -> Settings:
+def settings(web, backends: str = "", **changes) -> ResearchSettings:
     values = dict(
         backends=backends_from(backends or f"duckduckgo={web.url}/duckduckgo/html/"),
         results=7,
@@ -355,7 +355,7 @@ def settings(web, backends: str = "", **changes) -> Settings:
         allow="127.0.0.1",
         deadline=10,
     )
-    return Settings(**{**values, **changes})
+    return ResearchSettings(**{**values, **changes})
 
 
 def test_gather_reads_what_it_can_and_cites_the_fact(web, elsewhere):
@@ -443,12 +443,12 @@ def test_the_page_cache_holds_at_most_its_bytes(web, monkeypatch):
     monkeypatch.setattr(research.documents, "max_bytes", 5 * 1024 * 1024)
     urls = [f"{web.url}/articles/huge?copy={n}" for n in range(3)]
     for url in urls:
-        assert len(research.read_page(url, ALLOW, 10, time.monotonic() + 10).text) > 1_000_000
+        assert len(research.read_source(url, ALLOW, 10, time.monotonic() + 10).text) > 1_000_000
     assert research.documents.bytes <= 5 * 1024 * 1024 and len(research.documents) == 2
     before = len(web.requests)
-    research.read_page(urls[2], ALLOW, 10, time.monotonic() + 10)
+    research.read_source(urls[2], ALLOW, 10, time.monotonic() + 10)
     assert len(web.requests) == before  # the latest is still there
-    research.read_page(urls[0], ALLOW, 10, time.monotonic() + 10)
+    research.read_source(urls[0], ALLOW, 10, time.monotonic() + 10)
     assert len(web.requests) == before + 1  # the oldest went
 
 

@@ -1,15 +1,5 @@
-"""The model's owner: one real OS thread runs every generation, several at once (continuous batching).
-
-Greenlets never call llama.cpp here: the model's own thread calls `Engine.step` back to back with the
-Jobs handed to it, and the service carries each step's text back to the event loop. Each step decodes,
-in one llama.cpp batch, the next token of every running reply plus a chunk of the prompts still being
-read (chunked prefill, at most `step_tokens` in all), so a long new prompt stalls the running replies for
-one chunk at a time only.
-Each chat keeps its own KV-cache sequence (up to CHATAPI_KV_CHATS chats, least recently used evicted, of
-those that keep the running replies' sequences together), so a follow-up turn evaluates only the tokens
-that are new since the chat's last turn. A job of no chat (the OpenAI-compatible API: its clients resend the
-whole conversation each turn) finds its cache by its prompt's tokens instead: the idle sequence that begins
-with most of them, taken over when no chat owns it, else copied, so that the chat keeps its own.
+"""The model's owner: one real OS thread runs every generation, several at once (continuous batching, chunked
+prefill), each chat on a KV-cache sequence of its own. How, and what it buys: docs/benchmarks.md, "The engine".
 """
 
 import codecs

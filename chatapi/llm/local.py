@@ -19,15 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class Threads:
-    """The model's thread count: one fewer while other work needs a core.
-
-    llama.cpp's threads meet at a barrier after every operation of the model, spinning there to be quick.
-    When other work (the server answering requests, the clients, another program) takes a core from one of
-    them, the others spin waiting for it: a reply on 2 cores fell from ~70 to 2-23 tokens/s beside
-    back-to-back API requests (sleeping at the barriers instead holds ~43 but costs 40% when nothing else
-    runs). So every WINDOW the model's thread reads how much CPU the rest of the machine used (the event loop
-    of this process included, the model's own threads not) and runs one thread fewer while that is more than
-    OTHERS_LIMIT of a core. Measured in bench/batching.py (threads table)."""
+    """The model's thread count: one fewer while other work needs a core, as llama.cpp's threads spin at their
+    barriers while one of them waits for a core (see docs/benchmarks.md, "Threads"). Every WINDOW the model's
+    thread reads the CPU the rest of the machine used and runs one fewer while that is over OTHERS_LIMIT of a core."""
 
     WINDOW = 0.1  # seconds between two readings
     OTHERS_LIMIT = 0.5  # cores of other work from which the model leaves one to it

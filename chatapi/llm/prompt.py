@@ -7,7 +7,9 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from .model import Model
 
-TEMPLATE_ROLES = {"Human": "user", "Assistant": "assistant"}
+# The one role table: a chat message's role (the API's, as stored) -> its role in a chat template and in OpenAI's
+# messages. The API's roles are its keys (chatapi/models.py); /v1 reads OpenAI's roles through its inverse.
+ROLES = {"Human": "user", "Assistant": "assistant"}
 # A base model without a chat template continues a plain transcript; it stops at the next turn.
 TRANSCRIPT_STOPS = ["\nHuman:", "\nAssistant:"]
 ELLIPSIS = "… "
@@ -70,7 +72,7 @@ class TemplateRenderer:
         return marker in text.prompt
 
     def __call__(self, system_prompt: str, messages: list[Message]) -> str:
-        chat = [{"role": TEMPLATE_ROLES[m.role], "content": m.text.strip()} for m in messages]
+        chat = [{"role": ROLES[m.role], "content": m.text.strip()} for m in messages]
         system = system_prompt.strip()
         if system and self.system_role:
             chat.insert(0, {"role": "system", "content": system})
@@ -216,7 +218,7 @@ def chat_messages(system_prompt: str, history: list[Message], sources: str = "",
     system = system_prompt.strip()
     if sources and layout == "system":
         system = f"{system}\n\n{sources}".strip()
-    messages = [{"role": TEMPLATE_ROLES[m.role], "content": m.text.strip()} for m in history]
+    messages = [{"role": ROLES[m.role], "content": m.text.strip()} for m in history]
     if sources and layout != "system":
         latest = max(i for i, m in enumerate(history) if m.role == "Human")
         question = messages[latest]["content"]

@@ -16,10 +16,10 @@ import gevent
 from .engine import Options, Result
 from .local import LocalBackend
 from .prompt import ContextLengthExceeded
+from .redis_replies import Board
 from .remote import RemoteBackend
 from .reply import ChatGone, Reply, ReplyRequest, Resumable, SaveReply, StoreUnavailable
 from .settings import ModelSettings
-from .shared import Board
 
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
 log = logging.getLogger(__name__)

@@ -9,13 +9,8 @@ import re
 
 from .rank import BM25, Source, terms
 
-# A sentence is cited when its best passage scores at least THRESHOLD of its ceiling: the score of a passage of
-# average length that holds each of the sentence's terms once (the sum of their idf). Picked on 50 answers of the
-# real model in tests/test_internet.py's setting (the local web's volcano and gardening pages; 10 questions, some
-# answerable, some not, at temperature 0 and 0.7-1 with seeds, 64-96 tokens): of their 80 distinct sentences
-# without markers, the 11 that say what a passage says scored 0.48-2.1 and the 62 that do not at most 0.40
-# ("Water tomatoes during the day.", against the page's morning). 0.45 is between. BM25 cannot tell the 7 others,
-# which reuse a page's words for a claim it does not make ("The volcano is in the middle of the island.", 0.99).
+# A sentence is cited when its best passage scores at least THRESHOLD of its ceiling (the sum of its terms' idf): on
+# the real model's answers, between the sentences a passage supports and the others (docs/benchmarks.md, "Citations").
 THRESHOLD = 0.45
 MIN_TERMS = 2  # words of a sentence, stop words left out, for it to be matched at all
 

@@ -153,7 +153,7 @@ def fetch_page(url: str, policy: AddressPolicy, timeout: float, max_bytes: int =
                 url = urljoin(url, location)
                 continue
             with response:
-                return read_page(response, url, deadline, max_bytes)
+                return read_body(response, url, deadline, max_bytes)
     raise FetchError(f"more than {MAX_REDIRECTS} redirects")
 
 
@@ -173,7 +173,8 @@ def request(session: requests.Session, url: str, deadline: float) -> requests.Re
         raise FetchError(f"the page could not be fetched ({type(exc).__name__}: {exc})") from exc
 
 
-def read_page(response: requests.Response, url: str, deadline: float, max_bytes: int) -> Page:
+def read_body(response: requests.Response, url: str, deadline: float, max_bytes: int) -> Page:
+    """The response's body as a Page: a readable type only, read by the deadline, cut at max_bytes."""
     if response.status_code != 200:
         raise FetchError(f"the page answered {response.status_code}")
     header = response.headers.get("Content-Type", "")

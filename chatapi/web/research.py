@@ -47,7 +47,10 @@ def clear_caches() -> None:
 
 
 @dataclass
-class Settings:
+class ResearchSettings:
+    """Internet mode's settings: where to search and how the result pages are read (the model's are
+    chatapi/llm's)."""
+
     backends: tuple[Backend, ...]  # asked in this order until one answers
     results: int
     fetch_timeout: float
@@ -55,7 +58,7 @@ class Settings:
     deadline: float  # seconds for the whole search-and-read phase
 
     @classmethod
-    def from_config(cls, config) -> "Settings":
+    def from_config(cls, config) -> "ResearchSettings":
         """The settings of CHATAPI_*; ValueError for a search backend that cannot be used."""
         return cls(
             backends=backends_from(config["CHATAPI_SEARCH_BACKEND"], config["CHATAPI_SEARCH_URL"]),
@@ -98,7 +101,7 @@ class Findings:
 
 def gather(
     question: str,
-    settings: Settings,
+    settings: ResearchSettings,
     room: int,
     count_tokens: Callable[[list[str]], list[int]],
     on_query: Callable[[str], None],
@@ -142,7 +145,7 @@ def gather(
 
 
 def search_in_turn(
-    query: str, settings: Settings, deadline: float, failed: list[Failure]
+    query: str, settings: ResearchSettings, deadline: float, failed: list[Failure]
 ) -> tuple[Backend | None, list[SearchResult]]:
     """The backend that answered and its results: the backends are asked in order until one answers (an
     empty list is an answer: it found nothing); each that fails or is rate limiting goes into `failed`.
@@ -177,16 +180,16 @@ def search_in_turn(
     return None, []
 
 
-def search_key(backend: Backend, settings: Settings, query: str) -> tuple:
+def search_key(backend: Backend, settings: ResearchSettings, query: str) -> tuple:
     """Which backend answered is part of the key: another backend's results are other pages."""
     return (backend.name, backend.url, settings.results, query)
 
 
-def read_pages(results: list[SearchResult], settings: Settings, deadline: float) -> list[Document]:
+def read_pages(results: list[SearchResult], settings: ResearchSettings, deadline: float) -> list[Document]:
     """The readable pages among the results, fetched at once; a page that fails is left out, and a
     page reached twice (through a redirect) counts once."""
     policy = AddressPolicy(settings.allow)
-    jobs = {gevent.spawn(read_page, r.url, policy, settings.fetch_timeout, deadline): r.url for r in results}
+    jobs = {gevent.spawn(read_source, r.url, policy, settings.fetch_timeout, deadline): r.url for r in results}
     pending, read, cutoff = set(jobs), 0, deadline
     while pending and time.monotonic() < cutoff:
         for job in gevent.wait(list(pending), timeout=cutoff - time.monotonic(), count=1):
@@ -204,7 +207,7 @@ def read_pages(results: list[SearchResult], settings: Settings, deadline: float)
     return list(pages.values())
 
 
-def read_page(url: str, policy: AddressPolicy, fetch_timeout: float, deadline: float) -> Document | None:
+def read_source(url: str, policy: AddressPolicy, fetch_timeout: float, deadline: float) -> Document | None:
     """The page's text, or None when it cannot be read; both are remembered for a few minutes."""
     key = (url, policy.allow)
     known = documents.get(key)

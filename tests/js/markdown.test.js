@@ -15,7 +15,7 @@ const TAGS = new Set(["P", "BR", "HR", "H1", "H2", "H3", "H4", "H5", "H6", "EM",
   "BLOCKQUOTE", "UL", "OL", "LI", "A", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "SPAN", "DIV", "BUTTON", "SUP"]);
 const LINK_SCHEMES = new Set(["http:", "https:", "mailto:"]);
 
-// Sources as a hostile page or a tampered database could give them (as in tests/test_browser.py).
+// Sources as a hostile page or a tampered database could give them (as in tests/page/test_browser.py).
 const HOSTILE_SOURCES = [
   { n: 1, title: '<img src=x onerror="window.__pwned = 1">Evil page', url: "javascript:window.__pwned = 2" },
   { n: 2, title: "<script>window.__pwned = 3</script>Shouting", url: " JavaScript:window.__pwned = 4" },

@@ -1,5 +1,7 @@
-"""Support shared by the tests and the benchmarks (bench/ imports it as tests.support): the live server,
-an SSE client, the chats the tests make, and the local web that stands in for the internet."""
+"""Support shared by the tests and the benchmarks, imported as tests.support.X everywhere (tests import nothing
+from each other or from a conftest): the live server, an SSE client, the chats the tests make (live: chats.py;
+in process: client.py), the test databases, the page tests' helpers, and the local web that stands in for the
+internet."""
 
 import time
 

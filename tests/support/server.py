@@ -15,6 +15,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+# Short pings and grace period, so that disconnects are noticed within the tests' patience.
+FAST_STREAM_SETTINGS = {"CHATAPI_PING_SECONDS": "0.5", "CHATAPI_GRACE_SECONDS": "1"}
 
 
 def free_port() -> int:

@@ -7,17 +7,9 @@ import json
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests import test_browser
 from tests.support.chats import ENDLESS, GREEDY, LONG_QUESTION, QUESTION, history, new_chat
+from tests.support.page import CITED, FEATURES, SOURCES, last_reply, save_answer, wait_for_reply_text
 from tests.support.server import ROOT
-from tests.test_browser import last_reply, wait_for_reply_text
-from tests.test_page_markdown import CITED, FEATURES, SOURCES, save_answer
-
-# test_browser.py's fixtures: the browser, the server, and tabs that check each page for errors and outside requests.
-browser = test_browser.browser
-page_server = test_browser.page_server
-open_tab = test_browser.open_tab
-tab = test_browser.tab
 
 AXE = ROOT / "node_modules/axe-core/axe.min.js"
 ENDLESS_START = ENDLESS[:-1]

@@ -1,4 +1,4 @@
-"""Small helpers the tests share."""
+"""The in-process tests' chats and messages, made through Flask's test client, and a snapshot of the database."""
 
 import re
 

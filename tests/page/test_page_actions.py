@@ -10,16 +10,8 @@ from playwright.sync_api import Page, expect
 
 from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
-from tests import test_browser
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, new_chat
-from tests.test_browser import PAGE_KEY, keyed_chat, last_reply, sign_in, wait_for_reply_text
-
-# test_browser.py's fixtures: the browser, the server, and tabs that check each page for errors and outside requests.
-browser = test_browser.browser
-page_server = test_browser.page_server
-open_tab = test_browser.open_tab
-tab = test_browser.tab
-keyed_server = test_browser.keyed_server
+from tests.support.page import PAGE_KEY, keyed_chat, last_reply, sign_in, wait_for_reply_text
 
 OLD_ANSWER = "An old answer, to be written again."
 PROMPT = "You are a ship's cook. Answer every question about food, briefly."

@@ -3,52 +3,11 @@ real server and model: what each feature looks like, the code blocks' highlighti
 tries to run script, and a reply drawn as Markdown while it streams, once a frame, and read out a block at a time."""
 
 import json
-import uuid
 
 from playwright.sync_api import Page, expect
 
-from chatapi.extensions import db
-from chatapi.models import Chat, Conversation
-from tests import test_browser
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, new_chat
-from tests.test_browser import last_reply
-
-# test_browser.py's fixtures: the browser, the server, and tabs that check each page for errors and outside requests.
-browser = test_browser.browser
-page_server = test_browser.page_server
-open_tab = test_browser.open_tab
-tab = test_browser.tab
-
-CODE = 'def erupt(times: int) -> str:\n    return "boom" * times\n'
-FEATURES = f"""# Volcano notes
-
-Some *emphasis*, **strong words**, ~~struck~~ and `inline code`.
-A second line.
-
-## Eruptions
-
-1. First
-2. Second
-   - nested *item*
-
-> A quote with a [link](https://example.org/volcano "The volcano page").
-
-| Name | Height | Year |
-|:-----|:------:|-----:|
-| Etna | 3357 | 2024 |
-
-```python
-{CODE}```
-
----
-
-Write to <mailto:team@example.org> or read https://example.org/plain."""
-
-CITED = "**The Zorblax volcano erupts every 47 minutes.**\n\n- Tomatoes like [2] morning water."
-SOURCES = [
-    {"n": 1, "title": "Zorblax volcano facts", "url": "https://example.org/volcano", "snippet": ""},
-    {"n": 2, "title": "Gardening", "url": "https://example.org/garden", "snippet": ""},
-]
+from tests.support.page import CITED, CODE, FEATURES, SOURCES, last_reply, save_answer, save_screenshot
 
 # Markdown that tries to run script, load something or reach a script URL, every way we know of. A page that
 # runs any of it sets window.__pwned.
@@ -87,14 +46,6 @@ RISKY = """() => [...document.querySelectorAll("#message-list .bubble *")].flatM
 
 def assistant(page: Page, index: int):
     return page.locator("#message-list .message.assistant").nth(index)
-
-
-def save_answer(app, chat_id: str, text: str, sources=None, citations=None) -> None:
-    """An Assistant message straight into the database: no route takes sources and citations."""
-    with app.app_context():
-        chat = db.session.get(Chat, uuid.UUID(chat_id))
-        db.session.add(Conversation(chat, "Assistant", text, sources=sources, citations=citations))
-        db.session.commit()
 
 
 def test_each_markdown_feature_shows_and_the_persons_messages_stay_plain_text(tab, page_server, app, tmp_path):
@@ -164,7 +115,7 @@ def test_each_markdown_feature_shows_and_the_persons_messages_stay_plain_text(ta
     expect(cited.locator("strong sup.citation a")).to_have_accessible_name("Source 1: Zorblax volcano facts")
     expect(cited.locator("li sup.citation a")).to_have_attribute("href", SOURCES[1]["url"])
     expect(cited.locator("li sup.citation a")).to_have_accessible_name("Source 2: Gardening")
-    test_browser.save_screenshot(page, tmp_path, "screenshot-markdown.png")
+    save_screenshot(page, tmp_path, "screenshot-markdown.png")
 
 
 def test_the_copy_button_puts_the_code_on_the_clipboard_by_mouse_and_by_keyboard(open_tab, page_server):

@@ -1,41 +1,31 @@
 """The browser page at / in headless Chromium (Debian's, driven by Playwright) against the real server and model."""
 
 import json
-import os
 import re
-import shutil
 import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import requests
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
 from tests.support.chats import ENDLESS, LONG_QUESTION, add_message, history, new_chat
-from tests.support.server import ROOT, Server
+from tests.support.page import (
+    PAGE_KEY,
+    keyed_chat,
+    keyed_history,
+    last_reply,
+    save_screenshot,
+    sign_in,
+    wait_for_reply_text,
+)
+from tests.support.server import ROOT
 from tests.support.web import web_settings
-
-CHROMIUM = "/usr/bin/chromium"
-# Debian's Chromium, never a downloaded browser; as root it needs --no-sandbox. Nothing phones home.
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Names an attacker's DNS would point at this machine, for this browser only (tests of chatapi/guard.py).
-    "--host-resolver-rules=MAP rebind.test 127.0.0.1, MAP elsewhere.test 127.0.0.1",
-]
-# `make screenshot` sets this to docs/: the screenshots the README shows are written there.
-SCREENSHOT_DIR = os.environ.get("CHATAPI_SCREENSHOT_DIR")
 
 QUESTION = "What is the capital of France?"
 # The looping history without its last question, which the tests type into the page.
@@ -61,22 +51,6 @@ EXPECTED_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 
-# Every EventSource the page opens, so that tests can see its URL, whether it was closed, and the text of the
-# token events it delivered to the page (__text).
-TRACK_EVENT_SOURCES = """
-(() => {
-  const Native = window.EventSource;
-  window.__eventSources = [];
-  window.EventSource = class extends Native {
-    constructor(url, init) {
-      super(url, init);
-      this.__text = "";
-      this.addEventListener("message", (event) => { this.__text += JSON.parse(event.data).content; });
-      window.__eventSources.push(this);
-    }
-  };
-})();
-"""
 # Every text the last Assistant bubble shows, in order, while a reply streams in; and the last one it showed
 # while streaming, made of the streamed pieces only (`done` then shows the saved text). The page draws a
 # streaming reply once per animation frame, so that one may lack the pieces that came in the last frame.
@@ -97,84 +71,6 @@ RECORD_REPLY_TEXTS = """
 }
 """
 
-expect.set_options(timeout=30_000)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
-
-
-PAGE_KEY = "page-key-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def keyed_server(app, database_url, tmp_path_factory):
-    """A server with an API key: the page must ask for it."""
-    log = tmp_path_factory.mktemp("keyed") / "gunicorn.log"
-    server = Server(database_url, log, CHATAPI_API_KEYS=PAGE_KEY, CHATAPI_PING_SECONDS="0.5")
-    yield server.wait_until_up().url
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def page_server(app, database_url, web, tmp_path_factory):
-    """One real server for the module; the default grace period, so that a page reload keeps its reply."""
-    log = tmp_path_factory.mktemp("browser") / "gunicorn.log"
-    server = Server(database_url, log, CHATAPI_PING_SECONDS="0.5", **web_settings(web))
-    yield server.wait_until_up().url
-    server.stop()
-
-
-class Tab:
-    """A page in its own browser context, and what it did: uncaught errors and every URL it asked for."""
-
-    def __init__(self, context: BrowserContext, base: str):
-        self.context = context
-        self.base = base
-        self.page: Page = context.new_page()
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("request", lambda request: self.requests.append(request.url))
-
-    def event_sources(self) -> list[dict]:
-        return self.page.evaluate("window.__eventSources.map(s => ({url: s.url, state: s.readyState}))")
-
-    def check(self) -> None:
-        assert self.errors == [], "uncaught errors in the page"
-        offsite = [url for url in self.requests if not url.startswith(self.base + "/")]
-        assert offsite == [], "the page asked for something that is not on its server"
-
-
-@pytest.fixture
-def open_tab(browser: Browser, client):
-    """Opens pages on a server (desktop size unless told); checks each for errors and outside requests."""
-    tabs: list[Tab] = []
-
-    def open_tab(base: str, **context_options) -> Tab:
-        options = {"viewport": {"width": 1280, "height": 800}, **context_options}
-        context = browser.new_context(base_url=base, **options)
-        context.add_init_script(TRACK_EVENT_SOURCES)
-        tabs.append(Tab(context, base))
-        return tabs[-1]
-
-    yield open_tab
-    for tab in tabs:
-        tab.context.close()
-    for tab in tabs:
-        tab.check()
-
-
-@pytest.fixture
-def tab(open_tab, page_server) -> Tab:
-    return open_tab(page_server)
-
 
 def send_long_question(page: Page, base: str, max_tokens: int) -> str:
     """Open a chat whose reply runs to max_tokens (ENDLESS_START) and send its question; the chat's id."""
@@ -187,20 +83,6 @@ def send_long_question(page: Page, base: str, max_tokens: int) -> str:
     # the saved one, whose text would satisfy wait_for_reply_text at once.
     expect(page.locator("#message-list .message")).to_have_count(4)
     return chat_id
-
-
-def last_reply(page: Page):
-    return page.locator("#message-list .message.assistant").last
-
-
-def wait_for_reply_text(page: Page, characters: int) -> None:
-    page.wait_for_function(
-        """(n) => {
-          const bubbles = document.querySelectorAll("#message-list .message.assistant .bubble");
-          return bubbles.length && bubbles[bubbles.length - 1].textContent.length > n;
-        }""",
-        arg=characters,
-    )
 
 
 def check_sources_are_inert(page: Page, reply) -> None:
@@ -331,17 +213,6 @@ class Cable:
 
 def chat_names(page: Page) -> list[str]:
     return page.locator("#chat-list .chat-name").all_text_contents()
-
-
-def save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    page.screenshot(path=path, animations="disabled")
-    png = path.read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
-    if SCREENSHOT_DIR:
-        Path(ROOT, SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, Path(ROOT, SCREENSHOT_DIR, name))
-    return path
 
 
 def test_send_streams_the_reply_token_by_token_and_it_is_there_after_a_reload(tab, page_server):
@@ -830,31 +701,6 @@ def test_a_stream_cut_mid_reply_shows_the_reconnect_and_resumes_after_the_last_e
         cable.close()
 
 
-def keyed_chat(base: str, *messages: str) -> str:
-    """A chat holding Human messages, made over the API with the key; its id."""
-    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
-    chat_id = requests.post(f"{base}/chats/create", json={"name": "keyed"}, headers=headers, timeout=10).json()["id"]
-    for message in messages:
-        body = {"chat_id": chat_id, "role": "Human", "message": message}
-        assert requests.post(f"{base}/conversations/create", json=body, headers=headers, timeout=10).status_code == 201
-    return chat_id
-
-
-def keyed_history(base: str, chat_id: str) -> list[dict]:
-    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
-    return requests.get(f"{base}/chats/{chat_id}/conversations", headers=headers, timeout=10).json()
-
-
-def sign_in(page: Page, key: str = PAGE_KEY):
-    """Answer the key prompt, which must be on screen; the prompt."""
-    prompt = page.get_by_role("dialog", name="Sign in")
-    expect(prompt).to_be_visible()
-    expect(prompt.get_by_label("API key")).to_be_focused()
-    prompt.get_by_label("API key").fill(key)
-    prompt.get_by_role("button", name="Sign in").click()
-    return prompt
-
-
 def test_a_server_with_keys_asks_for_one_refuses_a_wrong_one_and_the_person_carries_on(open_tab, keyed_server):
     base = keyed_server
     keyed_chat(base, "made with the key")
@@ -969,7 +815,7 @@ def test_the_api_docs_are_linked_and_load_offline_under_the_pages_policy(tab, pa
 
 
 # Other web sites, through the owner's browser (chatapi/guard.py): a page of elsewhere.test (another origin on
-# 127.0.0.1) and rebind.test (a name of an attacker's that resolves here), as LAUNCH_ARGS map them.
+# 127.0.0.1) and rebind.test (a name of an attacker's that resolves here), as conftest.py's LAUNCH_ARGS map them.
 
 
 @pytest.fixture(scope="module")

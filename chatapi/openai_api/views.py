@@ -1,0 +1,136 @@
+"""/v1's routes: the model list and chat completions, streamed or not (the package's docstring says more)."""
+
+import logging
+import socket
+import uuid
+from functools import partial
+
+import gevent
+import gevent.socket
+from flask import Blueprint, current_app, request
+from flask_smorest import abort
+
+from .. import replies
+from ..llm import prompt
+from ..llm.prompt import ContextLengthExceeded, Message
+from ..llm.queue import ReplyService
+from ..llm.remote import UpstreamError
+from ..llm.reply import Reply, ReplyRequest
+from .schemas import bad_request, read_completion_request
+from .store import store_exchange
+from .wire import Completion
+
+MODE = "openai"  # the replies' mode, as the metrics label them
+OWNER = "chatapi"
+# OpenAI's role -> the API's (the one role table's inverse); system and developer messages make the system prompt.
+ROLES = {openai: role for role, openai in prompt.ROLES.items()}
+log = logging.getLogger(__name__)
+
+bp = Blueprint("openai", __name__, url_prefix="/v1")
+
+
+def prompt_parts(messages: list[dict]) -> tuple[str, list[Message]]:
+    """The system prompt (the system and developer messages, joined) and the conversation."""
+    system = "\n\n".join(m["content"] or "" for m in messages if m["role"] not in ROLES)
+    history = [Message(ROLES[m["role"]], m["content"] or "") for m in messages if m["role"] in ROLES]
+    return system, history
+
+
+def model_card(service: ReplyService) -> dict:
+    """The model as OpenAI lists it; 503 when a remote model server cannot say which it serves."""
+    try:
+        card = service.model_card()
+    except UpstreamError as exc:
+        current_app.logger.error("%s", exc)  # where and why; the client is told what
+        abort(503, message=exc.public, code_name="model_not_ready")
+    return {"id": card["id"], "object": "model", "created": card["created"], "owned_by": OWNER}
+
+
+@bp.route("/models", methods=["GET"])
+def list_models():
+    """The loaded model, as OpenAI lists models."""
+    return {"object": "list", "data": [model_card(replies.ready_service())]}
+
+
+@bp.route("/models/<path:model_id>", methods=["GET"])
+def get_model(model_id: str):
+    """The loaded model by its id; 404 for any other."""
+    card = model_card(replies.ready_service())
+    if model_id != card["id"]:
+        abort(404, message=f"the model {model_id!r} does not exist", param="model", code_name="model_not_found")
+    return card
+
+
+@bp.route("/chat/completions", methods=["POST"])
+def create_chat_completion():
+    """A chat completion of the messages given, as one `chat.completion` or a stream of chunks."""
+    args = read_completion_request()
+    service = replies.ready_service()
+    model = model_card(service)["id"]
+    system_prompt, history = prompt_parts(args["messages"])
+    given = {
+        "max_tokens": args.get("max_completion_tokens") or args.get("max_tokens"),
+        "temperature": args.get("temperature"),
+        "top_p": args.get("top_p"),
+        "seed": args["seed"] % 2**32 if args.get("seed") is not None else None,  # the sampler's seed is 32-bit
+    }
+    options = service.options_from({name: value for name, value in given.items() if value is not None})
+    reply_request = ReplyRequest(
+        uuid.uuid4(),  # no chat: a reply of its own
+        MODE,
+        tuple(history),
+        system_prompt,
+        options,
+        save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
+        stops=tuple(args.get("stop") or ()),
+        by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
+        resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
+        cut=False,  # as OpenAI: the messages whole, or an error the client can act on
+    )
+    try:
+        reply = replies.start(reply_request)
+    except ContextLengthExceeded as exc:
+        bad_request(
+            f"This model's maximum context length is {service.n_ctx} tokens. However, you requested"
+            f" {exc.needed + exc.max_tokens} tokens ({exc.needed} in the messages, {exc.max_tokens} in the"
+            " completion), with the older messages left out: the system prompt, the latest user message and the"
+            " last message are kept whole. Please reduce the length of the messages or completion.",
+            "messages",
+            "context_length_exceeded",
+        )
+    completion = Completion(reply, model)
+    if args.get("stream"):
+        include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
+        return replies.event_stream_response(completion.chunks(service, include_usage))
+    watcher = cancel_when_client_leaves(request.environ.get("gunicorn.socket"), service, reply)
+    try:
+        return completion.whole()
+    finally:
+        if watcher is not None:
+            watcher.kill(block=False)
+
+
+def cancel_when_client_leaves(client: socket.socket | None, service: ReplyService, reply: Reply):
+    """A greenlet that cancels the reply as soon as its client hangs up, else None. A reply answered whole keeps its
+    listener (the request) to the end, so without this it would run to max_tokens for nobody.
+
+    Under gunicorn (its socket in the environ) nothing reads the connection while the reply is made: the request's
+    body was read whole, and a client waits for its answer. So when it becomes readable, the client either closed
+    it (a peek reads nothing) or sent something more (a pipelined request: the client is there, and the watch
+    stops)."""
+    if client is None:
+        return None
+
+    def watch():
+        try:
+            gevent.socket.wait_read(client.fileno())
+            gone = client.recv(1, socket.MSG_PEEK) == b""
+        except ValueError:  # TLS: no peeking; the reply runs its course
+            return
+        except OSError:  # reset by the peer
+            gone = True
+        if gone and not reply.finished:
+            log.info("the client of chat completion %s left: its reply is stopped", reply.message_id)
+            service.cancel(reply)
+
+    return gevent.spawn(watch)

@@ -1,0 +1,110 @@
+"""A reply told as OpenAI tells a chat completion: one `chat.completion` object, or a stream of
+`chat.completion.chunk` events (written through chatapi/llm/sse.py) that ends with `[DONE]`."""
+
+import time
+from collections.abc import Iterator
+
+from flask_smorest import abort
+
+from ..llm import sse
+from ..llm.queue import ReplyService
+from ..llm.reply import Reply
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
+DONE = sse.serialized_event_text(None, "[DONE]")  # the stream's last event, OpenAI's: its data is no JSON
+
+
+class Completion:
+    """One reply told as OpenAI tells a chat completion."""
+
+    def __init__(self, reply: Reply, model: str):
+        self.reply = reply
+        self.id = f"chatcmpl-{reply.message_id.hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.started = False  # whether text has come: the white space that leads a reply is left out
+
+    def texts_and_end(self, records: Iterator) -> Iterator[tuple[str | None, dict | None]]:
+        """From the reply's events: (text, None) for each piece, (None, None) for a ping, then (None, the
+        `done` or `error` data)."""
+        for record in records:
+            if record is None:
+                yield None, None
+                continue
+            event, data = record
+            if event is None:
+                text = data["content"] if self.started else data["content"].lstrip()
+                if text:
+                    self.started = True
+                    yield text, None
+            elif event in ("done", "error"):
+                yield None, {"event": event, **data}
+
+    def usage(self, done: dict) -> dict:
+        """OpenAI's usage; its counts None where the backend knows none (a remote server that reports none)."""
+        usage = done["usage"]
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion if prompt is not None and completion is not None else None,
+            "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
+        }
+
+    def whole(self):
+        """The finished reply as a `chat.completion` (or its error in OpenAI's shape)."""
+        pieces, end = [], None
+        for text, ended in self.texts_and_end(self.reply.listen(records=True)):
+            if text:
+                pieces.append(text)
+            end = ended or end
+        if end["event"] == "error":
+            abort(end["code"], message=end["message"])
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": FINISH_REASONS[end["finish_reason"]],
+                }
+            ],
+            "usage": self.usage(end),
+        }
+
+    def chunk(self, delta: dict, finish_reason: str | None = None, include_usage: bool = False) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self.event({"choices": [choice], **({"usage": None} if include_usage else {})})
+
+    def event(self, fields: dict) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return sse.event_text(None, {**body, **fields})  # no id: nobody can resume it
+
+    def chunks(self, service: ReplyService, include_usage: bool) -> Iterator[str]:
+        """The reply as OpenAI's stream: a chunk with the role, one per text piece, one with the finish reason,
+        the usage when asked, then [DONE]. A client that leaves cancels the reply at once: nobody can come back
+        for it."""
+        try:
+            yield self.chunk({"role": "assistant", "content": ""}, include_usage=include_usage)
+            for text, end in self.texts_and_end(self.reply.listen(records=True)):
+                if text:
+                    yield self.chunk({"content": text}, include_usage=include_usage)
+                elif end is None:
+                    yield sse.PING
+                elif end["event"] == "error":
+                    kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
+                    error = {"message": end["message"], "type": kind, "param": None, "code": None}
+                    yield sse.event_text(None, {"error": error})
+                    return
+                else:
+                    yield self.chunk({}, FINISH_REASONS[end["finish_reason"]], include_usage)
+                    if include_usage:
+                        yield self.event({"choices": [], "usage": self.usage(end)})
+            yield DONE
+        finally:
+            if not self.reply.finished:
+                service.cancel(self.reply)
