@@ -1,5 +1,6 @@
 """The rooms: the model (chatapi/llm) and the web (chatapi/web) know nothing of Flask, the database or the rest of
-the app (the app layer connects them), and the imports between chatapi's modules run one way."""
+the app (the app layer connects them), the imports between chatapi's modules run one way, and no module is longer
+than MAX_LINES."""
 
 import ast
 from pathlib import Path
@@ -11,6 +12,7 @@ import chatapi.web
 APP = Path(chatapi.__file__).parent
 LLM = Path(chatapi.llm.__file__).parent
 WEB = Path(chatapi.web.__file__).parent
+MAX_LINES = 450  # a module longer than this does more than one job: it is split by role (issue 21)
 FORBIDDEN = ("flask", "flask_smorest", "flask_sqlalchemy", "flask_migrate", "sqlalchemy", "marshmallow", "werkzeug")
 
 
@@ -64,6 +66,11 @@ def test_the_room_check_tells_the_app_from_the_room(tmp_path):
         "import chatapi.web.fetch\nfrom chatapi.models import Chat\nfrom chatapi import db\n"
     )
     assert outside_imports(room) == {("sample.py", "chatapi.models"), ("sample.py", "chatapi")}
+
+
+def test_no_module_of_the_app_is_over_450_lines():
+    lines = {str(path.relative_to(APP.parent)): len(path.read_text().splitlines()) for path in APP.rglob("*.py")}
+    assert {path: count for path, count in lines.items() if count > MAX_LINES} == {}
 
 
 def module_name(path: Path, root: Path) -> str:
