@@ -4,6 +4,7 @@ Scriptable: a password comes from standard input when that is no terminal (one l
 line of standard output. Every refusal is one line on standard error and a non-zero exit, never a traceback.
 """
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from functools import wraps
@@ -50,14 +51,14 @@ def refusals(command: Callable) -> Callable:
 
 
 def stdin_is_terminal() -> bool:
-    return click.get_text_stream("stdin").isatty()
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def read_password() -> str:
     """Asked twice, unseen, on a terminal; else the first line of standard input (without its line ending)."""
     if stdin_is_terminal():
         return click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    line = click.get_text_stream("stdin").readline()
+    line = sys.stdin.readline() if sys.stdin is not None else ""
     if not line:
         raise click.ClickException("no password on standard input: send it as one line (or run on a terminal)")
     return line.removesuffix("\n").removesuffix("\r")
@@ -79,7 +80,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Columns left-aligned, two spaces apart."""
     rows = [list(header), *(list(row) for row in rows)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 @users.command("create")
