@@ -18,8 +18,26 @@ from . import people
 from .extensions import db
 from .people import ApiKey, User
 
-users = AppGroup("users", help="Manage the people who may use the server.")
-keys = AppGroup("keys", help="Manage people's API keys (the secret is shown once, when it is made).")
+users = AppGroup(
+    "users",
+    help="""Manage the people who may use the server (once one exists, every request must say who it is).
+
+    A password is asked twice on a terminal, or read from the first line of standard input:
+
+    \b
+      flask users create alice --admin
+      printf '%s\\n' "$PASSWORD" | flask users create bob
+    """,
+)
+keys = AppGroup(
+    "keys",
+    help="""Manage people's API keys: a key is shown once, when it is made; the server keeps its digest.
+
+    \b
+      KEY=$(flask keys create alice --label laptop | tail -n 1)
+      curl -H "Authorization: Bearer $KEY" http://127.0.0.1:5000/me
+    """,
+)
 
 
 def init_app(app: Flask) -> None:
@@ -84,7 +102,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-@users.command("create")
+@users.command("create", short_help="Add a person; asks for their password.")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May manage people (the API's /users routes).")
 @refusals
@@ -99,7 +117,7 @@ def create_user(name: str, admin: bool) -> None:
     click.echo(f"created {user.name} (id {user.id}{', admin' if user.admin else ''})")
 
 
-@users.command("list")
+@users.command("list", short_help="List everyone: id, name, admin, created, disabled.")
 @refusals
 def list_users() -> None:
     """Everyone, oldest first: id, name, admin, created and disabled (UTC)."""
@@ -108,7 +126,7 @@ def list_users() -> None:
     click.echo(table(("id", "name", "admin", "created", "disabled"), lines))
 
 
-@users.command("set-password")
+@users.command("set-password", short_help="Give a person a new password.")
 @click.argument("name")
 @refusals
 def set_password(name: str) -> None:
@@ -119,7 +137,7 @@ def set_password(name: str) -> None:
     click.echo(f"set a new password for {user.name}")
 
 
-@users.command("disable")
+@users.command("disable", short_help="Stop a person: sign-in, keys and sessions.")
 @click.argument("name")
 @refusals
 def disable_user(name: str) -> None:
@@ -135,7 +153,7 @@ def disable_user(name: str) -> None:
     click.echo(f"disabled {user.name}")
 
 
-@keys.command("create")
+@keys.command("create", short_help="Make a key; printed alone on the last line.")
 @click.argument("name")
 @click.option("--label", default="", help="What the key is for, to tell it apart (100 characters at most).")
 @refusals
@@ -144,6 +162,8 @@ def create_key(name: str, label: str) -> None:
 
     `KEY=$(flask keys create alice --label laptop | tail -n 1)`; clients send it as `Authorization: Bearer KEY`.
     """
+    if len(label.strip()) > people.MAX_LABEL_CHARS:
+        raise click.ClickException(f"a label is {people.MAX_LABEL_CHARS} characters at most")
     user = user_named(name)
     if user.disabled_at is not None:
         raise click.ClickException(f"{user.name} is disabled: their keys would not work")
@@ -153,7 +173,7 @@ def create_key(name: str, label: str) -> None:
     click.echo(secret)
 
 
-@keys.command("list")
+@keys.command("list", short_help="List a person's keys (never the secrets).")
 @click.argument("name")
 @refusals
 def list_keys(name: str) -> None:
@@ -168,7 +188,7 @@ def list_keys(name: str) -> None:
     click.echo(table(("id", "prefix", "label", "created", "last used", "revoked"), lines))
 
 
-@keys.command("revoke")
+@keys.command("revoke", short_help="Revoke a key by its id: it stops at once.")
 @click.argument("key_id")
 @refusals
 def revoke_key(key_id: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chatapi import cli, people
+from chatapi import cli, create_app, people
 from chatapi.extensions import db
 from tests.support.server import ROOT
 
@@ -275,6 +275,7 @@ def test_revoke_stops_the_key_at_once(app, runner):
         (["users", "set-password", "mallory"], "short\n", "password"),
         (["users", "disable", "nobody"], None, "nobody"),
         (["keys", "create", "nobody"], None, "nobody"),
+        (["keys", "create", "mallory", "--label", "x" * 101], None, "label"),
         (["keys", "list", "nobody"], None, "nobody"),
         (["keys", "revoke", "999999"], None, "999999"),
         (["keys", "revoke", "abc"], None, "abc"),
@@ -295,3 +296,9 @@ def test_a_refusal_from_the_real_command_has_no_traceback(app, client, database_
     taken = flask(database_url, "users", "create", "oscar", input=f"{PASSWORD}\n")
     assert taken.returncode != 0 and taken.stdout == ""
     assert len(taken.stderr.splitlines()) == 1 and "Traceback" not in taken.stderr, taken.stderr
+
+
+def test_an_unmigrated_sqlite_database_is_named_in_one_line(tmp_path):
+    empty = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/empty.db"})
+    line = refused(empty.test_cli_runner().invoke(args=["users", "list"]))
+    assert "flask db upgrade" in line
