@@ -62,8 +62,10 @@ def refusals(command: Callable) -> Callable:
             raise click.ClickException("the database refused the change (a name taken meanwhile?)") from None
         except sa.exc.DBAPIError as error:
             db.session.rollback()
-            first = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-            raise click.ClickException(f"the database refused: {first} (is it migrated? flask db upgrade)") from None
+            first = (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
+            unmigrated = "no such table" in first or "does not exist" in first
+            hint = " (is it migrated? flask db upgrade)" if unmigrated else ""
+            raise click.ClickException(f"the database refused: {first}{hint}") from None
 
     return run
 
