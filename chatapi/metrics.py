@@ -20,12 +20,14 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from .llm.queue import ReplyService
 from .llm.reply import Reply
 from .openapi import Blueprint
+from .people import MAX_PEOPLE
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
-# People are few (a household, a team), so a label of their own is bounded; past this many names (say a script made
-# people without end) the rest are counted together as OTHER_PEOPLE, which no name can be (names start with [a-z0-9]).
-MAX_PEOPLE_LABELS = 1000
+# People are few (a household, a team; a server takes people.MAX_PEOPLE), so a label of their own is bounded; past
+# this many names (people deleted and made again under new names) the rest are counted together as OTHER_PEOPLE,
+# which no name can be (names start with [a-z0-9]).
+MAX_PEOPLE_LABELS = MAX_PEOPLE
 OTHER_PEOPLE = "_other"
 RESEARCH_PHASES = ("search", "fetch", "rank")  # in order; the timings name each `<phase>_ms`
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
