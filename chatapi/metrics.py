@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .llm.queue import ReplyService
-from .llm.reply import Reply
+from .llm.reply import Reply, ReplyEvents
 from .openapi import Blueprint
-from .people import MAX_PEOPLE
+from .people import MAX_PEOPLE, Person
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -222,7 +222,7 @@ def count_research_failure(app: Flask, timings: dict) -> None:
     app.extensions["metrics"].research_failures.labels(last_phase(timings)).inc()
 
 
-def reply_events(person=None):
+def reply_events(person: Person | None = None) -> ReplyEvents:
     """The callback through which a reply this app starts reports its events; `person` (a people.Person, None while
     accounts are off) is who asked for it."""
     counted = current_app.extensions["metrics"].reply_event

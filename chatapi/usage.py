@@ -25,7 +25,7 @@ from .extensions import db
 from .llm.reply import ReplyEvents
 from .openapi import Blueprint
 from .people import Person, Usage, User
-from .schemas import TIMESTAMP_FORMAT, RequestSchema, Timestamp
+from .schemas import BIGINT_MAX, TIMESTAMP_FORMAT, RequestSchema, Timestamp
 
 log = logging.getLogger(__name__)
 INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # the two dialects' upserts (ON CONFLICT)
@@ -90,8 +90,9 @@ def add(user_id: int, day: date, prompt_tokens: int, completion_tokens: int) -> 
 
 
 def daily_tokens() -> int | None:
-    """CHATAPI_DAILY_TOKENS, or None when there is no quota."""
-    return current_app.config["CHATAPI_DAILY_TOKENS"] or None
+    """CHATAPI_DAILY_TOKENS, or None when there is no quota (0, or less)."""
+    quota = current_app.config["CHATAPI_DAILY_TOKENS"]
+    return quota if quota > 0 else None
 
 
 def tokens_on(user_id: int, day: date) -> int:
@@ -191,6 +192,7 @@ def get_user_usage(args, user_id):
     """Admins: a person's tokens and replies per UTC day, newest first, and the daily quota."""
     if not person_or_404().admin:
         abort(403, message="only admins see other people's usage")
-    if db.session.get(User, user_id) is None:
+    # Past the largest integer a database stores, nobody: SQLite would not even compare it.
+    if user_id > BIGINT_MAX or db.session.get(User, user_id) is None:
         abort(404, message=f"user {user_id} not found")
     return usage_of(user_id, args["days"])

@@ -220,7 +220,8 @@ def test_admins_read_a_persons_usage_and_nobody_else_does(usage_server, app, cli
     for person in (bob, alice):  # not an admin: not even their own through the admins' route
         refused = requests.get(f"{base}/users/{alice.id}/usage", headers=person.headers, timeout=10)
         assert refused.status_code == 403 and refused.json()["code"] == 403
-    assert requests.get(f"{base}/users/{bob.id + 1000}/usage", headers=ADMIN, timeout=10).status_code == 404
+    for unknown in (bob.id + 1000, 2**63, 10**30):
+        assert requests.get(f"{base}/users/{unknown}/usage", headers=ADMIN, timeout=10).status_code == 404
     assert requests.get(f"{base}/me/usage", timeout=10).status_code == 401
     for days in ("0", "367", "x"):
         bad = requests.get(f"{base}/me/usage", params={"days": days}, headers=alice.headers, timeout=10)
