@@ -82,9 +82,14 @@ def keyed_history(base: str, chat_id: str) -> list[dict]:
 
 
 def sign_in(page: Page, key: str = PAGE_KEY):
-    """Answer the key prompt, which must be on screen; the prompt."""
+    """Answer the sign-in prompt, which must be on screen, with an API key (switching to it from a name and
+    password if those are offered first); the prompt."""
     prompt = page.get_by_role("dialog", name="Sign in")
     expect(prompt).to_be_visible()
+    use_key = prompt.get_by_role("button", name="Use an API key")
+    if use_key.is_visible():
+        expect(prompt.get_by_label("Name")).to_be_focused()
+        use_key.click()
     expect(prompt.get_by_label("API key")).to_be_focused()
     prompt.get_by_label("API key").fill(key)
     prompt.get_by_role("button", name="Sign in").click()
