@@ -403,7 +403,7 @@ function personItem(someone) {
     : smallButton("Disable", `Disable ${name}`, () => disablePerson(someone));
   actions.append(
     able,
-    smallButton("Reset password", `Reset the password of ${name}`, () => openResetDialog(someone)),
+    smallButton("Reset password", `Reset password for ${name}`, () => openResetDialog(someone)),
     smallButton("Delete", `Delete ${name}`, () => deletePerson(someone), "danger"),
   );
   item.append(about, actions);
@@ -491,7 +491,7 @@ let resetting = null; // the person whose password the reset dialog sets
 function openResetDialog(someone) {
   resetting = someone;
   el.resetForm.reset();
-  el.resetTitle.textContent = `Reset the password of ${someone.name}`;
+  el.resetTitle.textContent = `Reset password for ${someone.name}`;
   showFieldError(el.resetError, "", [el.resetPassword]);
   el.resetDialog.showModal();
   el.resetPassword.focus();
@@ -510,7 +510,7 @@ async function resetPassword() {
     el.resetSave.disabled = false;
   }
   el.resetDialog.close();
-  el.peopleStatus.textContent = `The password of ${someone.name} is changed.`;
+  el.peopleStatus.textContent = `The password for ${someone.name} is changed.`;
   showPeopleError("");
   await loadPeople();
   focusPerson(someone.id);
