@@ -428,6 +428,31 @@ def test_on_a_phone_the_header_shows_the_initial_and_the_panels_fit(open_tab, ac
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
 
+def test_the_admin_of_the_configured_keys_signs_in_with_one_and_gives_themselves_a_password(open_tab, keyed_server):
+    tab = open_tab(keyed_server)
+    page = tab.page
+    page.goto("/")
+    sign_in(page)  # CHATAPI_API_KEYS's key: the admin named admin, who has no password yet
+    admin = {"name": "admin"}
+    signed_in(page, admin)
+    open_menu_item(page, admin, "Change password")
+    dialog = page.get_by_role("dialog", name="Change password")
+    dialog.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
+    dialog.get_by_label("New password again").fill(NEW_PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()  # no current password to give
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#alerts .alert.notice")).to_contain_text("Your password is changed.")
+
+    open_menu_item(page, admin, "Sign out")
+    prompt = page.get_by_role("dialog", name="Sign in")
+    expect(prompt.get_by_label("API key")).to_be_focused()
+    prompt.get_by_role("button", name="Use a name and password").click()
+    sign_in_with_password(page, "admin", NEW_PASSWORD)
+    signed_in(page, admin)
+    account_button(page, admin).click()
+    expect(page.get_by_role("button", name="People")).to_be_visible()
+
+
 def test_without_accounts_there_is_no_account_menu(tab):
     page = tab.page
     page.goto("/")
