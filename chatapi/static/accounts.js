@@ -398,11 +398,16 @@ function personItem(someone) {
 
   const name = someone.name;
   const actions = node("div", "account-actions");
+  const change = (changes, done) => () => updatePerson(someone, changes, done);
   const able = someone.disabled_at
-    ? smallButton("Enable", `Enable ${name}`, () => updatePerson(someone, { disabled: false }, `${name} can sign in again.`))
+    ? smallButton("Enable", `Enable ${name}`, change({ disabled: false }, `${name} can sign in again.`))
     : smallButton("Disable", `Disable ${name}`, () => disablePerson(someone));
+  const rank = someone.admin
+    ? smallButton("Remove admin", `Remove admin from ${name}`, change({ admin: false }, `${name} is no admin now.`))
+    : smallButton("Make admin", `Make admin: ${name}`, change({ admin: true }, `${name} is an admin.`));
   actions.append(
     able,
+    rank,
     smallButton("Reset password", `Reset password for ${name}`, () => openResetDialog(someone)),
     smallButton("Delete", `Delete ${name}`, () => deletePerson(someone), "danger"),
   );
@@ -451,6 +456,7 @@ async function disablePerson(someone) {
 
 /** PUT /users/<id>, then the list again; the focus goes back to the person's row. */
 async function updatePerson(someone, changes, done) {
+  const action = focusedAction();
   try {
     await api("PUT", `/users/${encodeURIComponent(someone.id)}`, changes);
     showPeopleError("");
@@ -458,13 +464,23 @@ async function updatePerson(someone, changes, done) {
   } catch (error) {
     showPeopleError(said(`Could not change ${someone.name}: ${error.message}`));
   }
+  if (person && person.id === someone.id) loadPerson(); // no admin any more: no People in the menu
   await loadPeople();
-  focusPerson(someone.id);
+  focusPerson(someone.id, action);
 }
 
-function focusPerson(id) {
+/** Which of its row's buttons has the focus (the list is drawn anew after each change): its place, or 0. */
+function focusedAction() {
+  const focused = document.activeElement;
+  const row = focused && focused.closest(".account-item");
+  return row ? Math.max(0, [...row.querySelectorAll("button")].indexOf(focused)) : 0;
+}
+
+/** The focus back on the person's row, on the button in the same place (Disable and Enable take turns there);
+ * on the Name field when the row is gone. */
+function focusPerson(id, action) {
   const row = [...el.peopleList.children].find((item) => item.dataset.id === String(id));
-  (row ? row.querySelector("button") : el.newPersonName).focus();
+  (row ? row.querySelectorAll("button")[action] || row.querySelector("button") : el.newPersonName).focus();
 }
 
 async function deletePerson(someone) {
@@ -474,6 +490,7 @@ async function deletePerson(someone) {
     "Delete",
   );
   if (!sure) return;
+  const action = focusedAction();
   try {
     await api("DELETE", `/users/${encodeURIComponent(someone.id)}`);
     showPeopleError("");
@@ -483,10 +500,11 @@ async function deletePerson(someone) {
     showPeopleError(said(`Could not delete ${someone.name}: ${error.message}`));
   }
   await loadPeople();
-  focusPerson(someone.id);
+  focusPerson(someone.id, action);
 }
 
 let resetting = null; // the person whose password the reset dialog sets
+const RESET_ACTION = 2; // the place of Reset password among a row's buttons (personItem)
 
 function openResetDialog(someone) {
   resetting = someone;
@@ -513,7 +531,7 @@ async function resetPassword() {
   el.peopleStatus.textContent = `The password for ${someone.name} is changed.`;
   showPeopleError("");
   await loadPeople();
-  focusPerson(someone.id);
+  focusPerson(someone.id, RESET_ACTION);
 }
 
 // ---------------------------------------------------------------- confirming

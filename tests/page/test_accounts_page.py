@@ -347,11 +347,19 @@ def test_an_admin_adds_a_person_who_sees_none_of_the_admins_chats_then_manages_t
     row.get_by_role("button", name=f"Disable {eve['name']}").click()
     page.get_by_role("dialog", name=f"Disable {eve['name']}?").get_by_role("button", name="Disable").click()
     expect(row.locator(".tag-disabled")).to_have_text("disabled")
+    expect(row.get_by_role("button", name=f"Enable {eve['name']}")).to_be_focused()  # where Disable was
     credentials = {"name": eve["name"], "password": NEW_PASSWORD}
     assert requests.post(f"{accounts_server}/session", json=credentials, timeout=10).status_code == 401
     row.get_by_role("button", name=f"Enable {eve['name']}").click()
     expect(row.locator(".tag-disabled")).to_have_count(0)
     assert requests.post(f"{accounts_server}/session", json=credentials, timeout=10).status_code == 204
+
+    # Make her an admin, and not again.
+    row.get_by_role("button", name=f"Make admin: {eve['name']}").click()
+    expect(row.locator(".tag-admin")).to_have_text("admin")
+    expect(row.get_by_role("button", name=f"Remove admin from {eve['name']}")).to_be_focused()
+    row.get_by_role("button", name=f"Remove admin from {eve['name']}").click()
+    expect(row.locator(".tag-admin")).to_have_count(0)
 
     # Delete her, after a confirmation that says what goes with her; Cancel first keeps her.
     row.get_by_role("button", name=f"Delete {eve['name']}").click()
