@@ -186,8 +186,11 @@ export async function loadPerson() {
 function showPerson(me) {
   person = me;
   el.menu.hidden = !me;
-  toggleMenu(false);
-  if (!me) return;
+  // Asked again after every sign-in: an answer that comes in while the menu is open leaves it open.
+  if (!me) {
+    toggleMenu(false);
+    return;
+  }
   el.name.textContent = me.name;
   el.initial.textContent = me.name.charAt(0).toUpperCase();
   el.toggle.title = `Signed in as ${me.name}`;
