@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from flask import make_response, request, url_for
 from flask_smorest import abort
 
-from . import auth, people, replies
+from . import auth, limits, people, replies
 from .account_schemas import (
     KeyCreateSchema,
     KeySchema,
@@ -63,8 +63,12 @@ def change_password(args):
     that came with a session gets a new one."""
     user = signed_in_user()
     current = args.get("current_password") or ""
-    if user.password_hash is not None and not auth.password_matches(user.password_hash, current):
-        abort(403, message="the current password is wrong")
+    if user.password_hash is not None:
+        # A copied cookie must not make the password guessable: limited as a sign-in by name is.
+        limits.refuse_guessing(user.name)
+        if not auth.password_matches(user.password_hash, current):
+            limits.count_auth_failure(user.name)
+            abort(403, message="the current password is wrong")
     people.set_password(user, args["password"])
     db.session.commit()
     response = make_response("", 204)
@@ -148,10 +152,12 @@ def list_users():
 @users.response(201, UserSchema, headers={"Location": LOCATION})
 @users.alt_response(409, description="The name is taken.", schema=ErrorSchema)
 def create_user(args):
-    """Add a person (an admin with `admin`: true). The first admin is given the chats made while accounts were
-    off."""
+    """Add a person (an admin with `admin`: true). The first person made over an open box (nobody exists yet) is an
+    admin whatever `admin` says: else accounts would come on with nobody to manage them. The first admin is given
+    the chats made while accounts were off."""
+    admin = args["admin"] or auth.current_person() is None
     try:
-        user = people.create_user(args["name"], args["password"], args["admin"])
+        user = people.create_user(args["name"], args["password"], admin)
     except ValueError as exc:
         status = 409 if "taken" in str(exc) or "as many" in str(exc) else 422
         abort(status, message=str(exc), **({"errors": {"json": {"name": [str(exc)]}}} if status == 422 else {}))

@@ -177,6 +177,10 @@ def may_see_details() -> bool:
     always while accounts are off (whoever reaches the server may use all of it), else with a valid key or session.
     A wrong one counts as anywhere, and over the limit nothing is checked: the route answers for a stranger."""
     header, cookie = request.headers.get("Authorization"), request.cookies.get(COOKIE)
+    try:
+        limits.refuse_guessing()  # over the limit, nothing is checked: not even a configured key
+    except HTTPException:
+        return False
     if header is not None and configured_keys().find(header.strip().partition(" ")[2].strip()) is not None:
         return True  # known without the database, which may be what /health is reporting on
     try:
