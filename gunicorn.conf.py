@@ -23,9 +23,11 @@ accesslog = "-"
 # rule would believe any local client that says X-Forwarded-Proto: https.
 secure_scheme_headers = {}
 
-REFUSAL = """refusing to serve {where} without API keys: anyone who can reach it could read, change and delete
-every chat. Either
-  - set keys of 16 characters or more: CHATAPI_API_KEYS=KEY1,KEY2 or CHATAPI_API_KEYS_FILE=/path/to/keys (one a line),
+REFUSAL = """refusing to serve {where} without accounts or API keys: anyone who can reach it could read, change
+and delete every chat. Either
+  - make an admin: flask users create NAME --admin (then people sign in, and make keys of their own),
+  - or set keys of 16 characters or more: CHATAPI_API_KEYS=KEY1,KEY2 or CHATAPI_API_KEYS_FILE=/path/to/keys
+    (one a line),
     for example
     CHATAPI_API_KEYS="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
   - or serve 127.0.0.1 only (HOST=127.0.0.1, the default),
@@ -50,7 +52,7 @@ def why_one_worker() -> str | None:
 
 def on_starting(server):
     """Before binding: one worker only unless the model is remote and replies go through Redis (ONE_WORKER); no
-    keys means loopback only, unless CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
+    accounts and no keys means loopback only, unless CHATAPI_ALLOW_NO_AUTH=1 (then a warning, every time)."""
     why = why_one_worker() if server.cfg.workers > 1 else None
     if why:
         server.log.error(ONE_WORKER.format(workers=server.cfg.workers, why=why))
@@ -58,17 +60,31 @@ def on_starting(server):
     if Config.CHATAPI_API_KEYS:
         return
     exposed = [address for address in server.cfg.address if not local_only(address)]
-    if not exposed:
+    if not exposed or people_exist():
         return
     where = ", ".join(describe(address) for address in exposed)
     if not Config.CHATAPI_ALLOW_NO_AUTH:
         server.log.error(REFUSAL.format(where=where))
         sys.exit(1)
     server.log.warning(
-        "serving %s WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1): anyone who can reach it can read, change and "
-        "delete every chat and use the model",
+        "serving %s WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1), and nobody has an account: anyone who can reach it "
+        "can read, change and delete every chat and use the model",
         where,
     )
+
+
+def people_exist() -> bool:
+    """Whether the database has a person (accounts are on); False when it cannot be read (not migrated yet)."""
+    import sqlalchemy as sa  # only here: the rest of this file stays light
+
+    engine = sa.create_engine(Config.SQLALCHEMY_DATABASE_URI)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT 1 FROM users LIMIT 1")).first() is not None
+    except sa.exc.SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
 
 
 def local_only(address) -> bool:

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cors, guard, limits, metrics, replies
+from . import auth, cors, guard, limits, metrics, people, replies  # noqa: F401 (people: its tables)
 from .disk import DiskWatch
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
@@ -85,10 +85,10 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import chats, conversations, health, openai_api, pages
+    from . import accounts, chats, conversations, health, openai_api, pages
 
-    for module in (chats, conversations, health, auth, metrics):
-        api.register_blueprint(module.bp)
+    for blueprint in (chats.bp, conversations.bp, health.bp, auth.bp, accounts.me, accounts.users, metrics.bp):
+        api.register_blueprint(blueprint)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     app.register_blueprint(openai_api.bp)  # OpenAI's API, in its own shape: outside the API document
     # The docs page's scripts and styles, from the swagger-ui-bundle package (works offline).

@@ -5,7 +5,7 @@ from flask_smorest import abort
 
 from . import replies, transfer
 from .extensions import db
-from .models import Chat, Conversation, get_or_404, utcnow
+from .models import Chat, Conversation, owned_or_404, utcnow
 from .openapi import Blueprint, ErrorSchema
 from .schemas import (
     ChatCreateSchema,
@@ -45,7 +45,7 @@ def list_chats(args):
 @bp.alt_response(404, response="NOT_FOUND")
 def get_chat(chat_id):
     """Get one chat."""
-    return get_or_404(Chat, chat_id)
+    return owned_or_404(Chat, chat_id)
 
 
 @bp.route("/create", methods=["POST"])
@@ -64,7 +64,7 @@ def create_chat(args):
 @bp.alt_response(404, response="NOT_FOUND")
 def delete_chat(chat_id):
     """Delete a chat and all its conversations; a reply being generated for it stops."""
-    chat = get_or_404(Chat, chat_id)
+    chat = owned_or_404(Chat, chat_id)
     db.session.delete(chat)
     db.session.commit()
     replies.stop(chat.id)  # its end finds the chat gone and sends `error`, saving nothing
@@ -78,7 +78,7 @@ def delete_chat(chat_id):
 def update_chat(args, chat_id):
     """Rename a chat, set or clear its system prompt (null or blank), or both; updated_at is stored as given
     (normalised to UTC), else now."""
-    chat = get_or_404(Chat, chat_id)
+    chat = owned_or_404(Chat, chat_id)
     if "name" in args:
         chat.name = args["name"]
     if "system_prompt" in args:
@@ -93,7 +93,7 @@ def update_chat(args, chat_id):
 @bp.alt_response(404, response="NOT_FOUND")
 def list_chat_conversations(chat_id):
     """List a chat's conversations, oldest first."""
-    return get_or_404(Chat, chat_id).history()
+    return owned_or_404(Chat, chat_id).history()
 
 
 @bp.route("/<chat_id>/conversations", methods=["DELETE"])
@@ -104,7 +104,7 @@ def list_chat_conversations(chat_id):
 def delete_conversations_after(args, chat_id):
     """Delete every conversation of the chat after `after` (in the chat's order, oldest first), which stays:
     how an edited message is answered again."""
-    chat = get_or_404(Chat, chat_id)
+    chat = owned_or_404(Chat, chat_id)
     if replies.running(chat.id):
         abort(409, message=f"a reply is being made for chat {chat.id}: stop it first (POST /conversations/stop/...)")
     after = db.session.get(Conversation, args["after"])
@@ -124,7 +124,7 @@ def delete_conversations_after(args, chat_id):
 def export_chat(args, chat_id):
     """Download a chat: as JSON (format=json, the default), which POST /chats/import takes back, or as
     Markdown for people (format=markdown)."""
-    chat = get_or_404(Chat, chat_id)
+    chat = owned_or_404(Chat, chat_id)
     download = {"Content-Disposition": f'attachment; filename="{transfer.file_name(chat, args["format"])}"'}
     if args["format"] == "markdown":
         return Response(transfer.markdown(chat), content_type="text/markdown; charset=utf-8", headers=download)

@@ -4,7 +4,7 @@ from flask import request
 
 from . import replies
 from .extensions import db
-from .models import Chat, Conversation, get_or_404
+from .models import Chat, Conversation, owned_or_404
 from .openapi import Blueprint, ErrorSchema
 from .schemas import (
     ConversationCreateSchema,
@@ -54,7 +54,7 @@ def stream_route(route):
 @bp.alt_response(404, response="NOT_FOUND")
 def list_conversations(args):
     """List a chat's conversations (chat_id=...), oldest first."""
-    return get_or_404(Chat, args["chat_id"]).history()
+    return owned_or_404(Chat, args["chat_id"]).history()
 
 
 @bp.route("/<conversation_id>", methods=["GET"])
@@ -62,7 +62,7 @@ def list_conversations(args):
 @bp.alt_response(404, response="NOT_FOUND")
 def get_conversation(conversation_id):
     """Get one conversation."""
-    return get_or_404(Conversation, conversation_id)
+    return owned_or_404(Conversation, conversation_id)
 
 
 @bp.route("/create", methods=["POST"])
@@ -71,7 +71,7 @@ def get_conversation(conversation_id):
 @bp.alt_response(404, response="NOT_FOUND")
 def create_conversation(args):
     """Add a message to a chat; the chat's updated_at moves to now."""
-    chat = get_or_404(Chat, args["chat_id"])
+    chat = owned_or_404(Chat, args["chat_id"])
     conversation = Conversation(chat=chat, role=args["role"], message=args["message"])
     db.session.add(conversation)
     db.session.commit()
@@ -84,7 +84,7 @@ def create_conversation(args):
 @bp.alt_response(404, response="NOT_FOUND")
 def update_conversation(args, conversation_id):
     """Replace a conversation's message."""
-    conversation = get_or_404(Conversation, conversation_id)
+    conversation = owned_or_404(Conversation, conversation_id)
     conversation.edit(args["message"])
     db.session.commit()
     return conversation
@@ -95,7 +95,7 @@ def update_conversation(args, conversation_id):
 @bp.alt_response(404, response="NOT_FOUND")
 def delete_conversation(conversation_id):
     """Delete one conversation."""
-    conversation = get_or_404(Conversation, conversation_id)
+    conversation = owned_or_404(Conversation, conversation_id)
     db.session.delete(conversation)
     db.session.commit()
     return {"id": conversation.id, "deleted": True}
@@ -106,7 +106,7 @@ def delete_conversation(conversation_id):
 @stream_route
 def inference(args, chat_id):
     """Stream the chat's next Assistant turn from the local model (Server-Sent Events), then save it."""
-    return replies.stream(get_or_404(Chat, chat_id), "local", args, request.headers.get("Last-Event-ID"))
+    return replies.stream(owned_or_404(Chat, chat_id), "local", args, request.headers.get("Last-Event-ID"))
 
 
 @bp.route("/inference_internet/<chat_id>", methods=["GET"], parameters=[LAST_EVENT_ID])
@@ -115,7 +115,7 @@ def inference(args, chat_id):
 def inference_internet(args, chat_id):
     """Stream the next Assistant turn grounded in web pages read for the latest Human message, with
     numbered sources (`search`, `sources` or `warning` events before the tokens)."""
-    return replies.stream(get_or_404(Chat, chat_id), "internet", args, request.headers.get("Last-Event-ID"))
+    return replies.stream(owned_or_404(Chat, chat_id), "internet", args, request.headers.get("Last-Event-ID"))
 
 
 @bp.route("/stop/<chat_id>", methods=["POST"])
@@ -123,5 +123,5 @@ def inference_internet(args, chat_id):
 @bp.alt_response(404, response="NOT_FOUND")
 def stop(chat_id):
     """Stop the chat's running generation; its partial reply is saved as cancelled."""
-    chat = get_or_404(Chat, chat_id)
+    chat = owned_or_404(Chat, chat_id)
     return {"chat_id": chat.id, "stopped": replies.stop(chat.id)}

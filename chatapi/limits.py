@@ -1,6 +1,6 @@
-"""Rate limits with Flask-Limiter, per API key (else per client address): every request
-(CHATAPI_RATE_LIMIT) and, on top, the requests that start a reply (CHATAPI_RATE_LIMIT_REPLIES); and, whenever
-keys are on, wrong keys and sessions per client address (CHATAPI_RATE_LIMIT_AUTH_FAILURES, chatapi/auth.py).
+"""Rate limits with Flask-Limiter, per person (else per client address): every request (CHATAPI_RATE_LIMIT) and,
+on top, the requests that start a reply (CHATAPI_RATE_LIMIT_REPLIES); and wrong keys, sessions and passwords per
+client address, and wrong passwords per name too (CHATAPI_RATE_LIMIT_AUTH_FAILURES, chatapi/auth.py).
 
 Over a limit, a request gets 429 in the usual error body with `Retry-After` and changes nothing.
 `GET /health` (probes poll it) and CORS preflights are never counted; the static files are not either
@@ -33,9 +33,11 @@ class RateLimits:
 
 
 def client_key() -> str:
-    """Whom a request counts against: its API key (the auth hook, which runs first, sets g.key_id), else
-    its client address (behind a trusted proxy, ProxyFix has already put the real one there)."""
-    return g.get("key_id") or request.remote_addr or "unknown"
+    """Whom a request counts against: the person asking (the auth hook, which runs first, sets g.person; all
+    of a person's keys and sessions count together), else its client address (behind a trusted proxy, ProxyFix
+    has already put the real one there)."""
+    person = g.get("person")
+    return f"person:{person.id}" if person is not None else request.remote_addr or "unknown"
 
 
 def limits_from(config, name: str) -> list[RateLimitItem]:
@@ -47,10 +49,10 @@ def limits_from(config, name: str) -> list[RateLimitItem]:
 
 
 def init_app(app: Flask) -> None:
-    """Call it after auth.init_app: wrong keys are counted only when there are keys."""
+    """Call it after auth.init_app, whose hook names the person that requests count against."""
     general = limits_from(app.config, "CHATAPI_RATE_LIMIT")
     replies = limits_from(app.config, "CHATAPI_RATE_LIMIT_REPLIES")
-    auth_failures = limits_from(app.config, "CHATAPI_RATE_LIMIT_AUTH_FAILURES") if app.extensions["auth"] else []
+    auth_failures = limits_from(app.config, "CHATAPI_RATE_LIMIT_AUTH_FAILURES")
     if not general and not replies and not auth_failures:
         return
     # One limiter (and so one in-memory storage) per app: the tests make several apps in one process.
@@ -91,27 +93,34 @@ def count_reply_start() -> None:
             too_many(item, key, REPLY_SCOPE, f"too many replies started: at most {item}")
 
 
-def refuse_guessing() -> None:
-    """429 while the client's address is at CHATAPI_RATE_LIMIT_AUTH_FAILURES: before any key is checked, so that
-    the answer says nothing of the key."""
-    rate_limits = current_app.extensions.get("rate_limits")
-    if rate_limits is None:
-        return
-    strategy, address = rate_limits.limiter.limiter, request.remote_addr or "unknown"
-    for item in rate_limits.auth_failures:
-        if not strategy.test(item, KEY_PREFIX, address, AUTH_FAILURE_SCOPE):
-            message = f"too many wrong API keys or sessions from this address: at most {item}"
-            too_many(item, address, AUTH_FAILURE_SCOPE, message)
-
-
-def count_auth_failure() -> None:
-    """Count a wrong key or session against the client's address (CHATAPI_RATE_LIMIT_AUTH_FAILURES)."""
-    rate_limits = current_app.extensions.get("rate_limits")
-    if rate_limits is None:
-        return
+def guessed(name: str | None) -> list[tuple[str, str]]:
+    """What wrong credentials count against: the client's address, and the name a password was tried for."""
     address = request.remote_addr or "unknown"
-    for item in rate_limits.auth_failures:
-        rate_limits.limiter.limiter.hit(item, KEY_PREFIX, address, AUTH_FAILURE_SCOPE)
+    return [(address, "from this address"), *([(f"name:{name}", f"for {name}")] if name is not None else [])]
+
+
+def refuse_guessing(name: str | None = None) -> None:
+    """429 while the client's address, or the name a password is tried for, is at CHATAPI_RATE_LIMIT_AUTH_FAILURES:
+    before anything is checked, so that the answer says nothing of the credentials."""
+    rate_limits = current_app.extensions.get("rate_limits")
+    if rate_limits is None:
+        return
+    strategy = rate_limits.limiter.limiter
+    for key, where in guessed(name):
+        for item in rate_limits.auth_failures:
+            if not strategy.test(item, KEY_PREFIX, key, AUTH_FAILURE_SCOPE):
+                message = f"too many wrong keys, sessions or passwords {where}: at most {item}"
+                too_many(item, key, AUTH_FAILURE_SCOPE, message)
+
+
+def count_auth_failure(name: str | None = None) -> None:
+    """Count wrong credentials against the client's address and the name (CHATAPI_RATE_LIMIT_AUTH_FAILURES)."""
+    rate_limits = current_app.extensions.get("rate_limits")
+    if rate_limits is None:
+        return
+    for key, _ in guessed(name):
+        for item in rate_limits.auth_failures:
+            rate_limits.limiter.limiter.hit(item, KEY_PREFIX, key, AUTH_FAILURE_SCOPE)
 
 
 def too_many(item: RateLimitItem, key: str, scope: str, message: str) -> NoReturn:

@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
+from flask import g
 from flask_smorest import abort
 
 from .extensions import db
@@ -18,13 +19,32 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def get_or_404(model: type, ident: str | uuid.UUID):
-    """The row of model with this id, or a 404 for an unknown or malformed id."""
+def owner_id() -> int | None:
+    """The id of the person asking, whose chats alone they reach; None while accounts are off (chatapi/auth.py
+    sets g.person on every request that is not open)."""
+    person = g.get("person")
+    return person.id if person is not None else None
+
+
+def owned(query: sa.Select) -> sa.Select:
+    """The query narrowed to the asking person's chats: the one place that decides whose a chat is. Every route
+    that names a chat or a message goes through it (owned_or_404, Chat.page); tests/test_people.py walks the
+    URL map to check that none is left out."""
+    person_id = owner_id()
+    return query if person_id is None else query.where(Chat.owner_id == person_id)
+
+
+def owned_or_404(model: type, ident: str | uuid.UUID):
+    """The asking person's chat, or message (a Conversation of one of their chats), with this id; a 404 for an
+    unknown or malformed id and for anyone else's, the same 404."""
     try:
         key = ident if isinstance(ident, uuid.UUID) else uuid.UUID(ident)
     except ValueError:
         key = None
-    row = db.session.get(model, key) if key else None
+    query = sa.select(model).where(model.id == key)
+    if model is Conversation:
+        query = query.join(Chat, Conversation.chat_id == Chat.id)
+    row = db.session.scalar(owned(query)) if key else None
     if row is None:
         abort(404, message=f"{model.__tablename__[:-1]} {ident} not found")
     return row
@@ -37,6 +57,8 @@ class Chat(db.Model):
     name: so.Mapped[str] = so.mapped_column(sa.String(200))
     # Replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; None: the server's.
     system_prompt: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    # Whose chat it is (chatapi/people.py); None: made while accounts were off, until the first admin takes it.
+    owner_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
@@ -45,16 +67,23 @@ class Chat(db.Model):
     )
 
     # Serves the list order (newest first, id as tie-break) straight from the index.
-    __table_args__ = (sa.Index("ix_chats_updated_at_id", "updated_at", "id"),)
+    # One person's list comes from the second.
+    __table_args__ = (
+        sa.Index("ix_chats_updated_at_id", "updated_at", "id"),
+        sa.Index("ix_chats_owner_id_updated_at_id", "owner_id", "updated_at", "id"),
+    )
 
     def __init__(self, name: str, system_prompt: str | None = None):
+        """A new chat of the asking person's."""
         now = utcnow()
-        super().__init__(name=name, system_prompt=system_prompt, created_at=now, updated_at=now)
+        super().__init__(
+            name=name, system_prompt=system_prompt, owner_id=owner_id(), created_at=now, updated_at=now
+        )
 
     @classmethod
     def page(cls, q: str | None = None, limit: int | None = None, offset: int = 0):
-        """Chats whose name contains q, most recently updated first, and their total."""
-        query = sa.select(cls)
+        """The asking person's chats whose name contains q, most recently updated first, and their total."""
+        query = owned(sa.select(cls))
         if q:
             # lower(name) LIKE lower(q): on SQLite, the Unicode-aware lower() of chatapi/__init__.py.
             query = query.where(cls.name.icontains(q, autoescape=True))

@@ -95,13 +95,13 @@ class JSONBodyParser(FlaskParser):
         return json_object(req)
 
 
-def common_errors(doc: dict, keys_on: bool) -> dict:
-    """The errors an operation can answer whatever it does, by status: a missing or wrong key (when the server
-    has keys, unless the operation asks for none), a foreign Host or a request from another site
+def common_errors(doc: dict) -> dict:
+    """The errors an operation can answer whatever it does, by status: a missing or wrong key (once accounts are
+    on, unless the operation asks for none), a foreign Host or a request from another site
     (chatapi/guard.py), a body that is not a JSON object, too large or not sent as JSON, a URL too long
     (gunicorn's limit), too many requests, and a database that cannot be reached."""
     errors = {}
-    if keys_on and doc.get("security") != []:
+    if doc.get("security") != []:
         errors[401] = "UNAUTHORIZED"
     errors[403] = "FORBIDDEN"
     if "requestBody" in doc:
@@ -129,8 +129,7 @@ class Blueprint(flask_smorest.Blueprint):
         manual = doc_info.get("manual_doc", {})
         responses = doc.setdefault("responses", {})
         documented = {str(status) for status in [*responses, *manual.get("responses", {})]}
-        keys_on = bool(app.extensions.get("auth"))  # as the document's security rule (chatapi/auth.py)
-        for status, response in common_errors({**doc, **manual}, keys_on).items():
+        for status, response in common_errors({**doc, **manual}).items():
             if str(status) not in documented:
                 responses[status] = response
         return doc

@@ -334,12 +334,6 @@ class ExportQuerySchema(RequestSchema):
     format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
 
 
-class SessionSchema(RequestSchema):
-    key = fields.String(
-        required=True, validate=validate.Length(min=1, max=4096), metadata={"description": "an API key"}
-    )
-
-
 class DeletedSchema(ma.Schema):
     id = fields.UUID(required=True)
     deleted = fields.Boolean(required=True)

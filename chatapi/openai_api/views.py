@@ -16,6 +16,7 @@ from ..llm.prompt import ContextLengthExceeded, Message
 from ..llm.queue import ReplyService
 from ..llm.remote import UpstreamError
 from ..llm.reply import Reply, ReplyRequest
+from ..models import owner_id
 from .schemas import bad_request, read_completion_request
 from .store import store_exchange
 from .wire import Completion
@@ -81,7 +82,7 @@ def create_chat_completion():
         tuple(history),
         system_prompt,
         options,
-        save=partial(store_exchange, current_app._get_current_object(), system_prompt, history),
+        save=partial(store_exchange, current_app._get_current_object(), owner_id(), system_prompt, history),
         stops=tuple(args.get("stop") or ()),
         by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
         resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
