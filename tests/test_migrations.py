@@ -71,7 +71,7 @@ def test_the_comparison_notices_a_missing_index(app):
 @pytest.mark.parametrize("role_check", [None, "role IN ('Human', 'System')"])
 def test_the_comparison_notices_a_missing_or_changed_check(app, role_check):
     """Guards the comparison of CHECK constraints, which alembic's own leaves out."""
-    schema = sa.MetaData()
+    schema = sa.MetaData(naming_convention=db.metadata.naming_convention)  # the constraints' names the models give
     for table in db.metadata.sorted_tables:
         table.to_metadata(schema)
     conversations = schema.tables["conversations"]
