@@ -37,9 +37,20 @@ def run_migrations_online() -> None:
     args = dict(migrate.configure_args)
     args.setdefault("process_revision_directives", skip_empty_revision)
     with db.engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=db.metadata, **args)
-        with context.begin_transaction():
-            context.run_migrations()
+        # Batch mode rebuilds a SQLite table (copy, DROP, rename): with foreign keys on (set_sqlite_pragmas), the
+        # DROP of `chats` would delete every message through ON DELETE CASCADE. Off for the migration, back on after.
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()  # outside any transaction (where the pragma does nothing), before the migration's
+        try:
+            context.configure(connection=connection, target_metadata=db.metadata, **args)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 if context.is_offline_mode():
