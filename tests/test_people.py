@@ -418,6 +418,66 @@ def test_env_keys_act_as_the_admin_named_admin(app, client, database_url):
             db.engine.dispose()
 
 
+# The accounts API (point 3): admins manage people.
+
+
+def test_the_first_person_can_be_made_over_the_api_then_only_admins_manage_people(app, client):
+    made = client.post("/users", json={"name": "Root", "password": PASSWORD, "admin": True})
+    assert made.status_code == 201, made.json
+    assert made.json["name"] == "root" and made.json["admin"] is True and made.json["disabled_at"] is None
+    assert made.headers["Location"].endswith(f"/users/{made.json['id']}")
+    # Accounts are on now: the same request needs an admin.
+    assert new_client(app).post("/users", json={"name": "eve", "password": PASSWORD}).status_code == 401
+    root = sign_in(app, "root")
+    for bad in ({"name": "-bad", "password": PASSWORD}, {"name": "ok", "password": "short"}, {"name": "ok"}):
+        assert root.post("/users", json=bad).status_code == 422, bad
+    alice = root.post("/users", json={"name": "alice", "password": PASSWORD})
+    assert alice.status_code == 201 and alice.json["admin"] is False
+    assert root.post("/users", json={"name": "ALICE", "password": PASSWORD}).status_code == 409  # taken
+    assert [u["name"] for u in root.get("/users").json] == ["alice", "root"]
+    assert root.get(f"/users/{alice.json['id']}").json["name"] == "alice"
+    assert root.put("/users/999999", json={"disabled": True}).status_code == 404
+
+    as_alice = sign_in(app, "alice")
+    for method, url in (
+        ("GET", "/users"),
+        ("POST", "/users"),
+        ("GET", f"/users/{made.json['id']}"),
+        ("PUT", f"/users/{made.json['id']}"),
+        ("DELETE", f"/users/{made.json['id']}"),
+    ):
+        answer = as_alice.open(url, method=method, json={"name": "x", "password": PASSWORD, "disabled": True})
+        assert answer.status_code == 403, (method, url, answer.json)
+    assert [u["name"] for u in root.get("/users").json] == ["alice", "root"]
+
+    # The last active admin can be neither demoted, disabled nor deleted.
+    root_id = made.json["id"]
+    for method, body in (("PUT", {"admin": False}), ("PUT", {"disabled": True}), ("DELETE", None)):
+        assert root.open(f"/users/{root_id}", method=method, json=body).status_code == 409, (method, body)
+    promoted = root.put(f"/users/{alice.json['id']}", json={"admin": True})
+    assert promoted.status_code == 200 and promoted.json["admin"] is True
+    assert as_alice.get("/me").json["admin"] is True  # at once
+    assert root.put(f"/users/{root_id}", json={"admin": False}).json["admin"] is False
+
+
+def test_deleting_a_person_deletes_their_chats_keys_and_sessions(app, alice_and_bob):
+    alice, bob = alice_and_bob
+    carol = make_person(app, "carol", admin=True)
+    browser = sign_in(app, "alice")
+    chat_id, question, _ = chat_with_messages(alice)
+    bobs = create_chat(bob.client, "Bob's")["id"]
+    deleted = carol.client.delete(f"/users/{alice.id}")
+    assert deleted.status_code == 200 and deleted.json == {"id": alice.id, "deleted": True}
+    assert alice.client.get("/chats/").status_code == 401 and browser.get("/chats/").status_code == 401
+    with app.app_context():
+        assert db.session.scalars(sa.select(Chat.id)).all() == [uuid.UUID(bobs)]
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(people.ApiKey)) == 2  # bob's, carol's
+        assert people.find_user("alice") is None
+        db.session.remove()
+    assert carol.client.delete(f"/users/{alice.id}").status_code == 404
+    assert [c["id"] for c in bob.client.get("/chats/").json] == [bobs]
+
+
 # Sessions that end; keys that stop.
 
 
@@ -471,6 +531,15 @@ def test_a_password_change_ends_every_session_of_the_person(app, alice_and_bob):
     sign_in(app, "alice", "a new password")
 
 
+def test_a_password_reset_by_an_admin_ends_the_persons_sessions(app, alice_and_bob):
+    carol = make_person(app, "carol", admin=True)
+    browser = sign_in(app, "bob")
+    reset = carol.client.put(f"/users/{alice_and_bob[1].id}", json={"password": "a new password"})
+    assert reset.status_code == 200
+    assert browser.get("/chats/").status_code == 401
+    sign_in(app, "bob", "a new password")
+
+
 def test_a_disabled_person_can_do_nothing_with_a_session_or_a_key(app, alice_and_bob):
     alice, bob = alice_and_bob
     carol = make_person(app, "carol", admin=True)
@@ -482,9 +551,15 @@ def test_a_disabled_person_can_do_nothing_with_a_session_or_a_key(app, alice_and
     assert browser.get("/chats/").status_code == 401
     assert bob.client.get("/chats/").status_code == 401
     assert bob.client.get(f"/chats/{chat_id}").status_code == 401
-    assert new_client(app).post("/session", json={"name": "bob", "password": PASSWORD}).status_code == 401
+    refused = new_client(app).post("/session", json={"name": "bob", "password": PASSWORD})
+    wrong = new_client(app).post("/session", json={"name": "alice", "password": "not " + PASSWORD})
+    assert (refused.status_code, refused.json) == (wrong.status_code, wrong.json) == (401, wrong.json)
     assert new_client(app).post("/session", json={"key": bob.key}).status_code == 401
     assert alice.client.get("/chats/").status_code == 200
+    # Enabled again, the person signs in again; the sessions that ended stay ended.
+    assert carol.client.put(f"/users/{bob.id}", json={"disabled": False}).json["disabled_at"] is None
+    assert browser.get("/chats/").status_code == 401
+    sign_in(app, "bob")
 
 
 def test_a_revoked_key_and_the_sessions_it_opened_stop_at_once(app, alice_and_bob):
@@ -550,6 +625,17 @@ def test_sign_in_is_limited_per_name(limited_app, alice_and_bob):
     refused = attempt(limited_app, "alice", PASSWORD, "127.5.1.9")
     assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 60
     assert attempt(limited_app, "bob", PASSWORD, "127.5.1.9").status_code == 204  # another name from there
+
+
+def test_guessing_the_current_password_with_a_session_is_limited_too(limited_app, alice_and_bob):
+    """A copied cookie must not be a way to guess the password (to sign in elsewhere, or change it) at the
+    server's speed: PUT /me/password's check counts as a wrong password does at sign-in."""
+    browser = sign_in(limited_app, "alice")
+    answers = [
+        browser.put("/me/password", json={"current_password": f"guess {i}", "password": "a new password"}).status_code
+        for i in range(4)
+    ]
+    assert answers == [403, 403, 403, 429], answers
 
 
 def test_a_wrong_name_and_a_wrong_password_get_the_same_answer_in_the_same_time(app, alice_and_bob):
