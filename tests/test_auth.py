@@ -20,7 +20,7 @@ from chatapi.extensions import db
 from chatapi.models import Chat
 from tests.support.chats import GREEDY, QUESTION, infer
 from tests.support.client import snapshot
-from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
+from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port, migrate
 from tests.support.sse import EventStream
 
 KEY = "test-key-" + uuid.uuid4().hex
@@ -476,8 +476,9 @@ def gunicorn_conf() -> dict:
 def test_no_keys_and_a_public_address_refuse_to_start(tmp_path):
     server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0")
     output = server.refusal()
-    assert f"refusing to serve 0.0.0.0:{server.port} without API keys" in output
-    for advice in ("CHATAPI_API_KEYS=", "CHATAPI_API_KEYS_FILE=", "HOST=127.0.0.1", "CHATAPI_ALLOW_NO_AUTH=1"):
+    assert f"refusing to serve 0.0.0.0:{server.port} without accounts or API keys" in output
+    ways = ("flask users create NAME --admin", "CHATAPI_API_KEYS=", "CHATAPI_API_KEYS_FILE=", "HOST=127.0.0.1")
+    for advice in (*ways, "CHATAPI_ALLOW_NO_AUTH=1"):
         assert advice in output
     assert "Booting worker" not in output  # refused before anything was served
 
@@ -490,12 +491,13 @@ def test_no_keys_and_a_public_address_refuse_to_start(tmp_path):
 
 
 def test_allow_no_auth_serves_a_public_address_and_warns(tmp_path):
-    server = Server(
-        f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0", CHATAPI_ALLOW_NO_AUTH="1"
-    )
+    url = f"sqlite:///{tmp_path}/chatapi.db"
+    migrate(url)  # a box with nobody: the users table is there, and empty
+    server = Server(url, tmp_path / "gunicorn.log", bind_host="0.0.0.0", CHATAPI_ALLOW_NO_AUTH="1")
     try:
         server.wait_until_up()
         assert requests.get(f"{server.url}/openapi.json", timeout=10).status_code == 200
+        assert requests.get(f"{server.url}/chats/", timeout=10).status_code == 200
     finally:
         server.stop()
     assert f"serving 0.0.0.0:{server.port} WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1)" in server.output()
@@ -507,6 +509,26 @@ def test_keys_serve_a_public_address_without_a_warning(tmp_path):
     try:
         server.wait_until_up()
         check_unauthorized(requests.get(f"{server.url}/chats/", timeout=10))
+    finally:
+        server.stop()
+    assert "WITHOUT API KEYS" not in server.output() and "refusing" not in server.output()
+
+
+def test_accounts_serve_a_public_address_without_a_warning(app, client, database_url, tmp_path):
+    """A person in the database turns accounts on: no keys are needed to serve a public address, since every
+    request must sign in all the same."""
+    with app.app_context():
+        people.create_user("alice", "correct horse battery staple", admin=True)
+        db.session.commit()
+        db.session.remove()
+    server = Server(database_url, tmp_path / "gunicorn.log", bind_host="0.0.0.0")
+    try:
+        server.wait_until_up()
+        check_unauthorized(requests.get(f"{server.url}/chats/", timeout=10))
+        signed_in = requests.post(
+            f"{server.url}/session", json={"name": "alice", "password": "correct horse battery staple"}, timeout=10
+        )
+        assert signed_in.status_code == 204
     finally:
         server.stop()
     assert "WITHOUT API KEYS" not in server.output() and "refusing" not in server.output()
