@@ -37,20 +37,22 @@ def run_migrations_online() -> None:
     args = dict(migrate.configure_args)
     args.setdefault("process_revision_directives", skip_empty_revision)
     with db.engine.connect() as connection:
-        # Batch mode rebuilds a SQLite table (copy, DROP, rename): with foreign keys on (set_sqlite_pragmas), the
-        # DROP of `chats` would delete every message through ON DELETE CASCADE. Off for the migration, back on after.
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:
+            # A batch migration rebuilds a table (copy, drop, rename): with foreign keys on, dropping chats would
+            # delete every conversation by its ON DELETE CASCADE. Off for the migrations (a PRAGMA before any
+            # transaction begins), checked and on again after.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            connection.commit()  # outside any transaction (where the pragma does nothing), before the migration's
         try:
             context.configure(connection=connection, target_metadata=db.metadata, **args)
             with context.begin_transaction():
                 context.run_migrations()
+            if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise RuntimeError("the migrated database has rows whose foreign keys point nowhere")
         finally:
             if sqlite:
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 connection.commit()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():
