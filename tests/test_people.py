@@ -515,6 +515,26 @@ def test_a_copy_of_the_cookie_stops_working_after_sign_out(app, alice_and_bob):
         db.session.remove()
 
 
+def test_a_sign_in_by_name_is_case_blind_and_its_cookie_is_httponly_strict_and_expires(app, alice_and_bob):
+    browser = new_client(app)
+    answer = browser.post("/session", json={"name": " Alice ", "password": PASSWORD})
+    assert answer.status_code == 204 and answer.data == b""
+    cookie = answer.headers["Set-Cookie"]
+    for attribute in ("HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={7 * 24 * 3600}"):
+        assert attribute in cookie, (attribute, cookie)
+    assert browser.get("/me").json["name"] == "alice"
+    assert new_client(app).post("/session", json={"name": "alice", "password": PASSWORD.upper()}).status_code == 401
+
+
+def test_a_person_keeps_their_newest_sessions_only(app, alice_and_bob):
+    browsers = [sign_in(app, "alice") for _ in range(people.MAX_SESSIONS + 1)]
+    assert browsers[0].get("/chats/").status_code == 401  # the oldest ended
+    assert all(browser.get("/chats/").status_code == 200 for browser in browsers[1:])
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(people.SignIn)) == people.MAX_SESSIONS
+        db.session.remove()
+
+
 def test_a_password_change_ends_every_session_of_the_person(app, alice_and_bob):
     alice, bob = alice_and_bob
     browser, elsewhere, bobs = sign_in(app, "alice"), sign_in(app, "alice"), sign_in(app, "bob")
