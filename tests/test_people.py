@@ -609,6 +609,20 @@ def test_a_revoked_key_and_the_sessions_it_opened_stop_at_once(app, alice_and_bo
     assert new_client(app).get("/chats/", headers=spare).status_code == 200
 
 
+def test_v1_refuses_a_revoked_key_and_no_key_in_openais_shape(app, alice_and_bob):
+    alice, bob = alice_and_bob
+    with app.app_context():
+        people.revoke_key(db.session.get(people.ApiKey, bob.key_id))
+        db.session.commit()
+        db.session.remove()
+    body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4}
+    for client in (bob.client, new_client(app)):
+        answer = client.post("/v1/chat/completions", json=body)
+        assert answer.status_code == 401, answer.json
+        assert answer.json["error"]["type"] == "authentication_error", answer.json
+    assert alice.client.get("/v1/models").status_code in (200, 503)  # her key passes (the model may be loading)
+
+
 # Sign-in: limited per name and per client, and the same answer for a wrong name and a wrong password.
 
 
