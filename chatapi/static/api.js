@@ -67,27 +67,40 @@ export function allowSignIn() {
   declined = false;
 }
 
-/** Trade an API key for a session cookie (POST /session), which the server then accepts from every request
- * and stream of the page. Throws an ApiError (401: not a valid key; 0: server unreachable). */
-export async function openSession(key) {
+/** Open a session (POST /session) with `{name, password}` or `{key}`: the server sets a cookie it then accepts
+ * from every request and stream of the page. Throws an ApiError (401: wrong name, password or key; 429: too many
+ * tries; 0: server unreachable). */
+export async function openSession(credentials) {
+  await send("POST", "/session", credentials);
+}
+
+/** Sign out (DELETE /session): the server forgets the session, so no copy of the cookie works any more. */
+export async function closeSession() {
+  await send("DELETE", "/session");
+}
+
+/** One request, as it is: no sign-in on a 401. */
+async function send(method, path, body) {
+  const init = { method, headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
   let response;
   try {
-    response = await fetch("/session", {
-      method: "POST",
-      headers: { Accept: "application/json", "Content-Type": "application/json" },
-      body: JSON.stringify({ key }),
-    });
+    response = await fetch(path, init);
   } catch {
     throw new ApiError(0, "the server cannot be reached");
   }
   if (!response.ok) throw new ApiError(response.status, errorMessage(await readJson(response), response.status));
+  return response;
 }
 
 // ---------------------------------------------------------------- requests
 
 /** A request that succeeded (after signing in, if the server asked for a key); throws an ApiError if not.
  * `body` is sent as JSON; a Blob (a file the person chose) is sent as it is, as JSON. */
-async function request(method, path, body) {
+async function request(method, path, body, { signIn: askFirst = true } = {}) {
   const init = { method, headers: { Accept: "application/json" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -100,7 +113,7 @@ async function request(method, path, body) {
     } catch {
       throw new ApiError(0, "the server cannot be reached");
     }
-    if (response.status === 401) {
+    if (response.status === 401 && askFirst) {
       // The server wants a key and did nothing: sign in, then send the same request again.
       await signIn();
       continue;
@@ -110,9 +123,10 @@ async function request(method, path, body) {
   }
 }
 
-/** The JSON answer of a route (null for an empty one). */
-export async function api(method, path, body) {
-  return readJson(await request(method, path, body));
+/** The JSON answer of a route (null for an empty one). With `{signIn: false}` a 401 is thrown as it is, for
+ * the routes where it means something else than "no session" (PUT /me/password: the current password is wrong). */
+export async function api(method, path, body, options) {
+  return readJson(await request(method, path, body, options));
 }
 
 /** A download route's file: its content and the name the server gave it (Content-Disposition). */

@@ -3,7 +3,8 @@
  *
  * Plain ES modules, no build step.
  */
-import { allowSignIn, api, download, openSession, readJson, signIn, useSignInPrompt } from "./api.js";
+import { askToSignIn, connectAccounts, loadPerson } from "./accounts.js";
+import { allowSignIn, api, download, readJson, signIn, useSignInPrompt } from "./api.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -26,51 +27,20 @@ const streams = new WeakMap(); // Reply -> the ReplyStream it comes from
 
 // ---------------------------------------------------------------- signing in
 
-/** Ask for an API key in the sign-in dialog; resolves once a session is open, rejects if the person closes it. */
-function askForKey() {
-  return new Promise((resolve, reject) => {
-    showSignInError("");
-    el.signInKey.value = "";
-    el.signIn.returnValue = "";
-    el.signIn.addEventListener(
-      "close",
-      () => {
-        if (el.signIn.returnValue === "signed-in") {
-          resolve();
-          return;
-        }
-        el.signInAgain.hidden = false;
-        reject(new Error("the sign-in prompt was closed"));
-      },
-      { once: true },
-    );
-    el.signIn.showModal();
-    el.signInKey.focus();
-  });
-}
-
-async function submitKey() {
-  const key = el.signInKey.value.trim();
-  if (!key) return;
-  el.signInButton.disabled = true;
+/** The sign-in form (accounts.js), whenever the server answers 401; closed, it leaves a Sign in button. */
+async function askForSignIn() {
   try {
-    await openSession(key);
-    el.signIn.close("signed-in");
-    checkHealth(); // signed in, /health names the model
-    return;
+    await askToSignIn();
   } catch (error) {
-    if (error.status === 401) showSignInError("That key is not valid.");
-    else if (error.status === 0) showSignInError("The server cannot be reached.");
-    else showSignInError(views.sentence(`${error.message}.`));
-  } finally {
-    el.signInButton.disabled = false;
+    el.signInAgain.hidden = false;
+    throw error;
   }
-  el.signInKey.select();
 }
 
-function showSignInError(message) {
-  el.signInError.textContent = message;
-  el.signInKey.setAttribute("aria-invalid", message ? "true" : "false");
+/** Someone else signed in (the session had ended): what the page showed was the other person's. */
+function personChanged() {
+  selectChat(null);
+  refreshChats();
 }
 
 /** The Sign in button, after the prompt was closed: ask again, then load what the page shows. */
@@ -564,10 +534,6 @@ function bind() {
   });
   el.stop.addEventListener("click", stopReply);
   el.signInAgain.addEventListener("click", signInAgain);
-  el.signInForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    submitKey();
-  });
   el.newChat.addEventListener("click", startNewChat);
   el.renameChat.addEventListener("click", () => state.chat && views.editName(el.title, state.chat));
   el.deleteChat.addEventListener("click", () => state.chat && confirmDelete(state.chat));
@@ -624,7 +590,8 @@ function bind() {
   setInterval(views.renderChats, 60 * 1000); // keeps "5 min ago" true
 }
 
-useSignInPrompt(askForKey);
+useSignInPrompt(askForSignIn);
+connectAccounts(store, { signedIn: checkHealth, personChanged }); // signed in, /health names the model
 views.connectViews(state, {
   selectChat,
   renameChat,
@@ -637,5 +604,6 @@ loadSettings();
 bind();
 views.autosize();
 checkHealth();
+loadPerson();
 refreshChats();
 selectChat(chatFromHash());

@@ -12,6 +12,7 @@ export const KEYS = {
   pending: "chatapi.pending", // chats whose reply was streaming when the page went away
   maxTokens: "chatapi.max_tokens",
   temperature: "chatapi.temperature",
+  signInWith: "chatapi.sign_in_with", // "password" or "key": how the person signed in last, offered first
 };
 
 /** A new chat's name: the first line of its first message, shortened. */

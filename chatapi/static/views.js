@@ -57,11 +57,6 @@ export const el = {
   chatSettingsError: $("chat-settings-error"),
   chatSettingsCancel: $("chat-settings-cancel"),
   chatSettingsSave: $("chat-settings-save"),
-  signIn: $("sign-in"),
-  signInForm: $("sign-in-form"),
-  signInKey: $("sign-in-key"),
-  signInError: $("sign-in-error"),
-  signInButton: $("sign-in-button"),
   signInAgain: $("sign-in-again"),
 };
 
@@ -108,7 +103,7 @@ function parseTime(value) {
   return Number.isNaN(time) ? null : new Date(time);
 }
 
-function relativeTime(value) {
+export function relativeTime(value) {
   const date = parseTime(value);
   if (!date) return "";
   const seconds = (Date.now() - date.getTime()) / 1000;
@@ -132,7 +127,16 @@ export function sentence(text) {
 }
 
 export function showError(message) {
-  const alert = node("div", "alert");
+  showAlert(message, "alert");
+}
+
+/** Something done that the person should know about (their password changed), in the same place as errors. */
+export function showNotice(message) {
+  showAlert(message, "alert notice");
+}
+
+function showAlert(message, className) {
+  const alert = node("div", className);
   alert.append(node("span", "alert-text", sentence(message)));
   alert.append(iconButton("close", "Dismiss", () => alert.remove()));
   el.alerts.append(alert);

@@ -1,8 +1,24 @@
-/* chatapi/static/api.js: the parts without a server (error sentences, file names, the sign-in gate). */
+/* chatapi/static/api.js: the parts without a server (error sentences, file names, the sign-in gate, sessions), with
+ * a fake fetch in place of the browser's. */
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 
-import { allowSignIn, attachmentName, errorMessage, signIn, useSignInPrompt } from "../../chatapi/static/api.js";
+import {
+  allowSignIn,
+  api,
+  attachmentName,
+  closeSession,
+  errorMessage,
+  openSession,
+  signIn,
+  useSignInPrompt,
+} from "../../chatapi/static/api.js";
+import { fakeFetch, jsonResponse } from "./fakes.js";
+
+const realFetch = globalThis.fetch;
+afterEach(() => {
+  globalThis.fetch = realFetch;
+});
 
 test("errorMessage: a 422's fields, else the message, else the status", () => {
   const invalid = {
@@ -59,4 +75,62 @@ test("signIn: one prompt for every waiting request; once closed, no other until 
   assert.equal(asked, 3);
   answer.resolve();
   await again;
+});
+
+test("openSession: a name and password or a key, as JSON; a refusal is an ApiError with the server's message", async () => {
+  globalThis.fetch = fakeFetch(
+    new Response(null, { status: 204 }),
+    new Response(null, { status: 204 }),
+    jsonResponse(401, { code: 401, message: "the name or the password is wrong" }),
+    new TypeError("offline"),
+  );
+  await openSession({ name: "ana", password: "secret words" });
+  await openSession({ key: "chatapi-abc" });
+  const [byPassword, byKey] = globalThis.fetch.calls;
+  assert.deepEqual([byPassword.url, byPassword.init.method], ["/session", "POST"]);
+  assert.deepEqual(JSON.parse(byPassword.init.body), { name: "ana", password: "secret words" });
+  assert.equal(byPassword.init.headers["Content-Type"], "application/json");
+  assert.deepEqual(JSON.parse(byKey.init.body), { key: "chatapi-abc" });
+  await assert.rejects(openSession({ name: "ana", password: "wrong" }), {
+    status: 401,
+    message: "the name or the password is wrong",
+  });
+  await assert.rejects(openSession({ key: "k" }), { status: 0, message: "the server cannot be reached" });
+});
+
+test("closeSession: DELETE /session, no body; a 401 there asks nobody to sign in", async () => {
+  let asked = 0;
+  useSignInPrompt(() => {
+    asked += 1;
+    return Promise.resolve();
+  });
+  globalThis.fetch = fakeFetch(new Response(null, { status: 204 }), jsonResponse(401, { message: "no session" }));
+  await closeSession();
+  const [call] = globalThis.fetch.calls;
+  assert.deepEqual([call.url, call.init.method, call.init.body], ["/session", "DELETE", undefined]);
+  await assert.rejects(closeSession(), { status: 401 });
+  assert.equal(asked, 0);
+});
+
+test("api with signIn false: a 401 is the answer (a wrong current password), not a reason to sign in", async () => {
+  let asked = 0;
+  useSignInPrompt(() => {
+    asked += 1;
+    return Promise.resolve();
+  });
+  allowSignIn();
+  globalThis.fetch = fakeFetch(
+    jsonResponse(401, { message: "the current password is wrong" }),
+    jsonResponse(401, { message: "sign in" }),
+    jsonResponse(200, { id: 1, name: "ana", admin: false }),
+  );
+  await assert.rejects(api("PUT", "/me/password", { current_password: "x", password: "y" }, { signIn: false }), {
+    status: 401,
+    message: "the current password is wrong",
+  });
+  assert.equal(asked, 0);
+  // Without it, the same 401 asks to sign in and sends the request again.
+  assert.deepEqual(await api("GET", "/me"), { id: 1, name: "ana", admin: false });
+  assert.equal(asked, 1);
+  assert.equal(globalThis.fetch.calls.length, 3);
 });

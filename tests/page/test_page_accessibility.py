@@ -2,39 +2,13 @@
 package.json) finds no serious or critical violation in the page's states, and the keyboard alone can create a
 chat, send, stop a reply and move between chats."""
 
-import json
-
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.support.chats import ENDLESS, GREEDY, LONG_QUESTION, QUESTION, history, new_chat
-from tests.support.page import CITED, FEATURES, SOURCES, last_reply, save_answer, wait_for_reply_text
-from tests.support.server import ROOT
+from tests.support.page import CITED, FEATURES, SOURCES, check_axe, last_reply, save_answer, wait_for_reply_text
 
-AXE = ROOT / "node_modules/axe-core/axe.min.js"
 ENDLESS_START = ENDLESS[:-1]
-
-
-def axe_violations(page: Page) -> list[dict]:
-    """axe-core's serious and critical violations in the page as it is now, each with the elements it found and why.
-    axe is handed to the page through the DevTools protocol (page.evaluate), which the page's policy does not
-    apply to: the policy itself stays as it is served."""
-    if not AXE.exists():
-        pytest.fail(f"{AXE} is missing: `make clients` installs the npm packages")
-    if not page.evaluate("() => Boolean(window.axe)"):
-        page.evaluate(AXE.read_text())
-    results = page.evaluate("() => axe.run(document, { resultTypes: ['violations'] })")
-    return [
-        {"id": rule["id"], "impact": rule["impact"], "help": rule["help"],
-         "nodes": [(node["target"], node["failureSummary"]) for node in rule["nodes"]]}
-        for rule in results["violations"]
-        if rule["impact"] in ("serious", "critical")
-    ]
-
-
-def check_axe(page: Page) -> None:
-    violations = axe_violations(page)
-    assert violations == [], json.dumps(violations, indent=1)
 
 
 def chat_with_markdown_and_sources(base: str, app) -> str:

@@ -1,11 +1,14 @@
 """What the page tests (tests/page/) share besides their fixtures: the page's last reply, signing in on a server
-with a key, screenshots for the README, and a Markdown answer with sources saved straight into the database."""
+with a key, axe-core's findings, screenshots for the README, and a Markdown answer with sources saved straight into
+the database."""
 
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 from playwright.sync_api import Page, expect
 
@@ -13,6 +16,7 @@ from chatapi.extensions import db
 from chatapi.models import Chat, Conversation
 from tests.support.server import ROOT
 
+AXE = ROOT / "node_modules/axe-core/axe.min.js"
 # The API key of tests/page/conftest.py's keyed_server.
 PAGE_KEY = "page-key-" + uuid.uuid4().hex
 # `make screenshot` sets this to docs/: the screenshots README.md and docs/page.md show are written there.
@@ -82,13 +86,40 @@ def keyed_history(base: str, chat_id: str) -> list[dict]:
 
 
 def sign_in(page: Page, key: str = PAGE_KEY):
-    """Answer the key prompt, which must be on screen; the prompt."""
+    """Answer the sign-in prompt, which must be on screen, with an API key (switching to it from a name and
+    password if those are offered first); the prompt."""
     prompt = page.get_by_role("dialog", name="Sign in")
     expect(prompt).to_be_visible()
+    use_key = prompt.get_by_role("button", name="Use an API key")
+    if use_key.is_visible():
+        expect(prompt.get_by_label("Name")).to_be_focused()
+        use_key.click()
     expect(prompt.get_by_label("API key")).to_be_focused()
     prompt.get_by_label("API key").fill(key)
     prompt.get_by_role("button", name="Sign in").click()
     return prompt
+
+
+def axe_violations(page: Page) -> list[dict]:
+    """axe-core's serious and critical violations in the page as it is now, each with the elements it found and why.
+    axe is handed to the page through the DevTools protocol (page.evaluate), which the page's policy does not
+    apply to: the policy itself stays as it is served."""
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: `make clients` installs the npm packages")
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.evaluate(AXE.read_text())
+    results = page.evaluate("() => axe.run(document, { resultTypes: ['violations'] })")
+    return [
+        {"id": rule["id"], "impact": rule["impact"], "help": rule["help"],
+         "nodes": [(node["target"], node["failureSummary"]) for node in rule["nodes"]]}
+        for rule in results["violations"]
+        if rule["impact"] in ("serious", "critical")
+    ]
+
+
+def check_axe(page: Page) -> None:
+    violations = axe_violations(page)
+    assert violations == [], json.dumps(violations, indent=1)
 
 
 def save_screenshot(page: Page, tmp_path: Path, name: str) -> Path:
