@@ -1,4 +1,5 @@
-"""API keys, the page's session cookie and the same-origin rule (chatapi/auth.py), against the real server."""
+"""API keys, the page's session cookie and the same-origin rule (chatapi/auth.py), against the real server, with the
+keys of CHATAPI_API_KEYS (they act as the admin named admin). People, their keys and sessions: tests/test_people.py."""
 
 import hashlib
 import os
@@ -11,12 +12,15 @@ from http.cookies import SimpleCookie
 
 import pytest
 import requests
+import sqlalchemy as sa
 from flask import g
 
-from chatapi import create_app
+from chatapi import create_app, people
+from chatapi.extensions import db
+from chatapi.models import Chat
 from tests.support.chats import GREEDY, QUESTION, infer
 from tests.support.client import snapshot
-from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
+from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port, migrate, stop_process
 from tests.support.sse import EventStream
 
 KEY = "test-key-" + uuid.uuid4().hex
@@ -96,6 +100,13 @@ def check_unauthorized(response: requests.Response, message: str = "") -> None:
     assert "Set-Cookie" not in response.headers
 
 
+def chats_left(app) -> int:
+    with app.app_context():
+        count = db.session.scalar(sa.select(sa.func.count()).select_from(Chat))
+        db.session.remove()
+        return count
+
+
 def replies_running(base: str) -> dict:
     """The model's counts, which /health tells keyed requests only."""
     return requests.get(f"{base}/health", headers=bearer(), timeout=10).json()["model"]["replies"]
@@ -162,7 +173,7 @@ def test_either_key_opens_every_route(keyed_server, app, client):
         assert imported.status_code == 201
         for made in (chat_id, imported.json()["id"]):
             assert requests.delete(f"{base}/chats/delete/{made}", headers=bearer(key), timeout=10).status_code == 200
-    assert snapshot(app)[0] == []  # every chat made here was deleted
+    assert chats_left(app) == 0  # every chat made here was deleted
     # The scheme's name is case-insensitive (RFC 7235).
     assert requests.get(f"{base}/chats/", headers={"Authorization": f"bearer {KEY}"}, timeout=10).status_code == 200
 
@@ -181,17 +192,21 @@ def test_health_the_page_and_the_api_document_need_no_key(keyed_server, client):
     assert spec["paths"]["/health"]["get"]["security"] == []
     session = spec["paths"]["/session"]
     assert session["post"]["security"] == [] and set(session["post"]["responses"]) >= {"204", "401", "422"}
-    assert "key" in spec["components"]["schemas"]["Session"]["required"]
+    assert set(spec["components"]["schemas"]["Session"]["properties"]) == {"name", "password", "key"}
     assert "204" in session["delete"]["responses"]
     assert "security" not in spec["paths"]["/chats/"]["get"]  # the document-wide rule applies
 
 
-def test_the_document_has_no_security_rule_without_keys(client):
+def test_while_accounts_are_off_the_document_still_names_the_schemes_and_there_is_no_session(client):
+    """Accounts can come on at any time (a person is made), so the document always says how to authenticate; a
+    fresh box with nobody still serves every route without (tests/test_people.py) and has no session to open."""
     spec = client.get("/openapi.json").json
-    assert "security" not in spec and "securitySchemes" not in spec.get("components", {})
+    assert spec["security"] == [{"bearer": []}, {"session": []}]
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "session"}
     assert "/session" in spec["paths"]
     assert client.post("/session", json={"key": "anything"}).status_code == 404
     assert client.post("/session", json={"key": ""}).status_code == 404  # before the body is looked at
+    assert client.post("/session", json={"name": "x", "password": "y"}).status_code == 404
     assert client.delete("/session").status_code == 404
     assert "Set-Cookie" not in client.post("/session", json={"key": "anything"}).headers
 
@@ -200,17 +215,21 @@ def test_a_session_cookie_opens_every_route_like_the_key(keyed_server, app, clie
     base = keyed_server
     refused = requests.post(f"{base}/session", json={"key": "not-" + KEY}, timeout=10)
     check_unauthorized(refused, "not valid")
-    for bad in ({}, {"key": ""}, {"key": 5}):
+    for bad in ({}, {"key": ""}, {"key": 5}, {"key": "\ud800"}, {"name": "admin"}, {"key": KEY, "name": "admin"}):
         response = requests.post(f"{base}/session", json=bad, timeout=10)
-        assert response.status_code == 422 and "Set-Cookie" not in response.headers
-    check_unauthorized(requests.post(f"{base}/session", json={"key": "\ud800"}, timeout=10))
+        assert response.status_code == 422 and "Set-Cookie" not in response.headers, bad
 
     cookie = session_cookie(base)
     attributes = cookie[COOKIE]
     assert attributes["httponly"] is True and attributes["samesite"] == "Strict" and attributes["path"] == "/"
     assert attributes["secure"] == ""  # plain http here
     assert int(attributes["max-age"]) == 7 * 24 * 3600
-    assert KEY not in attributes.value
+    # A random token, which names neither the key nor its id; the server keeps its digest as the session's id.
+    assert KEY not in attributes.value and key_id(KEY) not in attributes.value and len(attributes.value) >= 32
+    with app.app_context():
+        session = db.session.get(people.SignIn, hashlib.sha256(attributes.value.encode()).hexdigest())
+        assert session is not None and session.env_key_id == key_id(KEY) and session.user.name == "admin"
+        db.session.remove()
 
     # The page's own requests, as a browser sends them (Sec-Fetch-Site; Origin on a POST).
     page = with_cookie(cookie, **{"Sec-Fetch-Site": "same-origin", "Origin": base})
@@ -227,7 +246,7 @@ def test_a_session_cookie_opens_every_route_like_the_key(keyed_server, app, clie
     assert list(stream)[-1]["event"] == "done"
     deleted = requests.delete(f"{base}/chats/delete/{chat_id}", headers=page, timeout=10)
     assert deleted.status_code == 200
-    assert snapshot(app)[0] == []
+    assert chats_left(app) == 0
 
 
 def test_cookie_requests_that_change_something_must_come_from_the_same_origin(keyed_server, app, client):
@@ -272,7 +291,7 @@ def test_cookie_requests_that_change_something_must_come_from_the_same_origin(ke
     assert read.status_code == 200
 
 
-def test_delete_session_clears_the_cookie(keyed_server, client):
+def test_delete_session_clears_the_cookie_and_ends_the_session(keyed_server, client):
     base = keyed_server
     cookie = session_cookie(base)
     ended = requests.delete(f"{base}/session", headers=with_cookie(cookie), timeout=10)
@@ -283,6 +302,8 @@ def test_delete_session_clears_the_cookie(keyed_server, client):
     assert cleared[COOKIE]["httponly"] is True and cleared[COOKIE]["samesite"] == "Strict"
     # A browser that honours it sends no cookie any more: 401.
     check_unauthorized(requests.get(f"{base}/chats/", timeout=10))
+    # The session is a record on the server, deleted: a copy of the cookie kept elsewhere stops working too.
+    check_unauthorized(requests.get(f"{base}/chats/", headers=with_cookie(cookie), timeout=10))
 
 
 def test_a_session_expires(start_server, client):
@@ -291,30 +312,23 @@ def test_a_session_expires(start_server, client):
     assert cookie[COOKIE]["max-age"] == "2"
     assert requests.get(f"{server.url}/chats/", headers=with_cookie(cookie), timeout=10).status_code == 200
     time.sleep(3.5)
-    check_unauthorized(requests.get(f"{server.url}/chats/", headers=with_cookie(cookie), timeout=10), "expired")
+    check_unauthorized(requests.get(f"{server.url}/chats/", headers=with_cookie(cookie), timeout=10))
     assert requests.get(f"{server.url}/chats/", headers=bearer(), timeout=10).status_code == 200
 
 
-def test_sessions_outlive_a_restart_and_end_when_the_keys_change(start_server, client):
+def test_sessions_outlive_a_restart_and_end_when_their_key_is_taken_away(start_server, client):
+    """Sessions are records in the database: a restart keeps them; one opened with a CHATAPI_API_KEYS key that is
+    no longer configured ends, one opened with a key still there stays."""
     first = start_server(CHATAPI_API_KEYS=f"{KEY},{OTHER_KEY}")
-    cookie = session_cookie(first.url)
-    first.stop()
-    # The secret is derived from the keys: the same keys accept it after a restart...
+    mine, other = session_cookie(first.url), session_cookie(first.url, OTHER_KEY)
+    stop_process(first.process)  # as a restart does: Server.stop would take the keys' admin away with it
     same = start_server(CHATAPI_API_KEYS=f"{OTHER_KEY},{KEY}")
-    assert requests.get(f"{same.url}/chats/", headers=with_cookie(cookie), timeout=10).status_code == 200
-    same.stop()
-    # ...and other keys (one taken away) do not.
+    for cookie in (mine, other):
+        assert requests.get(f"{same.url}/chats/", headers=with_cookie(cookie), timeout=10).status_code == 200
+    stop_process(same.process)
     fewer = start_server(CHATAPI_API_KEYS=KEY)
-    check_unauthorized(requests.get(f"{fewer.url}/chats/", headers=with_cookie(cookie), timeout=10), "not valid")
-    fewer.stop()
-    # With CHATAPI_SECRET_KEY the secret stays, but a session for a key taken away is refused all the same.
-    secret = {"CHATAPI_SECRET_KEY": uuid.uuid4().hex}
-    both = start_server(CHATAPI_API_KEYS=f"{KEY},{OTHER_KEY}", **secret)
-    mine, other = session_cookie(both.url), session_cookie(both.url, OTHER_KEY)
-    both.stop()
-    one = start_server(CHATAPI_API_KEYS=KEY, **secret)
-    assert requests.get(f"{one.url}/chats/", headers=with_cookie(mine), timeout=10).status_code == 200
-    check_unauthorized(requests.get(f"{one.url}/chats/", headers=with_cookie(other), timeout=10), "no longer")
+    assert requests.get(f"{fewer.url}/chats/", headers=with_cookie(mine), timeout=10).status_code == 200
+    check_unauthorized(requests.get(f"{fewer.url}/chats/", headers=with_cookie(other), timeout=10))
 
 
 def test_keys_from_a_file(start_server, client, tmp_path):
@@ -341,7 +355,7 @@ def test_a_keys_file_that_names_no_key_stops_the_server(contents, tmp_path):
 
 def assert_guessing_refused(response: requests.Response) -> None:
     assert response.status_code == 429, response.text
-    assert response.json()["message"].startswith("too many wrong API keys or sessions from this address")
+    assert response.json()["message"].startswith("too many wrong keys, sessions or passwords from this address")
     assert 0 < int(response.headers["Retry-After"]) <= 60
 
 
@@ -415,23 +429,41 @@ def test_the_cookie_is_secure_over_https_behind_a_trusted_proxy_only(start_serve
     assert created.status_code == 403
 
 
-def test_g_key_id_names_the_key_for_the_hooks_after_it(app, database_url):
-    """Rate limits and metrics, registered later, read g.key_id: set by either credential, never without keys."""
+def test_g_person_names_who_is_asking_for_the_hooks_after_it(app, client, database_url):
+    """Rate limits, usage and metrics, registered later, read g.person: set by either credential (the keys of
+    CHATAPI_API_KEYS act as the admin named admin), never on the open routes nor while accounts are off."""
     seen = []
+    open_app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+    open_app.before_request(lambda: seen.append(g.get("person")))
+    assert open_app.test_client().get("/chats/").status_code == 200
+    assert open_app.test_client().get("/chats/", headers=bearer()).status_code == 200  # a box with nobody ignores it
+    assert seen == [None, None]
+
+    seen.clear()
     keyed = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_API_KEYS": (KEY, OTHER_KEY)})
-    keyed.before_request(lambda: seen.append(g.get("key_id")))
+    keyed.before_request(lambda: seen.append(g.get("person")))
     client = keyed.test_client()
     assert client.get("/chats/", headers=bearer(OTHER_KEY)).status_code == 200
     assert client.post("/session", json={"key": KEY}).status_code == 204
     assert client.get("/chats/").status_code == 200  # the test client keeps the cookie
     assert client.get("/health").status_code in (200, 503)
-    assert seen == [key_id(OTHER_KEY), None, key_id(KEY), None]  # /session itself and /health name no key
+    with app.app_context():
+        admin = people.find_user("admin").person()
+        db.session.remove()
+    assert admin == people.Person(admin.id, "admin", True)
+    assert seen == [admin, None, admin, None]  # /session itself and /health name nobody
 
+    # The admin now exists: the box without keys is no longer open, and a person's own key names them.
     seen.clear()
-    open_app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
-    open_app.before_request(lambda: seen.append(g.get("key_id")))
-    assert open_app.test_client().get("/chats/").status_code == 200
-    assert seen == [None]
+    with app.app_context():
+        user = people.create_user("alice", "correct horse battery staple")
+        _, alice_key = people.new_key(user)
+        db.session.commit()
+        alice = user.person()
+        db.session.remove()
+    assert open_app.test_client().get("/chats/").status_code == 401
+    assert open_app.test_client().get("/chats/", headers=bearer(alice_key)).status_code == 200
+    assert seen == [alice] and alice.name == "alice" and not alice.admin  # the 401 ran no hook after it
 
 
 # Open by accident: gunicorn.conf.py refuses a non-loopback address without keys.
@@ -444,8 +476,9 @@ def gunicorn_conf() -> dict:
 def test_no_keys_and_a_public_address_refuse_to_start(tmp_path):
     server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0")
     output = server.refusal()
-    assert f"refusing to serve 0.0.0.0:{server.port} without API keys" in output
-    for advice in ("CHATAPI_API_KEYS=", "CHATAPI_API_KEYS_FILE=", "HOST=127.0.0.1", "CHATAPI_ALLOW_NO_AUTH=1"):
+    assert f"refusing to serve 0.0.0.0:{server.port} without accounts or API keys" in output
+    ways = ("flask users create NAME --admin", "CHATAPI_API_KEYS=", "CHATAPI_API_KEYS_FILE=", "HOST=127.0.0.1")
+    for advice in (*ways, "CHATAPI_ALLOW_NO_AUTH=1"):
         assert advice in output
     assert "Booting worker" not in output  # refused before anything was served
 
@@ -458,12 +491,13 @@ def test_no_keys_and_a_public_address_refuse_to_start(tmp_path):
 
 
 def test_allow_no_auth_serves_a_public_address_and_warns(tmp_path):
-    server = Server(
-        f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", bind_host="0.0.0.0", CHATAPI_ALLOW_NO_AUTH="1"
-    )
+    url = f"sqlite:///{tmp_path}/chatapi.db"
+    migrate(url)  # a box with nobody: the users table is there, and empty
+    server = Server(url, tmp_path / "gunicorn.log", bind_host="0.0.0.0", CHATAPI_ALLOW_NO_AUTH="1")
     try:
         server.wait_until_up()
         assert requests.get(f"{server.url}/openapi.json", timeout=10).status_code == 200
+        assert requests.get(f"{server.url}/chats/", timeout=10).status_code == 200
     finally:
         server.stop()
     assert f"serving 0.0.0.0:{server.port} WITHOUT API KEYS (CHATAPI_ALLOW_NO_AUTH=1)" in server.output()
@@ -475,6 +509,26 @@ def test_keys_serve_a_public_address_without_a_warning(tmp_path):
     try:
         server.wait_until_up()
         check_unauthorized(requests.get(f"{server.url}/chats/", timeout=10))
+    finally:
+        server.stop()
+    assert "WITHOUT API KEYS" not in server.output() and "refusing" not in server.output()
+
+
+def test_accounts_serve_a_public_address_without_a_warning(app, client, database_url, tmp_path):
+    """A person in the database turns accounts on: no keys are needed to serve a public address, since every
+    request must sign in all the same."""
+    with app.app_context():
+        people.create_user("alice", "correct horse battery staple", admin=True)
+        db.session.commit()
+        db.session.remove()
+    server = Server(database_url, tmp_path / "gunicorn.log", bind_host="0.0.0.0")
+    try:
+        server.wait_until_up()
+        check_unauthorized(requests.get(f"{server.url}/chats/", timeout=10))
+        signed_in = requests.post(
+            f"{server.url}/session", json={"name": "alice", "password": "correct horse battery staple"}, timeout=10
+        )
+        assert signed_in.status_code == 204
     finally:
         server.stop()
     assert "WITHOUT API KEYS" not in server.output() and "refusing" not in server.output()

@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from chatapi import create_app, people
 from chatapi.extensions import db
 from chatapi.models import ROLES, Chat, Conversation
 from tests.support.database import drop_everything, reset_schema
@@ -70,7 +71,7 @@ def test_the_comparison_notices_a_missing_index(app):
 @pytest.mark.parametrize("role_check", [None, "role IN ('Human', 'System')"])
 def test_the_comparison_notices_a_missing_or_changed_check(app, role_check):
     """Guards the comparison of CHECK constraints, which alembic's own leaves out."""
-    schema = sa.MetaData()
+    schema = sa.MetaData(naming_convention=db.metadata.naming_convention)  # the constraints' names the models give
     for table in db.metadata.sorted_tables:
         table.to_metadata(schema)
     conversations = schema.tables["conversations"]
@@ -168,3 +169,164 @@ def test_the_tests_run_on_the_migrated_schema(app):
         head = ScriptDirectory(app.extensions["migrate"].directory).get_current_head()
         assert MigrationContext.configure(conn).get_current_revision() == head
         assert schema_differences() == []
+
+
+PASSWORD = "correct horse battery staple"
+ENV_KEY = "env-key-" + uuid.uuid4().hex
+
+
+def populate_0004() -> tuple[list[dict], list[dict]]:
+    """Chats and messages written straight into a database at revision 0004, as a server before accounts left
+    them: the rows, to compare with what the upgrade keeps."""
+    chats = sa.table(
+        "chats",
+        sa.column("id", sa.Uuid),
+        sa.column("name", sa.String),
+        sa.column("system_prompt", sa.Text),
+        sa.column("created_at", sa.DateTime),
+        sa.column("updated_at", sa.DateTime),
+    )
+    conversations = sa.table(
+        "conversations",
+        sa.column("id", sa.Uuid),
+        sa.column("chat_id", sa.Uuid),
+        sa.column("role", sa.String),
+        sa.column("message", sa.Text),
+        sa.column("created_at", sa.DateTime),
+        sa.column("updated_at", sa.DateTime),
+    )
+    start = datetime(2024, 2, 29, 23, 59, 59, 999000)
+    chat_rows = [
+        {
+            "id": uuid.uuid4(),
+            "name": f"chat {i}",
+            "system_prompt": "Be brief." if i == 1 else None,
+            "created_at": start,
+            "updated_at": start + timedelta(minutes=i),
+        }
+        for i in range(3)
+    ]
+    conversation_rows = [
+        {
+            "id": uuid.uuid4(),
+            "chat_id": chat["id"],
+            "role": role,
+            "message": f"{role} {n} in {chat['name']}: ünïcode 🙂",
+            "created_at": chat["updated_at"] + timedelta(seconds=n),
+            "updated_at": chat["updated_at"] + timedelta(seconds=n),
+        }
+        for chat in chat_rows
+        for n, role in enumerate(ROLES * 2)
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(chats.insert(), chat_rows)
+        conn.execute(conversations.insert(), conversation_rows)
+    return chat_rows, conversation_rows
+
+
+def check_kept(chat_rows: list[dict], conversation_rows: list[dict]) -> None:
+    """Every chat and message of before, with the same ids and contents."""
+    db.session.remove()
+    kept_chats = db.session.scalars(sa.select(Chat)).all()
+    columns = ("id", "name", "system_prompt", "created_at", "updated_at")
+    assert sorted(tuple(getattr(c, name) for name in columns) for c in kept_chats) == sorted(
+        tuple(row.values()) for row in chat_rows
+    )
+    kept = db.session.scalars(sa.select(Conversation)).all()
+    columns = ("id", "chat_id", "role", "message", "created_at", "updated_at")
+    assert sorted(tuple(getattr(c, name) for name in columns) for c in kept) == sorted(
+        tuple(row.values()) for row in conversation_rows
+    )
+    db.session.remove()
+
+
+def owners() -> list:
+    db.session.remove()
+    found = db.session.scalars(sa.select(Chat.owner_id)).all()
+    db.session.remove()
+    return found
+
+
+@pytest.mark.parametrize("first_admin", ["users create --admin", "CHATAPI_API_KEYS"])
+def test_upgrading_a_populated_0004_database_loses_nothing_and_the_first_admin_gets_the_chats(
+    app, client, database_url, first_admin
+):
+    with app.app_context():
+        try:
+            drop_everything()
+            flask_migrate.upgrade(revision="0004")
+            chat_rows, conversation_rows = populate_0004()
+            flask_migrate.upgrade()
+            assert schema_differences() == []
+            check_kept(chat_rows, conversation_rows)
+            assert owners() == [None] * len(chat_rows)
+
+            # Accounts off (nobody yet): every chat and message reachable as before.
+            listed = client.get("/chats/")
+            assert listed.headers["X-Total-Count"] == str(len(chat_rows))
+            assert sorted(c["id"] for c in listed.json) == sorted(str(row["id"]) for row in chat_rows)
+            for row in chat_rows:
+                history = client.get(f"/chats/{row['id']}/conversations").json
+                assert len(history) == len(ROLES) * 2
+            assert client.get(f"/conversations/{conversation_rows[0]['id']}").status_code == 200
+
+            # A person who is no admin, made first: the chats are not theirs.
+            bob = people.create_user("bob", PASSWORD)
+            _, bob_key = people.new_key(bob, "tests")
+            db.session.commit()
+            as_bob = {"Authorization": f"Bearer {bob_key}"}
+            assert client.get("/chats/", headers=as_bob).json == []
+            assert client.get(f"/chats/{chat_rows[0]['id']}", headers=as_bob).status_code == 404
+            assert owners() == [None] * len(chat_rows)
+
+            if first_admin == "CHATAPI_API_KEYS":
+                config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
+                keyed = create_app({**config, "CHATAPI_API_KEYS": (ENV_KEY,)})
+                create_app(config)  # every app shares one API document, the last app's: the open server's
+                as_admin, admin_client = {"Authorization": f"Bearer {ENV_KEY}"}, keyed.test_client()
+                me = admin_client.get("/me", headers=as_admin).json
+                assert me["name"] == "admin" and me["admin"] is True
+                admin_id = me["id"]
+            else:
+                admin = people.create_user("root", PASSWORD, admin=True)
+                _, admin_key = people.new_key(admin, "tests")
+                db.session.commit()
+                as_admin, admin_client, admin_id = {"Authorization": f"Bearer {admin_key}"}, client, admin.id
+            assert owners() == [admin_id] * len(chat_rows)
+            check_kept(chat_rows, conversation_rows)
+            listed = admin_client.get("/chats/", headers=as_admin)
+            assert sorted(c["id"] for c in listed.json) == sorted(str(row["id"]) for row in chat_rows)
+            assert client.get("/chats/", headers=as_bob).json == []
+            # A second admin gets nothing of the first's.
+            people.create_user("second", PASSWORD, admin=True)
+            db.session.commit()
+            assert owners() == [admin_id] * len(chat_rows)
+        finally:
+            reset_schema()
+
+
+def test_downgrade_from_head_to_0004_keeps_the_chats_without_their_owners(app):
+    with app.app_context():
+        try:
+            admin = people.create_user("root", PASSWORD, admin=True)
+            db.session.flush()
+            chat = Chat(name="owned")
+            chat.owner_id = admin.id
+            db.session.add(chat)
+            db.session.add(Conversation(chat=chat, role="Human", message="hello"))
+            db.session.commit()
+            chat_id = chat.id
+            db.session.remove()
+            flask_migrate.downgrade(revision="0004")
+            tables = set(sa.inspect(db.engine).get_table_names())
+            assert not tables & {"users", "api_keys", "sessions", "usage"}
+            assert "owner_id" not in {column["name"] for column in sa.inspect(db.engine).get_columns("chats")}
+            with db.engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT name FROM chats")).scalars().all() == ["owned"]
+                assert conn.execute(sa.text("SELECT count(*) FROM conversations")).scalar() == 1
+            flask_migrate.upgrade()
+            assert schema_differences() == []
+            assert owners() == [None]
+            assert db.session.get(Chat, chat_id).name == "owned"
+        finally:
+            reset_schema()
