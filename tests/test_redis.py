@@ -16,7 +16,8 @@ import pytest
 import redis
 import requests
 
-from chatapi import create_app
+from chatapi import create_app, people
+from chatapi.extensions import db
 from chatapi.llm.engine import Options
 from chatapi.llm.redis_replies import Board, SharedReply
 from chatapi.llm.reply import Reply, ReplyRequest
@@ -181,6 +182,35 @@ def test_a_reply_is_stopped_through_the_other_process(pair):
     assert history(b, chat_id)[-1]["message"] == pieces(events).strip() == done["data"]["message"]["message"]
     # Nothing is being made for the chat any more, in either process.
     assert requests.post(f"{a}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is False
+
+
+def test_another_persons_reply_is_404_on_either_process(pair, app, client):
+    """Accounts hold across processes: Bob, on either, can neither join, resume nor stop the reply Alice's chat is
+    making on A (404, as for a chat that does not exist), and Alice's reply goes on; Alice stops it through B.
+    (`client`: the people are gone afterwards, and the box open again.)"""
+    a, b = pair
+    with app.app_context():
+        alice, bob = people.create_user("alice", "password-a", admin=True), people.create_user("bob", "password-b")
+        as_alice, as_bob = ({"Authorization": f"Bearer {people.new_key(person)[1]}"} for person in (alice, bob))
+        db.session.commit()
+    chat_id = requests.post(f"{a}/chats/create", json={"name": "alice's"}, headers=as_alice, timeout=10).json()["id"]
+    for i, message in enumerate(ENDLESS):
+        body = {"chat_id": chat_id, "role": ("Human", "Assistant")[i % 2], "message": message}
+        assert requests.post(f"{a}/conversations/create", json=body, headers=as_alice, timeout=10).status_code == 201
+    stream = EventStream(stream_url(a, chat_id, LONG), headers=as_alice)
+    events = iter(stream)
+    head = [next(events) for _ in range(3)]
+    for base in (a, b):
+        joined = requests.get(stream_url(base, chat_id), headers=as_bob, timeout=10)
+        resuming = {**as_bob, "Last-Event-ID": head[-1]["id"]}
+        resumed = requests.get(stream_url(base, chat_id), headers=resuming, timeout=10)
+        stopped = requests.post(f"{base}/conversations/stop/{chat_id}", headers=as_bob, timeout=10)
+        assert [joined.status_code, resumed.status_code, stopped.status_code] == [404, 404, 404]
+        assert joined.json()["message"] == stopped.json()["message"] == f"chat {chat_id} not found"
+    assert next(events)["event"] == "message"  # still going
+    assert requests.post(f"{b}/conversations/stop/{chat_id}", headers=as_alice, timeout=10).json()["stopped"] is True
+    assert list(events)[-1]["data"]["finish_reason"] == "cancelled"
+    stream.close()
 
 
 def test_a_listener_on_the_other_process_keeps_the_reply_going(pair):
