@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar
 import gevent
 from flask import Flask, Response, current_app, g, make_response, request
 from flask_smorest import abort
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from . import limits, people
@@ -67,6 +68,8 @@ class ConfiguredKeys:
     def __init__(self, keys: tuple[str, ...]):
         self.by_digest = {people.digest(key): key_id(key) for key in keys}
         self.ids = frozenset(self.by_digest.values())
+        # Whether the database last said that someone exists: what is believed while it cannot be read.
+        self.people_seen = False
 
     def __bool__(self) -> bool:
         return bool(self.by_digest)
@@ -112,8 +115,19 @@ def configured_keys() -> ConfiguredKeys:
 
 
 def accounts_on() -> bool:
-    """Whether requests must say who they are: a key is configured, or a person exists."""
-    return bool(configured_keys()) or people.people_exist()
+    """Whether requests must say who they are: a key is configured, or a person exists. While the database cannot
+    be read, a box that has had nobody stays open (its /health tells why, and /v1 needs no database), and one that
+    has had people answers 503: who is asking cannot be known."""
+    keys = configured_keys()
+    if keys:
+        return True
+    try:
+        keys.people_seen = people.people_exist()
+    except SQLAlchemyError:
+        db.session.rollback()
+        if keys.people_seen:
+            raise
+    return keys.people_seen
 
 
 def current_person() -> Person | None:
@@ -163,13 +177,16 @@ def may_see_details() -> bool:
     always while accounts are off (whoever reaches the server may use all of it), else with a valid key or session.
     A wrong one counts as anywhere, and over the limit nothing is checked: the route answers for a stranger."""
     header, cookie = request.headers.get("Authorization"), request.cookies.get(COOKIE)
-    if not accounts_on():
-        return True
-    if header is None and cookie is None:
-        return False
+    if header is not None and configured_keys().find(header.strip().partition(" ")[2].strip()) is not None:
+        return True  # known without the database, which may be what /health is reporting on
     try:
+        if not accounts_on():
+            return True
+        if header is None and cookie is None:
+            return False
         checked(lambda: presented_person(header, cookie))
-    except HTTPException:  # 401 or 429
+    except (HTTPException, SQLAlchemyError):  # 401 or 429; or a database that cannot say who is asking
+        db.session.rollback()
         return False
     return True
 

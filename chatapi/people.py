@@ -49,12 +49,15 @@ class User(db.Model):
     __tablename__ = "users"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
-    name: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64))
     # None: no password (the admin that CHATAPI_API_KEYS's keys act as signs in with a key only).
     password_hash: so.Mapped[str | None] = so.mapped_column(sa.String(200))
     admin: so.Mapped[bool] = so.mapped_column(default=False)
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     disabled_at: so.Mapped[datetime | None]
+
+    # Named here, not by the naming convention, so that a copy of the metadata keeps the name (tests/test_migrations).
+    __table_args__ = (sa.UniqueConstraint("name", name="uq_users_name"),)
 
     def person(self) -> Person:
         return Person(self.id, self.name, self.admin)
@@ -65,7 +68,7 @@ class ApiKey(db.Model):
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    digest: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)  # SHA-256 of the key: never the key
+    digest: so.Mapped[str] = so.mapped_column(sa.String(64))  # SHA-256 of the key: never the key
     prefix: so.Mapped[str] = so.mapped_column(sa.String(PUBLIC_PREFIX_CHARS))
     label: so.Mapped[str] = so.mapped_column(sa.String(MAX_LABEL_CHARS), default="")
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
@@ -73,6 +76,8 @@ class ApiKey(db.Model):
     revoked_at: so.Mapped[datetime | None]
 
     user: so.Mapped[User] = so.relationship()
+
+    __table_args__ = (sa.UniqueConstraint("digest", name="uq_api_keys_digest"),)
 
 
 class SignIn(db.Model):

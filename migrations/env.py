@@ -37,9 +37,22 @@ def run_migrations_online() -> None:
     args = dict(migrate.configure_args)
     args.setdefault("process_revision_directives", skip_empty_revision)
     with db.engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=db.metadata, **args)
-        with context.begin_transaction():
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration rebuilds a table (copy, drop, rename): with foreign keys on, dropping chats would
+            # delete every conversation by its ON DELETE CASCADE. Off for the migrations (a PRAGMA before any
+            # transaction begins), checked and on again after.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(connection=connection, target_metadata=db.metadata, **args)
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                raise RuntimeError("the migrated database has rows whose foreign keys point nowhere")
+        finally:
+            if sqlite:
+                connection.commit()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

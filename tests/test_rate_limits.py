@@ -6,9 +6,10 @@ import uuid
 import pytest
 import redis
 import requests
-from flask import g, request
+from flask import g
 
-from chatapi import create_app
+from chatapi import create_app, people
+from chatapi.extensions import db
 from chatapi.limits import client_key
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, infer, new_chat
 from tests.support.client import snapshot
@@ -89,44 +90,41 @@ def test_no_limits_by_default(start_server, client):
     assert all(requests.get(f"{base}/chats/", timeout=10).status_code == 200 for _ in range(100))
 
 
-# The key function, in-process: until the auth hook is there to set g.key_id from a real key, a stand-in
-# does it from a test header, registered first as the auth hook is; the client address comes from the
-# WSGI environ (on the real server everything comes from 127.0.0.1).
+# The key function, in-process: the client address comes from the WSGI environ (on the real server everything comes
+# from 127.0.0.1), the person from their keys.
 
 
 @pytest.fixture
-def limited(app, database_url):
-    limited = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_RATE_LIMIT": "2/minute"})
-
-    def key_from_test_header():
-        if "X-Test-Key" in request.headers:
-            g.key_id = request.headers["X-Test-Key"]
-
-    limited.before_request_funcs.setdefault(None, []).insert(0, key_from_test_header)
-    return limited.test_client()
+def limited(app, database_url, client):  # client: the people made here are gone afterwards
+    return create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_RATE_LIMIT": "2/minute"})
 
 
 def statuses(client, address: str, key: str | None = None, times: int = 3) -> list[int]:
-    headers = {"X-Test-Key": key} if key else {}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     return [
         client.get("/chats/", headers=headers, environ_base={"REMOTE_ADDR": address}).status_code for _ in range(times)
     ]
 
 
-def test_limits_count_per_key_else_per_address(limited):
-    assert statuses(limited, "10.0.0.1") == [200, 200, 429]
-    assert statuses(limited, "10.0.0.2") == [200, 200, 429]  # another address has its own count
-    # A key has its own count wherever it comes from, and shares it across addresses.
-    assert statuses(limited, "10.0.0.1", key="key-a", times=1) == [200]
-    assert statuses(limited, "10.0.0.3", key="key-a") == [200, 429, 429]
-    assert statuses(limited, "10.0.0.1", key="key-b", times=1) == [200]
+def test_limits_count_per_person_else_per_address(limited):
+    requests_of = limited.test_client()
+    assert statuses(requests_of, "10.0.0.1") == [200, 200, 429]
+    assert statuses(requests_of, "10.0.0.2") == [200, 200, 429]  # another address has its own count
+    with limited.app_context():
+        alice, bob = people.create_user("alice", "password-a"), people.create_user("bob", "password-b")
+        alice_key, alice_other_key, bob_key = (people.new_key(person)[1] for person in (alice, alice, bob))
+        db.session.commit()
+    # A person has their own count wherever they come from, shared by all their keys.
+    assert statuses(requests_of, "10.0.0.1", alice_key, times=1) == [200]
+    assert statuses(requests_of, "10.0.0.3", alice_other_key) == [200, 429, 429]
+    assert statuses(requests_of, "10.0.0.1", bob_key, times=1) == [200]
 
 
-def test_the_key_function_prefers_the_key(app):
+def test_the_key_function_prefers_the_person(app):
     with app.test_request_context(environ_base={"REMOTE_ADDR": "10.1.2.3"}):
         assert client_key() == "10.1.2.3"
-        g.key_id = "key-a"
-        assert client_key() == "key-a"
+        g.person = people.Person(7, "alice", False)
+        assert client_key() == "person:7"
 
 
 @pytest.mark.parametrize("name", ["CHATAPI_RATE_LIMIT", "CHATAPI_RATE_LIMIT_REPLIES"])
