@@ -28,6 +28,7 @@ from chatapi.people import User, new_key
 SMALL, LARGE = 100, 100_000
 PEOPLE = 100
 PAGE = "/chats/?limit=50"
+ROUNDS = 100
 
 
 TITLE = "Listing chats: `GET /chats/` as the table grows"
@@ -40,11 +41,12 @@ table grows. *page of 50* is `?limit=50`, *deep page*
 `?limit=50&offset=50`, *search* `?q=chat%2099&limit=50`; *all 100,000* is the unpaginated list (3 requests).
 
 The second table is what accounts cost: the same 100,000 chats split among 100 people (1,000 each, interleaved
-in time, inserted with their `owner_id`), and `GET /chats/?limit=50` asked by one of them, with their API key
-(`Authorization: Bearer`) or with the session cookie `POST /session` gave for it: the median (p50) of 50
-requests each, beside the *page of 50* of the first table (100,000 chats, accounts off: nobody exists, no
-keys), and their ratio. Under it, the plan the database chose for the person's page and its total
-(`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL, of the statements the request sent)."""
+in time, inserted with their `owner_id`) in a second database, and `GET /chats/?limit=50` asked by one of them,
+with their API key (`Authorization: Bearer`) or with the session cookie `POST /session` gave for it, beside the
+same request on the first table's 100,000 chats with accounts off (nobody exists, no keys): 100 rounds of the
+three in turn, so that the machine's ups and downs fall on each alike; the median (p50) of each, and the ratio
+to accounts off. Under it, the plan the database chose for the person's page and total (`EXPLAIN QUERY PLAN` on
+SQLite, `EXPLAIN` on PostgreSQL, of the statements the request sent)."""
 
 
 def fill(count: int, first: int = 0, owners: list[int] | None = None) -> None:
@@ -73,18 +75,20 @@ def add_people(count: int) -> list[int]:
     return list(db.session.scalars(sa.insert(User).returning(User.id), rows))
 
 
-def median_ms(client, path: str, repeat: int, headers: dict | None = None) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        response = client.get(path, headers=headers)
-        times.append((time.perf_counter() - start) * 1000)
-        assert response.status_code == 200, response.get_data(as_text=True)
-    return statistics.median(times)
+def request_ms(client, path: str, headers: dict | None = None) -> float:
+    start = time.perf_counter()
+    response = client.get(path, headers=headers)
+    elapsed = (time.perf_counter() - start) * 1000
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return elapsed
 
 
-def measure(url: str) -> tuple[dict, dict[str, float]]:
-    """The first table's figures by name (small, large), and the page of 50 with accounts on by how it is asked."""
+def median_ms(client, path: str, repeat: int) -> float:
+    return statistics.median(request_ms(client, path) for _ in range(repeat))
+
+
+def measure(url: str) -> tuple[dict, object]:
+    """The first table's figures by name (small, large), and the app that serves its 100,000 chats."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     client = app.test_client()
     paths = {
@@ -106,11 +110,12 @@ def measure(url: str) -> tuple[dict, dict[str, float]]:
     for name in paths:
         results[name] = (small[name], large[name])
     results["all 100,000 (no limit)"] = (None, full)
-    return results, measure_people(url)
+    return results, app
 
 
-def measure_people(url: str) -> dict[str, float]:
-    """The page of 50 as one of 100 people, with a key and with a session; then the plans, printed."""
+def measure_people(off_app, url: str) -> dict:
+    """The page of 50 as one of 100 people, with a key and with a session, in turn with the same page with
+    accounts off (off_app); then the plans of the person's page."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     with app.app_context():
         db.drop_all()
@@ -120,18 +125,21 @@ def measure_people(url: str) -> dict[str, float]:
         _, key = new_key(db.session.get(User, owners[1]), "bench")  # not the admin: an ordinary person
         db.session.commit()
     bearer = {"Authorization": f"Bearer {key}"}
-    client = app.test_client()
-    with_key = median_ms(client, PAGE, 50, bearer)
-    signed_in = app.test_client()
+    off, with_key, signed_in = off_app.test_client(), app.test_client(), app.test_client()
     assert signed_in.post("/session", json={"key": key}).status_code == 204
-    with_session = median_ms(signed_in, PAGE, 50)
     # The rows are the person's own: 50 of their 1,000.
-    response = client.get(PAGE, headers=bearer)
+    response = with_key.get(PAGE, headers=bearer)
     assert response.headers["X-Total-Count"] == str(LARGE // PEOPLE), response.headers
-    plans = explain(app, client, bearer)
-    with app.app_context():
-        db.drop_all()
-    return {"with a key": with_key, "with a session": with_session, "plans": plans}
+    times = {"accounts off": [], "with a key": [], "with a session": []}
+    for _ in range(ROUNDS):
+        times["accounts off"].append(request_ms(off, PAGE))
+        times["with a key"].append(request_ms(with_key, PAGE, bearer))
+        times["with a session"].append(request_ms(signed_in, PAGE))
+    plans = explain(app, with_key, bearer)
+    for each in (app, off_app):
+        with each.app_context():
+            db.drop_all()
+    return {**{name: statistics.median(values) for name, values in times.items()}, "plans": plans}
 
 
 def explain(app, client, headers: dict) -> list[str]:
@@ -166,8 +174,16 @@ def explain(app, client, headers: dict) -> list[str]:
 def main() -> str | None:
     """Prints the tables; returns a warning when PostgreSQL was not measured."""
     postgresql, reason = postgres_url()
-    backends = {"sqlite": f"sqlite:///{tempfile.mkdtemp()}/bench.db", "postgresql": postgresql}
-    measured = {backend: measure(url) for backend, url in backends.items() if url is not None}
+    folder = tempfile.mkdtemp()
+    backends = {
+        "sqlite": (f"sqlite:///{folder}/bench.db", f"sqlite:///{folder}/people.db"),
+        "postgresql": (postgresql, postgres_url("chatapi_bench_people")[0]),
+    }
+    measured = {}
+    for backend, (url, people_url) in backends.items():
+        if url is not None:
+            results, off_app = measure(url)
+            measured[backend] = results, measure_people(off_app, people_url)
     print(f"GET /chats/: median ms with {SMALL:,} chats (baseline) and {LARGE:,} chats, ratio large/small")
     for backend, (results, _) in measured.items():
         for name, (small, large) in results.items():
@@ -178,10 +194,10 @@ def main() -> str | None:
     print()
     print(
         f"GET {PAGE} with {LARGE:,} chats: p50 ms with accounts off (everyone's chats) and as one of {PEOPLE} "
-        f"people ({LARGE // PEOPLE:,} chats each), ratio people/off"
+        f"people ({LARGE // PEOPLE:,} chats each), {ROUNDS} rounds in turn, ratio person/off"
     )
-    for backend, (results, people) in measured.items():
-        off = results["page of 50"][1]
+    for backend, (_, people) in measured.items():
+        off = people["accounts off"]
         print(f"{backend:10} {'accounts off':28} {off:7.2f} ms")
         for name in ("with a key", "with a session"):
             print(f"{backend:10} {'one of 100, ' + name:28} {people[name]:7.2f} ms  ratio {people[name] / off:5.2f}")
