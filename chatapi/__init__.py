@@ -7,7 +7,7 @@ from sqlalchemy import event
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, cors, guard, limits, metrics, people, replies  # noqa: F401 (people: its tables)
+from . import auth, cli, cors, guard, limits, metrics, people, replies  # noqa: F401 (people: its tables)
 from .disk import DiskWatch
 from .errors import register_error_handlers
 from .extensions import api, db, migrate
@@ -24,6 +24,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_error_handlers(app)
+    cli.init_app(app)  # flask users ..., flask keys ...
     return app
 
 

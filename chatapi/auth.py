@@ -219,6 +219,20 @@ def key_admin() -> people.User:
     return user
 
 
+def make_key_admin(app: Flask) -> None:
+    """At start, the admin CHATAPI_API_KEYS's keys act as, when there are keys and the database is ready (else it
+    is made on first use)."""
+    if not app.extensions["auth"]:
+        return
+    with app.app_context():
+        try:
+            key_admin()
+        except SQLAlchemyError:  # not migrated yet (`flask db upgrade` loads the app too), or down
+            db.session.rollback()
+        finally:
+            db.session.remove()
+
+
 def person_from_cookie(token: str) -> Person:
     found = people.find_session(token)
     if found is None:
