@@ -45,7 +45,8 @@ in time, inserted with their `owner_id`) in a second database, and `GET /chats/?
 with their API key (`Authorization: Bearer`) or with the session cookie `POST /session` gave for it, beside the
 same request on the first table's 100,000 chats with accounts off (nobody exists, no keys): 100 rounds of the
 three in turn, so that the machine's ups and downs fall on each alike; the median (p50) of each, and the ratio
-to accounts off. Under it, the plan the database chose for the person's page and total (`EXPLAIN QUERY PLAN` on
+to accounts off (the person's total, `X-Total-Count`, counts their 1,000 chats where accounts off counts all
+100,000). Under it, the plan the database chose for the person's page and total (`EXPLAIN QUERY PLAN` on
 SQLite, `EXPLAIN` on PostgreSQL, of the statements the request sent)."""
 
 
