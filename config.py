@@ -131,6 +131,9 @@ class Config:
     # Where the counts live: in the process, or a URL the limits library knows (redis://host:6379 needs the
     # redis package; the keys start with CHATAPI_REDIS_PREFIX), shared by several servers.
     CHATAPI_RATE_LIMIT_STORAGE = os.environ.get("CHATAPI_RATE_LIMIT_STORAGE") or "memory://"
+    # Tokens (prompt and completion together) each person's replies may use per UTC day (chatapi/usage.py): past it,
+    # starting a reply gets 429 until midnight UTC. 0 or empty: no quota. Nothing counts while accounts are off.
+    CHATAPI_DAILY_TOKENS = int(os.environ.get("CHATAPI_DAILY_TOKENS") or 0)
 
     # Several processes or hosts (docs/deploy.md): with a Redis URL, each chat's reply is published to a Redis
     # stream, so that any process can resume or stop it, and a chat has one reply at a time across all of them

@@ -86,9 +86,10 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import accounts, chats, conversations, health, openai_api, pages
+    from . import accounts, chats, conversations, health, openai_api, pages, usage
 
-    for blueprint in (chats.bp, conversations.bp, health.bp, auth.bp, accounts.me, accounts.users, metrics.bp):
+    routes = (chats.bp, conversations.bp, health.bp, auth.bp, accounts.me, accounts.users, usage.bp, metrics.bp)
+    for blueprint in routes:
         api.register_blueprint(blueprint)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document
     app.register_blueprint(openai_api.bp)  # OpenAI's API, in its own shape: outside the API document

@@ -26,6 +26,7 @@ from .extensions import db
 from .models import Chat
 from .openapi import Blueprint, ErrorSchema
 from .people import ApiKey, User
+from .schemas import BIGINT_MAX
 
 me = Blueprint("me", __name__, url_prefix="/me", description="One's own account and API keys")
 users = Blueprint("users", __name__, url_prefix="/users", description="People: for admins")
@@ -101,7 +102,7 @@ def list_keys():
 @me.alt_response(404, response="NOT_FOUND")
 def revoke_key(key_id: int):
     """Revoke one of one's keys: it stops working at once, and so do the sessions opened with it."""
-    key = db.session.get(ApiKey, key_id)
+    key = by_id(ApiKey, key_id)
     if key is None or key.user_id != auth.current_person().id:
         abort(404, message=f"key {key_id} not found")
     people.revoke_key(key)
@@ -117,8 +118,13 @@ def require_admin() -> None:
         abort(403, message="only an admin manages people")
 
 
+def by_id(model: type, ident: int):
+    """The row with this id, or None; an id past what the databases store (SQLite would overflow) is none."""
+    return db.session.get(model, ident) if ident <= BIGINT_MAX else None
+
+
 def user_or_404(user_id: int) -> User:
-    user = db.session.get(User, user_id)
+    user = by_id(User, user_id)
     if user is None:
         abort(404, message=f"user {user_id} not found")
     return user

@@ -3,12 +3,14 @@
 Each app has a registry of its own (the tests make several apps in one process). Every label takes a bounded
 set of values, so that no request can add series without end: requests are counted by their URL rule, never
 the raw path (a path no rule matches is "unmatched"), and by their method when it is a standard one, else
-"other" (gunicorn passes any token as a method, also to a 401 or 429 before any route runs). A reply reports through
+"other" (gunicorn passes any token as a method, also to a 401 or 429 before any route runs); tokens by person are
+labelled with names, which are few, up to MAX_PEOPLE_LABELS of them. A reply reports through
 the `on_event` callback the app gives each reply it starts (chatapi/replies.py); the queue's gauges are
 read from the reply service at each scrape.
 """
 
 import time
+from functools import partial
 
 from flask import Flask, Response, current_app, g, request, request_started
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -16,11 +18,17 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .llm.queue import ReplyService
-from .llm.reply import Reply
+from .llm.reply import Reply, ReplyEvents
 from .openapi import Blueprint
+from .people import MAX_PEOPLE, Person
 
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKENS_PER_SECOND = (1, 2, 5, 10, 20, 50, 100, 200, 500)
+# People are few (a household, a team; a server takes people.MAX_PEOPLE), so a label of their own is bounded; past
+# this many names (people deleted and made again under new names) the rest are counted together as OTHER_PEOPLE,
+# which no name can be (names start with [a-z0-9]).
+MAX_PEOPLE_LABELS = MAX_PEOPLE
+OTHER_PEOPLE = "_other"
 RESEARCH_PHASES = ("search", "fetch", "rank")  # in order; the timings name each `<phase>_ms`
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
@@ -112,6 +120,14 @@ class Metrics:
             ["phase"],
             registry=r,
         )
+        self.person_tokens = Counter(
+            "chatapi_person_tokens",
+            f"Tokens of the replies each person asked for, by kind (prompt, completion); past {MAX_PEOPLE_LABELS} "
+            f"people the rest are counted as {OTHER_PEOPLE}",
+            ["person", "kind"],
+            registry=r,
+        )
+        self.people_labelled: set[str] = set()
         r.register(ReplyQueueCollector(replies))
 
     def count_request(self, response: Response) -> None:
@@ -123,8 +139,9 @@ class Metrics:
         if started is not None:
             self.latency.labels(route, method).observe(time.perf_counter() - started)
 
-    def reply_event(self, reply: Reply, event: str | None, data: dict) -> None:
-        """Called for every event of a reply this app started (in the server's hub, never blocking)."""
+    def reply_event(self, reply: Reply, event: str | None, data: dict, person: str | None = None) -> None:
+        """Called for every event of a reply this app started for `person` (a name, or None while accounts are
+        off), in the server's hub: never blocking."""
         mode = reply.mode
         if event == "start":
             self.replies_started.labels(mode).inc()
@@ -133,6 +150,18 @@ class Metrics:
         elif event == "done":
             self.replies_finished.labels(mode, data["finish_reason"]).inc()
             self.reply_done(mode, data["usage"], data["timings"], wrote=data["message"] is not None)
+            if person is not None:
+                self.count_person_tokens(person, data["usage"])
+
+    def count_person_tokens(self, person: str, usage: dict) -> None:
+        if person not in self.people_labelled:
+            if len(self.people_labelled) >= MAX_PEOPLE_LABELS:
+                person = OTHER_PEOPLE
+            else:
+                self.people_labelled.add(person)
+        for kind in ("prompt", "completion"):
+            if usage[f"{kind}_tokens"] is not None:  # not reported by a remote model server: not counted
+                self.person_tokens.labels(person, kind).inc(usage[f"{kind}_tokens"])
 
     def reply_done(self, mode: str, usage: dict, timings: dict, wrote: bool) -> None:
         # Counts a remote model server did not report (None) are not counted.
@@ -193,9 +222,11 @@ def count_research_failure(app: Flask, timings: dict) -> None:
     app.extensions["metrics"].research_failures.labels(last_phase(timings)).inc()
 
 
-def reply_events():
-    """The callback through which a reply this app starts reports its events."""
-    return current_app.extensions["metrics"].reply_event
+def reply_events(person: Person | None = None) -> ReplyEvents:
+    """The callback through which a reply this app starts reports its events; `person` (a people.Person, None while
+    accounts are off) is who asked for it."""
+    counted = current_app.extensions["metrics"].reply_event
+    return counted if person is None else partial(counted, person=person.name)
 
 
 def init_app(app: Flask) -> None:

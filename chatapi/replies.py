@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app
 from flask_smorest import abort
 from sqlalchemy.exc import OperationalError
 
-from . import limits, metrics
+from . import auth, limits, metrics, usage
 from .disk import is_disk_full
 from .extensions import db
 from .llm.prompt import Message
@@ -55,15 +55,18 @@ def ready_service() -> ReplyService:
 
 def start(request: ReplyRequest) -> Resumable:
     """Start a reply: the one way the app does, for the chat API and /v1 alike. ModelNotReady or QueueFull (503s
-    in each API's shape, chatapi/errors.py) when the model is not ready or its queue is full, 429 over
-    CHATAPI_RATE_LIMIT_REPLIES; ContextLengthExceeded for messages that must stay whole and do not fit. A reply
-    takes at most half the context window (the rest is for the conversation), and its events are counted in the
-    metrics. Returns the new reply, or the chat's reply that another request started meanwhile."""
+    in each API's shape, chatapi/errors.py) when the model is not ready or its queue is full, 429 for a person past
+    CHATAPI_DAILY_TOKENS today or over CHATAPI_RATE_LIMIT_REPLIES; ContextLengthExceeded for messages that must stay
+    whole and do not fit. A reply takes at most half the context window (the rest is for the conversation), its
+    events are counted in the metrics, and its tokens in the usage of the person who asked. Returns the new reply, or
+    the chat's reply that another request started meanwhile."""
     replies = ready_service()
+    person = auth.current_person()
+    usage.check_quota(person)
     limits.count_reply_start()
     options = request.options
     options = dataclasses.replace(options, max_tokens=min(options.max_tokens, replies.n_ctx // 2))
-    return replies.start(dataclasses.replace(request, options=options, on_event=metrics.reply_events()))
+    return replies.start(dataclasses.replace(request, options=options, on_event=usage.reply_events(person)))
 
 
 def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:

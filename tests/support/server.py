@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short pings and grace period, so that disconnects are noticed within the tests' patience.
@@ -35,6 +36,8 @@ class Server:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.database_url = database_url
+        self.keyed = bool(settings.get("CHATAPI_API_KEYS") or settings.get("CHATAPI_API_KEYS_FILE"))
         env = dict(os.environ, DATABASE_URL=database_url, **settings)
         command = [sys.executable, "-m", "gunicorn", "--bind", f"{bind_host}:{self.port}", "wsgi:app"]
         with open(log_path, "w") as log:
@@ -77,6 +80,23 @@ class Server:
 
     def stop(self) -> None:
         stop_process(self.process)
+        if self.keyed:
+            forget_key_admin(self.database_url)
+
+
+def forget_key_admin(database_url: str) -> None:
+    """A server with CHATAPI_API_KEYS makes the admin its keys act as (chatapi/auth.py): gone with the server, with
+    its chats, so that the tests after it find the database open again, as a fresh box is."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")  # for the cascade to its chats
+            connection.execute(sa.text("DELETE FROM users WHERE name = 'admin' AND password_hash IS NULL"))
+    except sa.exc.OperationalError:  # the test took the database away (tests/test_postgres_down.py)
+        pass
+    finally:
+        engine.dispose()
 
 
 def migrate(database_url: str) -> None:
