@@ -424,15 +424,15 @@ def completion_stream(base: str, messages: list[dict], max_tokens: int, text_nee
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def postgres_url() -> tuple[str | None, str]:
-    """The benchmark's database on the local PostgreSQL, or None and why it cannot be reached."""
+def postgres_url(name: str = "chatapi_bench") -> tuple[str | None, str]:
+    """A benchmark's database on the local PostgreSQL (made if missing), or None and why it cannot be reached."""
     try:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'chatapi_bench'").fetchone():
-                conn.execute('CREATE DATABASE "chatapi_bench"')
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         return None, str(exc).strip().splitlines()[0]
-    return "postgresql+psycopg://postgres@127.0.0.1:5432/chatapi_bench", ""
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", ""
 
 
 def not_measured(reason: str) -> str:

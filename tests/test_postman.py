@@ -35,9 +35,25 @@ def requests_of(items: list[dict]) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("api_key", [None, "postman-key-0123456789"], ids=["open", "with-key"])
-def test_the_collection_passes_against_the_real_server(api_key, start_server, web, client, tmp_path):
-    keys = {"CHATAPI_API_KEYS": api_key} if api_key else {}
+def first_admin_key(base: str) -> str:
+    """On a server nobody uses yet: its first person, an admin, made over the API (POST /users is open while nobody
+    exists), signs in with their name and password and makes a key of their own, as a new box's owner would."""
+    person = {"name": "owner", "password": "postman-owner-password", "admin": True}
+    assert requests.post(f"{base}/users", json=person, timeout=10).status_code == 201
+    with requests.Session() as browser:
+        signed_in = browser.post(f"{base}/session", json={"name": "owner", "password": person["password"]}, timeout=10)
+        assert signed_in.status_code == 204
+        made = browser.post(f"{base}/me/keys", json={"label": "postman"}, timeout=10)
+        assert made.status_code == 201
+        return made.json()["key"]
+
+
+@pytest.mark.parametrize("accounts", ["open", "with-key", "with-person"])
+def test_the_collection_passes_against_the_real_server(accounts, start_server, web, client, tmp_path):
+    """Open: nobody exists and no keys (the Accounts folder checks the 404 and skips the rest). With a key: a key
+    of CHATAPI_API_KEYS, which acts as the admin `admin`. With a person: no CHATAPI_API_KEYS, the first person
+    made over the API, an admin, and the whole run with their own key."""
+    keys = {"CHATAPI_API_KEYS": "postman-key-0123456789"} if accounts == "with-key" else {}
     server = start_server(
         CHATAPI_PING_SECONDS="0.5",
         CHATAPI_SEARCH_URL=f"{web.url}/duckduckgo/html/",
@@ -46,6 +62,9 @@ def test_the_collection_passes_against_the_real_server(api_key, start_server, we
         CHATAPI_RESEARCH_TIMEOUT="6",
         **keys,
     )
+    api_key = {"open": None, "with-key": keys.get("CHATAPI_API_KEYS"), "with-person": None}[accounts]
+    if accounts == "with-person":
+        api_key = first_admin_key(server.url)
     options = ["--env-var", f"internetQuestion={VOLCANO_QUESTION}"]
     if api_key:
         options += ["--env-var", f"apiKey={api_key}"]
@@ -54,7 +73,11 @@ def test_the_collection_passes_against_the_real_server(api_key, start_server, we
     assert failures == [], process.stdout[-4000:]
     assert process.returncode == 0, process.stdout[-4000:]
 
-    expected = [item["name"] for item in requests_of(json.loads(COLLECTION.read_text())["item"])]
+    folders = json.loads(COLLECTION.read_text())["item"]
+    expected = [item["name"] for item in requests_of(folders)]
+    if not api_key:  # without accounts the Accounts folder runs its first request only
+        skipped = [item["name"] for item in requests_of([f for f in folders if f["name"] == "Accounts"])[1:]]
+        expected = [name for name in expected if name not in skipped]
     assert [e["item"]["name"] for e in run["executions"]] == expected, "a request was skipped"
     assert run["stats"]["requests"] == {"total": len(expected), "pending": 0, "failed": 0}
     assert run["stats"]["assertions"]["failed"] == 0 and run["stats"]["assertions"]["total"] >= 100
@@ -62,8 +85,17 @@ def test_the_collection_passes_against_the_real_server(api_key, start_server, we
     assert "numbered sources, saved with the answer" in passed  # the local web's pages were read
     assert "citations: sentences of the saved message, each naming a source" in passed
     assert ("204, and the session cookie" if api_key else "404: the server has no API keys") in passed
+    if api_key:  # the Accounts folder ran through: a signed-out cookie and a revoked key stop working at once
+        assert {"404, as for an unknown chat", "401 Unauthorized", "401, with WWW-Authenticate"} <= passed
+    else:
+        assert "404: the server has no accounts" in passed
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     assert requests.get(f"{server.url}/chats/", headers=headers, timeout=10).json() == []  # the run cleans up
+    if api_key:  # and leaves nobody behind: the admin alone
+        people = requests.get(f"{server.url}/users", headers=headers, timeout=10).json()
+        assert [person["name"] for person in people] == ["admin" if accounts == "with-key" else "owner"]
+    else:  # nor made anyone: the box is still open
+        assert requests.get(f"{server.url}/me", timeout=10).status_code == 404
 
 
 def test_newman_fails_the_run_when_an_assertion_fails(web, tmp_path):
