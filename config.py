@@ -97,12 +97,10 @@ class Config:
     CHATAPI_SOURCES_TOKENS = int(os.environ.get("CHATAPI_SOURCES_TOKENS") or 512)
     CHATAPI_SOURCES_LAYOUT = os.environ.get("CHATAPI_SOURCES_LAYOUT") or "sources-first"
 
-    # Authentication (chatapi/auth.py): any key turns it on for every route but /health, the page and the API
-    # document. Clients send `Authorization: Bearer <key>`; the page trades a key for a cookie (POST /session).
+    # Accounts (chatapi/auth.py): any key, or any person in the database, turns them on for every route but /health,
+    # the page and the API document; these keys act as the admin named `admin`. Clients send
+    # `Authorization: Bearer <key>`; the page signs in for a cookie (POST /session), whose session the database keeps.
     CHATAPI_API_KEYS = api_keys()
-    # Signs the session cookies. Unset, a secret derived from the keys: sessions outlive restarts and every
-    # worker accepts them, and changing the keys ends them all.
-    SECRET_KEY = os.environ.get("CHATAPI_SECRET_KEY") or os.environ.get("SECRET_KEY") or None
     CHATAPI_SESSION_SECONDS = int(os.environ.get("CHATAPI_SESSION_SECONDS") or 7 * 24 * 3600)
     # Without keys gunicorn.conf.py refuses to listen on anything but a loopback address, unless told that the
     # network is trusted.

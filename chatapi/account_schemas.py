@@ -13,9 +13,16 @@ NAME = {
 PASSWORD = {"description": f"{people.MIN_PASSWORD_CHARS} to {people.MAX_PASSWORD_CHARS} characters"}
 
 
+def well_formed_name(name: str) -> None:
+    try:
+        people.check_name(name)
+    except ValueError as exc:
+        raise ma.ValidationError(str(exc)) from exc
+
+
 def name_field(**kwargs) -> fields.String:
-    # The pattern is checked on the lower-cased name (people.check_name); here only its length.
-    return StorableString(validate=validate.Length(min=1, max=64), metadata=NAME, **kwargs)
+    # The pattern is checked on the lower-cased name (people.check_name).
+    return StorableString(validate=[validate.Length(min=1, max=64), well_formed_name], metadata=NAME, **kwargs)
 
 
 def password_field(description: str = "", required: bool = True) -> fields.String:

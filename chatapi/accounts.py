@@ -26,7 +26,6 @@ from .extensions import db
 from .models import Chat
 from .openapi import Blueprint, ErrorSchema
 from .people import ApiKey, User
-from .schemas import BIGINT_MAX
 
 me = Blueprint("me", __name__, url_prefix="/me", description="One's own account and API keys")
 users = Blueprint("users", __name__, url_prefix="/users", description="People: for admins")
@@ -106,7 +105,7 @@ def list_keys():
 @me.alt_response(404, response="NOT_FOUND")
 def revoke_key(key_id: int):
     """Revoke one of one's keys: it stops working at once, and so do the sessions opened with it."""
-    key = by_id(ApiKey, key_id)
+    key = people.by_id(ApiKey, key_id)
     if key is None or key.user_id != auth.current_person().id:
         abort(404, message=f"key {key_id} not found")
     people.revoke_key(key)
@@ -122,13 +121,8 @@ def require_admin() -> None:
         abort(403, message="only an admin manages people")
 
 
-def by_id(model: type, ident: int):
-    """The row with this id, or None; an id past what the databases store (SQLite would overflow) is none."""
-    return db.session.get(model, ident) if ident <= BIGINT_MAX else None
-
-
 def user_or_404(user_id: int) -> User:
-    user = by_id(User, user_id)
+    user = people.by_id(User, user_id)
     if user is None:
         abort(404, message=f"user {user_id} not found")
     return user
@@ -158,9 +152,8 @@ def create_user(args):
     admin = args["admin"] or auth.current_person() is None
     try:
         user = people.create_user(args["name"], args["password"], admin)
-    except ValueError as exc:
-        status = 409 if "taken" in str(exc) or "as many" in str(exc) else 422
-        abort(status, message=str(exc), **({"errors": {"json": {"name": [str(exc)]}}} if status == 422 else {}))
+    except ValueError as exc:  # the name is taken, or the server has as many people as it takes
+        abort(409, message=str(exc))
     db.session.commit()
     return user, 201, {"Location": url_for("users.get_user", user_id=user.id)}
 

@@ -28,6 +28,7 @@ MAX_KEYS = 100  # live keys per person
 MAX_SESSIONS = 20  # a person's newest sessions are kept; older ones end
 KEY_PREFIX = "chatapi-"
 PUBLIC_PREFIX_CHARS = 12  # chatapi-XXXX: shown in lists, no secret
+MAX_ID = 2**31 - 1  # people, keys: an Integer column, 32-bit on PostgreSQL
 KEY_ADMIN = "admin"  # the person CHATAPI_API_KEYS's keys act as
 # A key's last use is written at most this often: not a write on every request.
 LAST_USED_EVERY = timedelta(minutes=1)
@@ -106,6 +107,12 @@ class Usage(db.Model):
     prompt_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     completion_tokens: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     replies: so.Mapped[int] = so.mapped_column(default=0)
+
+
+def by_id(model: type, ident: int):
+    """The row of a people table with this id, or None; the ids are PostgreSQL integers (32-bit), so a larger one,
+    which the database could not even compare, is nobody's."""
+    return db.session.get(model, ident) if 0 <= ident <= MAX_ID else None
 
 
 def digest(text: str) -> str:

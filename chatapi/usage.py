@@ -20,12 +20,12 @@ from flask_smorest import abort
 from marshmallow import fields, validate
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import auth, metrics
+from . import auth, metrics, people
 from .extensions import db
 from .llm.reply import ReplyEvents
 from .openapi import Blueprint
 from .people import Person, Usage, User
-from .schemas import BIGINT_MAX, TIMESTAMP_FORMAT, RequestSchema, Timestamp
+from .schemas import TIMESTAMP_FORMAT, RequestSchema, Timestamp
 
 log = logging.getLogger(__name__)
 INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}  # the two dialects' upserts (ON CONFLICT)
@@ -192,7 +192,6 @@ def get_user_usage(args, user_id):
     """Admins: a person's tokens and replies per UTC day, newest first, and the daily quota."""
     if not person_or_404().admin:
         abort(403, message="only admins see other people's usage")
-    # Past the largest integer a database stores, nobody: SQLite would not even compare it.
-    if user_id > BIGINT_MAX or db.session.get(User, user_id) is None:
+    if people.by_id(User, user_id) is None:
         abort(404, message=f"user {user_id} not found")
     return usage_of(user_id, args["days"])
