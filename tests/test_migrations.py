@@ -88,59 +88,17 @@ def test_the_comparison_notices_a_missing_or_changed_check(app, role_check):
 
 
 def test_upgrade_keeps_every_row_of_a_0001_database(app):
-    chats = sa.table(
-        "chats",
-        sa.column("id", sa.Uuid),
-        sa.column("name", sa.String),
-        sa.column("created_at", sa.DateTime),
-        sa.column("updated_at", sa.DateTime),
-    )
-    conversations = sa.table(
-        "conversations",
-        sa.column("id", sa.Uuid),
-        sa.column("chat_id", sa.Uuid),
-        sa.column("role", sa.String),
-        sa.column("message", sa.Text),
-        sa.column("created_at", sa.DateTime),
-        sa.column("updated_at", sa.DateTime),
-    )
-    start = datetime(2023, 8, 5, 14, 48, 0, 123000)
-    chat_rows = [
-        {"id": uuid.uuid4(), "name": f"chat {i}", "created_at": start, "updated_at": start + timedelta(minutes=i)}
-        for i in range(3)
-    ]
-    conversation_rows = [
-        {
-            "id": uuid.uuid4(),
-            "chat_id": chat["id"],
-            "role": role,
-            "message": f"{role} in {chat['name']}: ünïcode 🙂",
-            "created_at": chat["updated_at"] + timedelta(seconds=i),
-            "updated_at": chat["updated_at"] + timedelta(seconds=i),
-        }
-        for chat in chat_rows
-        for i, role in enumerate(ROLES)
-    ]
     with app.app_context():
         try:
             drop_everything()
             flask_migrate.upgrade(revision="0001")
-            with db.engine.begin() as conn:
-                conn.execute(chats.insert(), chat_rows)
-                conn.execute(conversations.insert(), conversation_rows)
+            chat_rows, conversation_rows = populate(system_prompts=False)
             flask_migrate.upgrade()
             assert schema_differences() == []
-            kept_chats = db.session.scalars(sa.select(Chat)).all()
-            assert sorted((c.id, c.name, c.created_at, c.updated_at) for c in kept_chats) == sorted(
-                tuple(row.values()) for row in chat_rows
-            )
+            check_kept(chat_rows, conversation_rows)
             kept = db.session.scalars(sa.select(Conversation)).all()
-            columns = ("id", "chat_id", "role", "message", "created_at", "updated_at")
-            assert sorted(tuple(getattr(c, name) for name in columns) for c in kept) == sorted(
-                tuple(row.values()) for row in conversation_rows
-            )
             assert [(c.sources, c.citations) for c in kept] == [(None, None)] * len(conversation_rows)
-            assert [c.system_prompt for c in kept_chats] == [None] * len(chat_rows)  # the server's prompt
+            assert db.session.scalars(sa.select(Chat.system_prompt)).all() == [None] * len(chat_rows)  # the server's
         finally:
             reset_schema()
 
@@ -175,14 +133,14 @@ PASSWORD = "correct horse battery staple"
 ENV_KEY = "env-key-" + uuid.uuid4().hex
 
 
-def populate_0004() -> tuple[list[dict], list[dict]]:
-    """Chats and messages written straight into a database at revision 0004, as a server before accounts left
-    them: the rows, to compare with what the upgrade keeps."""
+def populate(system_prompts: bool = True) -> tuple[list[dict], list[dict]]:
+    """Chats and messages written straight into a database at an old revision (before 0004: no system prompts), as
+    a server of then left them: the rows, to compare with what an upgrade keeps."""
     chats = sa.table(
         "chats",
         sa.column("id", sa.Uuid),
         sa.column("name", sa.String),
-        sa.column("system_prompt", sa.Text),
+        *([sa.column("system_prompt", sa.Text)] if system_prompts else []),
         sa.column("created_at", sa.DateTime),
         sa.column("updated_at", sa.DateTime),
     )
@@ -200,7 +158,7 @@ def populate_0004() -> tuple[list[dict], list[dict]]:
         {
             "id": uuid.uuid4(),
             "name": f"chat {i}",
-            "system_prompt": "Be brief." if i == 1 else None,
+            **({"system_prompt": "Be brief." if i == 1 else None} if system_prompts else {}),
             "created_at": start,
             "updated_at": start + timedelta(minutes=i),
         }
@@ -228,7 +186,7 @@ def check_kept(chat_rows: list[dict], conversation_rows: list[dict]) -> None:
     """Every chat and message of before, with the same ids and contents."""
     db.session.remove()
     kept_chats = db.session.scalars(sa.select(Chat)).all()
-    columns = ("id", "name", "system_prompt", "created_at", "updated_at")
+    columns = tuple(chat_rows[0])
     assert sorted(tuple(getattr(c, name) for name in columns) for c in kept_chats) == sorted(
         tuple(row.values()) for row in chat_rows
     )
@@ -255,7 +213,7 @@ def test_upgrading_a_populated_0004_database_loses_nothing_and_the_first_admin_g
         try:
             drop_everything()
             flask_migrate.upgrade(revision="0004")
-            chat_rows, conversation_rows = populate_0004()
+            chat_rows, conversation_rows = populate()
             flask_migrate.upgrade()
             assert schema_differences() == []
             check_kept(chat_rows, conversation_rows)
