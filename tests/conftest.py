@@ -6,8 +6,11 @@ import uuid
 import psycopg
 import pytest
 import requests
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from chatapi.extensions import db
+from chatapi.people import User
 from chatapi.web import research
 from tests.support import wait_for
 from tests.support.database import app_on, sqlite_url
@@ -51,6 +54,25 @@ def app(database_url):
 def clear_web_caches():
     """Internet mode caches searches and pages in the process: no test may see another test's."""
     research.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def no_person_left_behind(request):
+    """A person turns accounts on for the whole database (a keyed app makes its admin on first use): whoever a test
+    made goes after it, with their chats, so that the next test finds the box it expects, open unless it says."""
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context():
+        try:
+            db.session.remove()
+            db.session.execute(sa.delete(User))
+            db.session.commit()
+        except SQLAlchemyError:  # a test that took the schema or the database away puts it back itself
+            db.session.rollback()
+        finally:
+            db.session.remove()
 
 
 @pytest.fixture
