@@ -8,6 +8,7 @@ gunicorn.conf.py), so that the first person can be made over the API as well as 
 import sqlalchemy as sa
 from flask import make_response, request, url_for
 from flask_smorest import abort
+from sqlalchemy.exc import IntegrityError
 
 from . import auth, limits, people, replies
 from .account_schemas import (
@@ -64,15 +65,19 @@ def change_password(args):
     current = args.get("current_password") or ""
     if user.password_hash is not None:
         # A copied cookie must not make the password guessable: limited as a sign-in by name is.
-        limits.refuse_guessing(user.name)
-        if not auth.password_matches(user.password_hash, current):
-            limits.count_auth_failure(user.name)
-            abort(403, message="the current password is wrong")
+        with auth.one_try_at_a_time(user.name):
+            limits.refuse_guessing(user.name)
+            if not auth.password_matches(user.password_hash, current):
+                limits.count_auth_failure(user.name)
+                abort(403, message="the current password is wrong")
+    # The caller's new session is opened with what the old one was (a key's ends when the key does).
+    session = people.find_session(request.cookies.get(auth.COOKIE) or "")
+    opened_with = (session.api_key, session.env_key_id) if session is not None else None
     people.set_password(user, args["password"])
     db.session.commit()
     response = make_response("", 204)
-    if request.cookies.get(auth.COOKIE):
-        return auth.signed_in(response, user)
+    if opened_with is not None:
+        return auth.signed_in(response, user, *opened_with)
     return response
 
 
@@ -152,9 +157,12 @@ def create_user(args):
     admin = args["admin"] or auth.current_person() is None
     try:
         user = people.create_user(args["name"], args["password"], admin)
+        db.session.commit()
     except ValueError as exc:  # the name is taken, or the server has as many people as it takes
         abort(409, message=str(exc))
-    db.session.commit()
+    except IntegrityError:  # another request took the name between the check and the commit
+        db.session.rollback()
+        abort(409, message=f"the name {args['name'].strip().lower()!r} is taken")
     return user, 201, {"Location": url_for("users.get_user", user_id=user.id)}
 
 

@@ -12,9 +12,11 @@ the server is open, as the API document has it (gunicorn.conf.py serves such a b
 import hashlib
 import hmac
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from typing import NoReturn, TypeVar
 
 import gevent
+import gevent.lock
 from flask import Flask, Response, current_app, g, make_response, request
 from flask_smorest import abort
 from sqlalchemy.exc import SQLAlchemyError
@@ -68,8 +70,9 @@ class ConfiguredKeys:
     def __init__(self, keys: tuple[str, ...]):
         self.by_digest = {people.digest(key): key_id(key) for key in keys}
         self.ids = frozenset(self.by_digest.values())
-        # Whether the database last said that someone exists: what is believed while it cannot be read.
-        self.people_seen = False
+        # What the database last said of whether anyone exists (None: not asked yet): believed while it cannot
+        # be read, when it said nobody.
+        self.people_seen: bool | None = None
 
     def __bool__(self) -> bool:
         return bool(self.by_digest)
@@ -116,8 +119,8 @@ def configured_keys() -> ConfiguredKeys:
 
 def accounts_on() -> bool:
     """Whether requests must say who they are: a key is configured, or a person exists. While the database cannot
-    be read, a box that has had nobody stays open (its /health tells why, and /v1 needs no database), and one that
-    has had people answers 503: who is asking cannot be known."""
+    be read, a box whose database said last that nobody exists stays open (its /health tells why, and /v1 needs no
+    database); otherwise the error goes on (a 503): who is asking cannot be known, and nothing is served openly."""
     keys = configured_keys()
     if keys:
         return True
@@ -125,7 +128,7 @@ def accounts_on() -> bool:
         keys.people_seen = people.people_exist()
     except SQLAlchemyError:
         db.session.rollback()
-        if keys.people_seen:
+        if keys.people_seen is not False:
             raise
     return keys.people_seen
 
@@ -156,15 +159,34 @@ def authenticate() -> None:
 
 
 def checked(check: Callable[[], T], name: str | None = None) -> T:
-    """What a check of credentials finds. Guessing is limited per client address, and per name for a
-    sign-in with a password (CHATAPI_RATE_LIMIT_AUTH_FAILURES): 429 once it is over, before anything is checked;
-    else the check's 401 counts against it."""
-    limits.refuse_guessing(name)
-    try:
-        return check()
-    except Unauthorized:
-        limits.count_auth_failure(name)
-        raise
+    """What a check of credentials finds. Guessing is limited per client address, and per name for a sign-in with a
+    password (CHATAPI_RATE_LIMIT_AUTH_FAILURES): 429 once it is over, before anything is checked; else the check's
+    401 counts against it."""
+    with one_try_at_a_time(name):
+        limits.refuse_guessing(name)
+        try:
+            return check()
+        except Unauthorized:
+            limits.count_auth_failure(name)
+            raise
+
+
+# argon2 takes long enough that password tries sent at once would all pass the limit's test before the first
+# failure is counted: tries from one address, or for one name, are checked one at a time (in this process; the
+# locks are shared by stripes of addresses and names, so that they are bounded). Keys and sessions need none.
+TRY_LOCKS = tuple(gevent.lock.Semaphore() for _ in range(64))
+
+
+@contextmanager
+def one_try_at_a_time(name: str | None):
+    if name is None:
+        yield
+        return
+    stripes = sorted({hash(("address", request.remote_addr)) % len(TRY_LOCKS), hash(("name", name)) % len(TRY_LOCKS)})
+    with ExitStack() as held:  # taken in order: no two tries wait for each other's
+        for stripe in stripes:
+            held.enter_context(TRY_LOCKS[stripe])
+        yield
 
 
 def presented_person(header: str | None, cookie: str | None) -> Person:

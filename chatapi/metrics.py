@@ -13,6 +13,7 @@ import time
 from functools import partial
 
 from flask import Flask, Response, current_app, g, request, request_started
+from flask_smorest import abort
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -48,7 +49,11 @@ bp = Blueprint("metrics", __name__, description="Metrics")
     }
 )
 def metrics():
-    """The server's requests and replies, for Prometheus to scrape."""
+    """The server's requests and replies, for Prometheus to scrape. Once accounts are on, admins only: the tokens
+    are counted by person."""
+    person = g.get("person")
+    if person is not None and not person.admin:
+        abort(403, message="only an admin reads the metrics: they count each person's tokens")
     registry = current_app.extensions["metrics"].registry
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 

@@ -95,6 +95,7 @@ class SignIn(db.Model):
     expires_at: so.Mapped[datetime]
 
     user: so.Mapped[User] = so.relationship()
+    api_key: so.Mapped[ApiKey | None] = so.relationship()
 
 
 class Usage(db.Model):

@@ -47,11 +47,17 @@ def run_migrations_online() -> None:
             context.configure(connection=connection, target_metadata=db.metadata, **args)
             with context.begin_transaction():
                 context.run_migrations()
-            if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                raise RuntimeError("the migrated database has rows whose foreign keys point nowhere")
-        finally:
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("the migrated database has rows whose foreign keys point nowhere")
+        except BaseException:
+            if sqlite:
+                connection.rollback()
+            raise
+        else:
             if sqlite:
                 connection.commit()
+        finally:
+            if sqlite:
                 connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
