@@ -460,6 +460,50 @@ def test_the_first_person_can_be_made_over_the_api_then_only_admins_manage_peopl
     assert root.put(f"/users/{root_id}", json={"admin": False}).json["admin"] is False
 
 
+def test_a_name_taken_by_a_request_at_the_same_moment_is_a_409(app, alice_and_bob, monkeypatch):
+    alice, _ = alice_and_bob
+    with app.app_context():
+        people.create_user("admin-alice", PASSWORD, admin=True)
+        db.session.commit()
+        db.session.remove()
+    admin = sign_in(app, "admin-alice")
+    monkeypatch.setattr(people, "find_user", lambda name: None)  # the check passes, as for a request in a race
+    answer = admin.post("/users", json={"name": "bob", "password": PASSWORD})
+    assert answer.status_code == 409 and "taken" in answer.json["message"], answer.json
+
+
+def test_the_metrics_count_tokens_by_person_so_only_admins_read_them(app, alice_and_bob):
+    alice, bob = alice_and_bob
+    assert bob.client.get("/metrics").status_code == 403
+    with app.app_context():
+        people.create_user("carol", PASSWORD, admin=True)
+        db.session.commit()
+        db.session.remove()
+    assert sign_in(app, "carol").get("/metrics").status_code == 200
+
+
+def test_a_database_that_cannot_say_whether_anyone_exists_serves_nothing_openly(
+    app, alice_and_bob, database_url, monkeypatch
+):
+    """A process that has not read "nobody" from the database must not serve chats openly when the question fails:
+    a 503, never alice's chats."""
+    alice, _ = alice_and_bob
+    chat_with_messages(alice)
+    fresh = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})  # another process, as it were
+
+    def locked() -> bool:
+        raise sa.exc.OperationalError("SELECT EXISTS ...", {}, Exception("database is locked"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(people, "people_exist", locked)
+        for url in ("/chats/", "/conversations/?chat_id=" + str(uuid.uuid4())):
+            assert new_client(fresh).get(url).status_code == 503
+    assert new_client(fresh).get("/chats/").status_code == 401
+    with fresh.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
 def test_deleting_a_person_deletes_their_chats_keys_and_sessions(app, alice_and_bob):
     alice, bob = alice_and_bob
     carol = make_person(app, "carol", admin=True)
@@ -609,6 +653,17 @@ def test_a_revoked_key_and_the_sessions_it_opened_stop_at_once(app, alice_and_bo
     assert new_client(app).get("/chats/", headers=spare).status_code == 200
 
 
+def test_a_password_change_keeps_the_sessions_key_so_revoking_the_key_still_ends_it(app, alice_and_bob):
+    _, bob = alice_and_bob
+    browser = new_client(app)
+    assert browser.post("/session", json={"key": bob.key}).status_code == 204
+    changed = browser.put("/me/password", json={"current_password": PASSWORD, "password": "a new password"})
+    assert changed.status_code == 204 and COOKIE in changed.headers["Set-Cookie"]  # a new session, for this page
+    assert browser.get("/me").status_code == 200
+    assert bob.client.delete(f"/me/keys/{bob.key_id}").status_code == 200
+    assert browser.get("/me").status_code == 401  # opened with the key, it went with it
+
+
 def test_v1_refuses_a_revoked_key_and_no_key_in_openais_shape(app, alice_and_bob):
     alice, bob = alice_and_bob
     with app.app_context():
@@ -671,6 +726,19 @@ def test_guessing_the_current_password_with_a_session_is_limited_too(limited_app
         for i in range(4)
     ]
     assert answers == [403, 403, 403, 429], answers
+
+
+def test_guesses_sent_at_once_are_limited_as_guesses_sent_one_by_one(limited_app, alice_and_bob):
+    """argon2 takes long enough that guesses in flight together would all pass a limit counted after each: ten at
+    once from one address get three answers (the limit) and seven 429s, and alice's password was tried 3 times."""
+    import gevent  # noqa: PLC0415 (the server's own concurrency, here in one process)
+
+    def guess(i: int) -> int:
+        return attempt(limited_app, "alice", f"wrong password {i}", "127.5.2.1").status_code
+
+    guesses = [gevent.spawn(guess, i) for i in range(10)]
+    gevent.joinall(guesses, raise_error=True)
+    assert sorted(g.value for g in guesses) == [401] * 3 + [429] * 7
 
 
 def test_a_wrong_name_and_a_wrong_password_get_the_same_answer_in_the_same_time(app, alice_and_bob):
