@@ -10,7 +10,7 @@ import requests
 
 from tests.support import wait_for
 from tests.support.scratch import REDIS_URL
-from tests.support.server import ROOT, Server, free_port
+from tests.support.server import ROOT, Server, free_port, migrate
 
 
 def test_gunicorn_gevent_serves_the_api(live_server):
@@ -79,7 +79,9 @@ def test_several_workers_serve_with_a_remote_model_and_redis(tmp_path):
     """The remote backend with Redis: WEB_CONCURRENCY=2 starts two workers (the model server here is down, so
     /health answers 503 with the reason, from either)."""
     settings = {**REMOTE, **REDIS, "CHATAPI_REDIS_PREFIX": f"chatapi-test-{uuid.uuid4().hex[:8]}:"}
-    server = Server(f"sqlite:///{tmp_path}/chatapi.db", tmp_path / "gunicorn.log", WEB_CONCURRENCY="2", **settings)
+    database_url = f"sqlite:///{tmp_path}/chatapi.db"
+    migrate(database_url)  # a database that cannot say whether anyone exists tells a stranger no reason (auth.py)
+    server = Server(database_url, tmp_path / "gunicorn.log", WEB_CONCURRENCY="2", **settings)
     try:
         server.wait_until_up(ready_status=503)
         wait_for(lambda: len(server.workers()) == 2, 30, "two workers")
