@@ -37,8 +37,7 @@ CONFLICT = "It would leave the server without an active admin, or the name is ta
 
 @me.before_request
 def require_person() -> None:
-    if auth.current_person() is None:
-        abort(404, message="this server has no accounts: nobody is signed in")
+    auth.person_or_404()
 
 
 def signed_in_user() -> User:
@@ -126,13 +125,6 @@ def require_admin() -> None:
         abort(403, message="only an admin manages people")
 
 
-def user_or_404(user_id: int) -> User:
-    user = people.by_id(User, user_id)
-    if user is None:
-        abort(404, message=f"user {user_id} not found")
-    return user
-
-
 def refuse_without_admin(user: User) -> None:
     """409 when the change would leave no active admin: nobody could manage people any more."""
     if user.admin and user.disabled_at is None and people.active_admins() <= 1:
@@ -171,7 +163,7 @@ def create_user(args):
 @users.alt_response(404, response="NOT_FOUND")
 def get_user(user_id: int):
     """One person."""
-    return user_or_404(user_id)
+    return people.user_or_404(user_id)
 
 
 @users.route("/<int:user_id>", methods=["PUT"])
@@ -182,7 +174,7 @@ def get_user(user_id: int):
 def update_user(args, user_id: int):
     """Disable a person (their sessions end, their keys stop) or enable them again, make them an admin or not,
     or give them a new password (their sessions end)."""
-    user = user_or_404(user_id)
+    user = people.user_or_404(user_id)
     if args.get("disabled") is True or args.get("admin") is False:
         refuse_without_admin(user)
     if "disabled" in args:
@@ -206,7 +198,7 @@ def update_user(args, user_id: int):
 @users.alt_response(409, description=CONFLICT, schema=ErrorSchema)
 def delete_user(user_id: int):
     """Delete a person, with their chats, keys and sessions; their running replies stop."""
-    user = user_or_404(user_id)
+    user = people.user_or_404(user_id)
     refuse_without_admin(user)
     chat_ids = db.session.scalars(sa.select(Chat.id).where(Chat.owner_id == user.id)).all()
     db.session.delete(user)

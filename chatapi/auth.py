@@ -138,6 +138,14 @@ def current_person() -> Person | None:
     return g.get("person")
 
 
+def person_or_404() -> Person:
+    """Who is asking; 404 while accounts are off (nobody is signed in): /me and its routes."""
+    person = current_person()
+    if person is None:
+        abort(404, message="this server has no accounts: nobody is signed in")
+    return person
+
+
 def unauthorized(message: str) -> NoReturn:
     abort(401, message=message, headers=WWW_AUTHENTICATE)
 

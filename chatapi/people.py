@@ -15,6 +15,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask_smorest import abort
 
 from .extensions import db
 from .models import Chat, utcnow
@@ -114,6 +115,13 @@ def by_id(model: type, ident: int):
     """The row of a people table with this id, or None; the ids are PostgreSQL integers (32-bit), so a larger one,
     which the database could not even compare, is nobody's."""
     return db.session.get(model, ident) if 0 <= ident <= MAX_ID else None
+
+
+def user_or_404(user_id: int) -> User:
+    user = by_id(User, user_id)
+    if user is None:
+        abort(404, message=f"user {user_id} not found")
+    return user
 
 
 def digest(text: str) -> str:

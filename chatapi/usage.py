@@ -24,7 +24,7 @@ from . import auth, metrics, people
 from .extensions import db
 from .llm.reply import ReplyEvents
 from .openapi import Blueprint
-from .people import Person, Usage, User
+from .people import Person, Usage
 from .schemas import TIMESTAMP_FORMAT, RequestSchema, Timestamp
 
 log = logging.getLogger(__name__)
@@ -154,14 +154,6 @@ class PersonUsageSchema(ma.Schema):
     )
 
 
-def person_or_404() -> Person:
-    """Who is asking; 404 while accounts are off (as GET /me)."""
-    person = auth.current_person()
-    if person is None:
-        abort(404, message="this server has no accounts: nobody is signed in")
-    return person
-
-
 def usage_of(user_id: int, days: int) -> dict:
     """The person's usage over the last `days` UTC days, today included."""
     now = utc_now()
@@ -180,7 +172,7 @@ def usage_of(user_id: int, days: int) -> dict:
 @bp.alt_response(404, response="NOT_FOUND", description="Accounts are off.")
 def get_my_usage(args):
     """Your tokens and replies per UTC day, newest first, and the daily quota."""
-    return usage_of(person_or_404().id, args["days"])
+    return usage_of(auth.person_or_404().id, args["days"])
 
 
 @bp.route("/users/<int:user_id>/usage", methods=["GET"])
@@ -190,8 +182,7 @@ def get_my_usage(args):
 @bp.alt_response(404, response="NOT_FOUND", description="No such person, or accounts are off.")
 def get_user_usage(args, user_id):
     """Admins: a person's tokens and replies per UTC day, newest first, and the daily quota."""
-    if not person_or_404().admin:
+    if not auth.person_or_404().admin:
         abort(403, message="only admins see other people's usage")
-    if people.by_id(User, user_id) is None:
-        abort(404, message=f"user {user_id} not found")
+    people.user_or_404(user_id)
     return usage_of(user_id, args["days"])
