@@ -282,8 +282,13 @@ def list_models() -> None:
     default = catalog.default_id()
     rows = (
         (
-            e.id, size_text(e.size), e.quantization or "-", str(e.context_length or "-"),
-            "yes" if e.chat_template else "no", e.source, "yes" if e.id == default else "",
+            e.id,
+            size_text(e.size),
+            e.quantization or "-",
+            str(e.context_length or "-"),
+            "yes" if e.chat_template else "no",
+            e.source,
+            "yes" if e.id == default else "",
         )
         for e in catalog.entries()
     )
