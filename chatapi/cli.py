@@ -277,20 +277,19 @@ def pull_model(source: str, file: str | None) -> None:
 @models.command("list", short_help="List the models: id, size, quantization, context, template, default.")
 def list_models() -> None:
     """Every model the server can run, the default marked: id, size, quantization, trained context length, chat
-    template or not, and where it comes from (bundled, path: CHATAPI_MODEL, hub: pulled)."""
-    catalog = local_catalog()
-    default = catalog.default_id()
+    template or not, and where it comes from (bundled, path: CHATAPI_MODEL, hub: pulled). On the remote backend,
+    the upstream's."""
     rows = (
         (
-            e.id,
-            size_text(e.size),
-            e.quantization or "-",
-            str(e.context_length or "-"),
-            "yes" if e.chat_template else "no",
-            e.source,
-            "yes" if e.id == default else "",
+            m["id"],
+            size_text(m["size"]),
+            m["quantization"] or "-",
+            str(m["context_length"] or "-"),
+            "yes" if m["chat_template"] else "no",
+            m["source"] or "-",
+            "yes" if m["default"] else "",
         )
-        for e in catalog.entries()
+        for m in replies.service().model_listing()
     )
     click.echo(table(("id", "size", "quant", "context", "template", "source", "default"), rows))
 

@@ -151,7 +151,8 @@ def listed(model_id: str) -> dict | None:
 @bp.route("", methods=["GET"])
 @bp.response(200, ModelSchema(many=True))
 def list_models():
-    """Every model this server can run (on the remote backend, the upstream's): the default first."""
+    """Every model this server can run: the bundled one, CHATAPI_MODEL's file, the pulled ones by id (on the remote
+    backend, the upstream's)."""
     return replies.service().model_listing()
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -47,6 +48,7 @@ QUANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")
 SOURCE_PREFIXES = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
 SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 PROGRESS_SECONDS = 0.25  # a pull's state file is written at most this often while it downloads
+STALE_SECONDS = 60  # a partial download untouched this long is a dead process's: nobody is writing it
 CHUNK = 1 << 20
 
 
@@ -376,6 +378,7 @@ def pull(source: Source, catalog: Catalog, state: PullState | None = None) -> Mo
     files = pick(source, list(siblings))
     total = sum(siblings[name].size or 0 for name in files)
     folder = catalog.hub_dir(source.repo)
+    remove_stale_partials(folder, files)
     done = 0
     try:
         digests = {}
@@ -436,26 +439,48 @@ def pull(source: Source, catalog: Catalog, state: PullState | None = None) -> Mo
 def discard(catalog: Catalog, folder: Path, files: list[str]) -> None:
     """A failed pull's files, and huggingface_hub's notes on them, unless a registered model is made of them."""
     kept = {Path(path).resolve() for entry in catalog.entries() for path in owned_paths(entry)}
-    notes = folder / ".cache" / "huggingface" / "download"
     for name in files:
         path = folder / name
         if path.resolve() not in kept:
             path.unlink(missing_ok=True)
-            for note in (notes / f"{name}.metadata", notes / f"{name}.lock"):
-                note.unlink(missing_ok=True)
-        for partial in notes.glob(f"{glob_escape(name)}.*.incomplete"):
-            partial.unlink(missing_ok=True)  # huggingface_hub removes its own; a killed process's stay
+            forget_download(folder, name)
     remove_empty(folder, catalog.dir)
 
 
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
+def download_notes(folder: Path, name: str) -> tuple[list[Path], Path]:
+    """What huggingface_hub keeps beside a file it downloads into `folder` (under .cache/huggingface/download):
+    its metadata and lock files, and the pattern of its partial downloads (one per process, deleted when the
+    download fails; a killed process's stay)."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    paths = get_local_download_paths(folder, name)
+    return [paths.metadata_path, paths.lock_path], paths.incomplete_path("*")
+
+
+def forget_download(folder: Path, name: str) -> None:
+    """huggingface_hub's notes on a file that is gone: a pull of it again downloads it."""
+    for note in download_notes(folder, name)[0]:
+        note.unlink(missing_ok=True)
+
+
+def remove_stale_partials(folder: Path, files: list[str]) -> None:
+    """What killed pulls of these files left; not what another pull of the same file is writing now."""
+    for name in files:
+        pattern = download_notes(folder, name)[1]
+        for partial in pattern.parent.glob(pattern.name):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - partial.stat().st_mtime > STALE_SECONDS:
+                    partial.unlink()
 
 
 def remove_empty(folder: Path, root: Path) -> None:
-    """The repo's folder (and its owner's), once nothing is left in it but huggingface_hub's notes."""
-    files = (p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts)
-    if folder.is_dir() and next(files, None) is None:
+    """The repo's folder (and its owner's), once nothing is left in it but huggingface_hub's notes: no model's
+    file, and no partial download of another pull."""
+
+    def content(path: Path) -> bool:
+        return path.is_file() and (".cache" not in path.relative_to(folder).parts or path.suffix == ".incomplete")
+
+    if folder.is_dir() and not any(content(path) for path in folder.rglob("*")):
         shutil.rmtree(folder, ignore_errors=True)
     for parent in folder.parents:
         if parent == root or root not in parent.parents:
@@ -470,11 +495,9 @@ def remove(catalog: Catalog, model_id: str) -> ModelEntry | None:
     entry = catalog.remove(model_id)
     if entry is not None and entry.repo:
         folder = catalog.hub_dir(entry.repo)
-        notes = folder / ".cache" / "huggingface" / "download"
         for name in entry.files:
             if not (folder / name).exists():  # not another model's
-                for note in (notes / f"{name}.metadata", notes / f"{name}.lock"):
-                    note.unlink(missing_ok=True)
+                forget_download(folder, name)
         remove_empty(folder, catalog.dir)
     PullState(catalog.dir, model_id).forget()
     return entry
@@ -488,7 +511,7 @@ def run(source: Source, catalog: Catalog, state: PullState) -> ModelEntry:
     except PullError as error:
         state.write("failed", message=str(error))
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         state.write("failed", message="the pull was interrupted")
         raise
     except Exception as error:
@@ -543,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source")
     parser.add_argument("file", nargs="?")
     args = parser.parse_args(argv)
+    # Stopped (the server's stop, a kill): as an interrupt, so that the pull leaves nothing behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     source = parse_source(args.source, args.file)  # as the API parsed it
     try:
         run(source, Catalog(args.models_dir), PullState(args.models_dir, source.id, lock_fd=args.lock_fd))

@@ -318,6 +318,18 @@ def test_a_killed_pull_process_reads_as_interrupted(catalog, hub):
     assert catalog.get(source.id) is None
     hub.cut.clear()
 
+    # What it was writing stays, as a kill leaves it, until a pull of that file finds it untouched for a minute.
+    [partial] = (catalog.hub_dir("acme/tiny-GGUF") / ".cache").rglob("*.incomplete")
+    long_ago = time.time() - 2 * pulls.STALE_SECONDS
+    os.utime(partial, (long_ago, long_ago))
+    assert pulled(source.id, catalog).id == source.id
+    assert not partial.exists() and files_under(catalog.dir / "hub" / "acme" / "tiny-GGUF" / ".cache") == [
+        "huggingface/.gitignore",
+        "huggingface/CACHEDIR.TAG",
+        "huggingface/download/tiny-Q4_K_M.gguf.lock",
+        "huggingface/download/tiny-Q4_K_M.gguf.metadata",
+    ]
+
 
 # The command line
 

@@ -15,10 +15,12 @@ A test can cut a file's first download halfway (`cut`), serve a file whose bytes
 describes (`corrupt`), and read every request it got (`requests`: method, path, Range).
 """
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -242,9 +244,10 @@ class Handler(BaseHTTPRequestHandler):
             end = int(size * share)
         self.stream(file, start, end, corrupt=name in self.hub.corrupt)
         if end < size:  # hang up mid-file, as a dropped connection does
-            self.wfile.flush()
             self.close_connection = True
-            self.connection.shutdown(2)
+            with contextlib.suppress(OSError):  # the client may have gone first (a test killed it)
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def stream(self, file: HubFile, start: int, end: int, corrupt: bool) -> None:
         flipped = file.size // 2  # the byte a corrupt copy gets wrong
