@@ -288,13 +288,18 @@ class PullState:
     def read(self) -> dict | None:
         """The state (None: no pull of this id is known); a `pulling` one whose process is gone reads as failed,
         `interrupted`."""
+        state = self._load()
+        if state is not None and state["status"] == "pulling" and not self.running():
+            state = self._load()  # it may have ended between the two looks, and said so
+            if state is not None and state["status"] == "pulling":
+                state.update(status="failed", message="the pull was interrupted (its process ended)")
+        return state
+
+    def _load(self) -> dict | None:
         try:
-            state = json.loads(self.file.read_text())
+            return json.loads(self.file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if state.get("status") == "pulling" and not self.running():
-            state.update(status="failed", message="the pull was interrupted (its process ended)")
-        return state
 
     def running(self) -> bool:
         """Whether a process holds the id's lock (this one, or another)."""
@@ -318,12 +323,18 @@ class PullState:
 
 
 def progress_bar(report: Callable[[int], None]):
-    """huggingface_hub's tqdm (shown on a terminal, quiet otherwise), also reporting each step's bytes."""
+    """huggingface_hub's tqdm (shown on a terminal, quiet otherwise), also reporting the bytes of its file
+    downloaded so far (a download resumed within the same pull keeps its bar)."""
     from huggingface_hub.utils import tqdm
 
     class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.so_far = kwargs.get("initial") or 0
+
         def update(self, n=1):
-            report(n or 0)
+            self.so_far += n or 0  # counted here: a bar that is not shown counts nothing
+            report(self.so_far)
             return super().update(n)
 
     return Bar
@@ -383,12 +394,10 @@ def pull(source: Source, catalog: Catalog, state: PullState | None = None) -> Mo
     try:
         digests = {}
         for name in files:
-            counted = [done]
 
-            def report(n: int, name=name, counted=counted) -> None:
-                counted[0] += n
+            def report(so_far: int, name: str = name, before: int = done) -> None:
                 if state is not None:
-                    state.progress(counted[0], total, name)
+                    state.progress(before + so_far, total, name)
 
             with hub_errors(source, endpoint, name):
                 # At the commit just listed: every part of a split model, and the hashes, from the same one.
