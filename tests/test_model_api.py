@@ -5,6 +5,8 @@ pull's process and streams its progress) on SQLite, where the database plays no 
 in process on both databases, whose people decide it."""
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -16,9 +18,10 @@ from chatapi import create_app, people, replies
 from chatapi.extensions import db
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry
 from tests.support.fake_hub import FakeHub, bundled_model, hub_environment
-from tests.support.server import Server, migrate
+from tests.support.server import ROOT, Server, migrate
 from tests.support.sse import EventStream
 
+FLASK = Path(sys.executable).parent / "flask"
 PULLED = "acme/tiny-GGUF:Q4_K_M"
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -104,6 +107,40 @@ def test_a_pull_streams_its_progress_then_its_model(pull_server, hub):
     assert requests.delete(model_url(base, PULLED), timeout=10).status_code == 404
     gone = requests.get(model_url(base, PULLED, "/progress"), timeout=10)
     assert gone.status_code == 404 and gone.headers["Content-Type"] == "application/json"
+
+
+def status_of(url: str) -> int:
+    with requests.get(url, timeout=10, stream=True) as response:  # a stream is not read: hung up at once
+        return response.status_code
+
+
+def test_a_pull_by_the_command_line_shows_over_the_api(pull_server, hub):
+    """Every process sees every pull: `flask models pull` on the box, its progress from the server."""
+    base, model_id = pull_server.url, "acme/tiny-GGUF:tiny-Q8_0"
+    hub.cut["tiny-Q8_0.gguf"] = 0.5
+    env = dict(
+        hub_environment(hub, pull_server.models_dir.parent / "hf-home"),
+        FLASK_APP="wsgi",
+        DATABASE_URL=pull_server.database_url,
+        CHATAPI_MODELS_DIR=str(pull_server.models_dir),
+    )
+    command = [str(FLASK), "models", "pull", "acme/tiny-GGUF", "tiny-Q8_0.gguf"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while status_of(model_url(base, model_id, "/progress")) == 404:
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        events, _ = events_of(model_url(base, model_id, "/progress"))
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        hub.cut.clear()
+    assert process.returncode == 0, err
+    assert out.startswith(f"pulled {model_id} (253 MB")
+    assert [e["event"] for e in events][-1] == "done" and events[-1]["data"]["model"]["id"] == model_id
+    assert "progress" in {e["event"] for e in events}
+    assert requests.delete(model_url(base, model_id), timeout=10).status_code == 204  # and the API removes it
 
 
 @pytest.mark.parametrize(
