@@ -120,7 +120,8 @@ class Catalog:
         return entry
 
     def _configured_path(self) -> Path | None:
-        if self.configured and (os.sep in self.configured or self.configured.endswith(".gguf")):
+        """CHATAPI_MODEL as a path: a .gguf name, or a file that is there (an id, REPO:QUANT, has slashes too)."""
+        if self.configured and (self.configured.endswith(".gguf") or os.path.isfile(self.configured)):
             return Path(self.configured)
         return None
 

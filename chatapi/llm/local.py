@@ -398,9 +398,10 @@ class LocalBackend:
         self._unload_idle(counts)
 
     def _unload_idle(self, counts: Counter) -> None:
-        """Unload the model giving way, and removed ones, once no reply runs on them."""
+        """Unload the model giving way, and removed ones (here, or by another process: the catalog has it no more),
+        once no reply runs on them."""
         for loaded in list(self.models.values()):
-            leaving = loaded is self.giving_way or loaded.id in self.removed
+            leaving = loaded is self.giving_way or loaded.id in self.removed or self.catalog.get(loaded.id) is None
             if leaving and loaded.status == "ok" and counts[loaded.id] == 0:
                 loaded.unload()
 
