@@ -259,11 +259,6 @@ def test_the_default_and_the_bundled_model_stay(models_app, client, tmp_path, da
     assert web.delete(f"/models/{PULLED}").status_code == 204 and not path.exists()  # not the default: it goes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Catalog._configured_path takes any CHATAPI_MODEL with a '/' for a path, so a pulled id is never the "
-    "default (the default is then the missing 'tiny-GGUF:Q4_K_M')",
-)
 def test_a_pulled_model_that_is_the_default_stays(models_app, client, tmp_path, database_url):
     path = registered(models_app, PULLED)
     defaulted = create_app(

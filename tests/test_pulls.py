@@ -99,8 +99,13 @@ def files_under(folder: Path) -> list[str]:
 def test_a_pull_by_quantization_registers_the_checked_model(catalog, hub, model, monkeypatch):
     import huggingface_hub.constants
 
-    # huggingface_hub reads HF_ENDPOINT once, when it is imported: the pull must read it itself, at each pull.
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    # huggingface_hub reads HF_ENDPOINT once, when it is imported: the pull must read it itself, at each pull. As
+    # if it had been imported with another one:
+    stale = "http://127.0.0.1:9"
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", stale)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", stale + "/{repo_id}/resolve/{revision}/{filename}"
+    )
 
     entry = pulled("acme/tiny-GGUF:q4_k_m", catalog)  # the quantization as typed: any case
 
