@@ -17,9 +17,9 @@ from flask.cli import AppGroup
 
 from . import people, pulls, replies
 from .extensions import db
-from .llm.catalog import Catalog
+from .llm.catalog import Catalog, UnknownModel
 from .people import ApiKey, User
-from .pulls import PullError, PullState
+from .pulls import PullError
 
 users = AppGroup(
     "users",
@@ -256,13 +256,8 @@ def pull_model(source: str, file: str | None) -> None:
         wanted = pulls.parse_source(source, file)
     except PullError as error:
         raise click.ClickException(str(error)) from None
-    if catalog.get(wanted.id) is not None:
-        raise click.ClickException(f"{wanted.id} is there already (flask models remove {wanted.id}, then pull)")
-    state = PullState(catalog.dir, wanted.id)
-    if not state.claim():
-        raise click.ClickException(f"{wanted.id} is being pulled already")
     try:
-        entry = pulls.run(wanted, catalog, state)
+        entry = pulls.run(wanted, catalog, pulls.claim(catalog, wanted))
     except PullError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
@@ -279,6 +274,10 @@ def list_models() -> None:
     """Every model the server can run, the default marked: id, size, quantization, trained context length, chat
     template or not, and where it comes from (bundled, path: CHATAPI_MODEL, hub: pulled). On the remote backend,
     the upstream's."""
+    try:
+        listing = replies.service().model_listing()
+    except Exception as error:  # the remote backend's upstream, unreachable: in a line
+        raise click.ClickException(f"the models cannot be listed: {pulls.first_line(error)}") from None
     rows = (
         (
             m["id"],
@@ -289,7 +288,7 @@ def list_models() -> None:
             m["source"] or "-",
             "yes" if m["default"] else "",
         )
-        for m in replies.service().model_listing()
+        for m in listing
     )
     click.echo(table(("id", "size", "quant", "context", "template", "source", "default"), rows))
 
@@ -299,13 +298,10 @@ def list_models() -> None:
 def remove_model(model_id: str) -> None:
     """Remove the pulled model ID (as `flask models list` shows it) and delete its files. Chats that name it answer
     409 until they name another."""
-    catalog = local_catalog()
-    entry = catalog.get(model_id)
-    if entry is None:
-        raise click.ClickException(f"no model has the id {model_id!r} (flask models list)")
-    if model_id == catalog.default_id():
-        raise click.ClickException(f"{model_id} is the server's default model (CHATAPI_MODEL): set another first")
-    if entry.source != "hub":
-        raise click.ClickException(f"{model_id} comes with the server: only pulled models are removed")
-    pulls.remove(catalog, model_id)
+    try:
+        entry = pulls.remove(local_catalog(), model_id)
+    except UnknownModel:
+        raise click.ClickException(f"no model has the id {model_id!r} (flask models list)") from None
+    except PullError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"removed {model_id} ({size_text(entry.size)})")

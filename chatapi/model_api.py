@@ -16,7 +16,7 @@ from flask_smorest import abort
 from marshmallow import fields, validate
 
 from . import auth, pulls, replies
-from .llm.catalog import Catalog
+from .llm.catalog import Catalog, UnknownModel
 from .llm.sse import PING, event_text
 from .openapi import Blueprint, ErrorSchema, JSONText
 from .pulls import PullError, PullState
@@ -169,15 +169,10 @@ def pull_model(args):
     require_admin()
     catalog = local_catalog()
     source = pulls.parse_source(args["source"], args.get("file"))
-    if catalog.get(source.id) is not None:
-        abort(409, message=f"{source.id} is there already")
-    state = PullState(catalog.dir, source.id)
-    if not state.claim():
-        abort(409, message=f"{source.id} is being pulled")
-    if catalog.get(source.id) is not None:  # a pull of it ended between the two looks
-        state.release()
-        abort(409, message=f"{source.id} is there already")
-    state.write("pulling")
+    try:
+        state = pulls.claim(catalog, source)
+    except pulls.Conflict as error:
+        abort(409, message=str(error))
     try:
         pulls.start(source, catalog.dir, state)
     except PullError as error:
@@ -251,16 +246,11 @@ def remove_model(model_id: str):
     """Remove a pulled model and its files. Chats that name it answer 409 until they name another; replies it is
     writing finish first."""
     require_admin()
-    catalog = local_catalog()
-    entry = catalog.get(model_id)
-    if entry is None:
-        if PullState(catalog.dir, model_id).running():
-            abort(409, message=f"{model_id} is being pulled: remove it once it is there")
-        abort(404, message=f"the model {model_id!r} does not exist")
-    if model_id == catalog.default_id():
-        abort(409, message=f"{model_id} is the server's default model (CHATAPI_MODEL): set another first")
-    if entry.source != "hub":
-        abort(409, message=f"{model_id} comes with the server: only pulled models are removed")
-    pulls.remove(catalog, model_id)
+    try:
+        pulls.remove(local_catalog(), model_id)
+    except UnknownModel as error:
+        abort(404, message=str(error))
+    except pulls.Conflict as error:
+        abort(409, message=str(error))
     replies.service().forget_model(model_id)
     return "", 204

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from .llm.catalog import MAX_ID_LENGTH, Catalog, ModelEntry, NotGGUF, owned_paths, read_header
+from .llm.catalog import MAX_ID_LENGTH, Catalog, ModelEntry, NotGGUF, UnknownModel, owned_paths, read_header
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp's -hf and Ollama pick when none is named
@@ -54,6 +54,11 @@ CHUNK = 1 << 20
 
 class PullError(Exception):
     """A pull that cannot be done, in one line that says why (the CLI's `Error:` line, the API's error event)."""
+
+
+class Conflict(PullError):
+    """The id is taken: a model has it, or another process is pulling it; or the model cannot be removed (the API's
+    409)."""
 
 
 class BadSource(PullError):
@@ -498,11 +503,38 @@ def remove_empty(folder: Path, root: Path) -> None:
             parent.rmdir()  # only when empty
 
 
-def remove(catalog: Catalog, model_id: str) -> ModelEntry | None:
+def claim(catalog: Catalog, source: Source) -> PullState:
+    """The right to pull the source's model, its state written `pulling`; Conflict when a model has its id or
+    another process is pulling it."""
+    if catalog.get(source.id) is not None:
+        raise Conflict(f"{source.id} is there already")
+    state = PullState(catalog.dir, source.id)
+    if not state.claim():
+        raise Conflict(f"{source.id} is being pulled")
+    if catalog.get(source.id) is not None:  # a pull of it ended between the two looks
+        state.release()
+        raise Conflict(f"{source.id} is there already")
+    state.write("pulling")
+    return state
+
+
+def remove(catalog: Catalog, model_id: str) -> ModelEntry:
     """Unregister a pulled model and delete its files (Catalog.remove), with what huggingface_hub noted about
-    them and the state of its pull; the entry, or None when no pulled model has this id."""
+    them and the state of its pull; the entry. UnknownModel for none; Conflict for the server's default (it must
+    stay), a model that came with it (bundled, CHATAPI_MODEL's file) and one being pulled."""
+    entry = catalog.get(model_id)
+    if entry is None:
+        if PullState(catalog.dir, model_id).running():
+            raise Conflict(f"{model_id} is being pulled: remove it once it is there")
+        raise UnknownModel(model_id)
+    if model_id == catalog.default_id():
+        raise Conflict(f"{model_id} is the server's default model (CHATAPI_MODEL): set another first")
+    if entry.source != "hub":
+        raise Conflict(f"{model_id} comes with the server: only pulled models are removed")
     entry = catalog.remove(model_id)
-    if entry is not None and entry.repo:
+    if entry is None:  # another process removed it meanwhile
+        raise UnknownModel(model_id)
+    if entry.repo:
         folder = catalog.hub_dir(entry.repo)
         for name in entry.files:
             if not (folder / name).exists():  # not another model's
