@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import people, pulls, replies
+from . import huggingface, people, pulls, replies
 from .extensions import db
+from .huggingface import PullError
 from .llm.catalog import Catalog, UnknownModel
 from .people import ApiKey, User
-from .pulls import PullError
 
 users = AppGroup(
     "users",
@@ -253,7 +253,7 @@ def pull_model(source: str, file: str | None) -> None:
     """
     catalog = local_catalog()
     try:
-        wanted = pulls.parse_source(source, file)
+        wanted = huggingface.parse_source(source, file)
     except PullError as error:
         raise click.ClickException(str(error)) from None
     try:
@@ -263,7 +263,8 @@ def pull_model(source: str, file: str | None) -> None:
     except KeyboardInterrupt:
         raise click.ClickException("interrupted: nothing was registered") from None
     except Exception as error:  # never a traceback: what went wrong, in a line
-        raise click.ClickException(f"the pull failed: {type(error).__name__}: {pulls.first_line(error)}") from None
+        reason = f"{type(error).__name__}: {huggingface.first_line(error)}"
+        raise click.ClickException(f"the pull failed: {reason}") from None
     template = "a chat template" if entry.chat_template else "no chat template"
     details = f"{size_text(entry.size)}, {entry.quantization or '?'}, context {entry.context_length or '?'}"
     click.echo(f"pulled {entry.id} ({details}, {template})")
@@ -277,7 +278,7 @@ def list_models() -> None:
     try:
         listing = replies.service().model_listing()
     except Exception as error:  # the remote backend's upstream, unreachable: in a line
-        raise click.ClickException(f"the models cannot be listed: {pulls.first_line(error)}") from None
+        raise click.ClickException(f"the models cannot be listed: {huggingface.first_line(error)}") from None
     rows = (
         (
             m["id"],

@@ -15,11 +15,12 @@ from flask import url_for
 from flask_smorest import abort
 from marshmallow import fields, validate
 
-from . import auth, pulls, replies
+from . import auth, huggingface, pulls, replies
+from .huggingface import PullError
 from .llm.catalog import Catalog, UnknownModel
 from .llm.sse import PING, event_text
 from .openapi import Blueprint, ErrorSchema, JSONText
-from .pulls import PullError, PullState
+from .pulls import PullState
 from .replies import event_stream_response
 from .schemas import TIMESTAMP_FORMAT, RequestSchema, timestamp_text
 
@@ -78,8 +79,8 @@ class PullSchema(RequestSchema):
     @ma.validates_schema
     def names_a_model(self, data: dict, **kwargs) -> None:
         try:
-            pulls.parse_source(data["source"], data.get("file"))
-        except pulls.BadSource as error:
+            huggingface.parse_source(data["source"], data.get("file"))
+        except huggingface.BadSource as error:
             raise ma.ValidationError(str(error), error.field) from None
 
 
@@ -168,7 +169,7 @@ def pull_model(args):
     the quantization. The pull runs on; follow it at `progress_url`."""
     require_admin()
     catalog = local_catalog()
-    source = pulls.parse_source(args["source"], args.get("file"))
+    source = huggingface.parse_source(args["source"], args.get("file"))
     try:
         state = pulls.claim(catalog, source)
     except pulls.Conflict as error:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from chatapi import create_app, pulls
+from chatapi import create_app, huggingface, pulls
+from chatapi.huggingface import PullError, Source
 from chatapi.llm.catalog import BUNDLED_ID, Catalog
-from chatapi.pulls import PullError, PullState, Source
+from chatapi.pulls import PullState
 from tests.support.fake_hub import TOKEN, FakeHub, bundled_model, hub_environment
 from tests.support.server import ROOT
 
@@ -69,7 +70,7 @@ def catalog(tmp_path, hub_env) -> Catalog:
 
 def pulled(text: str, catalog: Catalog, file: str | None = None):
     """Pull as the CLI and the API's process do (a claimed id, its state file written)."""
-    source = pulls.parse_source(text, file)
+    source = huggingface.parse_source(text, file)
     state = PullState(catalog.dir, source.id)
     assert state.claim()
     return pulls.run(source, catalog, state)
@@ -153,8 +154,8 @@ def test_the_quantization_picks_the_files_whose_names_carry_it(source, file, fil
         "acme/one-GGUF": ["one-Q5_K_M.gguf", "mmproj-one-F16.gguf", "README.md"],
         "acme/two-GGUF": ["two-Q4_K_M.gguf", "two-Q8_0.gguf"],
     }
-    wanted = pulls.parse_source(source, file)
-    assert pulls.pick(wanted, names[wanted.repo]) == files
+    wanted = huggingface.parse_source(source, file)
+    assert huggingface.pick(wanted, names[wanted.repo]) == files
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_the_quantization_picks_the_files_whose_names_carry_it(source, file, fil
 )
 def test_no_file_or_several_is_an_error_listing_the_candidates(source, says):
     with pytest.raises(PullError) as refused:
-        pulls.pick(pulls.parse_source(source), MANY)
+        huggingface.pick(huggingface.parse_source(source), MANY)
     assert says in str(refused.value)
     assert "mmproj" not in str(refused.value)
     if "Q4_K_M is ambiguous" not in says:
@@ -178,7 +179,7 @@ def test_no_file_or_several_is_an_error_listing_the_candidates(source, says):
 def test_a_split_model_missing_a_part_is_refused():
     names = ["m-Q8_0-00001-of-00003.gguf", "m-Q8_0-00003-of-00003.gguf"]
     with pytest.raises(PullError, match="has 2 of the 3 parts of m-Q8_0.gguf"):
-        pulls.pick(Source("acme/m-GGUF", "Q8_0"), names)
+        huggingface.pick(Source("acme/m-GGUF", "Q8_0"), names)
 
 
 @pytest.mark.parametrize(
@@ -193,14 +194,14 @@ def test_a_split_model_missing_a_part_is_refused():
     ],
 )
 def test_a_source_that_names_no_model_is_refused_before_the_hub_is_asked(source, file, field):
-    with pytest.raises(pulls.BadSource) as refused:
-        pulls.parse_source(source, file)
+    with pytest.raises(huggingface.BadSource) as refused:
+        huggingface.parse_source(source, file)
     assert refused.value.field == field
 
 
 def test_ollama_style_sources_name_the_same_model():
     for text in ("hf.co/acme/tiny-GGUF:Q4_K_M", "https://huggingface.co/acme/tiny-GGUF:Q4_K_M"):
-        assert pulls.parse_source(text).id == "acme/tiny-GGUF:Q4_K_M"
+        assert huggingface.parse_source(text).id == "acme/tiny-GGUF:Q4_K_M"
 
 
 def test_an_ambiguous_quantization_downloads_nothing(catalog, hub):
@@ -306,7 +307,7 @@ def test_one_pull_of_an_id_at_a_time_and_a_dead_one_reads_as_interrupted(tmp_pat
 def test_a_killed_pull_process_reads_as_interrupted(catalog, hub):
     """The API's pulls run in a process of their own (`python -m chatapi.pulls`), which takes the claim over."""
     hub.cut["tiny-Q4_K_M.gguf"] = 0.5  # so that it is still pulling when it is killed (the retry waits 1 s)
-    source = pulls.parse_source("acme/tiny-GGUF:Q4_K_M")
+    source = huggingface.parse_source("acme/tiny-GGUF:Q4_K_M")
     state = PullState(catalog.dir, source.id)
     assert state.claim()
     process = pulls.start(source, catalog.dir, state)
@@ -325,7 +326,7 @@ def test_a_killed_pull_process_reads_as_interrupted(catalog, hub):
 
     # What it was writing stays, as a kill leaves it, until a pull of that file finds it untouched for a minute.
     [partial] = (catalog.hub_dir("acme/tiny-GGUF") / ".cache").rglob("*.incomplete")
-    long_ago = time.time() - 2 * pulls.STALE_SECONDS
+    long_ago = time.time() - 2 * huggingface.STALE_SECONDS
     os.utime(partial, (long_ago, long_ago))
     assert pulled(source.id, catalog).id == source.id
     assert not partial.exists() and files_under(catalog.dir / "hub" / "acme" / "tiny-GGUF" / ".cache") == [
