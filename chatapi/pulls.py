@@ -320,7 +320,7 @@ def start(source: Source, models_dir: str | Path, state: PullState) -> subproces
         "-m",
         "chatapi.pulls",
         "--models-dir",
-        str(models_dir),
+        str(Path(models_dir).resolve()),  # it runs in the project's folder
         "--lock-fd",
         str(state.lock_fd),
         source.repo if source.file is not None else source.id,
