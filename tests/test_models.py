@@ -16,7 +16,8 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, UnknownModel
-from chatapi.llm.local import LocalBackend, Turns
+from chatapi.llm.loaded import Turns
+from chatapi.llm.local import LocalBackend
 from chatapi.llm.model import default_model_path
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer
