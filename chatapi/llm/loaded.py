@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections import deque
+
 from gevent.threadpool import ThreadPool
 
 from .catalog import ModelEntry
