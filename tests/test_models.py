@@ -195,7 +195,7 @@ def test_a_removed_model_leaves_its_chats_with_a_clear_409(models_server):
 def test_the_catalog_lists_the_bundled_model_a_path_and_pulled_ones(tmp_path):
     bundled = default_model_path(ROOT / "instance" / "models")
     mine = tmp_path / "My Model Q4.gguf"
-    mine.symlink_to(bundled)
+    mine.write_bytes(b"GGUF" + bytes(60))  # damaged: listed all the same, and loading it will say why
     catalog = Catalog(tmp_path / "models", default=str(mine), bundled_dir=bundled.parent)
     assert [e.id for e in catalog.entries()] == [BUNDLED_ID, "My-Model-Q4"]
     assert catalog.default_id() == "My-Model-Q4" and catalog.resolve(None).path == str(mine)
