@@ -303,3 +303,36 @@ def test_model_threads_take_turns_in_the_order_they_asked():
     for thread in threads:
         thread.join(10)
     assert order == ["first", "second", "third"] and not turns._busy
+
+
+def test_a_model_that_cannot_load_fails_its_replies_not_the_server(models_server):
+    base = models_server
+    catalog = Catalog(os.environ["CHATAPI_MODELS_DIR"])
+    folder = catalog.hub_dir("acme/broken-GGUF")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    broken = ModelEntry(
+        "acme/broken-GGUF:Q4_K_M",
+        str(folder / "broken.gguf"),
+        64,
+        None,
+        None,
+        None,
+        False,
+        "hub",
+        "acme/broken-GGUF",
+        ("broken.gguf",),
+    )
+    catalog.add(broken)
+    try:
+        chat_id = chat_on(base, broken.id, QUESTION)
+        events = read_events(infer(base, chat_id, f"max_tokens=2&{GREEDY}"))
+        assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 503, events
+        assert broken.id in events[-1]["data"]["message"]
+        again = requests.get(infer(base, chat_id, f"max_tokens=2&{GREEDY}"), timeout=10)
+        assert again.status_code == 503 and "failed to load" in again.json()["message"], again.text
+        assert requests.get(f"{base}/health", timeout=10).json()["status"] == "ok"  # the default model serves on
+        other = chat_on(base, None, QUESTION)
+        assert read_events(infer(base, other, f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
+    finally:
+        catalog.remove(broken.id)

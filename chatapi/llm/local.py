@@ -15,7 +15,7 @@ import gevent
 from .catalog import Catalog, ModelEntry, UnknownModel
 from .engine import Job
 from .loaded import LoadedModel, Turns
-from .model import Vocabulary, default_model_path
+from .model import NotGGUF, Vocabulary, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
 from .reply import OnEnd, OnFailure, Reply
 
@@ -155,7 +155,11 @@ class LocalBackend:
                 self.builders.move_to_end(model_id)
                 return known[1]
             path = default_model_path(self.settings.model_cache) if entry.source == "bundled" else entry.path
-            builder = PromptBuilder(Vocabulary(path))
+            try:
+                builder = PromptBuilder(Vocabulary(path))
+            except NotGGUF as exc:  # its load would fail the same way: its replies fail at once, later ones get 503
+                self.failures[model_id] = (entry, str(exc))
+                raise
             self.builders[model_id] = (entry, builder)
             while len(self.builders) > max(BUILDERS_KEPT, self.settings.models_loaded):
                 self.builders.popitem(last=False)
