@@ -5,18 +5,20 @@ counts are needed (llama_cpp.server reports none in a stream), chatapi's own /v1
 The replies are saved by the same code as the local backend's (chatapi/replies.py save_reply), tested on both
 databases there: these run on SQLite only (conftest.SQLITE_ONLY)."""
 
+import json
 import os
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
 
 from chatapi import create_app
 from chatapi.llm.model import default_model_path
-from chatapi.llm.prompt import LAYOUTS, Message, chat_messages
-from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend
+from chatapi.llm.prompt import LAYOUTS, ContextLengthExceeded, Message, chat_messages
+from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend, Template, estimate, fit_history
 from chatapi.llm.settings import ModelSettings
 from config import Config
 from tests.support import wait_for
@@ -27,6 +29,25 @@ from tests.support.upstream import LlamaCppServer, SilentServer
 from tests.support.web import web_settings
 
 UPSTREAM_KEY = "upstream-key-" + uuid.uuid4().hex
+SMALL_WINDOW = 512
+# The upstream's models: the bundled GGUF under three names. Their windows are the server's own (it says none of
+# them); in Gemma's turn format the base model answers too.
+MODELS = {
+    "tiny": {"n_ctx": 2048, "chat_format": "chatml"},  # the first: the default
+    "tiny-gemma": {"n_ctx": SMALL_WINDOW, "chat_format": "gemma"},
+    "tiny-256": {"n_ctx": 256, "chat_format": "gemma"},  # a window smaller than chatapi assumes (SMALL_WINDOW)
+}
+# A chat of some 1,300 tokens, longer than SMALL_WINDOW: ten questions and their answers, and a last question.
+LONG_CHAT = tuple(
+    text
+    for i in range(10)
+    for text in (
+        f"Question {i}: tell me about volcano number {i}, its eruptions and the towns around it.",
+        f"Answer {i}: volcano number {i} erupted {i + 2} times in the last century; ash covered the towns around "
+        f"it, and the people of the valley moved to the coast after the eruption of {1900 + i * 7}.",
+    )
+) + ("Which of them erupted most often?",)
+REFUSED = '"POST /v1/chat/completions HTTP/1.1" 400'  # the upstream refused a prompt (its log's line)
 VOLCANO = "How often does the Zorblax volcano erupt?"
 
 
@@ -39,15 +60,33 @@ def health(base: str) -> requests.Response:
     return requests.get(f"{base}/health", timeout=30)
 
 
+class LlamaCppRouter(LlamaCppServer):
+    """llama_cpp.server serving one GGUF under several names (`models`: name -> its settings), from a config file
+    (whose port and API key its command line's give way to). It loads one model at a time, swapping on demand."""
+
+    def __init__(self, log_path: Path, model: str, models: dict[str, dict], api_key: str):
+        port, threads = free_port(), os.cpu_count() or 1
+        config = {
+            **{"host": "127.0.0.1", "port": port, "api_key": api_key, "interrupt_requests": False},
+            "models": [
+                {"model": model, "model_alias": name, "n_threads": threads, "n_threads_batch": threads, **settings}
+                for name, settings in models.items()
+            ],
+        }
+        config_path = log_path.with_suffix(".json")
+        config_path.write_text(json.dumps(config))
+        super().__init__(log_path, model, 0, threads, "--config_file", str(config_path), "--api_key", api_key)
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    """llama_cpp.server on the bundled GGUF with an API key; it serves one request at a time, and a new one waits
-    rather than cutting the running one short (--interrupt_requests False). The GGUF has no chat template, and in
-    the server's fallback format (llama-2) the base model answers nothing: ChatML it continues."""
+    """llama_cpp.server on the bundled GGUF with an API key, as MODELS; it serves one request at a time, and a new
+    one waits rather than cutting the running one short (interrupt_requests False). The GGUF has no chat template,
+    and in the server's fallback format (llama-2) the base model answers nothing: ChatML it continues."""
     model = os.environ.get("CHATAPI_MODEL_PATH") or default_model_path(ROOT / "instance" / "models")
     log = tmp_path_factory.mktemp("upstream") / "llama_cpp_server.log"
-    options = ("--api_key", UPSTREAM_KEY, "--interrupt_requests", "False", "--chat_format", "chatml")
-    with LlamaCppServer(log, str(model), 2048, os.cpu_count() or 1, *options) as server:
+    with LlamaCppRouter(log, str(model), MODELS, UPSTREAM_KEY) as server:
         yield server
 
 
@@ -57,6 +96,21 @@ def remote_server(app, database_url, upstream, web, tmp_path_factory):
     settings = remote(f"{upstream.url}/v1", CHATAPI_LLM_API_KEY=UPSTREAM_KEY, CHATAPI_N_CTX="2048")
     log = tmp_path_factory.mktemp("remote") / "gunicorn.log"
     server = Server(database_url, log, **settings, **web_settings(web))
+    yield server.wait_until_up()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def small_server(app, database_url, upstream, tmp_path_factory):
+    """chatapi on the upstream's tiny-gemma by default, assuming a window of SMALL_WINDOW tokens for the models
+    whose window the upstream does not say (llama_cpp.server says none)."""
+    settings = remote(
+        f"{upstream.url}/v1",
+        CHATAPI_LLM_API_KEY=UPSTREAM_KEY,
+        CHATAPI_LLM_MODEL="tiny-gemma",
+        CHATAPI_LLM_N_CTX=str(SMALL_WINDOW),
+    )
+    server = Server(database_url, tmp_path_factory.mktemp("small") / "gunicorn.log", **settings)
     yield server.wait_until_up()
     server.stop()
 
@@ -283,3 +337,167 @@ def test_a_model_servers_user_and_password_are_never_shown():
     described = backend.describe()
     assert described["status"] == "unavailable" and described["url"] == url.replace("someone:secret-password@", "")
     assert "secret-password" not in described["reason"] and "someone" not in described["reason"]
+
+
+def upstream_post(upstream, path: str, body: dict) -> dict:
+    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    response = requests.post(f"{upstream.url}{path}", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def openai_messages(texts) -> list[dict]:
+    """Texts as OpenAI's messages, a user's first, alternating."""
+    return [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(texts)]
+
+
+def test_a_chat_longer_than_the_model_servers_window_is_trimmed_to_fit(small_server, upstream, client):
+    base = small_server.url
+    refused = upstream.output().count(REFUSED)
+    chat_id = new_chat(base, *LONG_CHAT)
+    events = read_events(infer(base, chat_id, "max_tokens=8&temperature=0"))
+    assert [e["event"] for e in events][-1] == "done", events[-1]
+    truncated = events[0]["data"]["truncated"]
+    assert 0 < truncated < len(LONG_CHAT) - 1
+    assert history(base, chat_id)[-1]["message"] == pieces(events).strip()
+    assert upstream.output().count(REFUSED) == refused  # the upstream never saw a prompt too long for it
+
+    # The oldest messages went (a whole number of them, the latest question kept): what was sent fits the window
+    # beside max_tokens, by the upstream's own count, and not by a wide margin.
+    kept = openai_messages(LONG_CHAT)[truncated:]
+    sent = upstream_post(upstream, "/v1/chat/completions", {"model": "tiny-gemma", "messages": kept, "max_tokens": 1})
+    assert SMALL_WINDOW * 3 // 4 < sent["usage"]["prompt_tokens"] <= SMALL_WINDOW - 8
+
+
+def test_the_openai_api_refuses_messages_longer_than_the_window_before_the_model_server_sees_them(
+    small_server, upstream, client
+):
+    refused = upstream.output().count(REFUSED)
+    ask = {"model": "tiny-gemma", "messages": openai_messages(LONG_CHAT), "max_tokens": 8}
+    response = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert f"maximum context length is {SMALL_WINDOW} tokens" in error["message"]
+    assert upstream.output().count(REFUSED) == refused
+
+
+def test_a_window_the_model_server_names_in_its_error_is_learned(small_server, upstream, client):
+    """tiny-256's window is smaller than chatapi assumes: the upstream refuses the first prompt, and says its
+    window; the next request is fitted to that one, and chatapi refuses it itself."""
+    ask = {"model": "tiny-256", "messages": openai_messages(LONG_CHAT[-7:]), "max_tokens": 8}  # ~300 tokens
+    refused = upstream.output().count(REFUSED)
+    first = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
+    assert first.status_code >= 500 and upstream.output().count(REFUSED) == refused + 1, first.text
+    second = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
+    assert second.status_code == 400 and second.json()["error"]["code"] == "context_length_exceeded"
+    assert "maximum context length is 256 tokens" in second.json()["error"]["message"]
+    assert upstream.output().count(REFUSED) == refused + 1
+    # The chat API's replies on it are trimmed to the learned window.
+    chat_id = new_chat(small_server.url, *LONG_CHAT)
+    events = read_events(infer(small_server.url, chat_id, "max_tokens=8&temperature=0&model=tiny-256"))
+    assert events[-1]["event"] == "done" and events[0]["data"]["truncated"] > 0, events[-1]
+    assert upstream.output().count(REFUSED) == refused + 1
+
+
+def test_the_model_servers_models_are_listed(small_server, upstream, client):
+    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    upstream_ids = [
+        m["id"] for m in requests.get(f"{upstream.url}/v1/models", headers=headers, timeout=10).json()["data"]
+    ]
+    assert upstream_ids == list(MODELS)
+    listed = requests.get(f"{small_server.url}/v1/models", timeout=10).json()["data"]
+    assert [m["id"] for m in listed] == upstream_ids
+    assert requests.get(f"{small_server.url}/v1/models/tiny", timeout=10).json()["id"] == "tiny"
+    assert requests.get(f"{small_server.url}/v1/models/nope", timeout=10).status_code == 404
+
+    models = requests.get(f"{small_server.url}/models", timeout=10).json()
+    assert [m["id"] for m in models] == upstream_ids
+    assert [m["default"] for m in models] == [False, True, False]  # CHATAPI_LLM_MODEL
+    assert {m["source"] for m in models} == {"remote"}
+    # What llama_cpp.server does not say is null, never a guess.
+    assert {(m["size"], m["quantization"], m["chat_template"], m["loaded"]) for m in models} == {(None,) * 4}
+
+
+def test_the_openai_api_routes_by_model_and_refuses_one_the_model_server_does_not_list(small_server, upstream, client):
+    ask = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
+    texts = {}
+    for name in ("tiny", "tiny-gemma"):
+        through = requests.post(f"{small_server.url}/v1/chat/completions", json={**ask, "model": name}, timeout=60)
+        assert through.status_code == 200, through.text
+        assert through.json()["model"] == name
+        texts[name] = through.json()["choices"][0]["message"]["content"]
+        direct = upstream_post(upstream, "/v1/chat/completions", {**ask, "model": name})
+        assert texts[name] == direct["choices"][0]["message"]["content"]
+    assert texts["tiny"] != texts["tiny-gemma"]  # the two models answer apart: the comparison can fail
+
+    unknown = requests.post(f"{small_server.url}/v1/chat/completions", json={**ask, "model": "nope"}, timeout=60)
+    assert unknown.status_code == 404
+    error = unknown.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model" and "nope" in error["message"]
+
+
+def test_the_chat_api_routes_a_reply_by_model(small_server, upstream, client):
+    base = small_server.url
+    chat_id = new_chat(base, QUESTION)
+    events = read_events(infer(base, chat_id, "max_tokens=8&temperature=0&model=tiny"))
+    assert events[0]["data"]["model"] == "tiny" and events[-1]["event"] == "done"
+    assert history(base, chat_id)[-1]["model"] == "tiny"
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
+    direct = upstream_post(upstream, "/v1/chat/completions", ask)
+    assert pieces(events).strip() == direct["choices"][0]["message"]["content"].strip()
+    assert requests.get(infer(base, chat_id, "model=nope"), timeout=10).status_code == 422
+
+
+def test_fit_history_keeps_what_the_local_prompt_builder_keeps():
+    template = Template(fixed=3, per_message=2, system=1)
+    messages = [Message(role, f"{role} {i} " + "word " * 8) for i, role in enumerate(["Human", "Assistant"] * 3)]
+    history = [*messages, Message("Human", "last question")]  # ten words each, then two
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    def size(system: str, kept: list[Message]) -> int:
+        return template.cost(words, system, [m.text for m in kept])
+
+    whole = size("Be brief.", history)
+    assert fit_history("Be brief.", history, whole, True, words, template) == ("Be brief.", history, 0)
+    # One token short: the oldest message goes; then the next oldest, a message at a time.
+    assert fit_history("Be brief.", history, whole - 1, True, words, template) == ("Be brief.", history[1:], 1)
+    assert fit_history("Be brief.", history, size("Be brief.", history[3:]), False, words, template)[2] == 3
+    # The latest Human message and the last one stay, on either side of which the oldest go.
+    answered = [*history, Message("Assistant", "an answer " * 5)]
+    kept = fit_history("", answered, size("", [answered[-3], *answered[-2:]]), True, words, template)
+    assert kept == ("", answered[-3:], len(answered) - 3)
+    # What must stay does not fit: an error without `cut`, else cut texts (their ends kept) and a cut system
+    # prompt (its beginning kept).
+    budget = size("", history[-1:]) + 1
+    with pytest.raises(ContextLengthExceeded) as refused:
+        fit_history("You are a guide. " * 10, history, budget + 5, False, words, template)
+    assert refused.value.needed == size("You are a guide. " * 10, history[-1:]) and refused.value.budget == budget + 5
+    long = [Message("Human", " ".join(f"w{i}" for i in range(200)))]
+    system, kept, truncated = fit_history("Be brief and kind. " * 20, long, 80, True, words, template)
+    assert system.startswith("Be brief and kind.") and system.endswith(" …") and words(system) < 40
+    assert kept[0].text.startswith("… ") and kept[0].text.endswith("w199") and truncated == 2
+    assert size(system, kept) <= 80
+
+
+def test_the_estimate_counts_more_tokens_than_the_model_servers_tokenizer(upstream):
+    texts = [
+        QUESTION,
+        "def fit(history: list[Message], budget: int) -> list[Message]:\n    return history[-budget:]",
+        "東京は日本の首都です。富士山は高い山です。",
+        "Москва — столица России, крупнейший город страны.",
+        "🌋🌋 Zorblax! ¿Qué pasa? 1900-2024: 124 years.",
+        "a, b; c. d! e? f: g (h) [i] {j} <k> 'l' \"m\" n-o p/q",
+        "Ünïcödé façade naïve résumé Ærøskøbing Łódź",
+        "0.5 + 1.25 = 1.75; 2^10 = 1024; 3.14159265358979",
+        "    if x:\n        return {'a': [1, 2, 3]}\n    else:\n        pass\n",
+        "Als Gregor Samsa eines Morgens aus unruhigen Träumen erwachte, fand er sich in seinem Bett.",
+        "北京是中国的首都，也是一座历史悠久的城市。",
+        "서울은 대한민국의 수도입니다.",
+        "مرحبا بك في القاهرة، عاصمة مصر.",
+    ]
+    for text in texts:
+        tokens = upstream_post(upstream, "/extras/tokenize", {"input": text})["tokens"]
+        assert estimate(text) >= len(tokens) - 1, text  # less its BOS

@@ -31,9 +31,11 @@ HEALTH_SECONDS = 5  # /health waits this long for the server at most
 MODELS_SECONDS = 30  # the server's model list is read again when it is older than this
 MAX_MODELS = 1000  # models of the list kept (and listed) at most
 COUNTS_KEPT = 4096  # token counts of texts remembered at most
-BYTES_PER_TOKEN = 2.5  # a text's tokens estimated where the server cannot count them (see estimate)
+BYTES_PER_TOKEN = 2.5  # of words' UTF-8, where the server cannot count a text's tokens (see estimate)
 SLACK = 2  # tokens more per message than counted alone (see fit_history)
 MORE = " …"  # ends a system prompt cut short
+WORD = re.compile(r"[^\W\d_]+")  # a run of letters
+LONE_SPACE = re.compile(r"\s(?![^\W\d_])")  # a space, tab or line break not followed by a letter
 WINDOW_FIELDS = ("max_model_len", "context_length", "context_window", "n_ctx")
 NO_USAGE = "the model server reported no token counts"
 STOPPED_USAGE = "stopped before the model server reported its token counts"
@@ -558,11 +560,18 @@ class Tokenizer:
 
 
 def estimate(text: str) -> int:
-    """A text's tokens where the server cannot count them, on the high side: one per BYTES_PER_TOKEN bytes of
-    UTF-8. The tokenizers of today's models take 4 or more bytes a token on English, 3 or more on code and ~3 on
-    Chinese or Japanese (3 bytes a character, about a character a token): over-counting cuts a little more history
-    than needed, where under-counting would send a prompt the server refuses."""
-    return math.ceil(len(text.encode()) / BYTES_PER_TOKEN)
+    """A text's tokens where the server cannot count them, on the high side: a token for each digit, mark
+    (punctuation, symbol, emoji) and space that does not lead a word, which many tokenizers (Gemma's, Llama 2's,
+    Mistral's) take one by one; and for each word, one for each BYTES_PER_TOKEN bytes of its UTF-8, at least one,
+    where today's tokenizers take 4 or more bytes a token on English words, 3 or more on Cyrillic and about 3 on
+    Chinese or Japanese (a character a token). Over-counting leaves out a little more history than needed;
+    under-counting would send a prompt the server refuses."""
+    singles = sum(1 for c in text if c.isdigit() or not (c.isalnum() or c.isspace()))
+    return (
+        singles
+        + len(LONE_SPACE.findall(text))
+        + sum(math.ceil(len(w.encode()) / BYTES_PER_TOKEN) for w in WORD.findall(text))
+    )
 
 
 def fit_history(
