@@ -16,13 +16,14 @@ import pytest
 import requests
 
 from chatapi import create_app
+from chatapi.llm.catalog import UnknownModel
 from chatapi.llm.model import default_model_path
 from chatapi.llm.prompt import LAYOUTS, ContextLengthExceeded, Message, chat_messages
 from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend, Template, estimate, fit_history
 from chatapi.llm.settings import ModelSettings
 from config import Config
 from tests.support import wait_for
-from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat, pieces
+from tests.support.chats import ENDLESS, QUESTION, add_message, history, infer, new_chat, pieces
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server, free_port
 from tests.support.sse import EventStream, read_events, read_events_acting
 from tests.support.upstream import LlamaCppServer, SilentServer
@@ -146,7 +147,8 @@ def test_a_reply_streams_from_the_model_server_and_is_saved(remote_server, upstr
     assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"message"}, kinds
     message_id = events[0]["data"]["message_id"]
     assert [e["id"] for e in events] == [f"{message_id}.{i}" for i in range(len(events))]
-    assert events[0]["data"] == {"chat_id": chat_id, "message_id": message_id, "mode": "local", "truncated": 0}
+    start = {"chat_id": chat_id, "message_id": message_id, "mode": "local", "model": "tiny", "truncated": 0}
+    assert events[0]["data"] == start
     done = events[-1]["data"]
     assert done["finish_reason"] == "length"  # max_tokens reached the server
     assert done["message"]["id"] == message_id and done["message"]["message"] == pieces(events).strip()
@@ -177,11 +179,11 @@ def test_the_usage_is_the_model_servers_and_the_options_reach_it(counting_pair, 
 
 def test_the_openai_api_works_on_the_remote_backend_with_stop_strings(counting_pair, client):
     front, local = counting_pair
-    ask = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24}
+    model = requests.get(f"{local.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    ask = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 24}
     plain = requests.post(f"{front.url}/v1/chat/completions", json=ask, timeout=60).json()
     text = plain["choices"][0]["message"]["content"]
-    assert text and plain["usage"]["completion_tokens"] > 0
-    assert plain["model"] == requests.get(f"{local.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    assert text and plain["usage"]["completion_tokens"] > 0 and plain["model"] == model
     stop = text.split()[1]  # the second word: the answer stops before it
     stopped = requests.post(f"{front.url}/v1/chat/completions", json={**ask, "stop": [stop]}, timeout=60).json()
     assert stopped["choices"][0]["message"]["content"].strip() == text[: text.index(stop)].strip()
@@ -369,11 +371,12 @@ def test_a_chat_longer_than_the_model_servers_window_is_trimmed_to_fit(small_ser
     assert SMALL_WINDOW * 3 // 4 < sent["usage"]["prompt_tokens"] <= SMALL_WINDOW - 8
 
 
-def test_the_openai_api_refuses_messages_longer_than_the_window_before_the_model_server_sees_them(
+def test_the_openai_api_refuses_a_message_longer_than_the_window_before_the_model_server_sees_it(
     small_server, upstream, client
 ):
     refused = upstream.output().count(REFUSED)
-    ask = {"model": "tiny-gemma", "messages": openai_messages(LONG_CHAT), "max_tokens": 8}
+    messages = openai_messages([*LONG_CHAT[:-1], "Which volcano? " * 200])  # the last message alone is too long
+    ask = {"model": "tiny-gemma", "messages": messages, "max_tokens": 8}
     response = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -382,70 +385,73 @@ def test_the_openai_api_refuses_messages_longer_than_the_window_before_the_model
     assert upstream.output().count(REFUSED) == refused
 
 
-def test_a_window_the_model_server_names_in_its_error_is_learned(small_server, upstream, client):
-    """tiny-256's window is smaller than chatapi assumes: the upstream refuses the first prompt, and says its
-    window; the next request is fitted to that one, and chatapi refuses it itself."""
-    ask = {"model": "tiny-256", "messages": openai_messages(LONG_CHAT[-7:]), "max_tokens": 8}  # ~300 tokens
+def test_the_openai_api_routes_by_model_and_learns_a_window_the_model_server_names(small_server, upstream, client):
+    """The same messages (~430 tokens) to three models: tiny's window takes them; tiny-256's, smaller than chatapi
+    assumes, does not: the upstream refuses them and names its window, to which the next request is fitted. A
+    model the upstream does not list is OpenAI's 404."""
+    base = small_server.url
+    ask = {"messages": openai_messages(LONG_CHAT[-13:]), "max_tokens": 8, "temperature": 0}
     refused = upstream.output().count(REFUSED)
-    first = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
-    assert first.status_code >= 500 and upstream.output().count(REFUSED) == refused + 1, first.text
-    second = requests.post(f"{small_server.url}/v1/chat/completions", json=ask, timeout=60)
-    assert second.status_code == 400 and second.json()["error"]["code"] == "context_length_exceeded"
-    assert "maximum context length is 256 tokens" in second.json()["error"]["message"]
+    tiny = requests.post(f"{base}/v1/chat/completions", json={**ask, "model": "tiny"}, timeout=60)
+    assert tiny.status_code == 200 and tiny.json()["model"] == "tiny", tiny.text
+    assert upstream.output().count(REFUSED) == refused
+    first = requests.post(f"{base}/v1/chat/completions", json={**ask, "model": "tiny-256"}, timeout=60)
+    assert first.status_code == 502 and upstream.output().count(REFUSED) == refused + 1, first.text
+    again = requests.post(f"{base}/v1/chat/completions", json={**ask, "model": "tiny-256"}, timeout=60)
+    assert again.status_code == 200 and again.json()["model"] == "tiny-256", again.text
+    assert upstream.output().count(REFUSED) == refused + 1  # fitted to 256 tokens, older messages left out
+    # The chat API's replies on it are trimmed to the learned window too.
+    chat_id = new_chat(base, *LONG_CHAT)
+    events = read_events(infer(base, chat_id, "max_tokens=8&temperature=0&model=tiny-256"))
+    assert events[-1]["event"] == "done" and events[0]["data"]["model"] == "tiny-256", events[-1]
+    assert events[0]["data"]["truncated"] > len(LONG_CHAT) // 2
     assert upstream.output().count(REFUSED) == refused + 1
-    # The chat API's replies on it are trimmed to the learned window.
-    chat_id = new_chat(small_server.url, *LONG_CHAT)
-    events = read_events(infer(small_server.url, chat_id, "max_tokens=8&temperature=0&model=tiny-256"))
-    assert events[-1]["event"] == "done" and events[0]["data"]["truncated"] > 0, events[-1]
-    assert upstream.output().count(REFUSED) == refused + 1
 
-
-def test_the_model_servers_models_are_listed(small_server, upstream, client):
-    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
-    upstream_ids = [
-        m["id"] for m in requests.get(f"{upstream.url}/v1/models", headers=headers, timeout=10).json()["data"]
-    ]
-    assert upstream_ids == list(MODELS)
-    listed = requests.get(f"{small_server.url}/v1/models", timeout=10).json()["data"]
-    assert [m["id"] for m in listed] == upstream_ids
-    assert requests.get(f"{small_server.url}/v1/models/tiny", timeout=10).json()["id"] == "tiny"
-    assert requests.get(f"{small_server.url}/v1/models/nope", timeout=10).status_code == 404
-
-    models = requests.get(f"{small_server.url}/models", timeout=10).json()
-    assert [m["id"] for m in models] == upstream_ids
-    assert [m["default"] for m in models] == [False, True, False]  # CHATAPI_LLM_MODEL
-    assert {m["source"] for m in models} == {"remote"}
-    # What llama_cpp.server does not say is null, never a guess.
-    assert {(m["size"], m["quantization"], m["chat_template"], m["loaded"]) for m in models} == {(None,) * 4}
-
-
-def test_the_openai_api_routes_by_model_and_refuses_one_the_model_server_does_not_list(small_server, upstream, client):
-    ask = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
-    texts = {}
-    for name in ("tiny", "tiny-gemma"):
-        through = requests.post(f"{small_server.url}/v1/chat/completions", json={**ask, "model": name}, timeout=60)
-        assert through.status_code == 200, through.text
-        assert through.json()["model"] == name
-        texts[name] = through.json()["choices"][0]["message"]["content"]
-        direct = upstream_post(upstream, "/v1/chat/completions", {**ask, "model": name})
-        assert texts[name] == direct["choices"][0]["message"]["content"]
-    assert texts["tiny"] != texts["tiny-gemma"]  # the two models answer apart: the comparison can fail
-
-    unknown = requests.post(f"{small_server.url}/v1/chat/completions", json={**ask, "model": "nope"}, timeout=60)
+    unknown = requests.post(f"{base}/v1/chat/completions", json={**ask, "model": "nope"}, timeout=60)
     assert unknown.status_code == 404
     error = unknown.json()["error"]
     assert error["code"] == "model_not_found" and error["param"] == "model" and "nope" in error["message"]
 
 
+def test_the_model_servers_models_are_listed(small_server, upstream, client):
+    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}"}
+    models = requests.get(f"{upstream.url}/v1/models", headers=headers, timeout=10).json()["data"]
+    assert [m["id"] for m in models] == list(MODELS)
+    listed = requests.get(f"{small_server.url}/v1/models", timeout=10).json()["data"]
+    assert [m["id"] for m in listed] == list(MODELS)
+    assert requests.get(f"{small_server.url}/v1/models/tiny-256", timeout=10).json()["id"] == "tiny-256"
+    assert requests.get(f"{small_server.url}/v1/models/nope", timeout=10).status_code == 404
+
+    # The service's listing (GET /models): CHATAPI_LLM_MODEL the default, what llama_cpp.server does not say null.
+    config = {name: getattr(Config, name) for name in dir(Config) if name.isupper()}
+    config.update(
+        CHATAPI_LLM_BACKEND="openai",
+        CHATAPI_LLM_URL=f"{upstream.url}/v1",
+        CHATAPI_LLM_API_KEY=UPSTREAM_KEY,
+        CHATAPI_LLM_MODEL="tiny-gemma",
+    )
+    backend = RemoteBackend(ModelSettings.from_config(config, "unused"), on_end=None, on_failure=None)
+    listing = backend.listing()
+    assert [m["id"] for m in listing] == list(MODELS)
+    assert [m["default"] for m in listing] == [False, True, False]
+    unknown = ("size", "quantization", "architecture", "context_length", "chat_template", "loaded", "repo")
+    assert {m["source"] for m in listing} == {"remote"}
+    assert {m[field] for m in listing for field in unknown} == {None}
+    assert backend.resolve(None) == "tiny-gemma" and backend.resolve("tiny") == "tiny"
+    with pytest.raises(UnknownModel):
+        backend.resolve("nope")
+
+
 def test_the_chat_api_routes_a_reply_by_model(small_server, upstream, client):
     base = small_server.url
     chat_id = new_chat(base, QUESTION)
-    events = read_events(infer(base, chat_id, "max_tokens=8&temperature=0&model=tiny"))
+    events = read_events(infer(base, chat_id, "max_tokens=4&temperature=0&model=tiny"))
     assert events[0]["data"]["model"] == "tiny" and events[-1]["event"] == "done"
     assert history(base, chat_id)[-1]["model"] == "tiny"
-    ask = {"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
-    direct = upstream_post(upstream, "/v1/chat/completions", ask)
-    assert pieces(events).strip() == direct["choices"][0]["message"]["content"].strip()
+    add_message(base, chat_id, QUESTION)
+    events = read_events(infer(base, chat_id, "max_tokens=4&temperature=0"))
+    assert events[0]["data"]["model"] == "tiny-gemma"  # the server's default (CHATAPI_LLM_MODEL)
+    assert history(base, chat_id)[-1]["model"] == "tiny-gemma"
     assert requests.get(infer(base, chat_id, "model=nope"), timeout=10).status_code == 422
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class RemoteBackend:
         self.status = "ok"  # replies are taken at once: a server that fails one ends it with an error event
         self.error: str | None = None
         self.session = requests.Session()  # keeps connections to the server open between replies
+        self.hub_thread = threading.get_ident()  # the thread of the server's event loop, which makes the backend
         self.streaming: dict[Reply, gevent.Greenlet] = {}  # the greenlets reading a response, to close it
         # When the server last sent something (a reply's data, its model list): /health takes that as an answer.
         self.heard_at: float | None = None
@@ -90,6 +92,14 @@ class RemoteBackend:
     def load(self) -> None:
         """Nothing to load: the server holds the models."""
 
+    def readiness(self, model_id: str | None) -> str:
+        """Always "ok": the server loads its models as it sees fit, and a reply it cannot serve ends with its
+        error."""
+        return "ok"
+
+    def forget_model(self, model_id: str) -> None:
+        """Nothing to unload: the server's models are its own (there is no catalog here to remove one from)."""
+
     def failure(self, problem: str, said: str = "", public: str | None = None) -> UpstreamError:
         """UpstreamError: "the model server at URL <problem><said>", and without the URL and `said` (the server's or
         the system's words) for clients, unless `public` is given."""
@@ -104,9 +114,10 @@ class RemoteBackend:
         or is empty."""
         try:
             response = self.session.get(f"{self.url}/models", headers=self.headers, timeout=timeout)
-        except requests.Timeout:
-            raise self.failure(f"did not answer within {timeout:g} s") from None
         except requests.RequestException as exc:
+            self.silent_until = time.monotonic() + HEALTH_SECONDS  # see side_request
+            if isinstance(exc, requests.Timeout):
+                raise self.failure(f"did not answer within {timeout:g} s") from None
             raise self.failure("cannot be reached", f": {reason(exc)}") from None
         if response.status_code != 200:
             raise self.failure(
@@ -253,10 +264,11 @@ class RemoteBackend:
         if time.monotonic() < self.silent_until:
             return None, None
         url = f"{self.url}{path[3:]}" if path.startswith("/v1/") else f"{self.root}{path}"
+        # The session's connections belong to the hub's thread; internet mode sizes its sources in another
+        # (chatapi/web/research.py), whose requests take connections of their own.
+        http = self.session if threading.get_ident() == self.hub_thread else requests
         try:
-            response = self.session.request(
-                method, url, headers=self.headers, timeout=self.settings.llm_timeout, **kwargs
-            )
+            response = http.request(method, url, headers=self.headers, timeout=self.settings.llm_timeout, **kwargs)
         except requests.RequestException as exc:
             log.warning("the model server at %s did not answer %s %s: %s", self.shown_url, method, path, reason(exc))
             self.silent_until = time.monotonic() + HEALTH_SECONDS
@@ -412,10 +424,7 @@ class RemoteBackend:
         url = f"{self.url}/chat/completions"
         with self.session.post(url, json=body, headers=self.headers, stream=True, timeout=timeout) as response:
             if response.status_code != 200:
-                self.learn_window(model_id, response)
-                raise self.failure(
-                    f"answered {answer(response)}", public=f"the model server answered {response.status_code}"
-                )
+                raise self.refused(model_id, response)
             for line in response.iter_lines(chunk_size=None):
                 self.heard_at = time.monotonic()
                 if not line.startswith(b"data:"):
@@ -426,6 +435,7 @@ class RemoteBackend:
                 chunk = json.loads(data)
                 if chunk.get("error"):
                     error = chunk["error"]
+                    self.learn_window(model_id, error)
                     said = error.get("message") if isinstance(error, dict) else error
                     raise self.failure("failed", f": {said}")
                 progress["usage"] = chunk.get("usage") or progress["usage"]
@@ -437,16 +447,34 @@ class RemoteBackend:
                     if choice.get("finish_reason"):
                         progress["finish_reason"] = FINISH_REASONS.get(choice["finish_reason"], "stop")
         if progress["finish_reason"] is None:
+            if progress["first_token"] is None:
+                self.ask_why(model_id, body)
             raise self.failure("ended the stream before the reply's end")
 
-    def learn_window(self, model_id: str, response: requests.Response) -> None:
+    def ask_why(self, model_id: str, body: dict) -> None:
+        """A stream that ended before any text: llama-cpp-python's server ends so the stream of a prompt longer
+        than the model's window, and says so (and the window) only to a request that does not stream. Asked so,
+        for one token, its error is raised (and the window learned); nothing when it answers."""
+        probe = {**body, "stream": False, "max_tokens": 1}
+        probe.pop("stream_options")
+        url = f"{self.url}/chat/completions"
+        # On a connection of its own: the server has just broken the stream's, which the session would reuse.
+        response = requests.post(url, json=probe, headers=self.headers, timeout=self.settings.llm_timeout)
+        if response.status_code != 200:
+            raise self.refused(model_id, response)
+
+    def refused(self, model_id: str, response: requests.Response) -> UpstreamError:
+        """The server's error answer to a reply's request, the window it names learned."""
+        try:
+            self.learn_window(model_id, response.json().get("error"))
+        except (ValueError, AttributeError):
+            pass
+        return self.failure(f"answered {answer(response)}", public=f"the model server answered {response.status_code}")
+
+    def learn_window(self, model_id: str, error) -> None:
         """A prompt the server found too long for the model's window: the window its error names is the one
         the next prompts are fitted to (llama-server's `n_ctx`; vLLM's and llama-cpp-python's "maximum context
         length is N tokens", OpenAI's words)."""
-        try:
-            error = response.json().get("error")
-        except (ValueError, AttributeError):
-            return
         if not isinstance(error, dict):
             return
         said = re.search(r"maximum context length is (\d+) tokens", str(error.get("message")))
