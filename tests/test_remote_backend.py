@@ -8,8 +8,10 @@ databases there: these run on SQLite only (conftest.SQLITE_ONLY)."""
 import json
 import os
 import re
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -507,3 +509,93 @@ def test_the_estimate_counts_more_tokens_than_the_model_servers_tokenizer(upstre
     for text in texts:
         tokens = upstream_post(upstream, "/extras/tokenize", {"input": text})["tokens"]
         assert estimate(text) >= len(tokens) - 1, text  # less its BOS
+
+
+class FakeModelServer:
+    """An OpenAI-compatible server on 127.0.0.1 that answers as llama-server or vLLM say a model's window and count
+    tokens (a word a token, whatever its chat template adds: FAKE_TEMPLATE): llama-server in /props and POST
+    /tokenize {"content"}, vLLM in /v1/models' max_model_len and POST /tokenize {"prompt"}. Its one model is "m",
+    of FAKE_WINDOW tokens; `prompts` holds the messages of each reply asked for."""
+
+    def __init__(self, flavor: str):
+        self.flavor = flavor
+        self.prompts: list[list[dict]] = []
+        handler = type("Handler", (FakeModelHandler,), {"fake": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def prompt_tokens(messages: list[dict]) -> int:
+        return FAKE_TEMPLATE.fixed + sum(len(m["content"].split()) + FAKE_TEMPLATE.per_message for m in messages)
+
+
+FAKE_WINDOW = 300
+FAKE_TEMPLATE = Template(fixed=5, per_message=4, system=4)  # a system prompt's turn as any other's
+
+
+class FakeModelHandler(BaseHTTPRequestHandler):
+    fake: FakeModelServer
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def answer(self, status: int, body: dict | None = None, stream: list[dict] | None = None) -> None:
+        data = json.dumps(body).encode() if stream is None else "".join(f"data: {json.dumps(c)}\n\n" for c in stream)
+        data = data if isinstance(data, bytes) else (data + "data: [DONE]\n\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if stream is None else "text/event-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        vllm = self.fake.flavor == "vllm"
+        if self.path == "/v1/models":
+            model = {"id": "m", "max_model_len": FAKE_WINDOW} if vllm else {"id": "m", "meta": {"size": 1234}}
+            return self.answer(200, {"object": "list", "data": [model]})
+        if self.path.startswith("/props") and not vllm:
+            return self.answer(200, {"default_generation_settings": {"n_ctx": FAKE_WINDOW}})
+        self.answer(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body.get("prompt" if self.fake.flavor == "vllm" else "content")
+        if self.path == "/tokenize" and text is not None:
+            return self.answer(200, {"tokens": list(range(len(text.split()))), "max_model_len": FAKE_WINDOW})
+        if self.path == "/v1/chat/completions" and body.get("stream"):
+            self.fake.prompts.append(body["messages"])
+            return self.answer(200, stream=[{"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}])
+        if self.path == "/v1/chat/completions":
+            usage = {"prompt_tokens": self.fake.prompt_tokens(body["messages"]), "completion_tokens": 1}
+            return self.answer(200, {"choices": [{"message": {"content": "ok"}}], "usage": usage})
+        self.answer(404 if self.path != "/tokenize" else 400, {"error": "no"})
+
+
+@pytest.mark.parametrize("flavor", ["llama-server", "vllm"])
+def test_the_window_and_token_counts_of_llama_server_and_vllm_are_theirs(flavor):
+    fake = FakeModelServer(flavor)
+    try:
+        config = {name: getattr(Config, name) for name in dir(Config) if name.isupper()}
+        config.update(CHATAPI_LLM_BACKEND="openai", CHATAPI_LLM_URL=f"{fake.url}/v1", CHATAPI_LLM_N_CTX=4096)
+        backend = RemoteBackend(ModelSettings.from_config(config, "unused"), on_end=None, on_failure=None)
+        assert backend.resolve(None) == "m" and backend.context_window("m") == FAKE_WINDOW
+        assert backend.count_tokens("m", ["one two three", "four"]) == [3, 1]
+        assert backend.template("m") == FAKE_TEMPLATE  # measured from the usage of three tiny chats
+        listed = backend.listing()[0]
+        assert (listed["context_length"], listed["size"]) == (FAKE_WINDOW, None if flavor == "vllm" else 1234)
+
+        texts = [f"message {i}" + " word" * 38 for i in range(12)] + ["the last question?"]
+        history = [Message(("Human", "Assistant")[i % 2], text) for i, text in enumerate(texts)]
+        prompt = backend.build("m", "Be brief.", history, FAKE_WINDOW - 20)
+        sent = fake.prompt_tokens(prompt.messages)
+        # Whole messages left out, the oldest first: what is kept is within the budget by less than one more.
+        assert prompt.messages[1:] == openai_messages(texts)[prompt.truncated :] and prompt.truncated > 0
+        assert FAKE_WINDOW - 20 - 44 < sent <= FAKE_WINDOW - 20
+    finally:
+        fake.close()

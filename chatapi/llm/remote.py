@@ -284,14 +284,15 @@ class RemoteBackend:
 
     def template(self, model_id: str | None) -> "Template":
         """What the model's chat template adds to a prompt, measured once from the server's usage counts
-        (Template.measure), else a conservative guess (DEFAULT_TEMPLATE)."""
+        (Template.measure), else a conservative guess (DEFAULT_TEMPLATE: ChatML's markers take some 5 tokens a
+        message where a tokenizer has them, some 15 spelled out by one that has not; a preamble such as Llama
+        3.1's dates some 30)."""
         if model_id in self.templates:
             return self.templates[model_id]
-        template = Template.measure(self, model_id)
+        template = Template.measure(self, model_id) if self.card(model_id) is not None else None
         if template is None:
-            return DEFAULT_TEMPLATE
-        if self.card(model_id) is not None:
-            self.templates[model_id] = template
+            return DEFAULT_TEMPLATE  # measured again next time: the server may answer then
+        self.templates[model_id] = template  # a listed model's: as many as the list holds
         return template
 
     # Prompts
@@ -504,8 +505,12 @@ class Template:
     def measure(cls, backend: RemoteBackend, model_id: str | None) -> "Template | None":
         """From the prompt tokens the server reports for three tiny chats (a one-token completion each, once per
         model): a user message; a system prompt and a user message; and those with two more messages. None when
-        it reports none."""
+        it reports none, and for a server without a tokenizer route: a hosted API, or a chatapi, which would keep
+        the three chats."""
         if model_id is None:
+            return None
+        text = backend.tokenizer.count(model_id, PROBE_TEXT)
+        if backend.tokenizer.route is None:
             return None
         counted = []
         for chat in PROBE_CHATS:
@@ -513,7 +518,6 @@ class Template:
             if counted[-1] is None:
                 return None
         alone, with_system, longer = counted
-        text = backend.tokenizer.count(model_id, PROBE_TEXT)
         per_message = max(0, math.ceil((longer - with_system) / 2) - text)
         fixed = max(0, alone - per_message - text)
         template = cls(fixed, per_message, system=max(0, with_system - alone - text))
@@ -552,9 +556,11 @@ class Tokenizer:
         if not text:
             return 0
         key = (model_id, hashlib.blake2b(text.encode(), digest_size=16).digest())
-        if key in self.counts:
+        try:
             self.counts.move_to_end(key)
             return self.counts[key]
+        except KeyError:  # not counted yet (or just dropped by internet mode's thread, which counts too)
+            pass
         counted = self.ask(model_id, text)
         if counted is None:
             return estimate(text)  # not remembered: the server may count it next time
@@ -575,7 +581,8 @@ class Tokenizer:
                 if self.route is None:
                     log.info("the model server at %s counts tokens at %s", self.backend.shown_url, path)
                 self.route = route
-                self.backend.remember_window(model_id, number(answered.get("max_model_len")), said="its /tokenize")
+                if number(answered.get("max_model_len")):  # vLLM's
+                    self.backend.remember_window(model_id, answered["max_model_len"], said="its /tokenize")
                 return len(tokens)
             if status not in self.NOT_HERE:
                 return None  # no answer (down, 401, 503), or an odd one: no verdict on the route
