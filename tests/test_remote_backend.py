@@ -1,6 +1,8 @@
 """CHATAPI_LLM_BACKEND=openai: replies streamed from a remote OpenAI-compatible server instead of the model in the
-process. The server is llama-cpp-python's own (`python -m llama_cpp.server`) on the bundled GGUF, and, where token
-counts are needed (llama_cpp.server reports none in a stream), chatapi's own /v1 on the local backend.
+process. The server is llama-cpp-python's own (`python -m llama_cpp.server`) serving the bundled GGUF as three models
+of their own windows, and, where token counts are needed (llama_cpp.server reports none in a stream), chatapi's own
+/v1 on the local backend; llama-server's and vLLM's ways of saying a window and counting tokens are a small server's
+on 127.0.0.1 (FakeModelServer), neither being installed here.
 
 The replies are saved by the same code as the local backend's (chatapi/replies.py save_reply), tested on both
 databases there: these run on SQLite only (conftest.SQLITE_ONLY)."""
