@@ -16,7 +16,8 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, UnknownModel
-from chatapi.llm.local import LocalBackend, Turns
+from chatapi.llm.loaded import Turns
+from chatapi.llm.local import LocalBackend
 from chatapi.llm.model import default_model_path
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer
@@ -202,6 +203,9 @@ def test_the_catalog_lists_the_bundled_model_a_path_and_pulled_ones(tmp_path):
     assert (first.architecture, first.quantization, first.context_length) == ("gemma3", "Q4_K_M", 32768)
     with pytest.raises(UnknownModel):
         catalog.resolve("acme/none:Q4_K_M")
+    # The bundled model's own file named by path is the bundled model: one id, never loaded twice.
+    same = Catalog(tmp_path / "models", default=str(bundled), bundled_dir=bundled.parent)
+    assert [e.id for e in same.entries()] == [BUNDLED_ID] and same.default_id() == BUNDLED_ID
     # Two ids over one file: removing one leaves the file to the other.
     folder = catalog.hub_dir("acme/x")
     folder.mkdir(parents=True)
