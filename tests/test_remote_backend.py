@@ -236,7 +236,9 @@ def test_a_reconnect_with_last_event_id_gets_the_rest(remote_server, client):
 
 def test_internet_mode_puts_the_sources_in_the_model_servers_prompt(remote_server, counting_pair, web, client):
     base = remote_server.url
-    events = read_events(f"{base}/conversations/inference_internet/{new_chat(base, VOLCANO)}?max_tokens=8")
+    events = read_events(
+        f"{base}/conversations/inference_internet/{new_chat(base, VOLCANO)}?max_tokens=8&temperature=0"
+    )
     kinds = [e["event"] for e in events]
     assert kinds[:3] == ["start", "search", "sources"] and kinds[-1] == "done", kinds
     sources = events[2]["data"]["sources"]
