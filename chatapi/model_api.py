@@ -162,7 +162,9 @@ def list_models():
 @bp.response(202, PullStartedSchema, headers={"Location": LOCATION})
 @bp.alt_response(403, description="Only an admin pulls models (once accounts are on).", schema=ErrorSchema)
 @bp.alt_response(
-    409, description="A model has this id, or it is being pulled; or the models are the upstream's.", schema=ErrorSchema
+    409,
+    description="A model has this id, it is being pulled, or 3 pulls are running; or the models are the upstream's.",
+    schema=ErrorSchema,
 )
 def pull_model(args):
     """Pull a GGUF model from Hugging Face (HF_ENDPOINT, HF_TOKEN): `REPO:QUANT` picks the file whose name carries

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .huggingface import (
     PullError,
@@ -44,6 +44,7 @@ from .huggingface import (
 from .llm.catalog import Catalog, ModelEntry, NotGGUF, UnknownModel, owned_paths, read_header
 
 PROGRESS_SECONDS = 0.25  # a pull's state file is written at most this often while it downloads
+MAX_PULLS = 3  # at once: each is a process and a download; more would only share the same bandwidth
 
 
 class Conflict(PullError):
@@ -64,6 +65,11 @@ class PullState:
         self.lock_file = self.file.with_suffix(".lock")
         self.lock_fd = lock_fd  # held: this process may pull
         self.written = 0.0
+
+    @classmethod
+    def at(cls, lock_file: Path) -> "PullState":
+        """The state whose lock file this is."""
+        return cls(lock_file.parent.parent, unquote(lock_file.stem))
 
     def claim(self) -> bool:
         """Take the id's lock, without waiting; False when another process is pulling it. A reader's brief look
@@ -251,8 +257,8 @@ def remove_empty(folder: Path, root: Path) -> None:
 
 
 def claim(catalog: Catalog, source: Source) -> PullState:
-    """The right to pull the source's model, its state written `pulling`; Conflict when a model has its id or
-    another process is pulling it."""
+    """The right to pull the source's model, its state written `pulling`; Conflict when a model has its id, another
+    process is pulling it, or MAX_PULLS pulls are running."""
     if catalog.get(source.id) is not None:
         raise Conflict(f"{source.id} is there already")
     state = PullState(catalog.dir, source.id)
@@ -261,8 +267,17 @@ def claim(catalog: Catalog, source: Source) -> PullState:
     if catalog.get(source.id) is not None:  # a pull of it ended between the two looks
         state.release()
         raise Conflict(f"{source.id} is there already")
+    if running_pulls(catalog.dir) > MAX_PULLS:  # this one counted
+        state.release()
+        raise Conflict(f"{MAX_PULLS} pulls are running: pull {source.id} once one has ended")
     state.write("pulling")
     return state
+
+
+def running_pulls(models_dir: Path) -> int:
+    """How many pulls hold their lock now (in any process)."""
+    locks = (Path(models_dir) / "pulls").glob("*.lock")
+    return sum(PullState.at(lock).running() for lock in locks)
 
 
 def remove(catalog: Catalog, model_id: str) -> ModelEntry:

@@ -304,6 +304,23 @@ def test_one_pull_of_an_id_at_a_time_and_a_dead_one_reads_as_interrupted(tmp_pat
     assert second.claim()
 
 
+def test_a_few_pulls_at_once(catalog):
+    running = [PullState(catalog.dir, f"acme/x{n}-GGUF:Q4_K_M") for n in range(pulls.MAX_PULLS)]
+    assert all(state.claim() for state in running)
+    source = huggingface.parse_source("acme/tiny-GGUF:Q4_K_M")
+    with pytest.raises(pulls.Conflict, match=f"{pulls.MAX_PULLS} pulls are running"):
+        pulls.claim(catalog, source)
+    assert PullState(catalog.dir, source.id).read() is None  # nothing started
+
+    running.pop().release()
+    state = pulls.claim(catalog, source)
+    assert state.read()["status"] == "pulling"
+    with pytest.raises(pulls.Conflict, match="acme/tiny-GGUF:Q4_K_M is being pulled"):
+        pulls.claim(catalog, source)
+    for held in (state, *running):
+        held.release()
+
+
 def test_a_killed_pull_process_reads_as_interrupted(catalog, hub):
     """The API's pulls run in a process of their own (`python -m chatapi.pulls`), which takes the claim over."""
     hub.cut["tiny-Q4_K_M.gguf"] = 0.5  # so that it is still pulling when it is killed (the retry waits 1 s)
