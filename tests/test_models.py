@@ -16,7 +16,8 @@ import requests
 
 from chatapi import create_app
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, UnknownModel
-from chatapi.llm.local import LocalBackend, Turns
+from chatapi.llm.loaded import Turns
+from chatapi.llm.local import LocalBackend
 from chatapi.llm.model import default_model_path
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer
@@ -194,7 +195,7 @@ def test_a_removed_model_leaves_its_chats_with_a_clear_409(models_server):
 def test_the_catalog_lists_the_bundled_model_a_path_and_pulled_ones(tmp_path):
     bundled = default_model_path(ROOT / "instance" / "models")
     mine = tmp_path / "My Model Q4.gguf"
-    mine.symlink_to(bundled)
+    mine.write_bytes(b"GGUF" + bytes(60))  # damaged: listed all the same, and loading it will say why
     catalog = Catalog(tmp_path / "models", default=str(mine), bundled_dir=bundled.parent)
     assert [e.id for e in catalog.entries()] == [BUNDLED_ID, "My-Model-Q4"]
     assert catalog.default_id() == "My-Model-Q4" and catalog.resolve(None).path == str(mine)
@@ -202,6 +203,9 @@ def test_the_catalog_lists_the_bundled_model_a_path_and_pulled_ones(tmp_path):
     assert (first.architecture, first.quantization, first.context_length) == ("gemma3", "Q4_K_M", 32768)
     with pytest.raises(UnknownModel):
         catalog.resolve("acme/none:Q4_K_M")
+    # The bundled model's own file named by path is the bundled model: one id, never loaded twice.
+    same = Catalog(tmp_path / "models", default=str(bundled), bundled_dir=bundled.parent)
+    assert [e.id for e in same.entries()] == [BUNDLED_ID] and same.default_id() == BUNDLED_ID
     # Two ids over one file: removing one leaves the file to the other.
     folder = catalog.hub_dir("acme/x")
     folder.mkdir(parents=True)
@@ -299,3 +303,36 @@ def test_model_threads_take_turns_in_the_order_they_asked():
     for thread in threads:
         thread.join(10)
     assert order == ["first", "second", "third"] and not turns._busy
+
+
+def test_a_model_that_cannot_load_fails_its_replies_not_the_server(models_server):
+    base = models_server
+    catalog = Catalog(os.environ["CHATAPI_MODELS_DIR"])
+    folder = catalog.hub_dir("acme/broken-GGUF")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    broken = ModelEntry(
+        "acme/broken-GGUF:Q4_K_M",
+        str(folder / "broken.gguf"),
+        64,
+        None,
+        None,
+        None,
+        False,
+        "hub",
+        "acme/broken-GGUF",
+        ("broken.gguf",),
+    )
+    catalog.add(broken)
+    try:
+        chat_id = chat_on(base, broken.id, QUESTION)
+        events = read_events(infer(base, chat_id, f"max_tokens=2&{GREEDY}"))
+        assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 503, events
+        assert broken.id in events[-1]["data"]["message"]
+        again = requests.get(infer(base, chat_id, f"max_tokens=2&{GREEDY}"), timeout=10)
+        assert again.status_code == 503 and "failed to load" in again.json()["message"], again.text
+        assert requests.get(f"{base}/health", timeout=10).json()["status"] == "ok"  # the default model serves on
+        other = chat_on(base, None, QUESTION)
+        assert read_events(infer(base, other, f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
+    finally:
+        catalog.remove(broken.id)
