@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.fake_hub import FakeHub, bundled_model, hub_environment
 from tests.support.server import ROOT
 
 NEWMAN = ROOT / "node_modules" / ".bin" / "newman"
 COLLECTION = ROOT / "postman" / "chatapi.postman_collection.json"
 SCHEMA_V21 = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"  # answered by the local web's volcano page
+PULL_SOURCE = "acme/tiny-GGUF:Q4_K_M"  # the tests' hub serves the bundled GGUF under this name
+PULL_FOLDERS = ("Pull a model", "Remove the pulled model")  # run only when pullSource is set
 
 
 def newman(collection: Path, base: str, report: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -35,6 +38,23 @@ def requests_of(items: list[dict]) -> list[dict]:
     return found
 
 
+def folders_named(items: list[dict], names: tuple[str, ...]) -> list[dict]:
+    """The folders of these names, at any depth."""
+    found = []
+    for item in items:
+        if "item" in item:
+            found.extend([item] if item["name"] in names else folders_named(item["item"], names))
+    return found
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A Hugging Face endpoint of the tests' own on 127.0.0.1 (tests/support/fake_hub.py), for the collection's pull."""
+    server = FakeHub(*bundled_model())
+    yield server
+    server.close()
+
+
 def first_admin_key(base: str) -> str:
     """On a server nobody uses yet: its first person, an admin, made over the API (POST /users is open while nobody
     exists), signs in with their name and password and makes a key of their own, as a new box's owner would."""
@@ -49,23 +69,31 @@ def first_admin_key(base: str) -> str:
 
 
 @pytest.mark.parametrize("accounts", ["open", "with-key", "with-person"])
-def test_the_collection_passes_against_the_real_server(accounts, start_server, web, client, tmp_path):
-    """Open: nobody exists and no keys (the Accounts folder checks the 404 and skips the rest). With a key: a key
-    of CHATAPI_API_KEYS, which acts as the admin `admin`. With a person: no CHATAPI_API_KEYS, the first person
-    made over the API, an admin, and the whole run with their own key."""
+def test_the_collection_passes_against_the_real_server(accounts, start_server, web, hub, client, tmp_path):
+    """Open: nobody exists and no keys (the Accounts folder checks the 404 and skips the rest), and no pullSource
+    (the folders that pull and remove a model are skipped: one model, the bundled one). With a key: a key of
+    CHATAPI_API_KEYS, which acts as the admin `admin`. With a person: no CHATAPI_API_KEYS, the first person made over
+    the API, an admin, and the whole run with their own key. Both pull a model from the tests' hub, which the chat
+    of the Models folder then uses beside the bundled one, and remove it."""
     keys = {"CHATAPI_API_KEYS": "postman-key-0123456789"} if accounts == "with-key" else {}
+    pulls = accounts != "open"
+    hub_settings = hub_environment(hub, tmp_path / "hf-home")
     server = start_server(
         CHATAPI_PING_SECONDS="0.5",
         CHATAPI_SEARCH_URL=f"{web.url}/duckduckgo/html/",
         CHATAPI_FETCH_ALLOW="127.0.0.1",
         CHATAPI_FETCH_TIMEOUT="2",
         CHATAPI_RESEARCH_TIMEOUT="6",
+        CHATAPI_MODELS_DIR=str(tmp_path / "models"),  # the pulled model's, this run's own
+        **{name: hub_settings[name] for name in ("HF_ENDPOINT", "HF_HOME")},
         **keys,
     )
     api_key = {"open": None, "with-key": keys.get("CHATAPI_API_KEYS"), "with-person": None}[accounts]
     if accounts == "with-person":
         api_key = first_admin_key(server.url)
     options = ["--env-var", f"internetQuestion={VOLCANO_QUESTION}"]
+    if pulls:
+        options += ["--env-var", f"pullSource={PULL_SOURCE}"]
     if api_key:
         options += ["--env-var", f"apiKey={api_key}"]
     process, run = newman(COLLECTION, server.url, tmp_path / "report.json", *options)
@@ -78,6 +106,10 @@ def test_the_collection_passes_against_the_real_server(accounts, start_server, w
     if not api_key:  # without accounts the Accounts folder runs its first request only
         skipped = [item["name"] for item in requests_of([f for f in folders if f["name"] == "Accounts"])[1:]]
         expected = [name for name in expected if name not in skipped]
+    if not pulls:  # without pullSource nothing is pulled, nor removed
+        skipped = [item["name"] for item in requests_of(folders_named(folders, PULL_FOLDERS))]
+        assert len(skipped) >= 5
+        expected = [name for name in expected if name not in skipped]
     assert [e["item"]["name"] for e in run["executions"]] == expected, "a request was skipped"
     assert run["stats"]["requests"] == {"total": len(expected), "pending": 0, "failed": 0}
     assert run["stats"]["assertions"]["failed"] == 0 and run["stats"]["assertions"]["total"] >= 100
@@ -89,8 +121,14 @@ def test_the_collection_passes_against_the_real_server(accounts, start_server, w
         assert {"404, as for an unknown chat", "401 Unauthorized", "401, with WWW-Authenticate"} <= passed
     else:
         assert "404: the server has no accounts" in passed
+    if pulls:  # the model pulled from the tests' hub answered in a chat beside the bundled one
+        assert "done: the pulled model, from the hub, not the default" in passed
+        assert "start and done name the chat's model" in passed
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     assert requests.get(f"{server.url}/chats/", headers=headers, timeout=10).json() == []  # the run cleans up
+    models = requests.get(f"{server.url}/models", headers=headers, timeout=10).json()
+    assert [model["source"] for model in models] == ["bundled"]  # the pulled model was removed
+    assert list((tmp_path / "models").rglob("*.gguf")) == []  # and its file
     if api_key:  # and leaves nobody behind: the admin alone
         people = requests.get(f"{server.url}/users", headers=headers, timeout=10).json()
         assert [person["name"] for person in people] == ["admin" if accounts == "with-key" else "owner"]
