@@ -16,7 +16,7 @@ COLLECTION = ROOT / "postman" / "chatapi.postman_collection.json"
 SCHEMA_V21 = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 VOLCANO_QUESTION = "How often does the Zorblax volcano erupt?"  # answered by the local web's volcano page
 PULL_SOURCE = "acme/tiny-GGUF:Q4_K_M"  # the tests' hub serves the bundled GGUF under this name
-PULL_FOLDERS = ("Pull a model", "Remove the pulled model")  # run only when pullSource is set
+PULL_FOLDERS = ("Pull a model", "Removal of the pulled model")  # run only when pullSource is set
 
 
 def newman(collection: Path, base: str, report: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -124,6 +124,7 @@ def test_the_collection_passes_against_the_real_server(accounts, start_server, w
     if pulls:  # the model pulled from the tests' hub answered in a chat beside the bundled one
         assert "done: the pulled model, from the hub, not the default" in passed
         assert "start and done name the chat's model" in passed
+        assert "the message names the removed model" in passed  # a chat still naming it, once it was removed
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     assert requests.get(f"{server.url}/chats/", headers=headers, timeout=10).json() == []  # the run cleans up
     models = requests.get(f"{server.url}/models", headers=headers, timeout=10).json()
