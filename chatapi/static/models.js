@@ -145,9 +145,10 @@ async function pull() {
     el.pullForm.reset();
     follow(started.id, started.progress_url);
   } catch (error) {
+    const refused = said(`Could not pull ${source}: ${error.message}`);
     const running = error.status === 409 && !models.some((model) => model.id === source);
-    if (running && !pulls.has(source)) follow(source, `${modelPath(source)}/progress`);
-    else showError(said(`Could not pull ${source}: ${error.message}`), [el.pullSource]);
+    if (running && !pulls.has(source)) follow(source, `${modelPath(source)}/progress`, refused);
+    else showError(refused, [el.pullSource]);
   } finally {
     el.pullButton.disabled = false;
   }
@@ -166,8 +167,10 @@ function pullItem(id) {
   return { item, label, progress, text };
 }
 
-/** Follow a pull's event stream: `progress` fills the bar, `done` lists the model, `error` says why not. */
-function follow(id, url) {
+/** Follow a pull's event stream: `progress` fills the bar, `done` lists the model, `error` says why not.
+ * `refused`: the server's 409 that made the page follow a pull it did not start, said instead when no such pull
+ * runs (404: the id is not the source as typed). */
+function follow(id, url, refused = null) {
   const row = pullItem(id);
   const stream = new ReplyStream(url, { events: ["progress", "done"] });
   const pulling = { id, stream, ...row };
@@ -176,7 +179,15 @@ function follow(id, url) {
   el.status.textContent = `Pulling ${id}.`;
   stream.addEventListener("progress", (event) => showProgress(pulling, event.data));
   stream.addEventListener("done", () => pullDone(pulling));
-  stream.addEventListener("error", (event) => pullFailed(pulling, event.data.message));
+  stream.addEventListener("error", (event) => {
+    if (refused && event.data.code === 404) {
+      pullGone(pulling);
+      el.status.textContent = "";
+      showError(refused, [el.pullSource]);
+    } else {
+      pullFailed(pulling, event.data.message);
+    }
+  });
   // The stream closed without `done` (the server had nothing more to say): the list tells whether it came.
   stream.addEventListener("ended", async () => {
     await loadModels();
@@ -202,11 +213,16 @@ function showProgress(pulling, data) {
   }
 }
 
-async function pullDone(pulling) {
-  if (pulls.get(pulling.id) !== pulling) return;
+/** The pull's row goes, and the page stops following it. */
+function pullGone(pulling) {
   pulling.stream.close();
   pulls.delete(pulling.id);
   pulling.item.remove();
+}
+
+async function pullDone(pulling) {
+  if (pulls.get(pulling.id) !== pulling) return;
+  pullGone(pulling);
   el.status.textContent = `${pulling.id} is ready.`;
   await loadModels();
 }
