@@ -53,9 +53,17 @@ class Config:
     # Seconds the server may stay silent (connecting, before its first byte, between two) before the reply
     # ends with an error event.
     CHATAPI_LLM_TIMEOUT = float(os.environ.get("CHATAPI_LLM_TIMEOUT") or 60)
+    # The remote model's context window when the server does not say it (/v1/models, /props): else CHATAPI_N_CTX.
+    CHATAPI_LLM_N_CTX = int(os.environ.get("CHATAPI_LLM_N_CTX") or 0) or None
 
-    # The model (see chatapi/llm): the bundled Gemma 3 270M unless a GGUF path is given.
-    CHATAPI_MODEL_PATH = os.environ.get("CHATAPI_MODEL_PATH") or None
+    # The default model (see chatapi/llm/catalog.py): an id (`flask models list`) or a GGUF's path; the bundled
+    # Gemma 3 270M (id gemma-3-270m) unless given. CHATAPI_MODEL_PATH is its old name, still read.
+    CHATAPI_MODEL = os.environ.get("CHATAPI_MODEL") or os.environ.get("CHATAPI_MODEL_PATH") or None
+    CHATAPI_MODEL_PATH = None
+    # Where pulled models and their catalog (catalog.json) are kept; else instance/models, beside the bundled one.
+    CHATAPI_MODELS_DIR = os.environ.get("CHATAPI_MODELS_DIR") or None
+    # Models kept in memory at once: a reply for another waits until the least recently used one gives way.
+    CHATAPI_MODELS_LOADED = int(os.environ.get("CHATAPI_MODELS_LOADED") or 1)
     CHATAPI_N_CTX = int(os.environ.get("CHATAPI_N_CTX") or 4096)
     CHATAPI_N_THREADS = int(os.environ.get("CHATAPI_N_THREADS") or os.cpu_count() or 1)
     CHATAPI_MAX_TOKENS = int(os.environ.get("CHATAPI_MAX_TOKENS") or 512)

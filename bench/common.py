@@ -376,7 +376,7 @@ def completion_stream(base: str, messages: list[dict], max_tokens: int, text_nee
     """One streamed completion read to [DONE], timing each content chunk as it arrives; `done` holds the text,
     the finish reason and the usage (asked with stream_options.include_usage; None from a server without it)."""
     body = {
-        "model": "any",
+        "model": "gemma-3-270m",
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,

@@ -65,7 +65,7 @@ def chat_reply(server: Server, n: int) -> None:
 def completion(server: Server, n: int) -> None:
     """A /v1 completion of a question of its own."""
     body = {
-        "model": "any",
+        "model": "gemma-3-270m",
         "messages": [{"role": "user", "content": QUESTION.format(n=n)}],
         "max_tokens": MAX_TOKENS,
         "temperature": 0,

@@ -45,7 +45,7 @@ class Beside:
     """Reply B, streamed in a thread until stopped: its first content chunk is awaited before A starts."""
 
     def __init__(self, base: str, stops: list[str] | None):
-        body = {"model": "any", "messages": as_messages(ENDLESS), "max_tokens": 1500, "temperature": 0}
+        body = {"model": "gemma-3-270m", "messages": as_messages(ENDLESS), "max_tokens": 1500, "temperature": 0}
         body |= {"stream": True} | ({"stop": stops} if stops else {})
         self.body, self.base = body, base
         self.started, self.stop = threading.Event(), threading.Event()
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"Stop strings on /v1: A's tokens/s ({STREAM_TOKENS} tokens), model {Path(path).name}")
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir, Server(Path(workdir), path) as server:
         base = server.url
-        huge = {"model": "any", "messages": as_messages(ENDLESS), "max_tokens": 4, "stop": "x" * 200_000}
+        huge = {"model": "gemma-3-270m", "messages": as_messages(ENDLESS), "max_tokens": 4, "stop": "x" * 200_000}
         refused = requests.post(f"{base}/v1/chat/completions", json=huge, timeout=30).status_code
         rates: dict[str, list[float]] = {"alone": [], "beside plain": [], "beside longest stops": []}
         for run in range(1 + RUNS):  # in turns, so that a slower moment of the machine hits all three

@@ -52,8 +52,8 @@ def get_chat(chat_id):
 @bp.arguments(ChatCreateSchema)
 @bp.response(201, ChatSchema, headers={"Location": LOCATION})
 def create_chat(args):
-    """Create a chat with the given name, and maybe a system prompt of its own."""
-    chat = Chat(name=args["name"], system_prompt=args.get("system_prompt"))
+    """Create a chat with the given name, and maybe a system prompt and a model of its own."""
+    chat = Chat(name=args["name"], system_prompt=args.get("system_prompt"), model=args.get("model"))
     db.session.add(chat)
     db.session.commit()
     return chat, 201, {"Location": url_for("chats.get_chat", chat_id=chat.id)}
@@ -76,13 +76,15 @@ def delete_chat(chat_id):
 @bp.response(200, ChatSchema)
 @bp.alt_response(404, response="NOT_FOUND")
 def update_chat(args, chat_id):
-    """Rename a chat, set or clear its system prompt (null or blank), or both; updated_at is stored as given
-    (normalised to UTC), else now."""
+    """Rename a chat, set or clear its system prompt (null or blank), choose its model (null: the server's
+    default), or more than one; updated_at is stored as given (normalised to UTC), else now."""
     chat = owned_or_404(Chat, chat_id)
     if "name" in args:
         chat.name = args["name"]
     if "system_prompt" in args:
         chat.system_prompt = args["system_prompt"]
+    if "model" in args:
+        chat.model = args["model"]
     chat.updated_at = args.get("updated_at") or utcnow()
     db.session.commit()
     return chat

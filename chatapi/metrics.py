@@ -133,7 +133,25 @@ class Metrics:
             registry=r,
         )
         self.people_labelled: set[str] = set()
+        self.model_loads = Histogram(
+            "chatapi_model_load_seconds",
+            "Time to load a model into memory, by model (at most the catalog's 200 ids)",
+            ["model"],
+            buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "chatapi_model_unloads", "Models unloaded to make room for another, or removed", ["model"], registry=r
+        )
+        replies.on_model_change = self.model_changed
         r.register(ReplyQueueCollector(replies))
+
+    def model_changed(self, model_id: str, status: str, load_seconds: float | None) -> None:
+        """A model loaded (ok, its load time), failed to load, or was unloaded."""
+        if status == "ok" and load_seconds is not None:
+            self.model_loads.labels(model_id).observe(load_seconds)
+        elif status == "unloaded":
+            self.model_unloads.labels(model_id).inc()
 
     def count_request(self, response: Response) -> None:
         route = request.url_rule.rule if request.url_rule else "unmatched"
@@ -208,8 +226,16 @@ class ReplyQueueCollector:
         )
         yield GaugeMetricFamily("chatapi_replies_running", "Replies being generated", value=len(replies.running))
         yield GaugeMetricFamily(
-            "chatapi_model_ready", "1 when the model is loaded and serving", value=int(replies.status == "ok")
+            "chatapi_model_ready", "1 when the default model can serve", value=int(replies.status == "ok")
         )
+        loaded = GaugeMetricFamily(
+            "chatapi_model_loaded",
+            "1 for each model in memory and serving, 0 while it loads or unloads",
+            labels=["model"],
+        )
+        for model in replies.loaded_models():
+            loaded.add_metric([model["id"]], int(model["status"] == "ok"))
+        yield loaded
 
 
 def start_timer(_app: Flask, **_extra) -> None:

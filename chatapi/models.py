@@ -59,6 +59,8 @@ class Chat(db.Model):
     system_prompt: so.Mapped[str | None] = so.mapped_column(sa.Text)
     # Whose chat it is (chatapi/people.py); None: made while accounts were off, until the first admin takes it.
     owner_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    # The id of the model its replies use (chatapi/llm/catalog.py); None: the server's default (CHATAPI_MODEL).
+    model: so.Mapped[str | None] = so.mapped_column(sa.String(200))
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
@@ -73,11 +75,11 @@ class Chat(db.Model):
         sa.Index("ix_chats_owner_id_updated_at_id", "owner_id", "updated_at", "id"),
     )
 
-    def __init__(self, name: str, system_prompt: str | None = None):
+    def __init__(self, name: str, system_prompt: str | None = None, model: str | None = None):
         """A new chat of the asking person's."""
         now = utcnow()
         super().__init__(
-            name=name, system_prompt=system_prompt, owner_id=owner_id(), created_at=now, updated_at=now
+            name=name, system_prompt=system_prompt, model=model, owner_id=owner_id(), created_at=now, updated_at=now
         )
 
     @classmethod
@@ -116,6 +118,8 @@ class Conversation(db.Model):
     sources: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
     # Which sentence cites which of those pages ([{"start", "end", "n"}], offsets into `message`); None without sources.
     citations: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
+    # The id of the model that wrote an Assistant message; None for Human messages and replies from before models.
+    model: so.Mapped[str | None] = so.mapped_column(sa.String(200))
 
     chat: so.Mapped[Chat] = so.relationship(back_populates="conversations")
 
@@ -132,6 +136,7 @@ class Conversation(db.Model):
         id: uuid.UUID | None = None,
         sources: list[dict] | None = None,
         citations: list[dict] | None = None,
+        model: str | None = None,
     ):
         now = utcnow()
         super().__init__(
@@ -141,6 +146,7 @@ class Conversation(db.Model):
             message=message,
             sources=sources,
             citations=citations,
+            model=model,
             created_at=now,
             updated_at=now,
         )

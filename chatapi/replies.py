@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from . import auth, limits, metrics, usage
 from .disk import is_disk_full
 from .extensions import db
+from .llm.catalog import UnknownModel
 from .llm.prompt import Message
 from .llm.queue import ReplyService
 from .llm.reply import ChatGone, Reply, ReplyRequest, Researched, Resumable, StoreUnavailable
@@ -59,14 +60,18 @@ def start(request: ReplyRequest) -> Resumable:
     CHATAPI_DAILY_TOKENS today or over CHATAPI_RATE_LIMIT_REPLIES; ContextLengthExceeded for messages that must stay
     whole and do not fit. A reply takes at most half the context window (the rest is for the conversation), its
     events are counted in the metrics, and its tokens in the usage of the person who asked. Returns the new reply, or
-    the chat's reply that another request started meanwhile."""
-    replies = ready_service()
+    the chat's reply that another request started meanwhile. The request's model (None: the default) must exist:
+    UnknownModel, which each API answers in its way."""
+    replies = service()
+    model = replies.resolve(request.model)
+    replies.ready(model)
     person = auth.current_person()
     usage.check_quota(person)
     limits.count_reply_start()
     options = request.options
-    options = dataclasses.replace(options, max_tokens=min(options.max_tokens, replies.n_ctx // 2))
-    return replies.start(dataclasses.replace(request, options=options, on_event=usage.reply_events(person)))
+    options = dataclasses.replace(options, max_tokens=min(options.max_tokens, replies.context_window(model) // 2))
+    request = dataclasses.replace(request, model=model, options=options, on_event=usage.reply_events(person))
+    return replies.start(request)
 
 
 def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Response:
@@ -90,6 +95,15 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     history = tuple(Message(c.role, c.message) for c in answered)
     if not any(m.role == "Human" for m in history):
         abort(409, message=f"chat {chat.id} has no Human message to answer")
+    model = args.get("model") or chat.model
+    try:
+        service().resolve(model)
+    except UnknownModel:  # ?model= was checked with the query: the chat's own model was removed
+        abort(
+            409,
+            message=f"chat {chat.id}'s model {model!r} is not on this server any more: choose another "
+            f"(PUT /chats/update/{chat.id} with a model from GET /models, or null for the server's default)",
+        )
     app = current_app._get_current_object()
     save, research = partial(save_reply, app), None
     if mode == "internet":
@@ -105,6 +119,7 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
         answering=answered[-1].id,
         replacing=replace,
         research=research,
+        model=model,
     )
     return event_stream_response(start(request).listen())
 
@@ -167,6 +182,7 @@ def save_reply(app: Flask, reply: Reply, sources: list[Source] | None = None) ->
                 id=reply.message_id,
                 sources=[source.public() for source in sources] if sources else None,
                 citations=citations,
+                model=reply.model,
             )
             db.session.add(conversation)
             db.session.commit()
@@ -196,8 +212,9 @@ class WebResearch:
         (`search`, then `warning` when something failed, then `sources` when pages were read); the reply gets the
         sources' text for its prompt, and how long each phase took."""
         settings, replies = self.app.extensions["web_settings"], self.app.extensions["replies"]
+        count_tokens = partial(replies.count_tokens, reply.model)
         findings = gather(
-            self.question, settings, room, replies.count_tokens, lambda query: reply.publish("search", {"query": query})
+            self.question, settings, room, count_tokens, lambda query: reply.publish("search", {"query": query})
         )
         self.sources = findings.sources
         if findings.warning:

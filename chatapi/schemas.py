@@ -104,6 +104,27 @@ class SystemPrompt(StorableString):
             super()._validate(value)
 
 
+def known_model(model_id: str | None) -> None:
+    """A model this server has (GET /models lists them); None is the server's default."""
+    from .llm.catalog import UnknownModel
+    from .replies import service
+
+    if model_id is not None:
+        try:
+            service().resolve(model_id)
+        except UnknownModel:
+            raise ma.ValidationError(f"No model has the id {model_id!r}: GET /models lists them.") from None
+
+
+class ModelId(StorableString):
+    """A model's id, or null (on a chat: the server's default, CHATAPI_MODEL)."""
+
+    def __init__(self, description: str, **kwargs):
+        super().__init__(
+            validate=[validate.Length(min=1, max=200), known_model], metadata={"description": description}, **kwargs
+        )
+
+
 class RequestSchema(ma.Schema):
     class Meta:
         # Clients may send back a whole object (id, created_at...): extra fields are ignored.
@@ -118,6 +139,11 @@ class ChatSchema(ma.Schema):
         allow_none=True,
         metadata={"description": "replaces CHATAPI_SYSTEM_PROMPT in this chat's replies; null: the server's"},
     )
+    model = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the id of the model its replies use (GET /models); null: the server's default"},
+    )
     created_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
     updated_at = Timestamp(required=True, metadata=TIMESTAMP_FORMAT)
 
@@ -125,18 +151,20 @@ class ChatSchema(ma.Schema):
 class ChatCreateSchema(RequestSchema):
     name = Name(required=True)
     system_prompt = SystemPrompt()
+    model = ModelId("the id of a model (GET /models) its replies use; null: the server's default", allow_none=True)
 
 
 class ChatUpdateSchema(RequestSchema):
     name = Name()
     system_prompt = SystemPrompt()
+    model = ModelId("the id of a model (GET /models) its replies use; null: the server's default", allow_none=True)
     updated_at = Timestamp(metadata={"description": "stored as given (normalised to UTC); else now"})
 
     @ma.validates_schema
     def changes_something(self, data, **kwargs):
-        if "name" not in data and "system_prompt" not in data:
-            message = "Give name, system_prompt or both."
-            raise ma.ValidationError({"name": [message], "system_prompt": [message]})
+        if not {"name", "system_prompt", "model"} & data.keys():
+            message = "Give name, system_prompt, model, or more than one."
+            raise ma.ValidationError({"name": [message], "system_prompt": [message], "model": [message]})
 
 
 class ChatListQuerySchema(RequestSchema):
@@ -214,6 +242,11 @@ class ConversationSchema(ma.Schema):
         metadata={"description": "internet answers: the pages cited as [n]; else null"},
     )
     citations = fields.List(fields.Nested(CitationSchema), required=True, allow_none=True, metadata=CITATIONS)
+    model = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the id of the model that wrote an Assistant message; else null"},
+    )
 
 
 class ConversationCreateSchema(RequestSchema):
@@ -251,6 +284,12 @@ FILE_TIMESTAMP = {"example": TIMESTAMP_FORMAT["example"]}
 class ExportedChatSchema(RequestSchema):
     name = Name(required=True)
     system_prompt = SystemPrompt(load_default=None)
+    model = StorableString(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(max=200),
+        metadata={"description": "the chat's model; imported only where the server has it, else null (its default)"},
+    )
     created_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)
     updated_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)
 
@@ -258,6 +297,12 @@ class ExportedChatSchema(RequestSchema):
 class ExportedConversationSchema(RequestSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     message = Text(required=True, validate=message_length, metadata=MESSAGE_LENGTH)
+    model = StorableString(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(max=200),
+        metadata={"description": "Assistant messages: the model that wrote it"},
+    )
     created_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)
     updated_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)
     sources = fields.List(
@@ -344,13 +389,20 @@ class RepliesHealthSchema(ma.Schema):
     waiting = fields.Integer(metadata={"description": "replies queued or being prepared"})
 
 
+class LoadedModelSchema(ma.Schema):
+    id = fields.String(required=True)
+    status = fields.String(required=True, metadata={"description": "loading, ok or unloading"})
+    load_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "how long its load took"})
+
+
 class ModelHealthSchema(ma.Schema):
     status = fields.String(metadata={"description": "loading, ok or failed; unavailable (a remote model server)"})
     backend = fields.String(metadata={"description": "openai: a remote model server (CHATAPI_LLM_BACKEND)"})
     url = fields.String(metadata={"description": "the remote model server's base URL"})
-    name = fields.String()
+    name = fields.String(metadata={"description": "the default model's id"})
     n_ctx = fields.Integer()
     path = fields.String()
+    loaded = fields.List(fields.Nested(LoadedModelSchema), metadata={"description": "the models in memory"})
     reason = fields.String()
     replies = fields.Nested(RepliesHealthSchema)
 
@@ -400,6 +452,7 @@ class InferenceQuerySchema(RequestSchema):
             "before it, and replaces it when the reply is saved (a reply that ends without text leaves it)"
         }
     )
+    model = ModelId("this reply's model, in place of the chat's (GET /models lists them)")
 
 
 class StoppedSchema(ma.Schema):

@@ -12,6 +12,7 @@ class StreamStartSchema(ma.Schema):
     chat_id = fields.UUID(required=True)
     message_id = fields.UUID(required=True, metadata={"description": "the id the saved reply will have"})
     mode = fields.String(required=True, validate=validate.OneOf(["local", "internet"]))
+    model = fields.String(required=True, metadata={"description": "the id of the model that writes the reply"})
     truncated = fields.Integer(
         required=True,
         metadata={"description": "history messages left out or cut to fit (a cut system prompt counts as one)"},

@@ -52,7 +52,7 @@ def import_chat(document: dict) -> Chat:
     """A new chat made from a loaded export (ChatExportSchema), added to the session for the caller to commit:
     new ids, the times and web sources of the file."""
     given = document["chat"]
-    chat = Chat(name=given["name"], system_prompt=given["system_prompt"])
+    chat = Chat(name=given["name"], system_prompt=given["system_prompt"], model=model_here(given["model"]))
     db.session.add(chat)
     # New ids in increasing order: messages of the same millisecond keep the file's order (the chat's order
     # is by time, then id).
@@ -65,9 +65,21 @@ def import_chat(document: dict) -> Chat:
             id=new_id,
             sources=given_conversation["sources"],
             citations=given_conversation["citations"],
+            model=given_conversation["model"],
         )
         conversation.created_at = given_conversation["created_at"]
         conversation.updated_at = given_conversation["updated_at"]
         db.session.add(conversation)
     chat.created_at, chat.updated_at = given["created_at"], given["updated_at"]
     return chat
+
+
+def model_here(model_id: str | None) -> str | None:
+    """An imported chat's model where this server has it; else None (its default)."""
+    from .llm.catalog import UnknownModel
+    from .replies import service
+
+    try:
+        return service().resolve(model_id) if model_id is not None else None
+    except UnknownModel:
+        return None

@@ -1,6 +1,8 @@
 """Fixtures: every test that uses `app` or `client` runs once on SQLite and once on PostgreSQL."""
 
 import os
+import shutil
+import tempfile
 import uuid
 
 import psycopg
@@ -18,6 +20,10 @@ from tests.support.factweb import FactWeb
 from tests.support.scratch import create_database, drop_database
 from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.web import Web
+
+# Pulled models and their catalog go to a folder of this run's own, set before an app reads its config (create_app);
+# every server the tests start inherits it. The bundled model stays assembled in instance/models.
+os.environ["CHATAPI_MODELS_DIR"] = MODELS_DIR = tempfile.mkdtemp(prefix="chatapi-test-models-")
 
 # A database of this run's own, so that two runs at once never drop each other's schema.
 POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"
@@ -210,3 +216,7 @@ def elsewhere():
     server = Web("127.0.0.2")
     yield server
     server.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(MODELS_DIR, ignore_errors=True)

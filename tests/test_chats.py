@@ -17,7 +17,8 @@ def test_create_chat_returns_the_chat_with_location(client):
     response = client.post("/chats/create", json={"name": "Chat 1"})
     assert response.status_code == 201
     chat = response.json
-    assert set(chat) == {"id", "name", "system_prompt", "created_at", "updated_at"}
+    assert set(chat) == {"id", "name", "system_prompt", "model", "created_at", "updated_at"}
+    assert chat["model"] is None  # the server's default
     assert uuid.UUID(chat["id"])
     assert chat["name"] == "Chat 1" and chat["system_prompt"] is None  # the server's CHATAPI_SYSTEM_PROMPT
     assert TIMESTAMP.match(chat["created_at"]) and chat["created_at"] == chat["updated_at"]
@@ -185,7 +186,7 @@ def test_an_update_that_names_nothing_to_change_is_422(app, client, body):
     before = snapshot(app)
     response = client.put(f"/chats/update/{chat['id']}", json=body)
     assert response.status_code == 422
-    assert set(response.json["errors"]) == {"name", "system_prompt"}
+    assert set(response.json["errors"]) == {"name", "system_prompt", "model"}
     assert response.json["errors"]["name"] == ["Give name, system_prompt or both."]
     assert snapshot(app) == before
 

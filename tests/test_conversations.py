@@ -23,8 +23,10 @@ def test_create_conversation(client):
     after = now()
     assert response.status_code == 201
     conversation = response.json
-    assert set(conversation) == {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources", "citations"}
+    keys = {"id", "role", "chat_id", "message", "created_at", "updated_at", "sources", "citations", "model"}
+    assert set(conversation) == keys
     assert conversation["sources"] is None and conversation["citations"] is None  # only internet answers have them
+    assert conversation["model"] is None  # only replies were written by a model
     assert uuid.UUID(conversation["id"])
     assert conversation["chat_id"] == chat["id"]
     assert (conversation["role"], conversation["message"]) == ("Human", "Hello")

@@ -21,7 +21,7 @@ CHAT_FILE = {
     "chat": {"name": "imported", "created_at": "2023-08-05T14:48:00Z", "updated_at": "2023-08-05T14:48:00Z"},
     "conversations": [],
 }
-COMPLETION = {"model": "any", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+COMPLETION = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 # What a browser sends for a page of another origin: recent browsers say so in Sec-Fetch-Site (and in Origin
 # unless it is a GET or HEAD); older ones in Origin only; "null" is a sandboxed frame or a data: page.
 FROM_ELSEWHERE = [

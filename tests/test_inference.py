@@ -39,7 +39,13 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     ids = [e["id"] for e in events]
     assert len(set(ids)) == len(ids) and all(ids)
     start, done = events[0]["data"], events[-1]["data"]
-    assert start == {"chat_id": chat_id, "message_id": start["message_id"], "mode": "local", "truncated": 0}
+    assert start == {
+        "chat_id": chat_id,
+        "message_id": start["message_id"],
+        "mode": "local",
+        "model": "gemma-3-270m",
+        "truncated": 0,
+    }
 
     saved = done["message"]
     assert saved["id"] == start["message_id"] and saved["role"] == "Assistant" and saved["chat_id"] == chat_id
@@ -303,7 +309,7 @@ def test_a_stream_nobody_reads_is_cancelled_after_the_grace_period(inference_ser
     wait_for(lambda: cancelled() == 1, what="the unread reply to be cancelled")
     assert moved(before, scrape(base), "chatapi_reply_completion_tokens_total", mode="local") < 2000
     # What it made before then is saved (nothing, when a slow machine was still reading the prompt).
-    saved = history(base, chat_id)[len(ENDLESS):]
+    saved = history(base, chat_id)[len(ENDLESS) :]
     if saved:
         rest = read_events(infer(base, chat_id), last_event_id=f"{saved[0]['id']}.0")
         assert rest[-1]["event"] == "done" and rest[-1]["data"]["finish_reason"] == "cancelled"

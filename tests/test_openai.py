@@ -67,7 +67,7 @@ def model_name(base: str, key: str | None = None) -> str:
 
 
 def complete(base: str, **params) -> requests.Response:
-    return requests.post(f"{base}/v1/chat/completions", json={"model": "any", **params}, timeout=120)
+    return requests.post(f"{base}/v1/chat/completions", json={"model": "gemma-3-270m", **params}, timeout=120)
 
 
 def assert_openai_error(response: requests.Response, status: int, kind: str, param=None, code=None) -> dict:
@@ -145,7 +145,7 @@ def test_the_system_messages_are_the_system_prompt(openai_server):
 def test_a_stream_with_usage(openai_server):
     base = openai_server
     stream = sdk(base).chat.completions.create(
-        model="any",
+        model="gemma-3-270m",
         messages=ASK,
         max_tokens=24,
         temperature=0,
@@ -171,7 +171,7 @@ def test_a_stream_with_usage(openai_server):
 def test_stop_strings(openai_server):
     base = openai_server
     client = sdk(base)
-    params = {"model": "any", "messages": ASK, "max_tokens": 24, "temperature": 0}
+    params = {"model": "gemma-3-270m", "messages": ASK, "max_tokens": 24, "temperature": 0}
     free = client.chat.completions.create(**params).choices[0].message.content
     word = "Paris"
     assert word in free and not free.startswith(word), free
@@ -190,7 +190,13 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
     before = scrape(base)
     response = requests.post(
         f"{base}/v1/chat/completions",
-        json={"model": "any", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0, "stream": True},
+        json={
+            "model": "gemma-3-270m",
+            "messages": ENDLESS_MESSAGES,
+            "max_tokens": 2000,
+            "temperature": 0,
+            "stream": True,
+        },
         stream=True,
         timeout=60,
     )
@@ -219,7 +225,7 @@ def test_a_client_that_leaves_before_its_whole_answer_frees_the_engine_at_once(o
     base = openai_server
     before = scrape(base)
     address = urlsplit(base)
-    body = json.dumps({"model": "any", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0})
+    body = json.dumps({"model": "gemma-3-270m", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0})
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
     with socket.create_connection((address.hostname, address.port)) as client:
         client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
@@ -295,7 +301,7 @@ def test_messages_that_cannot_fit_whole_are_refused_as_openai_does(openai_server
 def test_bad_input_is_a_bad_request_naming_the_parameter(openai_server, params, param):
     base = openai_server
     before = scrape(base)
-    body = {"model": "any", **params}
+    body = {"model": "gemma-3-270m", **params}
     with pytest.raises(openai.BadRequestError) as raised:
         sdk(base).chat.completions.create(**body)
     assert raised.value.status_code == 400 and raised.value.param == param, raised.value.body
@@ -352,12 +358,12 @@ def test_errors_on_v1_are_in_openais_shape(openai_server):
     completions = f"{base}/v1/chat/completions"
     not_json = requests.post(completions, data="{", headers={"Content-Type": "application/json"}, timeout=10)
     assert_openai_error(not_json, 400, "invalid_request_error")
-    valid = json.dumps({"model": "any", "messages": ASK, "max_tokens": 1})
+    valid = json.dumps({"model": "gemma-3-270m", "messages": ASK, "max_tokens": 1})
     as_text = requests.post(completions, data=valid, headers={"Content-Type": "text/plain"}, timeout=10)
     assert_openai_error(as_text, 415, "invalid_request_error")
     not_an_object = requests.post(f"{base}/v1/chat/completions", json=[ASK], timeout=10)
     assert_openai_error(not_an_object, 400, "invalid_request_error")
-    huge = {"model": "any", "messages": [{"role": "user", "content": "x" * 1100000}]}
+    huge = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "x" * 1100000}]}
     too_large = requests.post(f"{base}/v1/chat/completions", json=huge, timeout=30)
     assert_openai_error(too_large, 413, "invalid_request_error")
     missing = requests.get(f"{base}/v1/models/gpt-4o", timeout=10)
@@ -449,21 +455,27 @@ def test_keys_rate_limits_and_a_full_queue(start_server):
     # The first reply runs (1 of 3 started); the queue holds one, so the next is refused (2 of 3: it asked).
     running = requests.post(
         f"{base}/v1/chat/completions",
-        json={"model": "any", "messages": ENDLESS_MESSAGES, "max_tokens": 2000, "temperature": 0, "stream": True},
+        json={
+            "model": "gemma-3-270m",
+            "messages": ENDLESS_MESSAGES,
+            "max_tokens": 2000,
+            "temperature": 0,
+            "stream": True,
+        },
         headers={"Authorization": f"Bearer {KEY}"},
         stream=True,
         timeout=60,
     )
     assert next(running.iter_lines()).startswith(b"data: {")
     with pytest.raises(openai.InternalServerError) as raised:
-        client.chat.completions.create(model="any", messages=ASK, max_tokens=2)
+        client.chat.completions.create(model="gemma-3-270m", messages=ASK, max_tokens=2)
     assert raised.value.status_code == 503 and raised.value.code == "queue_full"
     assert raised.value.response.headers["Retry-After"] == "5"
     running.close()
     wait_for(lambda: replies(base, KEY) == IDLE, 30, "the engine to be free")
-    assert client.chat.completions.create(model="any", messages=ASK, max_tokens=2).choices  # 3 of 3
+    assert client.chat.completions.create(model="gemma-3-270m", messages=ASK, max_tokens=2).choices  # 3 of 3
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model="any", messages=ASK, max_tokens=2)
+        client.chat.completions.create(model="gemma-3-270m", messages=ASK, max_tokens=2)
     assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "rate_limit_error"
     assert 0 < int(raised.value.response.headers["Retry-After"]) <= 60
 

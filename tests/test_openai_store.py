@@ -33,7 +33,9 @@ def messages_of(base: str, chat_id: str) -> list[tuple[str, str]]:
 
 
 def ask(base: str, messages: list[dict]) -> str:
-    completion = sdk(base).chat.completions.create(model="any", messages=messages, max_tokens=16, temperature=0)
+    completion = sdk(base).chat.completions.create(
+        model="gemma-3-270m", messages=messages, max_tokens=16, temperature=0
+    )
     return completion.choices[0].message.content
 
 
@@ -59,7 +61,7 @@ def test_an_exchange_is_stored_as_a_chat_and_a_follow_up_continues_it(storing_se
 
     # Another conversation (here: without the system prompt) is a chat of its own; a streamed one is stored too.
     chunks = sdk(base).chat.completions.create(
-        model="any", messages=first[1:], max_tokens=16, temperature=0, stream=True
+        model="gemma-3-270m", messages=first[1:], max_tokens=16, temperature=0, stream=True
     )
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     wait_for(lambda: len(chats(base)) == 2, 30, "the streamed exchange to be stored")

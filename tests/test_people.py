@@ -670,7 +670,7 @@ def test_v1_refuses_a_revoked_key_and_no_key_in_openais_shape(app, alice_and_bob
         people.revoke_key(db.session.get(people.ApiKey, bob.key_id))
         db.session.commit()
         db.session.remove()
-    body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4}
+    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4}
     for client in (bob.client, new_client(app)):
         answer = client.post("/v1/chat/completions", json=body)
         assert answer.status_code == 401, answer.json
@@ -820,7 +820,7 @@ def test_another_persons_running_reply_cannot_be_joined_resumed_or_stopped(peopl
 
 
 def completion(base: str, someone: Someone, messages: list[dict], stream: bool = False) -> str:
-    body = {"model": "any", "messages": messages, "max_tokens": 4, "temperature": 0, "stream": stream}
+    body = {"model": "gemma-3-270m", "messages": messages, "max_tokens": 4, "temperature": 0, "stream": stream}
     answer = requests.post(f"{base}/v1/chat/completions", json=body, headers=someone.headers, timeout=120)
     assert answer.status_code == 200, answer.text
     if not stream:

@@ -111,7 +111,7 @@ def chat_reply(base: str, person: Someone, max_tokens: int = 8) -> requests.Resp
 
 def completion(base: str, person: Someone, stream: bool = False) -> requests.Response:
     """A /v1 chat completion (a stream with its usage chunk)."""
-    body = {"model": "any", "messages": ASK, "max_tokens": 8, "temperature": 0}
+    body = {"model": "gemma-3-270m", "messages": ASK, "max_tokens": 8, "temperature": 0}
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
     return requests.post(f"{base}/v1/chat/completions", json=body, headers=person.headers, timeout=120)

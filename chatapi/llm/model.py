@@ -50,16 +50,73 @@ def _silence_llama_log() -> None:
     llama_cpp.llama_log_set(log, ctypes.c_void_p(0))
 
 
-class Model:
+class NotGGUF(ValueError):
+    """The file is not a GGUF model llama.cpp can read."""
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+class Vocabulary:
+    """A GGUF's tokenizer and metadata without its weights (llama.cpp's vocab-only load: half a second and a few MB
+    for Gemma 3's 262,144 tokens), to build prompts for a model that is not loaded and to read its header."""
+
+    def __init__(self, path: str | Path, vocab_only: bool = True):
+        self.path = str(path)
+        try:
+            with open(self.path, "rb") as file:
+                magic = file.read(4)
+        except OSError as exc:
+            raise NotGGUF(f"{Path(self.path).name} cannot be read: {exc.strerror}") from None
+        if magic != GGUF_MAGIC:
+            raise NotGGUF(f"{Path(self.path).name} is not a GGUF model (it does not start with GGUF)")
+        _silence_llama_log()
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = vocab_only
+        try:
+            self.weights = _internals.LlamaModel(path_model=self.path, params=params, verbose=False)
+        except ValueError as exc:  # llama.cpp refused it: a damaged or unsupported GGUF
+            raise NotGGUF(f"{Path(self.path).name} cannot be loaded by llama.cpp: {exc}") from None
+        self.metadata = self.weights.metadata()
+        self.name = self.metadata.get("general.name") or Path(self.path).stem
+        self.chat_template = self.metadata.get("tokenizer.chat_template")
+        self.bos = self.weights.token_get_text(self.weights.token_bos())
+        self.eos = self.weights.token_get_text(self.weights.token_eos())
+
+    def header(self) -> dict:
+        """What the catalog lists: architecture, trained context length, chat template or not, quantization."""
+        from gguf import LlamaFileType  # its enum only: its reader takes 10 s on a 250 MB file, llama.cpp 0.5
+
+        architecture = self.metadata.get("general.architecture")
+        context_length = self.metadata.get(f"{architecture}.context_length", "")
+        try:
+            quantization = LlamaFileType(int(self.metadata["general.file_type"])).name.removeprefix("MOSTLY_")
+        except (KeyError, ValueError):
+            quantization = None
+        return {
+            "architecture": architecture,
+            "context_length": int(context_length) if context_length.isdigit() else None,
+            "chat_template": bool(self.chat_template),
+            "quantization": quantization,
+        }
+
+    def close(self) -> None:
+        self.weights.close()
+
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        # special=True so a chat template's control tokens (<start_of_turn>) become single tokens.
+        return self.weights.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.weights.detokenize(tokens).decode("utf-8", errors="replace")
+
+
+class Model(Vocabulary):
     """A loaded GGUF with one llama.cpp context holding `sequences` independent KV-cache sequences."""
 
     def __init__(self, path: str, n_ctx: int, n_threads: int, sequences: int):
-        _silence_llama_log()
-        llama_cpp.llama_backend_init()
-        self.path = str(path)
-        self.weights = _internals.LlamaModel(
-            path_model=self.path, params=llama_cpp.llama_model_default_params(), verbose=False
-        )
+        super().__init__(path, vocab_only=False)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * sequences
         params.n_batch = params.n_ubatch = BATCH_SIZE
@@ -77,18 +134,13 @@ class Model:
         self._logits: np.ndarray | None = None
         self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.weights.n_vocab()
-        self.metadata = self.weights.metadata()
-        self.name = self.metadata.get("general.name") or Path(self.path).stem
-        self.chat_template = self.metadata.get("tokenizer.chat_template")
-        self.bos = self.weights.token_get_text(self.weights.token_bos())
-        self.eos = self.weights.token_get_text(self.weights.token_eos())
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        # special=True so a chat template's control tokens (<start_of_turn>) become single tokens.
-        return self.weights.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.weights.detokenize(tokens).decode("utf-8", errors="replace")
+    def close(self) -> None:
+        """Give the memory back (the context's KV cache, the weights): the model is unloaded."""
+        self._logits = None
+        self.batch.close()
+        self.context.close()
+        super().close()
 
     # Each call into llama.cpp gives up Python's lock, and taking it back from a busy event loop can take a
     # switch interval (5 ms): what a step asks per token is kept, so a step makes two calls (decode, logits).

@@ -32,8 +32,9 @@ class QueueFull(Exception):
 class ModelNotReady(Exception):
     """Replies cannot be started: the model is loading, or failed to load (why: in the log and keyed /health)."""
 
-    def __init__(self, status: str):
-        super().__init__("the model failed to load" if status == "failed" else f"the model is {status}")
+    def __init__(self, status: str, model: str | None = None):
+        name = f"the model {model}" if model else "the model"
+        super().__init__(f"{name} failed to load" if status == "failed" else f"{name} is {status}")
 
 
 class ReplyService:
@@ -43,6 +44,7 @@ class ReplyService:
         self.settings = settings
         backend = RemoteBackend if settings.backend == "openai" else LocalBackend
         self.backend = backend(settings, on_end=self._ended, on_failure=self._failed)
+        self.backend.on_ready = self._admit  # a model loaded or gave way: replies waiting for it may start
         self.waiting: deque[Reply] = deque()
         self.running: list[Reply] = []
         self.preparing = 0  # replies whose prompt is being built
@@ -63,11 +65,48 @@ class ReplyService:
         worker starts (gunicorn.conf.py); elsewhere the first request that needs the model does."""
         self.backend.load()
 
-    def ready(self) -> None:
-        """Get the backend ready (load); ModelNotReady unless replies can be started now."""
+    def ready(self, model_id: str | None = None) -> None:
+        """Get the backend ready (load); ModelNotReady unless replies for the model (an id; None: the default) can be
+        started now: the default model is loading as the server starts, or the model failed to load."""
         self.load()
-        if self.status != "ok":
-            raise ModelNotReady(self.status)
+        status = self.backend.readiness(model_id) if model_id else self.status
+        if status != "ok":
+            raise ModelNotReady(status, model_id)
+
+    @property
+    def catalog(self):
+        """The models this server can load (llm/catalog.py); None on the remote backend, whose server has its own."""
+        return getattr(self.backend, "catalog", None)
+
+    def resolve(self, name: str | None) -> str:
+        """The id of the model `name` names (None: the default); UnknownModel for none (a remote server is asked
+        for its list: UpstreamError)."""
+        return self.backend.resolve(name)
+
+    def model_listing(self) -> list[dict]:
+        """Every model, in the API's representation (llm/catalog.ModelEntry.public)."""
+        return self.backend.listing()
+
+    def forget_model(self, model_id: str) -> None:
+        """The model was removed from the catalog: it is unloaded once its running replies end."""
+        self.backend.forget_model(model_id)
+
+    def loaded_models(self) -> list[dict]:
+        """The models in this process's memory: [{"id", "status", "load_seconds"}] (none on the remote backend)."""
+        return self.backend.describe_loaded() if hasattr(self.backend, "describe_loaded") else []
+
+    @property
+    def on_model_change(self):
+        return getattr(self.backend, "on_model_change", None)
+
+    @on_model_change.setter
+    def on_model_change(self, hook) -> None:
+        """(model id, status, load seconds) for each model loaded (ok), failed to load, or unloaded (the metrics)."""
+        self.backend.on_model_change = hook
+
+    def context_window(self, model_id: str) -> int:
+        """The context window of a reply of the model, in tokens."""
+        return self.backend.context_window(model_id)
 
     @property
     def status(self) -> str:
@@ -77,15 +116,6 @@ class ReplyService:
     @property
     def error(self) -> str | None:
         return self.backend.error
-
-    @property
-    def n_ctx(self) -> int:
-        """The context window of a reply, in tokens."""
-        return self.backend.n_ctx
-
-    def model_card(self) -> dict:
-        """The model as OpenAI lists it: {"id", "created"}. A remote server is asked (UpstreamError)."""
-        return self.backend.model_card()
 
     def describe(self) -> dict:
         """The backend's state for /health: its status (not "ok": and the reason), the model, the replies."""
@@ -140,6 +170,7 @@ class ReplyService:
                 return self.board.view(chat_id, holder, None)
             raise QueueFull
         reply = Reply(request, self.settings.ping_seconds, self.settings.grace_seconds, self.cancel)
+        reply.model = request.model or self.backend.resolve(None)
         if shared:
             holder = self.board.claim(reply)  # may yield: another request may have started one meanwhile
             if holder is not None:
@@ -165,10 +196,9 @@ class ReplyService:
         if reply.cancelled:  # stopped while it was being prepared
             self.cancel(reply)
             return reply
-        behind = len(self.running) + len(self.waiting) - self.settings.parallel
-        if behind > 0:
-            reply.publish("queued", {"position": behind})
         self._admit()
+        if reply in self.waiting:
+            reply.publish("queued", {"position": self.waiting.index(reply) + 1})
         reply.watch_listeners()  # covers a request that went away before it ever read its stream
         return reply
 
@@ -225,9 +255,10 @@ class ReplyService:
         """
         s = self.settings
         backend = self.backend
-        budget = backend.n_ctx - request.options.max_tokens
+        model = reply.model
+        budget = backend.context_window(model) - request.options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if request.research else 0
-        prompt = backend.build(request.system_prompt, list(request.history), budget - reserve, request.cut)
+        prompt = backend.build(model, request.system_prompt, list(request.history), budget - reserve, request.cut)
         prompt.stop = [*prompt.stop, *request.stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if request.research:
@@ -235,11 +266,11 @@ class ReplyService:
             researched = request.research(reply, reserve - SOURCES_MARGIN)  # the joining lines within the reserve
             self.research_timings[reply] = researched.timings
             if researched.prompt:
-                reply.job.prompt = backend.with_sources(prompt, researched.prompt, s.sources_layout)
+                reply.job.prompt = backend.with_sources(model, prompt, researched.prompt, s.sources_layout)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of texts (internet mode sizes its sources with them)."""
-        return self.backend.count_tokens(texts)
+    def count_tokens(self, model_id: str, texts: list[str]) -> list[int]:
+        """Token counts of texts by the model's tokenizer (internet mode sizes its sources with them)."""
+        return self.backend.count_tokens(model_id, texts)
 
     def _remember(self, reply: Reply) -> None:
         """The chat's latest reply, for joins and reconnects (in place of its previous one, finished)."""
@@ -277,15 +308,15 @@ class ReplyService:
             waiting.publish("queued", {"position": position})
 
     def _admit(self) -> None:
-        """Hand waiting replies (in arrival order) to the backend while it has places for them."""
-        admitted = False
-        while self.waiting and len(self.running) < self.settings.parallel:
-            reply = self.waiting.popleft()
+        """Hand the backend the waiting replies it can take now (which, and in what order: its `admissible`)."""
+        starting = self.backend.admissible(self.waiting, self.running)
+        for reply in starting:
+            self.waiting.remove(reply)
             reply.dequeued = time.monotonic()
             self.running.append(reply)
+        for reply in starting:
             self.backend.generate(reply)
-            admitted = True
-        if admitted:
+        if starting:
             self._announce_positions()
 
     def _ended(self, reply: Reply, result: Result) -> None:

@@ -71,6 +71,7 @@ class ReplyRequest:
     # act on), ContextLengthExceeded when what the prompt must keep does not fit.
     cut: bool = True
     by_prefix: bool = False  # a reply of no chat: the engine finds its cache by the prompt's tokens, not the chat
+    model: str | None = None  # the id of the model that writes it; None: the server's default
 
 
 class Resumable:
@@ -132,6 +133,7 @@ class Reply(Resumable):
         self.replacing = request.replacing
         self.resumable = request.resumable
         self.on_event = request.on_event
+        self.model = request.model  # the model's id (the service sets the default's for None)
         self.message_id = uuid.uuid4()  # the id the saved reply will have
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds
@@ -174,7 +176,7 @@ class Reply(Resumable):
         """The prompt is ready: announce the reply."""
         self.job.prompt = prompt
         start = {"chat_id": str(self.chat_id), "message_id": str(self.message_id), "mode": self.mode}
-        self.publish("start", {**start, "truncated": prompt.truncated})
+        self.publish("start", {**start, "model": self.model, "truncated": prompt.truncated})
 
     # Producing events (hub thread only)
 

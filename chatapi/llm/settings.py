@@ -15,8 +15,8 @@ BACKENDS = ("local", "openai")
 class ModelSettings:
     """The model room's settings, from the app's CHATAPI_* configuration."""
 
-    model_path: str | None  # None: the bundled model, assembled into model_cache
-    model_cache: str
+    model: str | None  # the default model: an id or a GGUF's path; None: the bundled model, assembled into model_cache
+    model_cache: str  # where the bundled model is assembled (instance/models)
     n_ctx: int
     n_threads: int
     max_tokens: int
@@ -38,6 +38,9 @@ class ModelSettings:
     redis_prefix: str = "chatapi:"
     redis_lease: float = 10.0  # seconds a chat stays locked by a process that stopped renewing it
     redis_ttl: int = 3600  # seconds a finished reply's stream is kept
+    models_loaded: int = 1  # models kept in memory at once
+    models_dir: str | None = None  # pulled models and their catalog; None: model_cache
+    llm_n_ctx: int | None = None  # the remote model's window when its server does not say it
 
     @classmethod
     def from_config(cls, config: Mapping, model_cache: str) -> "ModelSettings":
@@ -46,10 +49,12 @@ class ModelSettings:
             raise ValueError(f"CHATAPI_SOURCES_LAYOUT must be one of {', '.join(LAYOUTS)}")
         check_backend(config)
         check_redis(config)
+        if config["CHATAPI_MODELS_LOADED"] < 1:
+            raise ValueError(f"CHATAPI_MODELS_LOADED={config['CHATAPI_MODELS_LOADED']!r}: must be 1 or more")
         if config["CHATAPI_REPLIES_KEPT_MB"] < 0:
             raise ValueError(f"CHATAPI_REPLIES_KEPT_MB={config['CHATAPI_REPLIES_KEPT_MB']!r}: must be 0 or more")
         return cls(
-            model_path=config["CHATAPI_MODEL_PATH"],
+            model=config.get("CHATAPI_MODEL_PATH") or config["CHATAPI_MODEL"],
             model_cache=model_cache,
             n_ctx=config["CHATAPI_N_CTX"],
             n_threads=config["CHATAPI_N_THREADS"],
@@ -73,6 +78,9 @@ class ModelSettings:
             redis_prefix=config["CHATAPI_REDIS_PREFIX"],
             redis_lease=config["CHATAPI_REDIS_LEASE_SECONDS"],
             redis_ttl=config["CHATAPI_REDIS_TTL_SECONDS"],
+            models_loaded=config["CHATAPI_MODELS_LOADED"],
+            models_dir=config["CHATAPI_MODELS_DIR"] or model_cache,
+            llm_n_ctx=config["CHATAPI_LLM_N_CTX"],
         )
 
 

@@ -3,6 +3,7 @@
 import logging
 import socket
 import uuid
+from datetime import datetime
 from functools import partial
 
 import gevent
@@ -12,6 +13,7 @@ from flask_smorest import abort
 
 from .. import replies
 from ..llm import prompt
+from ..llm.catalog import UnknownModel
 from ..llm.prompt import ContextLengthExceeded, Message
 from ..llm.queue import ReplyService
 from ..llm.remote import UpstreamError
@@ -37,29 +39,46 @@ def prompt_parts(messages: list[dict]) -> tuple[str, list[Message]]:
     return system, history
 
 
-def model_card(service: ReplyService) -> dict:
-    """The model as OpenAI lists it; 503 when a remote model server cannot say which it serves."""
+def listed_models(service: ReplyService) -> list[dict]:
+    """Every model, as OpenAI lists models; 503 when a remote model server cannot say which it serves."""
     try:
-        card = service.model_card()
+        listing = service.model_listing()
     except UpstreamError as exc:
         current_app.logger.error("%s", exc)  # where and why; the client is told what
         abort(503, message=exc.public, code_name="model_not_ready")
-    return {"id": card["id"], "object": "model", "created": card["created"], "owned_by": OWNER}
+    return [model_card(model) for model in listing]
+
+
+def model_card(model: dict) -> dict:
+    created = int(datetime.fromisoformat(model["created_at"]).timestamp()) if model.get("created_at") else 0
+    return {"id": model["id"], "object": "model", "created": created, "owned_by": OWNER}
+
+
+def resolve(service: ReplyService, name: str) -> str:
+    """The id of the model a request names; 404 model_not_found for one this server does not have, 503 when a
+    remote model server cannot say which it serves."""
+    try:
+        return service.resolve(name)
+    except UnknownModel:
+        abort(404, message=f"The model {name!r} does not exist", param="model", code_name="model_not_found")
+    except UpstreamError as exc:
+        current_app.logger.error("%s", exc)
+        abort(503, message=exc.public, code_name="model_not_ready")
 
 
 @bp.route("/models", methods=["GET"])
 def list_models():
-    """The loaded model, as OpenAI lists models."""
-    return {"object": "list", "data": [model_card(replies.ready_service())]}
+    """Every model this server has (loaded or not), as OpenAI lists models."""
+    return {"object": "list", "data": listed_models(replies.ready_service())}
 
 
 @bp.route("/models/<path:model_id>", methods=["GET"])
 def get_model(model_id: str):
-    """The loaded model by its id; 404 for any other."""
-    card = model_card(replies.ready_service())
-    if model_id != card["id"]:
-        abort(404, message=f"the model {model_id!r} does not exist", param="model", code_name="model_not_found")
-    return card
+    """A model by its id; 404 for one this server does not have."""
+    found = next((m for m in listed_models(replies.ready_service()) if m["id"] == model_id), None)
+    if found is None:
+        abort(404, message=f"The model {model_id!r} does not exist", param="model", code_name="model_not_found")
+    return found
 
 
 @bp.route("/chat/completions", methods=["POST"])
@@ -67,7 +86,7 @@ def create_chat_completion():
     """A chat completion of the messages given, as one `chat.completion` or a stream of chunks."""
     args = read_completion_request()
     service = replies.ready_service()
-    model = model_card(service)["id"]
+    model = resolve(service, args["model"])
     system_prompt, history = prompt_parts(args["messages"])
     given = {
         "max_tokens": args.get("max_completion_tokens") or args.get("max_tokens"),
@@ -87,12 +106,13 @@ def create_chat_completion():
         by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
         resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
         cut=False,  # as OpenAI: the messages whole, or an error the client can act on
+        model=model,
     )
     try:
         reply = replies.start(reply_request)
     except ContextLengthExceeded as exc:
         bad_request(
-            f"This model's maximum context length is {service.n_ctx} tokens. However, you requested"
+            f"This model's maximum context length is {service.context_window(model)} tokens. However, you requested"
             f" {exc.needed + exc.max_tokens} tokens ({exc.needed} in the messages, {exc.max_tokens} in the"
             " completion), with the older messages left out: the system prompt, the latest user message and the"
             " last message are kept whole. Please reduce the length of the messages or completion.",
