@@ -24,7 +24,7 @@ from chatapi.llm.model import default_model_path
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, history, new_chat
 from tests.support.database import app_on, sqlite_url
 from tests.support.fake_hub import FakeHub, Handler
-from tests.support.page import check_axe, last_reply
+from tests.support.page import check_axe, last_reply, save_screenshot
 from tests.support.server import ROOT, Server
 
 # The bundled GGUF again, as a pulled model would be: an id with a repo and a quantization.
@@ -259,7 +259,7 @@ def test_the_models_panel_lists_the_models_with_their_facts(open_tab, models_ser
     check_axe(page)
 
 
-def test_a_pull_fills_its_progress_bar_and_the_model_is_listed_then_removed(open_tab, models_server):
+def test_a_pull_fills_its_progress_bar_and_the_model_is_listed_then_removed(open_tab, models_server, tmp_path):
     model_id = "acme/tiny-GGUF:Q8_0"
     page = open_tab(models_server).page
     page.goto("/")
@@ -273,6 +273,7 @@ def test_a_pull_fills_its_progress_bar_and_the_model_is_listed_then_removed(open
     expect(bar).to_be_visible()
     expect(panel.locator(".pull-text")).to_contain_text(" MB of ")
     check_axe(page)
+    save_screenshot(page, tmp_path, "screenshot-models.png")  # docs/page.md shows it
     # Then it is gone and the model is listed.
     row = panel.locator("#model-list .model-item").filter(has_text=model_id)
     expect(row).to_be_visible(timeout=120_000)
