@@ -86,6 +86,8 @@ function drawModels() {
   const ordered = [...models].sort((a, b) => Boolean(b.default) - Boolean(a.default) || a.id.localeCompare(b.id));
   el.list.replaceChildren(...ordered.map(modelItem));
   el.listEmpty.hidden = models.length > 0;
+  // On the remote backend the models are the upstream's: pulled and removed there, not here.
+  el.pullForm.hidden = models.length > 0 && models.every((model) => model.source === "remote");
 }
 
 function modelItem(model) {
@@ -99,8 +101,8 @@ function modelItem(model) {
   }
   about.append(title, node("span", "account-meta", describe(model)));
   item.append(about);
-  // The server keeps its default and the bundled model (409): no button that could only fail.
-  if (!model.default && model.source !== "bundled") {
+  // Only pulled models can be removed, and not the server's default (409): no button that could only fail.
+  if (!model.default && model.source === "hub") {
     const actions = node("div", "account-actions");
     actions.append(smallButton("Remove", `Remove ${model.id}`, () => removeModel(model), "danger"));
     item.append(actions);
@@ -124,7 +126,7 @@ function openPanel() {
   showError("");
   el.status.textContent = "";
   el.dialog.showModal();
-  el.pullSource.focus();
+  (el.pullForm.hidden ? el.close : el.pullSource).focus();
   loadModels();
 }
 
