@@ -88,7 +88,7 @@ streamed at temperature 0, the prompt our server builds for the same history.
   token), over the same reply's gaps before; one server per `CHATAPI_STEP_TOKENS` (the chunk read per step).
 - **model threads**: one server per setting: `CHATAPI_N_THREADS=1`; 2 threads that sleep at llama.cpp's
   barriers (`OMP_WAIT_POLICY=PASSIVE`); and the default, 2 threads that spin there (OpenMP's default) with one
-  fewer while the rest of the machine uses more than half a core (`Threads` in `chatapi/llm/local.py`; *Threads*
+  fewer while the rest of the machine uses more than half a core (`Threads` in `chatapi/llm/loaded.py`; *Threads*
   below says why). One reply's tokens/s alone (`max_tokens=256`, median of 2), while 1,000 `GET /chats/?limit=20`
   run back to back on another connection (with their p50/p99 idle and meanwhile), and 4 replies together.
   llama-server runs with OpenMP's default wait, as its users run it."""

@@ -39,6 +39,13 @@ def init_app(app: Flask) -> None:
     if settings not in _services:
         _services[settings] = ReplyService(settings)
     app.extensions["replies"] = _services[settings]
+    if settings.backend == "local":  # a remote server's models are its own, and it may not be up yet
+        try:
+            _services[settings].resolve(None)
+        except UnknownModel:
+            raise ValueError(
+                f"CHATAPI_MODEL={settings.model!r} names no model: give an id of `flask models list`, or a GGUF's path"
+            ) from None
 
 
 def service() -> ReplyService:

@@ -384,44 +384,6 @@ class DeletedSchema(ma.Schema):
     deleted = fields.Boolean(required=True)
 
 
-class RepliesHealthSchema(ma.Schema):
-    running = fields.Integer(metadata={"description": "replies being generated now"})
-    waiting = fields.Integer(metadata={"description": "replies queued or being prepared"})
-
-
-class LoadedModelSchema(ma.Schema):
-    id = fields.String(required=True)
-    status = fields.String(required=True, metadata={"description": "loading, ok or unloading"})
-    load_seconds = fields.Float(required=True, allow_none=True, metadata={"description": "how long its load took"})
-
-
-class ModelHealthSchema(ma.Schema):
-    status = fields.String(metadata={"description": "loading, ok or failed; unavailable (a remote model server)"})
-    backend = fields.String(metadata={"description": "openai: a remote model server (CHATAPI_LLM_BACKEND)"})
-    url = fields.String(metadata={"description": "the remote model server's base URL"})
-    name = fields.String(metadata={"description": "the default model's id"})
-    n_ctx = fields.Integer()
-    path = fields.String()
-    loaded = fields.List(fields.Nested(LoadedModelSchema), metadata={"description": "the models in memory"})
-    reason = fields.String()
-    replies = fields.Nested(RepliesHealthSchema)
-
-
-class HealthSchema(ma.Schema):
-    """With API keys on, a request without a valid key or session gets status, database, redis and the model's
-    status only: the rest names addresses, paths and the drivers' words."""
-
-    status = fields.String(required=True, metadata={"description": "ok, or unavailable"})
-    database = fields.String(
-        required=True, metadata={"description": "ok, error (cannot be reached), or disk full (writes fail)"}
-    )
-    redis = fields.String(metadata={"description": "with CHATAPI_REDIS_URL: ok, or unreachable"})
-    model = fields.Nested(ModelHealthSchema)
-    reason = fields.String(
-        metadata={"description": "why the server is unavailable (with API keys on, to keyed requests only)"}
-    )
-
-
 def max_tokens_fit(value: int) -> None:
     """A reply may take at most half the context window: the rest is for the history."""
     limit = current_app.config["CHATAPI_N_CTX"] // 2

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatapi.llm.engine import Engine, Job, Options, StopScanner
-from chatapi.llm.local import Threads, other_cpu_seconds, thread_cpu_seconds
+from chatapi.llm.loaded import Threads, other_cpu_seconds, thread_cpu_seconds
 from chatapi.llm.model import Model, default_model_path
 from chatapi.llm.prompt import Message, Prompt, PromptBuilder
 from tests.support.server import ROOT

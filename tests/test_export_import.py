@@ -36,9 +36,9 @@ def chat(app, client) -> dict:
             row = db.session.get(Conversation, uuid.UUID(message["id"]))
             row.created_at, row.updated_at = at(minute), at(minute, 500 if minute == 3 else 0)
         row = db.session.get(Conversation, uuid.UUID(answer["id"]))
-        row.sources, row.citations = SOURCES, CITATIONS
+        row.sources, row.citations, row.model = SOURCES, CITATIONS, "acme/gone-GGUF:Q4_K_M"
         saved = db.session.get(Chat, uuid.UUID(made["id"]))
-        saved.created_at, saved.updated_at = at(0), at(3)
+        saved.created_at, saved.updated_at, saved.model = at(0), at(3), "gemma-3-270m"
         db.session.commit()
         db.session.remove()
     return client.get(f"/chats/{made['id']}").json
@@ -49,6 +49,7 @@ EXPORTED = {
     "chat": {
         "name": "Zorblax: a volcano?",
         "system_prompt": "Be brief.",
+        "model": "gemma-3-270m",
         "created_at": "2023-08-05T14:00:00.000Z",
         "updated_at": "2023-08-05T14:03:00.000Z",
     },
@@ -56,6 +57,7 @@ EXPORTED = {
         {
             "role": "Human",
             "message": "How often does the Zorblax volcano erupt?",
+            "model": None,
             "created_at": "2023-08-05T14:01:00.000Z",
             "updated_at": "2023-08-05T14:01:00.000Z",
             "sources": None,
@@ -64,6 +66,7 @@ EXPORTED = {
         {
             "role": "Assistant",
             "message": ANSWER,
+            "model": "acme/gone-GGUF:Q4_K_M",  # the model that wrote it, whether or not the server still has it
             "created_at": "2023-08-05T14:02:00.000Z",
             "updated_at": "2023-08-05T14:02:00.000Z",
             "sources": SOURCES,
@@ -72,6 +75,7 @@ EXPORTED = {
         {
             "role": "Human",
             "message": "Thanks!",
+            "model": None,
             "created_at": "2023-08-05T14:03:00.000Z",
             "updated_at": "2023-08-05T14:03:00.500Z",
             "sources": None,
@@ -149,6 +153,16 @@ def test_import_makes_a_new_chat_with_the_files_times_and_sources(client, chat):
     assert {m["chat_id"] for m in new} == {imported["id"]}
     assert client.get(f"/chats/{imported['id']}/export").json == exported  # the same file again
     assert client.get("/chats/").headers["X-Total-Count"] == "2"  # the original is untouched
+
+
+def test_an_imported_chat_keeps_its_model_only_where_the_server_has_it(client, chat):
+    exported = client.get(f"/chats/{chat['id']}/export").json
+    assert client.post("/chats/import", json=exported).json["model"] == "gemma-3-270m"
+    elsewhere = dict(exported, chat=dict(exported["chat"], model="acme/gone-GGUF:Q4_K_M"))
+    imported = client.post("/chats/import", json=elsewhere).json
+    assert imported["model"] is None  # the server's default: a chat naming a model it lacks could not reply
+    messages = client.get(f"/chats/{imported['id']}/conversations").json
+    assert messages[1]["model"] == "acme/gone-GGUF:Q4_K_M"  # who wrote it stays on record
 
 
 def test_import_of_an_empty_chat_and_of_ids_it_does_not_use(client):

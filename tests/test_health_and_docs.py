@@ -25,7 +25,7 @@ def test_health_reports_database_and_model(app, client):
     body = response.json
     assert (body["status"], body["database"]) == ("ok", "ok")
     assert body["model"]["status"] == "ok" and body["model"]["n_ctx"] == 4096
-    assert body["model"]["name"] == "Gemma 3 270m" and body["model"]["path"].endswith(".gguf")
+    assert body["model"]["name"] == "gemma-3-270m" and body["model"]["path"].endswith(".gguf")
 
 
 def test_openapi_lists_every_documented_route(client):
@@ -53,8 +53,8 @@ def test_openapi_lists_every_documented_route(client):
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
-    assert set(chat) == {"id", "name", "system_prompt", "created_at", "updated_at"}
-    assert chat["system_prompt"]["nullable"] is True
+    assert set(chat) == {"id", "name", "system_prompt", "model", "created_at", "updated_at"}
+    assert chat["system_prompt"]["nullable"] is True and chat["model"]["nullable"] is True
     inference = spec["paths"]["/conversations/inference/{chat_id}"]["get"]
     assert {p["name"] for p in inference["parameters"] if p["in"] == "query"} == {
         "max_tokens",
@@ -63,6 +63,7 @@ def test_openapi_lists_every_documented_route(client):
         "seed",
         "after",
         "replace",
+        "model",
     }
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]
@@ -193,7 +194,7 @@ def test_health_tells_a_stranger_only_which_part_cannot_serve(app, keyed_app):
     for wrong in ({"Authorization": "Bearer not-the-key"}, {"Cookie": "chatapi_session=forged"}):
         assert client.get("/health", headers=wrong).json == stranger.json
     keyed_body = client.get("/health", headers={"Authorization": f"Bearer {KEY}"}).json
-    assert keyed_body["model"]["path"].endswith(".gguf") and keyed_body["model"]["name"] == "Gemma 3 270m"
+    assert keyed_body["model"]["path"].endswith(".gguf") and keyed_body["model"]["name"] == "gemma-3-270m"
     client.post("/session", json={"key": KEY})  # the page's session sees them too
     assert client.get("/health").json == keyed_body
 

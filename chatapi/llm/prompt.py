@@ -205,7 +205,7 @@ class ChatPrompt:
 
     messages: list[dict]
     stop: list[str]
-    truncated: int  # history messages left out: none, since only the server can count them
+    truncated: int  # history messages left out or cut to fit the model's window (remote.fit_history)
     system_prompt: str = ""
     history: list[Message] | None = None
     tokens = None  # unknown here

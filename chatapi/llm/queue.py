@@ -15,6 +15,7 @@ import gevent
 
 from .engine import Options, Result
 from .local import LocalBackend
+from .model import NotGGUF
 from .prompt import ContextLengthExceeded
 from .redis_replies import Board
 from .remote import RemoteBackend
@@ -185,6 +186,10 @@ class ReplyService:
             del self.by_chat[chat_id]
             exc.max_tokens = request.options.max_tokens  # the window's other part, which its client is told of
             raise
+        except NotGGUF as exc:  # the model's file cannot be read: it is not loaded either
+            self.saves.pop(reply)
+            self._finish(reply, "error", {"code": 503, "message": f"the model {reply.model} failed to load: {exc}"})
+            return reply
         except Exception:
             log.exception("preparing the reply failed")
             self.saves.pop(reply)
