@@ -86,9 +86,19 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import accounts, chats, conversations, health, openai_api, pages, usage
+    from . import accounts, chats, conversations, health, model_api, openai_api, pages, usage
 
-    routes = (chats.bp, conversations.bp, health.bp, auth.bp, accounts.me, accounts.users, usage.bp, metrics.bp)
+    routes = (
+        chats.bp,
+        conversations.bp,
+        health.bp,
+        auth.bp,
+        accounts.me,
+        accounts.users,
+        usage.bp,
+        model_api.bp,
+        metrics.bp,
+    )
     for blueprint in routes:
         api.register_blueprint(blueprint)
     app.register_blueprint(pages.bp)  # the browser page, outside the API document

@@ -1,4 +1,5 @@
-"""The commands that manage people and their keys on the box itself: `flask users ...` and `flask keys ...`.
+"""The commands that manage the box itself: people and their keys (`flask users ...`, `flask keys ...`) and the
+models (`flask models ...`).
 
 Scriptable: a password comes from standard input when that is no terminal (one line), a new key alone on the last
 line of standard output. Every refusal is one line on standard error and a non-zero exit, never a traceback.
@@ -14,8 +15,10 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.cli import AppGroup
 
-from . import people
+from . import huggingface, people, pulls, replies
 from .extensions import db
+from .huggingface import PullError
+from .llm.catalog import Catalog, UnknownModel
 from .people import ApiKey, User
 
 users = AppGroup(
@@ -38,12 +41,27 @@ keys = AppGroup(
       curl -H "Authorization: Bearer $KEY" http://127.0.0.1:5000/me
     """,
 )
+models = AppGroup(
+    "models",
+    help="""The models the server can run: pull one from Hugging Face, list them, remove one.
+
+    A model's id is REPO:QUANT as typed (REPO:FILE-STEM when pulled by file); chats and requests name it as
+    `model`. HF_TOKEN reads gated and private repos, HF_ENDPOINT names a mirror.
+
+    \b
+      flask models pull unsloth/gemma-3-1b-it-GGUF:Q4_K_M
+      flask models pull unsloth/gemma-3-1b-it-GGUF gemma-3-1b-it-Q8_0.gguf
+      flask models list
+      flask models remove unsloth/gemma-3-1b-it-GGUF:Q4_K_M
+    """,
+)
 
 
 def init_app(app: Flask) -> None:
-    """Register `flask users` and `flask keys`."""
+    """Register `flask users`, `flask keys` and `flask models`."""
     app.cli.add_command(users)
     app.cli.add_command(keys)
+    app.cli.add_command(models)
 
 
 def refusals(command: Callable) -> Callable:
@@ -205,3 +223,86 @@ def revoke_key(key_id: str) -> None:
     people.revoke_key(key)
     db.session.commit()
     click.echo(f"revoked key {key.id} ({key.prefix})")
+
+
+def local_catalog() -> Catalog:
+    catalog = replies.service().catalog
+    if catalog is None:
+        raise click.ClickException("this server's models are its upstream's (CHATAPI_LLM_BACKEND=openai)")
+    return catalog
+
+
+def size_text(size: int | None) -> str:
+    """Bytes as people read a model's size: 253 MB, 4.1 GB."""
+    if not size:
+        return "-"
+    if size >= 10**9:
+        return f"{size / 10**9:.1f} GB"
+    return f"{size / 10**6:.0f} MB"
+
+
+@models.command("pull", short_help="Download a GGUF model from Hugging Face.")
+@click.argument("source")
+@click.argument("file", required=False)
+def pull_model(source: str, file: str | None) -> None:
+    """Download SOURCE, a Hugging Face repo and a quantization (REPO:QUANT), or the repo's FILE, check its SHA-256
+    against the hub's and its GGUF header, and register it as REPO:QUANT (REPO:FILE-STEM).
+
+    The quantization picks the .gguf whose name carries it (every part of a split one); with none, the repo's only
+    GGUF, else its Q4_K_M. A progress bar shows on a terminal. A pull that fails registers nothing.
+    """
+    catalog = local_catalog()
+    try:
+        wanted = huggingface.parse_source(source, file)
+    except PullError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        entry = pulls.run(wanted, catalog, pulls.claim(catalog, wanted))
+    except PullError as error:
+        raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted: nothing was registered") from None
+    except Exception as error:  # never a traceback: what went wrong, in a line
+        reason = f"{type(error).__name__}: {huggingface.first_line(error)}"
+        raise click.ClickException(f"the pull failed: {reason}") from None
+    template = "a chat template" if entry.chat_template else "no chat template"
+    details = f"{size_text(entry.size)}, {entry.quantization or '?'}, context {entry.context_length or '?'}"
+    click.echo(f"pulled {entry.id} ({details}, {template})")
+
+
+@models.command("list", short_help="List the models: id, size, quantization, context, template, default.")
+def list_models() -> None:
+    """Every model the server can run, the default marked: id, size, quantization, trained context length, chat
+    template or not, and where it comes from (bundled, path: CHATAPI_MODEL, hub: pulled). On the remote backend,
+    the upstream's."""
+    try:
+        listing = replies.service().model_listing()
+    except Exception as error:  # the remote backend's upstream, unreachable: in a line
+        raise click.ClickException(f"the models cannot be listed: {huggingface.first_line(error)}") from None
+    rows = (
+        (
+            m["id"],
+            size_text(m["size"]),
+            m["quantization"] or "-",
+            str(m["context_length"] or "-"),
+            "yes" if m["chat_template"] else "no",
+            m["source"] or "-",
+            "yes" if m["default"] else "",
+        )
+        for m in listing
+    )
+    click.echo(table(("id", "size", "quant", "context", "template", "source", "default"), rows))
+
+
+@models.command("remove", short_help="Remove a pulled model and its files.")
+@click.argument("model_id", metavar="ID")
+def remove_model(model_id: str) -> None:
+    """Remove the pulled model ID (as `flask models list` shows it) and delete its files. Chats that name it answer
+    409 until they name another."""
+    try:
+        entry = pulls.remove(local_catalog(), model_id)
+    except UnknownModel:
+        raise click.ClickException(f"no model has the id {model_id!r} (flask models list)") from None
+    except PullError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"removed {model_id} ({size_text(entry.size)})")

@@ -24,6 +24,8 @@ from tests.support.web import Web
 # Pulled models and their catalog go to a folder of this run's own, set before an app reads its config (create_app);
 # every server the tests start inherits it. The bundled model stays assembled in instance/models.
 os.environ["CHATAPI_MODELS_DIR"] = MODELS_DIR = tempfile.mkdtemp(prefix="chatapi-test-models-")
+# No test pulls from the real Hugging Face (the fuzzer's valid POST /models included): nothing listens on port 9.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 # A database of this run's own, so that two runs at once never drop each other's schema.
 POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"

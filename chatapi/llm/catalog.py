@@ -134,7 +134,7 @@ class Catalog:
     def _bundled(self) -> ModelEntry:
         path = self.bundled_dir / bundled_name()
         if not path.exists():  # not assembled yet (it is, when the model is first loaded): what the package says
-            return ModelEntry(BUNDLED_ID, str(path), 0, "Q4_K_M", "gemma3", 32768, True, "bundled")
+            return ModelEntry(BUNDLED_ID, str(path), 0, "Q4_K_M", "gemma3", 32768, False, "bundled")
         return self._local_entry(BUNDLED_ID, path, "bundled")
 
     def _local_entry(self, model_id: str, path: Path, source: str) -> ModelEntry:
