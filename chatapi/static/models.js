@@ -28,6 +28,7 @@ const el = {
 let models = []; // the last answer of GET /models
 const pulls = new Map(); // model id -> {id, stream, item, progress, text}: the pulls this page follows
 let pullCount = 0; // names each pull's progress bar, for its label
+let loadSeq = 0; // answers can come back out of order: only the latest request's is used
 let hooks = { modelsChanged() {} };
 
 /** Wire the panel; `modelsChanged(models)` runs with every new answer of GET /models (null when the server
@@ -66,9 +67,12 @@ export function formatSize(bytes) {
 
 /** Ask the server for its models (GET /models) and hand them to the pickers and the panel. */
 export async function loadModels() {
+  const seq = ++loadSeq;
+  let answer;
   try {
-    models = await api("GET", "/models");
+    answer = await api("GET", "/models");
   } catch (error) {
+    if (seq !== loadSeq) return models;
     // A server from before models (404), or nobody signed in: no pickers, and the panel says why.
     models = [];
     hooks.modelsChanged(null);
@@ -76,6 +80,8 @@ export async function loadModels() {
     drawModels();
     return models;
   }
+  if (seq !== loadSeq) return models; // a later answer is (or will be) the one shown
+  models = answer;
   hooks.modelsChanged(models);
   drawModels();
   return models;
