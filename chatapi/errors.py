@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnava
 from .disk import is_disk_full
 from .extensions import db
 from .llm.queue import ModelNotReady, QueueFull
+from .llm.remote import UpstreamError
 
 # OpenAI's error `type` by status, where the route gives none; its `code` for some.
 OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -123,6 +124,13 @@ def handle_model_not_ready(error: ModelNotReady):
     return error_response(unavailable(str(error), code_name="model_not_ready"))
 
 
+def handle_upstream_error(error: UpstreamError):
+    """The remote model server cannot say which models it has (GET /models, a chat's model checked against its list):
+    where and why go to the log, the client is told what."""
+    current_app.logger.error("%s", error)
+    return error_response(unavailable(error.public, code_name="model_not_ready"))
+
+
 def handle_queue_full(error: QueueFull):
     """A reply asked for while the model's queue holds CHATAPI_QUEUE_SIZE: try again in a few seconds."""
     headers = {"Retry-After": QUEUE_RETRY_AFTER}
@@ -142,4 +150,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RedisError, handle_redis_unavailable)
     app.register_error_handler(ModelNotReady, handle_model_not_ready)
     app.register_error_handler(QueueFull, handle_queue_full)
+    app.register_error_handler(UpstreamError, handle_upstream_error)
     app.register_error_handler(Exception, handle_unexpected)
