@@ -92,7 +92,7 @@ test: db model lint clients postgres-server nginx vendor-check
 # browser tests.
 screenshot: db model clients
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_browser.py -k "screenshot or phone"
-	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_models_page.py -k pull_fills
+	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_models_page.py -k pull_fills_its_progress
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_page_markdown.py -k "each_markdown_feature"
 
 # The Postman collection against a server that is already running (`make run` in another terminal);
