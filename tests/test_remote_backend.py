@@ -23,7 +23,8 @@ from chatapi import create_app
 from chatapi.llm.catalog import UnknownModel
 from chatapi.llm.model import default_model_path
 from chatapi.llm.prompt import LAYOUTS, ContextLengthExceeded, Message, chat_messages
-from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend, Template, estimate, fit_history
+from chatapi.llm.remote import NO_USAGE, STOPPED_USAGE, RemoteBackend
+from chatapi.llm.remote_fit import Template, estimate, fit_history
 from chatapi.llm.settings import ModelSettings
 from config import Config
 from tests.support import wait_for
@@ -590,7 +591,7 @@ def test_the_window_and_token_counts_of_llama_server_and_vllm_are_theirs(flavor)
         backend = RemoteBackend(ModelSettings.from_config(config, "unused"), on_end=None, on_failure=None)
         assert backend.resolve(None) == "m" and backend.context_window("m") == FAKE_WINDOW
         assert backend.count_tokens("m", ["one two three", "four"]) == [3, 1]
-        assert backend.template("m") == FAKE_TEMPLATE  # measured from the usage of three tiny chats
+        assert backend.models.template("m") == FAKE_TEMPLATE  # measured from the usage of three tiny chats
         listed = backend.listing()[0]
         assert (listed["context_length"], listed["size"]) == (FAKE_WINDOW, None if flavor == "vllm" else 1234)
 

@@ -6,7 +6,16 @@
  */
 import { api, closeSession, openSession } from "./api.js";
 import { KEYS } from "./state.js";
-import { node, relativeTime, sentence, showError, showNotice } from "./views.js";
+import {
+  confirmAction,
+  node,
+  relativeTime,
+  said,
+  showError,
+  showFieldError,
+  showNotice,
+  smallButton,
+} from "./views.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -67,34 +76,19 @@ const el = {
   resetError: $("reset-error"),
   resetCancel: $("reset-cancel"),
   resetSave: $("reset-save"),
-  confirm: $("confirm-action"),
-  confirmTitle: $("confirm-action-title"),
-  confirmText: $("confirm-action-text"),
-  confirmButton: $("confirm-action-button"),
 };
 
 let store = null; // state.js's Store: how the person signed in last
 let person = null; // {id, name, admin} from GET /me; null while nobody is known (or the server has no accounts)
-let hooks = { signedIn() {}, personChanged() {} };
+let hooks = { signedIn() {}, personChanged() {}, personShown() {} };
 
 /** Wire the form, the menu and the panels. `signedIn()` runs after every sign-in; `personChanged()` when it is
- * someone else than the person the page showed (their chats must go). */
+ * someone else than the person the page showed (their chats must go); `personShown(me)` whenever GET /me has
+ * answered: the person, or null when the server has no accounts. */
 export function connectAccounts(appStore, appHooks) {
   store = appStore;
   hooks = { ...hooks, ...appHooks };
   bind();
-}
-
-/** A message (the server's, or ours) as a sentence: a capital first, one full stop. */
-function said(message) {
-  const text = sentence(`${message}.`);
-  return text.charAt(0).toUpperCase() + text.slice(1);
-}
-
-/** Show (or clear, with "") a form's error, and mark its fields. */
-function showFieldError(box, message, fields = []) {
-  box.textContent = message;
-  for (const field of fields) field.setAttribute("aria-invalid", message ? "true" : "false");
 }
 
 // ---------------------------------------------------------------- signing in
@@ -186,6 +180,7 @@ export async function loadPerson() {
 function showPerson(me) {
   person = me;
   el.menu.hidden = !me;
+  hooks.personShown(me);
   // Asked again after every sign-in: an answer that comes in while the menu is open leaves it open.
   if (!me) {
     toggleMenu(false);
@@ -418,14 +413,6 @@ function personItem(someone) {
   return item;
 }
 
-function smallButton(text, label, onClick, extraClass = "") {
-  const button = node("button", `button button-small ${extraClass}`.trim(), text);
-  button.type = "button";
-  if (label !== text) button.setAttribute("aria-label", label);
-  button.addEventListener("click", onClick);
-  return button;
-}
-
 /** POST /users: the new person signs in with the name and password given here. */
 async function addPerson() {
   const body = {
@@ -535,20 +522,6 @@ async function resetPassword() {
   showPeopleError("");
   await loadPeople();
   focusPerson(someone.id, RESET_ACTION);
-}
-
-// ---------------------------------------------------------------- confirming
-
-/** Ask before something that cannot be undone; resolves to whether the person said yes. */
-function confirmAction(title, text, button) {
-  el.confirmTitle.textContent = title;
-  el.confirmText.textContent = text;
-  el.confirmButton.textContent = button;
-  return new Promise((resolve) => {
-    el.confirm.returnValue = "";
-    el.confirm.addEventListener("close", () => resolve(el.confirm.returnValue === "confirm"), { once: true });
-    el.confirm.showModal();
-  });
 }
 
 // ---------------------------------------------------------------- the controls

@@ -5,6 +5,7 @@
  */
 import { askToSignIn, connectAccounts, loadPerson } from "./accounts.js";
 import { allowSignIn, api, download, readJson, signIn, useSignInPrompt } from "./api.js";
+import { connectModels, loadModels, showModelsPanelTo } from "./models.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -53,7 +54,14 @@ async function signInAgain() {
     return;
   }
   refreshChats();
+  loadModels();
   if (state.chat) selectChat(state.chat.id);
+}
+
+/** Signed in: /health names the model, and the models the chats may pick can be asked for. */
+function signedIn() {
+  checkHealth();
+  loadModels();
 }
 
 // ---------------------------------------------------------------- health
@@ -186,6 +194,23 @@ async function saveChatSettings() {
   } finally {
     el.chatSettingsSave.disabled = false;
   }
+}
+
+/** The open chat's model (PUT /chats/update/<id> {"model"}): an id, or null for the server's default. When the
+ * server refuses it (422: a model it does not know; 409), the picker shows the chat's model again. */
+async function chooseModel(value) {
+  const chat = state.chat;
+  if (!chat) return;
+  const model = value || null;
+  if ((chat.model || null) === model) return;
+  try {
+    state.putChat(await api("PUT", `/chats/update/${encodeURIComponent(chat.id)}`, { model }));
+  } catch (error) {
+    views.showError(`Could not change the chat's model: ${error.message}.`);
+    if (error.status === 409 || error.status === 422) loadModels(); // removed meanwhile: the list is old
+  }
+  views.renderOpenChat();
+  refreshChats();
 }
 
 function showSettingsError(message) {
@@ -543,6 +568,7 @@ function bind() {
     event.preventDefault();
     saveChatSettings();
   });
+  el.chatModel.addEventListener("change", () => chooseModel(el.chatModel.value));
   el.exportJson.addEventListener("click", () => exportChat("json"));
   el.exportMarkdown.addEventListener("click", () => exportChat("markdown"));
   el.exportToggle.addEventListener("click", () => views.toggleExportMenu());
@@ -585,13 +611,21 @@ function bind() {
     if (chatId !== (state.chat ? state.chat.id : null)) selectChat(chatId);
   });
   document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") refreshChats();
+    if (document.visibilityState !== "visible") return;
+    refreshChats();
+    loadModels();
   });
   setInterval(views.renderChats, 60 * 1000); // keeps "5 min ago" true
 }
 
 useSignInPrompt(askForSignIn);
-connectAccounts(store, { signedIn: checkHealth, personChanged }); // signed in, /health names the model
+connectAccounts(store, { signedIn, personChanged, personShown: showModelsPanelTo });
+connectModels({
+  modelsChanged(models) {
+    state.models = models;
+    views.renderOpenChat();
+  },
+});
 views.connectViews(state, {
   selectChat,
   renameChat,
@@ -605,5 +639,6 @@ bind();
 views.autosize();
 checkHealth();
 loadPerson();
+loadModels();
 refreshChats();
 selectChat(chatFromHash());

@@ -92,6 +92,7 @@ export class Reply {
     this.status = "connecting"; // waiting, queued, searching, reading, streaming, done, error
     this.reconnecting = false;
     this.messageId = null; // the id the saved reply will have (from `start`)
+    this.model = null; // the id of the model that writes it (from `start`; null from a server that does not say)
     this.text = "";
     this.query = null;
     this.sources = null;
@@ -133,6 +134,7 @@ export class Reply {
       case "start":
         this.messageId = data.message_id;
         this.mode = data.mode || this.mode;
+        this.model = data.model || this.model;
         if (this.status === "connecting") this.status = "waiting";
         break;
       case "queued":
@@ -187,6 +189,7 @@ export class ChatState {
     this.sending = false;
     this.renaming = false;
     this.replies = new Map(); // chat id -> its Reply while it is written
+    this.models = null; // GET /models: what a chat may pick (null until known, or when the server lists none)
     // Answers can come back out of order: only the latest request of each kind is used.
     this.openSeq = 0;
     this.listSeq = 0;

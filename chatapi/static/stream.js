@@ -14,6 +14,9 @@
  * the route again. The server's `: ping` comment lines keep an idle connection open; EventSource never shows
  * them to script, so there is nothing to do about them here.
  *
+ * A model's pull (GET /models/<id>/progress) streams the same way, with its own events: `progress` and `done`
+ * (options.events), `error` as above.
+ *
  * No DOM: the EventSource class and fetch are parameters, so that tests can hand in fakes.
  */
 import { errorMessage, readJson } from "./api.js";
@@ -54,7 +57,9 @@ export class ReplyStream extends EventTarget {
       EventSource = globalThis.EventSource,
       fetch = (...args) => globalThis.fetch(...args), // called unbound: the browser's wants `this` to be window
       maxReconnects = MAX_RECONNECTS,
+      events = NAMED_EVENTS, // the server's named events passed on (error is always one)
     } = options;
+    this.events = events;
     this.url = url;
     this.EventSource = EventSource;
     this.fetch = fetch;
@@ -69,7 +74,7 @@ export class ReplyStream extends EventTarget {
     this.close();
     const source = new this.EventSource(this.url);
     this.source = source;
-    for (const kind of NAMED_EVENTS) source.addEventListener(kind, (event) => this.receive(source, kind, event));
+    for (const kind of this.events) source.addEventListener(kind, (event) => this.receive(source, kind, event));
     source.addEventListener("message", (event) => this.receive(source, "token", event));
     source.addEventListener("error", (event) => this.onError(source, event));
   }

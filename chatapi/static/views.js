@@ -58,6 +58,12 @@ export const el = {
   chatSettingsCancel: $("chat-settings-cancel"),
   chatSettingsSave: $("chat-settings-save"),
   signInAgain: $("sign-in-again"),
+  modelPicker: $("model-picker"),
+  chatModel: $("chat-model"),
+  confirm: $("confirm-action"),
+  confirmTitle: $("confirm-action-title"),
+  confirmText: $("confirm-action-text"),
+  confirmButton: $("confirm-action-button"),
 };
 
 const ALERT_SECONDS = 20;
@@ -119,11 +125,44 @@ function clockTime(value) {
   return date ? date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }) : "";
 }
 
+/** A small button of a panel's row; `label` names it for screen readers when its text alone would not. */
+export function smallButton(text, label, onClick, extraClass = "") {
+  const button = node("button", `button button-small ${extraClass}`.trim(), text);
+  button.type = "button";
+  if (label !== text) button.setAttribute("aria-label", label);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
 // ---------------------------------------------------------------- alerts, the model's status
 
 /** A sentence built as `${reason}.` ends with one full stop, also when the reason (the server's) had its own. */
 export function sentence(text) {
   return text.replace(/([.!?])\.$/, "$1");
+}
+
+/** A message (the server's, or ours) as a sentence: a capital first, one full stop. */
+export function said(message) {
+  const text = sentence(`${message}.`);
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+/** Show (or clear, with "") a form's error, and mark its fields. */
+export function showFieldError(box, message, fields = []) {
+  box.textContent = message;
+  for (const field of fields) field.setAttribute("aria-invalid", message ? "true" : "false");
+}
+
+/** Ask before something that cannot be undone; resolves to whether the person said yes. */
+export function confirmAction(title, text, button) {
+  el.confirmTitle.textContent = title;
+  el.confirmText.textContent = text;
+  el.confirmButton.textContent = button;
+  return new Promise((resolve) => {
+    el.confirm.returnValue = "";
+    el.confirm.addEventListener("close", () => resolve(el.confirm.returnValue === "confirm"), { once: true });
+    el.confirm.showModal();
+  });
 }
 
 export function showError(message) {
@@ -240,6 +279,41 @@ export function renderOpenChat() {
   const prompt = chat && chat.system_prompt;
   el.systemPrompt.hidden = !prompt;
   el.systemPromptText.textContent = prompt || "";
+  renderModelPicker(chat);
+}
+
+/** The choices of a chat's model picker: the server's default (value ""), then every model the server lists,
+ * and the chat's own model when the server lists it no more (it was removed), so that the picker shows what the
+ * chat names. */
+export function modelChoices(models, chosen) {
+  const fallback = models.find((model) => model.default);
+  const choices = [{ value: "", label: fallback ? `Server default (${fallback.id})` : "Server default" }];
+  for (const model of models) choices.push({ value: model.id, label: model.id });
+  if (chosen && !models.some((model) => model.id === chosen)) {
+    choices.push({ value: chosen, label: `${chosen} (not on the server)` });
+  }
+  return choices;
+}
+
+/** The open chat's model picker, hidden while no chat is open or the server lists no models. Its options are
+ * drawn anew only when they change, so that a refresh does not close it under the person's hand. */
+function renderModelPicker(chat) {
+  el.modelPicker.hidden = !chat || !state.models || state.models.length === 0;
+  if (el.modelPicker.hidden) return;
+  const chosen = chat.model || "";
+  const choices = modelChoices(state.models, chosen);
+  const drawn = JSON.stringify(choices);
+  if (el.chatModel.dataset.choices !== drawn) {
+    el.chatModel.dataset.choices = drawn;
+    el.chatModel.replaceChildren(
+      ...choices.map(({ value, label }) => {
+        const option = node("option", null, label);
+        option.value = value;
+        return option;
+      }),
+    );
+  }
+  el.chatModel.value = chosen;
 }
 
 // ---------------------------------------------------------------- the open chat's messages
@@ -418,8 +492,28 @@ function savedMessageView(message) {
     renderAssistantText(bubble, message.message, message.citations, message.sources);
     if (Array.isArray(message.sources) && message.sources.length) body.append(sourcesView(message.sources));
   }
-  body.append(node("div", "meta", clockTime(message.created_at)));
+  body.append(metaView(clockTime(message.created_at), message.role === "Human" ? null : message.model));
   return item;
+}
+
+/** The line under a message: when it was written, the model that wrote it (a reply's; none when not known),
+ * and `more` (a reply's tokens and speed). */
+function metaView(time, model, more = []) {
+  const meta = node("div", "meta");
+  const pieces = [];
+  if (time) pieces.push(time);
+  if (model) {
+    const name = node("span", "model-name", model);
+    name.title = `Written by ${model}`;
+    const said = node("span", "visually-hidden", "Model: ");
+    pieces.push([said, name]);
+  }
+  pieces.push(...more.filter(Boolean));
+  pieces.forEach((piece, index) => {
+    if (index) meta.append(" · ");
+    meta.append(...[].concat(piece));
+  });
+  return meta;
 }
 
 function noReplyView(chatId) {
@@ -528,7 +622,9 @@ export function renderReply(reply) {
     } else if (finish === "length") {
       parts.push(node("div", "note info", "Reached the max tokens limit."));
     }
-    if (saved) parts.push(node("div", "meta", replyMeta(reply)));
+    if (saved) parts.push(replyMeta(reply));
+  } else if (reply.model) {
+    parts.push(metaView(null, reply.model)); // while it is written, from the `start` event
   }
   body.replaceChildren(...parts);
   announceEnd(reply, body);
@@ -613,12 +709,14 @@ function replyStatus(reply) {
 }
 
 function replyMeta(reply) {
-  const parts = [clockTime(reply.saved.created_at)];
+  const parts = [];
   const usage = reply.done.usage;
   const timings = reply.done.timings;
   if (usage && usage.completion_tokens) parts.push(`${usage.completion_tokens} tokens`);
   if (timings && timings.tokens_per_second) parts.push(`${Math.round(timings.tokens_per_second)} tokens/s`);
-  return parts.filter(Boolean).join(" · ");
+  // The saved message names its model (null: the server did not say); a server without models, only `start`.
+  const model = "model" in reply.saved ? reply.saved.model : reply.model;
+  return metaView(clockTime(reply.saved.created_at), model, parts);
 }
 
 // ---------------------------------------------------------------- the composer and the layout

@@ -219,7 +219,7 @@ def test_send_streams_the_reply_token_by_token_and_it_is_there_after_a_reload(ta
     page = tab.page
     page.goto(f"/?max_tokens=24&{GREEDY}")
     expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
-    expect(page.locator("#model-label")).to_have_text("Gemma 3 270m")
+    expect(page.locator("#model-label")).to_have_text("gemma-3-270m")
     page.click("#new-chat")
     active = page.locator("#chat-list .chat-item.active")
     expect(active.locator(".chat-name")).to_have_text("New chat")
@@ -715,7 +715,7 @@ def test_a_server_with_keys_asks_for_one_refuses_a_wrong_one_and_the_person_carr
 
     sign_in(page)
     expect(prompt).to_be_hidden()
-    expect(page.locator("#model-label")).to_have_text("Gemma 3 270m")  # /health names it to the signed in only
+    expect(page.locator("#model-label")).to_have_text("gemma-3-270m")  # /health names it to the signed in only
     (cookie,) = tab.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and PAGE_KEY not in cookie["value"]
     assert page.evaluate("document.cookie") == ""  # no script can read it
