@@ -96,10 +96,10 @@ screenshot: db model clients
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_page_markdown.py -k "each_markdown_feature"
 
 # The Postman collection against a server that is already running (`make run` in another terminal);
-# API_KEY=... for a server with keys.
+# API_KEY=... for a server with keys; PULL_SOURCE=REPO:QUANT to pull that model in the Models folder (and remove it).
 postman: node_modules/.installed
 	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT) \
-		$(if $(API_KEY),--env-var apiKey=$(API_KEY))
+		$(if $(API_KEY),--env-var apiKey=$(API_KEY)) $(if $(PULL_SOURCE),--env-var pullSource=$(PULL_SOURCE))
 
 bench: db model
 	$(BIN)/python -m bench
