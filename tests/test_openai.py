@@ -26,6 +26,14 @@ IDLE = {"running": 0, "waiting": 0}
 ASK = [{"role": "user", "content": QUESTION}]
 # A conversation the model answers at temperature 0 with an endless loop (tests/support/chats.py).
 ENDLESS_MESSAGES = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(ENDLESS)]
+# A streamed reply of the looping conversation that runs until stopped.
+ENDLESS_STREAM = {
+    "model": "gemma-3-270m",
+    "messages": ENDLESS_MESSAGES,
+    "max_tokens": 2000,
+    "temperature": 0,
+    "stream": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +198,7 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine_at_once(openai_server)
     before = scrape(base)
     response = requests.post(
         f"{base}/v1/chat/completions",
-        json={
-            "model": "gemma-3-270m",
-            "messages": ENDLESS_MESSAGES,
-            "max_tokens": 2000,
-            "temperature": 0,
-            "stream": True,
-        },
+        json=ENDLESS_STREAM,
         stream=True,
         timeout=60,
     )
@@ -455,13 +457,7 @@ def test_keys_rate_limits_and_a_full_queue(start_server):
     # The first reply runs (1 of 3 started); the queue holds one, so the next is refused (2 of 3: it asked).
     running = requests.post(
         f"{base}/v1/chat/completions",
-        json={
-            "model": "gemma-3-270m",
-            "messages": ENDLESS_MESSAGES,
-            "max_tokens": 2000,
-            "temperature": 0,
-            "stream": True,
-        },
+        json=ENDLESS_STREAM,
         headers={"Authorization": f"Bearer {KEY}"},
         stream=True,
         timeout=60,

@@ -22,21 +22,11 @@ from chatapi import create_app, huggingface, pulls
 from chatapi.huggingface import PullError, Source
 from chatapi.llm.catalog import BUNDLED_ID, Catalog
 from chatapi.pulls import PullState
-from tests.support.fake_hub import TOKEN, FakeHub, bundled_model, hub_environment
+from tests.support.fake_hub import MANY_GGUFS, TOKEN, FakeHub, bundled_model, hub_environment
 from tests.support.server import ROOT
 
 FLASK = Path(sys.executable).parent / "flask"
-MANY = [
-    "README.md",
-    "many-Q4_K_M.gguf",
-    "many-instruct-Q4_K_M.gguf",
-    "many-Q4_K_S.gguf",
-    "IQ4_XS/many-IQ4_XS.gguf",
-    "mmproj-many-F16.gguf",
-    "many-Q8_0-00001-of-00003.gguf",
-    "many-Q8_0-00002-of-00003.gguf",
-    "many-Q8_0-00003-of-00003.gguf",
-]
+MANY = ["README.md", *MANY_GGUFS]
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,9 @@ README = b"---\nlibrary_name: gguf\n---\n# tiny-GGUF\nThe bundled Gemma 3 270M, 
 
 @functools.cache
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+    """What the hub reports, computed apart from the pull's own check (chatapi/huggingface.py), which it tests."""
     with open(path, "rb") as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -95,21 +93,22 @@ def small_gguf_named(text: str) -> HubFile:
     return HubFile(data=b"GGUF" + text.encode())
 
 
+# acme/many-GGUF's files besides its README: names that picking by quantization must tell apart.
+MANY_GGUFS = (
+    "many-Q4_K_M.gguf",
+    "many-instruct-Q4_K_M.gguf",
+    "many-Q4_K_S.gguf",
+    "IQ4_XS/many-IQ4_XS.gguf",
+    "mmproj-many-F16.gguf",
+    "many-Q8_0-00001-of-00003.gguf",
+    "many-Q8_0-00002-of-00003.gguf",
+    "many-Q8_0-00003-of-00003.gguf",
+)
+
+
 def repos(model: Path, model_sha256: str | None) -> dict[str, dict[str, HubFile]]:
     model_file = HubFile(path=model, known_sha256=model_sha256)
-    many = {
-        name: small_gguf_named(name)
-        for name in (
-            "many-Q4_K_M.gguf",
-            "many-instruct-Q4_K_M.gguf",
-            "many-Q4_K_S.gguf",
-            "IQ4_XS/many-IQ4_XS.gguf",
-            "mmproj-many-F16.gguf",
-            "many-Q8_0-00001-of-00003.gguf",
-            "many-Q8_0-00002-of-00003.gguf",
-            "many-Q8_0-00003-of-00003.gguf",
-        )
-    }
+    many = {name: small_gguf_named(name) for name in MANY_GGUFS}
     return {
         "acme/tiny-GGUF": {
             "README.md": HubFile(data=README, lfs=False),
