@@ -5,10 +5,11 @@ read it."""
 from flask import Flask, current_app, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.exceptions import Conflict, HTTPException, InternalServerError, ServiceUnavailable
 
 from .disk import is_disk_full
 from .extensions import db
+from .llm.catalog import UnknownModel
 from .llm.queue import ModelNotReady, QueueFull
 from .llm.remote import UpstreamError
 
@@ -131,6 +132,11 @@ def handle_upstream_error(error: UpstreamError):
     return error_response(unavailable(error.public, code_name="model_not_ready"))
 
 
+def handle_unknown_model(error: UnknownModel):
+    """A model that was there when the request was checked and removed before its reply started."""
+    return error_response(Conflict(str(error)))
+
+
 def handle_queue_full(error: QueueFull):
     """A reply asked for while the model's queue holds CHATAPI_QUEUE_SIZE: try again in a few seconds."""
     headers = {"Retry-After": QUEUE_RETRY_AFTER}
@@ -151,4 +157,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ModelNotReady, handle_model_not_ready)
     app.register_error_handler(QueueFull, handle_queue_full)
     app.register_error_handler(UpstreamError, handle_upstream_error)
+    app.register_error_handler(UnknownModel, handle_unknown_model)
     app.register_error_handler(Exception, handle_unexpected)

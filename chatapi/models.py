@@ -60,7 +60,7 @@ class Chat(db.Model):
     # Whose chat it is (chatapi/people.py); None: made while accounts were off, until the first admin takes it.
     owner_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     # The id of the model its replies use (chatapi/llm/catalog.py); None: the server's default (CHATAPI_MODEL).
-    model: so.Mapped[str | None] = so.mapped_column(sa.String(200))
+    model: so.Mapped[str | None] = so.mapped_column(sa.String(1000))
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
@@ -119,7 +119,7 @@ class Conversation(db.Model):
     # Which sentence cites which of those pages ([{"start", "end", "n"}], offsets into `message`); None without sources.
     citations: so.Mapped[list[dict] | None] = so.mapped_column(sa.JSON)
     # The id of the model that wrote an Assistant message; None for Human messages and replies from before models.
-    model: so.Mapped[str | None] = so.mapped_column(sa.String(200))
+    model: so.Mapped[str | None] = so.mapped_column(sa.String(1000))
 
     chat: so.Mapped[Chat] = so.relationship(back_populates="conversations")
 

@@ -17,6 +17,7 @@ SHA-256 never stall the server's gevent worker, and a pull goes on whichever wor
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +27,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 from .huggingface import (
     PullError,
@@ -61,15 +61,11 @@ class PullState:
     def __init__(self, models_dir: str | Path, model_id: str, lock_fd: int | None = None):
         self.dir = Path(models_dir) / "pulls"
         self.id = model_id
-        self.file = self.dir / f"{quote(model_id, safe='')}.json"
+        # Named by a digest of the id: any id (long, non-ASCII) makes a short, safe file name; the id is inside.
+        self.file = self.dir / f"{hashlib.sha256(model_id.encode()).hexdigest()[:32]}.json"
         self.lock_file = self.file.with_suffix(".lock")
         self.lock_fd = lock_fd  # held: this process may pull
         self.written = 0.0
-
-    @classmethod
-    def at(cls, lock_file: Path) -> "PullState":
-        """The state whose lock file this is."""
-        return cls(lock_file.parent.parent, unquote(lock_file.stem))
 
     def claim(self) -> bool:
         """Take the id's lock, without waiting; False when another process is pulling it. A reader's brief look
@@ -139,19 +135,7 @@ class PullState:
 
     def running(self) -> bool:
         """Whether a process holds the id's lock (this one, or another)."""
-        if self.lock_fd is not None:
-            return True
-        try:
-            fd = os.open(self.lock_file, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return self.lock_fd is not None or held(self.lock_file)
 
     def forget(self) -> None:
         """Drop a finished pull's state (the model was removed)."""
@@ -171,6 +155,9 @@ def pull(source: Source, catalog: Catalog, state: PullState | None = None) -> Mo
         info = HfApi(endpoint=endpoint).model_info(source.repo, files_metadata=True)
     siblings = {sibling.rfilename: sibling for sibling in info.siblings or []}
     files = pick(source, list(siblings))
+    same = next((e for e in catalog.entries() if e.repo == source.repo and set(e.files) & set(files)), None)
+    if same is not None:  # `REPO:q4_k_m` after `REPO:Q4_K_M`: one file, one id (removing one must not take the other's)
+        raise PullError(f"{source.repo}'s {files[0]} is there already as the model {same.id}")
     total = sum(siblings[name].size or 0 for name in files)
     folder = catalog.hub_dir(source.repo)
     remove_stale_partials(folder, files)
@@ -277,7 +264,22 @@ def claim(catalog: Catalog, source: Source) -> PullState:
 def running_pulls(models_dir: Path) -> int:
     """How many pulls hold their lock now (in any process)."""
     locks = (Path(models_dir) / "pulls").glob("*.lock")
-    return sum(PullState.at(lock).running() for lock in locks)
+    return sum(held(lock) for lock in locks)
+
+
+def held(lock_file: Path) -> bool:
+    """Whether a process holds a pull's lock file."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def remove(catalog: Catalog, model_id: str) -> ModelEntry:
@@ -289,7 +291,7 @@ def remove(catalog: Catalog, model_id: str) -> ModelEntry:
         if PullState(catalog.dir, model_id).running():
             raise Conflict(f"{model_id} is being pulled: remove it once it is there")
         raise UnknownModel(model_id)
-    if model_id == catalog.default_id():
+    if model_id == catalog.default_id() or model_id in catalog.pinned():
         raise Conflict(f"{model_id} is the server's default model (CHATAPI_MODEL): set another first")
     if entry.source != "hub":
         raise Conflict(f"{model_id} comes with the server: only pulled models are removed")
@@ -338,6 +340,7 @@ def start(source: Source, models_dir: str | Path, state: PullState) -> subproces
         str(Path(models_dir).resolve()),  # it runs in the project's folder
         "--lock-fd",
         str(state.lock_fd),
+        "--",  # what follows is the source, whatever it starts with (a file named -x.gguf)
         source.repo if source.file is not None else source.id,
     ]
     if source.file is not None:

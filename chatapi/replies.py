@@ -105,7 +105,9 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
     model = args.get("model") or chat.model
     try:
         service().resolve(model)
-    except UnknownModel:  # ?model= was checked with the query: the chat's own model was removed
+    except UnknownModel as exc:  # ?model= was checked with the query: the chat's own model, or the default, is gone
+        if model is None:
+            abort(503, message=f"the server's default model {exc.name!r} (CHATAPI_MODEL) is not on this server")
         abort(
             409,
             message=f"chat {chat.id}'s model {model!r} is not on this server any more: choose another "

@@ -104,6 +104,10 @@ class SystemPrompt(StorableString):
             super()._validate(value)
 
 
+# A model's id: the catalog's are at most 200 characters; a remote server's may be its file's path.
+MODEL_ID_LENGTH = 1000
+
+
 def known_model(model_id: str | None) -> None:
     """A model this server has (GET /models lists them); None is the server's default."""
     from .llm.catalog import UnknownModel
@@ -121,7 +125,9 @@ class ModelId(StorableString):
 
     def __init__(self, description: str, **kwargs):
         super().__init__(
-            validate=[validate.Length(min=1, max=200), known_model], metadata={"description": description}, **kwargs
+            validate=[validate.Length(min=1, max=MODEL_ID_LENGTH), known_model],
+            metadata={"description": description},
+            **kwargs,
         )
 
 
@@ -287,7 +293,7 @@ class ExportedChatSchema(RequestSchema):
     model = StorableString(
         allow_none=True,
         load_default=None,
-        validate=validate.Length(max=200),
+        validate=validate.Length(max=MODEL_ID_LENGTH),
         metadata={"description": "the chat's model; imported only where the server has it, else null (its default)"},
     )
     created_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)
@@ -300,7 +306,7 @@ class ExportedConversationSchema(RequestSchema):
     model = StorableString(
         allow_none=True,
         load_default=None,
-        validate=validate.Length(max=200),
+        validate=validate.Length(max=MODEL_ID_LENGTH),
         metadata={"description": "Assistant messages: the model that wrote it"},
     )
     created_at = Timestamp(required=True, metadata=FILE_TIMESTAMP)

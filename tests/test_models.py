@@ -9,12 +9,13 @@ import os
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import requests
 
-from chatapi import create_app
+from chatapi import create_app, pulls
 from chatapi.llm.catalog import BUNDLED_ID, Catalog, ModelEntry, UnknownModel
 from chatapi.llm.loaded import Turns
 from chatapi.llm.local import LocalBackend
@@ -114,7 +115,7 @@ def test_a_chat_can_change_its_model_and_unknown_ones_are_refused(models_server)
     assert changed.status_code == 200 and changed.json()["model"] == LARGE
     back = requests.put(f"{base}/chats/update/{chat_id}", json={"model": None}, timeout=10)
     assert back.status_code == 200 and back.json()["model"] is None
-    for bad in ("nobody/nothing:Q4_K_M", "", "x" * 201):
+    for bad in ("nobody/nothing:Q4_K_M", "", "x" * 1001):
         for response in (
             requests.post(f"{base}/chats/create", json={"name": "x", "model": bad}, timeout=10),
             requests.put(f"{base}/chats/update/{chat_id}", json={"model": bad}, timeout=10),
@@ -336,3 +337,34 @@ def test_a_model_that_cannot_load_fails_its_replies_not_the_server(models_server
         assert read_events(infer(base, other, f"max_tokens=2&{GREEDY}"))[-1]["event"] == "done"
     finally:
         catalog.remove(broken.id)
+
+
+def test_with_room_for_two_a_later_replys_model_loads_beside_a_busy_one():
+    """The oldest waiting reply's model is loaded but busy: a later reply's model takes the free place at once."""
+    backend = Settled(["x"], models_loaded=2, parallel=1)
+    waiting = deque([Waiting("c", "x"), Waiting("d", "y")])
+    running = [Waiting("a", "x")]
+    assert backend.admissible(waiting, running) == [] and backend.log == ["load x", "load y"]  # c waits for x
+    assert backend.admissible(waiting, running) == [waiting[1]] and backend.giving_way is None  # y loaded: d starts
+
+
+def test_the_default_of_a_running_server_is_not_removed_by_another_process(tmp_path):
+    folder = tmp_path / "models"
+    entry = ModelEntry("acme/x-GGUF:Q4_K_M", str(folder / "x.gguf"), 4, None, None, None, False, "hub", "acme/x-GGUF")
+    serving = Catalog(folder, default=entry.id)
+    serving.add(entry)
+    serving.pin_default()  # as a server does as it starts (LocalBackend.load)
+    shell = Catalog(folder)  # `flask models remove` in a shell without the server's CHATAPI_MODEL
+    with pytest.raises(pulls.Conflict, match="default"):
+        pulls.remove(shell, entry.id)
+    assert shell.get(entry.id) is not None
+
+
+def test_a_pulls_state_takes_any_id(client):
+    """Pull states are files named by a digest of the id: an id too long or too strange for a file name is unknown
+    (404), never an error."""
+    (Path(os.environ["CHATAPI_MODELS_DIR"]) / "pulls").mkdir(parents=True, exist_ok=True)
+    for model_id in ("x" * 300, "a/" + "é" * 120, "../../etc/passwd"):
+        assert client.get(f"/models/{model_id}/progress").status_code == 404
+        assert client.delete(f"/models/{model_id}").status_code == 404
+        assert client.get(f"/models/{model_id}").status_code == 404

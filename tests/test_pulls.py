@@ -391,6 +391,9 @@ def test_pull_list_and_remove(runner, tmp_path):
 
     again = refused(runner.invoke(args=["models", "pull", "acme/tiny-GGUF:Q4_K_M"]))
     assert "acme/tiny-GGUF:Q4_K_M is there already" in again
+    # The same file by another spelling of its quantization: one file, one id.
+    other_case = refused(runner.invoke(args=["models", "pull", "acme/tiny-GGUF:q4_k_m"]))
+    assert "tiny-Q4_K_M.gguf is there already as the model acme/tiny-GGUF:Q4_K_M" in other_case
 
     assert succeeded(runner.invoke(args=["models", "remove", "acme/tiny-GGUF:Q4_K_M"])).startswith("removed")
     assert not model.exists() and not (tmp_path / "models" / "hub").exists()

@@ -169,6 +169,31 @@ class Catalog:
             return []
         return [ModelEntry(**{**e, "files": tuple(e.get("files", ()))}) for e in data.get("models", [])]
 
+    # The defaults of the servers running: what `flask models remove` in a shell of another setting leaves alone
+
+    def pin_default(self) -> None:
+        """Note this process's default model (pins/<pid>) where every process using the catalog reads it."""
+        folder = self.dir / "pins"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(os.getpid())).write_text(self.default_id())
+
+    def pinned(self) -> set[str]:
+        """The default models of the processes running now; the notes of processes that ended are dropped."""
+        found = set()
+        for pin in (self.dir / "pins").glob("*"):
+            try:
+                os.kill(int(pin.name), 0)
+            except ProcessLookupError:
+                pin.unlink(missing_ok=True)
+                continue
+            except PermissionError:  # another user's process, running
+                pass
+            except (ValueError, OSError):  # not a pin
+                continue
+            with contextlib.suppress(OSError):
+                found.add(pin.read_text())
+        return found
+
     # Changing
 
     def hub_dir(self, repo: str) -> Path:

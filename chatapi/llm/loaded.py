@@ -4,19 +4,22 @@ LocalBackend (local.py) decides which models are loaded and which replies go to 
 """
 
 import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real thread-blocking queue
-import _thread  # its locks: gevent's monkey-patching leaves them real thread locks
 import logging
 import os
 import time
 from collections import deque
 
-from gevent.threadpool import ThreadPool
+from gevent import monkey
 
 from .catalog import ModelEntry
 from .engine import Engine, Job, Result
 from .model import Model, default_model_path
 from .reply import Reply
 
+# Real threads and locks, whether or not gevent has patched the `_thread` module (the server's worker has): the models'
+# threads block on these, outside any event loop.
+start_thread = monkey.get_original("_thread", "start_new_thread")
+real_lock = monkey.get_original("_thread", "allocate_lock")
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +83,7 @@ class Turns:
     wait for another's more than one step."""
 
     def __init__(self):
-        self._lock = _thread.allocate_lock()
+        self._lock = real_lock()
         self._waiting: deque = deque()
         self._busy = False
 
@@ -89,7 +92,7 @@ class Turns:
             if not self._busy:
                 self._busy = True
                 return
-            turn = _thread.allocate_lock()
+            turn = real_lock()
             turn.acquire()
             self._waiting.append(turn)
         turn.acquire()  # released by the step before this one: the turn is handed over, and _busy stays
@@ -110,7 +113,6 @@ class LoadedModel:
         self.entry = entry
         self.id = entry.id
         self.backend = backend
-        self.pool = ThreadPool(1)  # the one real OS thread that owns the model
         self.status = "loading"
         self.error: str | None = None
         self.model: Model | None = None
@@ -122,7 +124,8 @@ class LoadedModel:
         self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
     def start(self) -> None:
-        self.pool.spawn(self._load)
+        """The model's own real OS thread: it loads the model, runs its steps, and ends once it is unloaded."""
+        start_thread(self._load, ())
 
     def _load(self) -> None:
         """Runs in the model's thread, then stays there running steps until it is unloaded; plain attribute

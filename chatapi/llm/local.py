@@ -5,7 +5,6 @@ Models load when a reply needs one (the default model as the server starts). At 
 memory; `admissible` decides which waiting replies start, and when a model must give way to another (see there).
 """
 
-import _thread  # its locks: gevent's monkey-patching leaves them real thread locks
 import logging
 import threading
 from collections import Counter, OrderedDict, deque
@@ -14,7 +13,7 @@ import gevent
 
 from .catalog import Catalog, ModelEntry, UnknownModel
 from .engine import Job
-from .loaded import LoadedModel, Turns
+from .loaded import LoadedModel, Turns, real_lock
 from .model import NotGGUF, Vocabulary, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
 from .reply import OnEnd, OnFailure, Reply
@@ -55,14 +54,18 @@ class LocalBackend:
         self.loop_thread = 0  # its native thread id
         # Prompt builders by model id, each with its model's tokenizer (a Vocabulary, loaded without weights).
         self.builders: OrderedDict[str, tuple[ModelEntry, PromptBuilder]] = OrderedDict()
-        self.builders_lock = _thread.allocate_lock()  # the builders are made in the hub's threadpool
+        self.builders_lock = real_lock()  # the builders are made in the hub's threadpool
 
     def load(self) -> None:
-        """Load the default model, once (the server calls this as its worker starts)."""
+        """Load the default model, once (the server calls this as its worker starts); note it as this process's
+        default, which `flask models remove` leaves alone; and read the catalog's headers in the hub's threadpool
+        (half a second for a GGUF's vocabulary) rather than at the first request that lists or names a model."""
         if self.hub is None:
             self.hub = gevent.get_hub()
             self.loop_thread = threading.get_native_id()
             self._load(self.catalog.default_id())
+            self.catalog.pin_default()
+            self.hub.threadpool.spawn(self.catalog.entries)
 
     @property
     def status(self) -> str:
@@ -196,17 +199,22 @@ class LocalBackend:
             ):
                 starting.append(reply)
                 counts[reply.model] += 1
+        # Models for the replies that wait: loaded while there is room; when there is none, the oldest waiting reply's
+        # has another model give way to it (never a later one's: that would pass the oldest).
         oldest = next((reply for reply in waiting if reply not in starting), None)
-        if oldest is not None and oldest.model not in self.models:
-            self._make_room(oldest.model, counts)
+        for reply in waiting:
+            if reply.model in self.models or reply.model in self.failures or reply in starting:
+                continue
+            if len(self.models) < self.settings.models_loaded:
+                self._load(reply.model)
+            elif reply is oldest:
+                self._make_room(reply.model, counts)
         return starting
 
     def _make_room(self, model_id: str, counts: Counter) -> None:
-        """Load the model, or have the least recently used one give way to it (one at a time)."""
+        """Have the least recently used model give way to this one (one at a time)."""
         if self.giving_way is not None:
             return
-        if len(self.models) < self.settings.models_loaded:
-            return self._load(model_id)
         loaded = [m for m in self.models.values() if m.status == "ok"]
         if not loaded:
             return  # every place is taken by a model still loading or unloading: its end calls on_ready
@@ -236,22 +244,20 @@ class LocalBackend:
 
     def load_ended(self, loaded: LoadedModel) -> None:
         """In the event loop: a model loaded, or failed to (its replies waiting end with the reason)."""
-        if loaded.status == "failed":
+        if loaded.error is not None:
             del self.models[loaded.id]
             self.failures[loaded.id] = (loaded.entry, loaded.error)
-            loaded.pool.kill()
         else:
             self.ever_loaded.add(loaded.id)
             log.info("the model %s loaded in %.2f s", loaded.id, loaded.load_seconds)
-        if self.on_model_change is not None:
-            self.on_model_change(loaded.id, loaded.status, loaded.load_seconds)
+        if self.on_model_change is not None:  # its status may be "unloading" already: a model gave way at once
+            self.on_model_change(loaded.id, "failed" if loaded.error else "ok", loaded.load_seconds)
         self.on_ready()
 
     def unloaded(self, loaded: LoadedModel) -> None:
         """In the event loop: a model's thread let go of it; the model it gave way to is loaded."""
         del self.models[loaded.id]
         loaded.status = "unloaded"
-        loaded.pool.kill()
         self.removed.discard(loaded.id)
         log.info("the model %s was unloaded", loaded.id)
         if self.on_model_change is not None:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import gevent
 
+from .catalog import UnknownModel
 from .engine import Options, Result
 from .local import LocalBackend
 from .model import NotGGUF
@@ -189,6 +190,10 @@ class ReplyService:
         except NotGGUF as exc:  # the model's file cannot be read: it is not loaded either
             self.saves.pop(reply)
             self._finish(reply, "error", {"code": 503, "message": f"the model {reply.model} failed to load: {exc}"})
+            return reply
+        except UnknownModel:  # removed while the prompt was built (internet mode: while the web was read)
+            self.saves.pop(reply)
+            self._finish(reply, "error", {"code": 409, "message": f"the model {reply.model} was removed"})
             return reply
         except Exception:
             log.exception("preparing the reply failed")

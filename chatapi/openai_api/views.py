@@ -69,13 +69,13 @@ def resolve(service: ReplyService, name: str) -> str:
 @bp.route("/models", methods=["GET"])
 def list_models():
     """Every model this server has (loaded or not), as OpenAI lists models."""
-    return {"object": "list", "data": listed_models(replies.ready_service())}
+    return {"object": "list", "data": listed_models(replies.service())}
 
 
 @bp.route("/models/<path:model_id>", methods=["GET"])
 def get_model(model_id: str):
     """A model by its id; 404 for one this server does not have."""
-    found = next((m for m in listed_models(replies.ready_service()) if m["id"] == model_id), None)
+    found = next((m for m in listed_models(replies.service()) if m["id"] == model_id), None)
     if found is None:
         abort(404, message=f"The model {model_id!r} does not exist", param="model", code_name="model_not_found")
     return found
@@ -85,7 +85,7 @@ def get_model(model_id: str):
 def create_chat_completion():
     """A chat completion of the messages given, as one `chat.completion` or a stream of chunks."""
     args = read_completion_request()
-    service = replies.ready_service()
+    service = replies.service()  # replies.start checks that the model asked for is ready
     model = resolve(service, args["model"])
     system_prompt, history = prompt_parts(args["messages"])
     given = {

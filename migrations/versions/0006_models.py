@@ -18,9 +18,9 @@ depends_on = None
 
 def upgrade():
     with op.batch_alter_table("chats") as batch:
-        batch.add_column(sa.Column("model", sa.String(200), nullable=True))
+        batch.add_column(sa.Column("model", sa.String(1000), nullable=True))
     with op.batch_alter_table("conversations") as batch:
-        batch.add_column(sa.Column("model", sa.String(200), nullable=True))
+        batch.add_column(sa.Column("model", sa.String(1000), nullable=True))
 
 
 def downgrade():
