@@ -28,8 +28,9 @@ class LocalBackend:
     that wait may start (`on_ready`, after a model loaded or gave way).
 
     Which waiting replies start (`admissible`): in the order they came, each as soon as its model is loaded and has
-    a place (CHATAPI_PARALLEL replies per model). A reply whose model is not loaded may be passed by later ones
-    whose model is, but never waits on them: when the oldest waiting reply's model is not loaded and
+    a place (CHATAPI_PARALLEL replies per model). A waiting reply's model is loaded at once while fewer than
+    CHATAPI_MODELS_LOADED are. A reply whose model is not loaded may be passed by later ones whose model is, but
+    never waits on them: when the oldest waiting reply's model is not loaded and
     CHATAPI_MODELS_LOADED are, the least recently used model (an idle one first) takes no more replies, is unloaded
     as soon as its running ones end, and the oldest's model is loaded in its place. So every reply waits at most
     for the replies ahead of it, and one load for each model ahead of it."""
