@@ -478,9 +478,11 @@ def test_keys_rate_limits_and_a_full_queue(start_server):
 
 def test_a_model_that_cannot_load_is_a_503_in_openais_shape(start_server, tmp_path):
     base = start_server(ready_status=503, CHATAPI_MODEL_PATH=str(tmp_path / "missing.gguf")).url
-    assert_openai_error(requests.get(f"{base}/v1/models", timeout=10), 503, "server_error", None, "model_not_ready")
-    unready = complete(base, messages=ASK)
+    listed = requests.get(f"{base}/v1/models", timeout=10)
+    assert [m["id"] for m in listed.json()["data"]] == ["gemma-3-270m", "missing"]  # every model, the broken too
+    unready = complete(base, messages=ASK, model="missing")
     assert_openai_error(unready, 503, "server_error", None, "model_not_ready")
+    assert complete(base, messages=ASK, max_tokens=2).status_code == 200  # another model serves on
 
 
 def test_a_follow_up_resent_with_its_history_reads_only_its_new_tokens(openai_server):
