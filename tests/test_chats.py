@@ -187,7 +187,7 @@ def test_an_update_that_names_nothing_to_change_is_422(app, client, body):
     response = client.put(f"/chats/update/{chat['id']}", json=body)
     assert response.status_code == 422
     assert set(response.json["errors"]) == {"name", "system_prompt", "model"}
-    assert response.json["errors"]["name"] == ["Give name, system_prompt or both."]
+    assert response.json["errors"]["name"] == ["Give name, system_prompt, model, or more than one."]
     assert snapshot(app) == before
 
 
