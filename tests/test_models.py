@@ -243,14 +243,18 @@ class Settled(LocalBackend):
             model=None, model_cache="", models_dir="", models_loaded=models_loaded, parallel=parallel
         )
         super().__init__(settings, on_end=None, on_failure=None)
-        self.catalog = SimpleNamespace(get=lambda model_id: model_id, default_id=lambda: "x")
+        self.entries: dict[str, SimpleNamespace] = {}  # the catalog's, by id: each a pulled model
+        entry = lambda model_id: self.entries.setdefault(model_id, SimpleNamespace(id=model_id, source="hub"))  # noqa: E731
+        self.catalog = SimpleNamespace(get=entry, default_id=lambda: "x")
         self.log: list[str] = []
         for model_id in loaded:
             self._load(model_id)
 
     def _load(self, model_id: str) -> None:
         self.log.append(f"load {model_id}")
-        self.models[model_id] = SimpleNamespace(id=model_id, status="ok", last_used=len(self.log), unload=None)
+        self.models[model_id] = SimpleNamespace(
+            id=model_id, entry=self.catalog.get(model_id), status="ok", last_used=len(self.log), unload=None
+        )
         self.models[model_id].unload = lambda loaded=self.models[model_id]: self.unloaded_now(loaded)
 
     def unloaded_now(self, loaded) -> None:
@@ -287,6 +291,16 @@ def test_with_two_models_loaded_both_take_replies_and_the_least_recently_used_gi
     assert backend.admissible(waiting, [Waiting("a", "x"), Waiting("c", "x")]) == []
     assert backend.log[-2:] == ["unload y", "load z"]
     assert [r.name for r in backend.admissible(waiting, [])] == ["d"]
+
+
+def test_a_model_pulled_again_under_its_id_is_loaded_again_once_idle():
+    backend = Settled(["x"], models_loaded=1)
+    backend.entries["x"] = SimpleNamespace(id="x", source="hub", sha256="another")  # another file under the id x
+    waiting = deque([Waiting("b", "x")])
+    assert backend.admissible(waiting, [Waiting("a", "x")]) == []  # the old x takes no more; a runs on
+    assert backend.log == ["load x"]
+    assert backend.admissible(waiting, []) == [] and backend.log == ["load x", "unload x", "load x"]
+    assert backend.admissible(waiting, []) == [waiting[0]]  # on the new x
 
 
 def test_model_threads_take_turns_in_the_order_they_asked():

@@ -48,7 +48,6 @@ class LocalBackend:
         self.ever_loaded: set[str] = set()
         self.giving_way: LoadedModel | None = None  # unloaded once its replies end, for `wanted`
         self.wanted: str | None = None
-        self.removed: set[str] = set()  # removed from the catalog while loaded: unloaded once idle
         self.turns = Turns()
         self.on_model_change = None  # the app's metrics: told of each model loaded, failed or unloaded
         self.hub = None  # the server's event loop, which the models' threads report to
@@ -195,7 +194,7 @@ class LocalBackend:
                 loaded is not None
                 and loaded.status == "ok"
                 and loaded is not self.giving_way
-                and reply.model not in self.removed
+                and not self.stale(loaded)
                 and counts[reply.model] < self.settings.parallel
             ):
                 starting.append(reply)
@@ -225,12 +224,17 @@ class LocalBackend:
         self._unload_idle(counts)
 
     def _unload_idle(self, counts: Counter) -> None:
-        """Unload the model giving way, and removed ones (here, or by another process: the catalog has it no more),
-        once no reply runs on them."""
+        """Unload the model giving way, and stale ones, once no reply runs on them."""
         for loaded in list(self.models.values()):
-            leaving = loaded is self.giving_way or loaded.id in self.removed or self.catalog.get(loaded.id) is None
+            leaving = loaded is self.giving_way or self.stale(loaded)
             if leaving and loaded.status == "ok" and counts[loaded.id] == 0:
                 loaded.unload()
+
+    def stale(self, loaded: LoadedModel) -> bool:
+        """Whether the catalog has the loaded model no more, or a pulled one under its id that is another: it was
+        removed (here, or by another process) or pulled again. It takes no more replies, and is unloaded once idle."""
+        current = self.catalog.get(loaded.id)
+        return current is None or (current.source == "hub" and current != loaded.entry)
 
     def _load(self, model_id: str) -> None:
         entry = self.catalog.get(model_id)
@@ -239,7 +243,6 @@ class LocalBackend:
             gevent.spawn(self.on_ready)
             return
         self.failures.pop(model_id, None)
-        self.removed.discard(model_id)
         self.models[model_id] = loaded = LoadedModel(entry, self)
         loaded.start()
 
@@ -259,7 +262,6 @@ class LocalBackend:
         """In the event loop: a model's thread let go of it; the model it gave way to is loaded."""
         del self.models[loaded.id]
         loaded.status = "unloaded"
-        self.removed.discard(loaded.id)
         log.info("the model %s was unloaded", loaded.id)
         if self.on_model_change is not None:
             self.on_model_change(loaded.id, loaded.status, loaded.load_seconds)
@@ -274,8 +276,6 @@ class LocalBackend:
         end with an error."""
         with self.builders_lock:
             self.builders.pop(model_id, None)
-        if model_id in self.models:
-            self.removed.add(model_id)
         self.failures[model_id] = (None, f"the model {model_id} was removed")
         self.on_ready()
 
