@@ -53,14 +53,6 @@ def service() -> ReplyService:
     return current_app.extensions["replies"]
 
 
-def ready_service() -> ReplyService:
-    """The reply service with its model loaded; ModelNotReady (a 503 in either API's shape, chatapi/errors.py)
-    while it is loading or failed."""
-    replies = service()
-    replies.ready()
-    return replies
-
-
 def start(request: ReplyRequest) -> Resumable:
     """Start a reply: the one way the app does, for the chat API and /v1 alike. ModelNotReady or QueueFull (503s
     in each API's shape, chatapi/errors.py) when the model is not ready or its queue is full, 429 for a person past
