@@ -7,7 +7,8 @@ export FLASK_APP := wsgi
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test bench lint install db model clients postgres-server nginx screenshot postman clean vendor vendor-check
+.PHONY: run test bench lint install db model clients postgres-server nginx screenshot postman clean vendor vendor-check \
+	llama-server
 
 # A venv; Debian's python3 needs python3-venv for that.
 $(BIN)/python:
@@ -101,8 +102,31 @@ postman: node_modules/.installed
 	node_modules/.bin/newman run postman/chatapi.postman_collection.json --env-var baseUrl=http://$(HOST):$(PORT) \
 		$(if $(API_KEY),--env-var apiKey=$(API_KEY)) $(if $(PULL_SOURCE),--env-var pullSource=$(PULL_SOURCE))
 
-bench: db model
-	$(BIN)/python -m bench
+# llama.cpp's own llama-server, which `make bench` runs beside ours: built from the llama.cpp source vendored in the
+# pinned llama-cpp-python sdist, so that both run the same llama.cpp. CPU only, no HTTPS, no web UI (its download
+# is off); only the llama-server target, on 2 cores. Not part of `make test`: the build takes minutes.
+LLAMA_CPP_PYTHON := $(shell sed -n 's/^llama_cpp_python\(\[.*\]\)*==//p' requirements.txt)
+LLAMA_SDIST := .cache/llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLAMA_SERVER := $(LLAMA_SDIST)/build/bin/llama-server
+
+$(LLAMA_SDIST)/vendor/llama.cpp/CMakeLists.txt: | $(BIN)/python
+	mkdir -p .cache
+	$(BIN)/pip download --no-deps --no-binary :all: -d .cache llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	tar -xzf $(LLAMA_SDIST).tar.gz -C .cache
+	touch $@
+
+$(LLAMA_SERVER): $(LLAMA_SDIST)/vendor/llama.cpp/CMakeLists.txt
+	command -v cmake >/dev/null && command -v g++ >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake g++; }
+	cmake -S $(LLAMA_SDIST)/vendor/llama.cpp -B $(LLAMA_SDIST)/build -DCMAKE_BUILD_TYPE=Release \
+		-DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF
+	cmake --build $(LLAMA_SDIST)/build --target llama-server -j2
+
+llama-server: $(LLAMA_SERVER)
+
+bench: db model llama-server
+	CHATAPI_BENCH_LLAMA_SERVER=$(abspath $(LLAMA_SERVER)) $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache node_modules
