@@ -62,6 +62,10 @@ def test_stream_events_in_order_and_the_reply_is_saved(inference_server, client)
     assert len(kinds) - 2 <= usage["completion_tokens"] <= 24
     assert 0 <= timings["queue_ms"] <= timings["ttft_ms"] <= timings["total_ms"]
     assert timings["tokens_per_second"] > 1
+    # The first token in parts: the prompt built, (waiting,) handed to the model's thread, read to its first token.
+    parts = timings["prompt_ms"], timings["handoff_ms"], timings["prefill_ms"]
+    assert min(parts) >= 0 and timings["prompt_ms"] <= timings["queue_ms"] and timings["prefill_ms"] > 0
+    assert abs(timings["queue_ms"] + timings["handoff_ms"] + timings["prefill_ms"] - timings["ttft_ms"]) <= 0.3
 
 
 def test_a_chats_system_prompt_replaces_the_servers(inference_server, app, client):

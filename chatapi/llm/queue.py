@@ -383,12 +383,23 @@ def usage(result: Result) -> dict:
 
 
 def timings(reply: Reply, result: Result) -> dict:
+    """From the reply's start (its chat and history read): time in the queue, to the first token, to the end; and
+    the first token's time in parts: building the prompt, handing it to the model, reading it to the first token."""
     generating = result.ended - (result.first_token or result.ended)
+    dequeued = reply.dequeued or result.started
+    first_token = result.first_token or result.ended
     return {
-        "queue_ms": round(((reply.dequeued or result.started) - reply.created) * 1000, 1),
-        "ttft_ms": round(((result.first_token or result.ended) - reply.created) * 1000, 1),
-        "total_ms": round((result.ended - reply.created) * 1000, 1),
+        "queue_ms": ms(dequeued - reply.created),
+        "ttft_ms": ms(first_token - reply.created),
+        "total_ms": ms(result.ended - reply.created),
         "tokens_per_second": round((result.completion_tokens - 1) / generating, 1)
         if generating > 0 and result.completion_tokens is not None
         else None,
+        "prompt_ms": ms((reply.prepared or reply.created) - reply.created),
+        "handoff_ms": ms(max(result.started - dequeued, 0)),
+        "prefill_ms": ms(first_token - max(result.started, dequeued)),
     }
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

@@ -151,6 +151,7 @@ class Reply(Resumable):
         self.finished = False
         self._changed = Event()
         self.created = time.monotonic()
+        self.prepared: float | None = None  # when its prompt was built (the `start` event)
         self.dequeued: float | None = None
         self.reading_ahead: Job | None = None  # internet mode: the history read while the web is searched
         # With Redis: told of each event, to write it to the reply's stream (redis_replies.Publication.wake)...
@@ -175,6 +176,7 @@ class Reply(Resumable):
     def begin(self, prompt: Prompt) -> None:
         """The prompt is ready: announce the reply."""
         self.job.prompt = prompt
+        self.prepared = time.monotonic()
         start = {"chat_id": str(self.chat_id), "message_id": str(self.message_id), "mode": self.mode}
         self.publish("start", {**start, "model": self.model, "truncated": prompt.truncated})
 
