@@ -187,6 +187,25 @@ def test_a_new_chat_takes_a_sequence_beside_the_running_ones():
     assert engine.model.batches[-1] == [2, 3, 4]
 
 
+def test_prompts_no_longer_than_a_step_are_read_whole_and_long_ones_in_chunks():
+    """Replies asked together start together (a short prompt is not split over steps, whatever the room left), while
+    a long prompt stalls the running replies one chunk of step_tokens at a time."""
+    model = EndlessModel()
+    engine = Engine(model, step_tokens=4)
+    engine.step([job("running", 100)])
+    engine.step([job("a", 100), job("b", 100), job("c", 100)])  # 3 prompts of 3 tokens beside a running reply
+    assert sorted(model.batches[-1]) == [0] + [1] * 3 + [2] * 3 + [3] * 3
+    assert all(slot.pending is not None for slot in engine.slots)  # all four have their first token
+    model = EndlessModel()
+    engine = Engine(model, step_tokens=4)
+    engine.step([job("running", 100)])
+    long = Job("long", Prompt(list(range(1, 11)), [], 0), Options(100, 0, 1, 1), on_text=list().append)
+    for _ in range(4):
+        engine.step([long] if long not in [slot.job for slot in engine.slots] else [])
+    # Ten tokens beside the running reply's one: three a step, then the last.
+    assert model.batches[-4:] == [[0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1], [0, 1]]
+
+
 class ThreadCountingModel:
     def __init__(self):
         self.set_to: list[int] = []

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import Model
+from .model import BATCH_SIZE, Model
 from .prompt import Prompt
 
 # Fewer tokens in common than this are read again rather than copied from a chat's sequence: a copy moves the
@@ -333,7 +333,7 @@ class Engine:
     def _fill_batch(self) -> list[Part]:
         """The step's batch, in parts of one slot each: every generating slot's last token first, by sequence id
         (llama.cpp splits a batch whose sequences are out of order: 4 replies on sequences 4, 5, 3, 2 took 50 ms
-        a step against 31 in order), then prompt chunks in arrival order."""
+        a step against 31 in order), then prompt chunks in arrival order (see _prompt_room)."""
         parts: list[Part] = []
         size = 0
         for slot in sorted(self.slots, key=lambda slot: slot.sequence.id):
@@ -345,7 +345,7 @@ class Engine:
                 slot.pending = None
                 size += 1
         for slot in self.slots:
-            room = self.step_tokens - size
+            room = self._prompt_room(slot, size)
             if slot.read == slot.prompt_tokens or room <= 0:
                 continue
             chunk = slot.job.prompt.tokens[slot.read : slot.read + room]
@@ -360,6 +360,18 @@ class Engine:
             slot.sequence.tokens.extend(chunk)
             size += len(chunk)
         return parts
+
+    def _prompt_room(self, slot: Slot, size: int) -> int:
+        """How many of the slot's prompt tokens this step may read, `size` tokens being in the batch already: the
+        room left of step_tokens, so that a long prompt stalls the running replies one chunk at a time; but a prompt
+        no longer than step_tokens is read in one piece, as far as one llama.cpp batch holds it. Replies asked
+        together then start together, as on llama-server: 4 new ~80-token prompts asked at once were read in three
+        steps, not two, and the last got its first token 13% later than llama-server's (docs/benchmarks.md,
+        "First token beside llama-server")."""
+        room = self.step_tokens - size
+        if slot.prompt_tokens - slot.cached <= self.step_tokens:
+            room = max(room, BATCH_SIZE - size)
+        return room
 
     def _take(self, slot: Slot, token: int) -> str | None:
         """Stream a sampled token's text; the finish reason if the job ends with it."""
