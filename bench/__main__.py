@@ -1,6 +1,6 @@
 """Run the benchmarks: `.venv/bin/python -m bench [NAME ...]` (`make bench` runs them all). Prints each table and
 writes it to docs/benchmarks.md under the benchmark's TITLE, after its NOTES (each module carries its own); with
-names (list_chats, inference, batching, internet, answers, load, openai, remote, models, stops,
+names (list_chats, inference, batching, first_token, internet, answers, load, openai, remote, models, stops,
 soak) only those run and their
 sections are replaced. The page's sections that no benchmark writes (after the tables) are written by hand and kept.
 `.venv/bin/python -m bench --list` lists the benchmarks and runs nothing."""
@@ -14,7 +14,20 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import answers, batching, inference, internet, list_chats, load, models, openai_api, remote, soak, stops
+from bench import (
+    answers,
+    batching,
+    first_token,
+    inference,
+    internet,
+    list_chats,
+    load,
+    models,
+    openai_api,
+    remote,
+    soak,
+    stops,
+)
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -59,6 +72,7 @@ BENCHMARKS = {
     "list_chats": list_chats,
     "inference": inference,
     "batching": batching,
+    "first_token": first_token,
     "internet": internet,
     "answers": answers,
     "load": load,

@@ -16,10 +16,8 @@ Run it alone: `.venv/bin/python -m bench batching` (`make bench` runs them all).
 under "Several replies at once" (TITLE), after NOTES, which say how each figure is taken.
 """
 
-import json
 import os
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,8 +26,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import requests
-
+from bench import llama_server
 from bench.common import (
     ENDLESS,
     LIST_REQUESTS,
@@ -43,8 +40,8 @@ from bench.common import (
     prompt_text,
     stream,
 )
+from bench.llama_server import LlamaServer
 from config import Config
-from tests.support.server import free_port, wait_for_startup
 
 TOKENS = 128
 RUNS = 3  # measured repetitions of each concurrency, after one warm-up
@@ -60,9 +57,9 @@ THREADS = {
     "2, sleeping waits": {"CHATAPI_N_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"},
     "2, default": {"CHATAPI_N_THREADS": "2"},
 }
-STEPS = (64, 128, 256)  # CHATAPI_STEP_TOKENS compared
+STEPS = (64, 128, 256, 512)  # CHATAPI_STEP_TOKENS compared
+GAP_GOAL = 3  # a running reply's p99 token gap beside a long prompt, over its own
 PARALLEL = Config.CHATAPI_PARALLEL
-LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")  # a llama-server binary to compare with, if any
 
 
 TITLE = "Several replies at once"
@@ -84,8 +81,11 @@ streamed at temperature 0, the prompt our server builds for the same history.
 - **worst 1st token / 1 reply's time**: the slowest of the *n* clients' time to first token, over the time
   one reply alone takes from request to `done`. Replies made one after another would put this near *n* - 1.
 - **token gap p99 beside a 2,000-token prompt**: the 99th percentile of the gaps between two token events of
-  a running reply while a chat with a ~2,000-token prompt is asked beside it (from that request to its first
-  token), over the same reply's gaps before; one server per `CHATAPI_STEP_TOKENS` (the chunk read per step).
+  a running reply that overlap the reading of a ~2,000-token prompt asked beside it (from that request to its first
+  token: a stall for the whole of it is one gap), over the same reply's gaps before; one server per
+  `CHATAPI_STEP_TOKENS` (the chunk read per step), and llama-server (twice) on the same prompts, its running reply
+  on `/completion` dropped once the long prompt is read. **2,000-token prompt's first token**: from its request,
+  over llama-server's (the median of its two).
 - **model threads**: one server per setting: `CHATAPI_N_THREADS=1`; 2 threads that sleep at llama.cpp's
   barriers (`OMP_WAIT_POLICY=PASSIVE`); and the default, 2 threads that spin there (OpenMP's default) with one
   fewer while the rest of the machine uses more than half a core (`Threads` in `chatapi/llm/loaded.py`; *Threads*
@@ -139,66 +139,63 @@ def ours(server: Server, count: int, history: Callable = warm_history) -> tuple[
     return together([partial(stream, url) for url in urls])
 
 
-class LlamaServer:
-    """llama.cpp's own server (built from the vendored source of the pinned llama-cpp-python, outside this
-    repository; its path in CHATAPI_BENCH_LLAMA_SERVER) with PARALLEL slots of the same context size."""
-
-    def __init__(self, binary: str, model: str, log: Path, threads: int):
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        command = [binary, "-m", model, "--host", "127.0.0.1", "--port", port, "-np", str(PARALLEL)]
-        command += ["-c", str(4096 * PARALLEL), "-t", str(threads), "-tb", str(threads)]
-        command += ["--swa-full"]  # as our engine: Gemma's sliding-window cache can then be reused for a prefix
-        # As its users run it: OpenMP's default wait at the barriers, whatever this process has set.
-        env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
-        with open(log, "w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-        def healthy() -> bool:
-            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
-
-        def tail() -> str:
-            return log.read_text()[-2000:]
-
-        wait_for_startup(self.process, healthy, "llama-server", tail, 120, interval=0.2)
-
-    def stream(self, prompt: str) -> Reply:
-        """One streamed completion of the prompt (what our server sends the model for the same history)."""
-        reply = Reply(sent=time.perf_counter())
-        body = {"prompt": prompt, "n_predict": TOKENS, "temperature": 0, "stream": True}
-        with requests.post(f"{self.url}/completion", json=body, stream=True, timeout=120) as response:
-            response.raise_for_status()
-            for line in response.iter_lines():
-                if not line.startswith(b"data: "):
-                    continue
-                data = json.loads(line[6:])
-                if data.get("content"):
-                    reply.tokens.append(time.perf_counter())
-                if data.get("stop"):
-                    reply.done_at, reply.done = time.perf_counter(), data
-                    break
-        return reply
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
-
-
 def theirs(server: LlamaServer, count: int, history: Callable = warm_history) -> tuple[list[Reply], float]:
-    return together([partial(server.stream, prompt_text(history())) for _ in range(count)])
+    return together([partial(server.stream, prompt_text(history()), TOKENS) for _ in range(count)])
 
 
-def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float], dict]:
-    """Gaps (ms) between a running reply's tokens before and while a long prompt is read beside it."""
+def long_prompt() -> list[tuple[str, str]]:
+    """A chat of one ~2,000-token message, distinct from its start: no cache holds any of it."""
+    return [("Human", f"(Conversation {uuid.uuid4().hex[:8]}) {LONG_PROMPT}")]
+
+
+def gaps(times: list[float], sent: float, first: float) -> tuple[list[float], list[float]]:
+    """Gaps (ms) between a running reply's tokens before a long prompt was sent, and those that overlap its reading
+    (from its request to its first token: a stall for the whole of it is one gap)."""
+    pairs = list(zip(times, times[1:], strict=False))
+    before = [(b - a) * 1000 for a, b in pairs if b < sent]
+    return before, [(b - a) * 1000 for a, b in pairs if b >= sent and a <= first]
+
+
+def gaps_beside_a_long_prompt(server: Server) -> tuple[list[float], list[float], Reply, int]:
+    """A running reply's gaps before and while a long prompt is read beside it, the long prompt's reply, its tokens."""
     running = server.new_chat(ENDLESS)
-    long_chat = server.new_chat([("Human", LONG_PROMPT)])
+    long_chat = server.new_chat(long_prompt())
     beside = ReplyBeside(server, running, 2000, started_after=60)
     sent = time.perf_counter()
     long_reply = stream(server.infer_url(long_chat, 8))
-    times = beside.stop().tokens
-    before = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if b < sent]
-    during = [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False) if sent <= a and b <= long_reply.tokens[0]]
-    return before, during, long_reply.done
+    before, during = gaps(beside.stop().tokens, sent, long_reply.tokens[0])
+    return before, during, long_reply, long_reply.done["usage"]["prompt_tokens"]
+
+
+def their_gaps_beside_a_long_prompt(llama: LlamaServer) -> tuple[list[float], list[float], Reply, int]:
+    """The same on llama-server: the running reply is dropped (its connection closed) once the long prompt is read."""
+    started, read = threading.Event(), threading.Event()
+    times: list[float] = []  # the running reply's token arrivals
+
+    def on_token(count: int) -> None:
+        times.append(time.perf_counter())
+        if count >= 60:
+            started.set()
+        if read.is_set():
+            raise StopAsyncIteration  # ends the running reply's stream: the connection is closed
+
+    def listen() -> None:
+        try:
+            llama.stream(prompt_text(ENDLESS), 2000, on_token=on_token)
+        except StopAsyncIteration:
+            pass
+        finally:
+            started.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    started.wait(60)
+    sent = time.perf_counter()
+    long_reply = llama.stream(prompt_text(long_prompt()), 8)
+    read.set()
+    listener.join(60)
+    before, during = gaps(times, sent, long_reply.tokens[0])
+    return before, during, long_reply, long_reply.done["timings"]["prompt_n"]
 
 
 def threads_part(path: str, workdir: Path) -> list[tuple]:
@@ -215,13 +212,14 @@ def threads_part(path: str, workdir: Path) -> list[tuple]:
     return rows
 
 
-def step_part(path: str, workdir: Path) -> list[tuple]:
-    """For each step size: the running reply's token gaps before and beside the long prompt, and the prompt."""
-    rows = []
+def step_part(path: str, workdir: Path, llama: LlamaServer | None) -> list[tuple]:
+    """For each step size, and on llama-server: the running reply's token gaps before and beside the long prompt,
+    the long prompt's reply and its tokens."""
+    rows = [("llama-server", *their_gaps_beside_a_long_prompt(llama)) for _ in range(2)] if llama else []
     for step in STEPS:
         with Server(workdir / f"step-{step}", path, CHATAPI_STEP_TOKENS=str(step)) as server:
             stream(server.infer_url(server.new_chat(ENDLESS), 16))  # warm-up
-            rows.append((step, *gaps_beside_a_long_prompt(server)))
+            rows.append((f"step {step}", *gaps_beside_a_long_prompt(server)))
     return rows
 
 
@@ -249,17 +247,17 @@ def main() -> None:
             for workload, history in WORKLOADS.items():
                 ours(server, Config.CHATAPI_KV_CHATS, history)  # warm-up: every KV sequence has been used
                 runs["chatapi", workload] = {n: [ours(server, n, history) for _ in range(RUNS)] for n in CONCURRENCY}
-        if LLAMA_SERVER:
-            llama = LlamaServer(LLAMA_SERVER, path, workdir / "llama-server.log", Config.CHATAPI_N_THREADS)
-            try:
+        steps = []
+        if llama_server.BINARY:
+            with LlamaServer(path, workdir / "llama-server.log") as llama:
                 for workload, history in WORKLOADS.items():
                     theirs(llama, PARALLEL, history)  # warm-up: every slot has been used
                     runs["llama-server", workload] = {
                         n: [theirs(llama, n, history) for _ in range(RUNS)] for n in CONCURRENCY
                     }
-            finally:
-                llama.stop()
-        steps = step_part(path, workdir)
+                steps += step_part(path, workdir, llama)
+        else:
+            steps += step_part(path, workdir, None)
         threads = threads_part(path, workdir)
 
     print(f"{'measure':62} {'baseline':>15} {'measured':>14} {'ratio':>7}  goal")
@@ -284,16 +282,18 @@ def main() -> None:
             theirs_4 = summary(runs["llama-server", workload])[0][4]
             name = f"{workload}: aggregate tok/s at 4, chatapi / llama-server"
             row(name, f"{theirs_4:.1f} llama", f"{ours_4:.1f} ours", ours_4 / theirs_4)
-    if not LLAMA_SERVER:
-        print("llama-server: not compared (set CHATAPI_BENCH_LLAMA_SERVER to a llama-server binary)")
-    for step, before, during, _ in steps:
-        name = f"token gap p99 beside a 2,000-token prompt, step {step}"
-        row(
-            name,
-            f"{percentile(before, 99):.1f} ms",
-            f"{percentile(during, 99):.1f} ms",
-            percentile(during, 99) / percentile(before, 99),
-        )
+    if not llama_server.BINARY:
+        print(llama_server.NOT_COMPARED)
+    theirs_first = [reply.ttft for who, _, _, reply, _ in steps if who == "llama-server"]
+    for who, before, during, _, _ in steps:
+        name = f"token gap p99 beside a 2,000-token prompt, {who}"
+        p99_before, p99_during = percentile(before, 99), percentile(during, 99)
+        row(name, f"{p99_before:.1f} ms", f"{p99_during:.1f} ms", p99_during / p99_before, f"<= {GAP_GOAL}")
+    for who, _, _, reply, _ in steps:
+        if theirs_first and who != "llama-server":
+            theirs_ms = statistics.median(theirs_first) * 1000
+            name = f"2,000-token prompt's first token, {who} / llama-server"
+            row(name, f"{theirs_ms:.0f} ms", f"{reply.ttft * 1000:.0f} ms", reply.ttft * 1000 / theirs_ms, "<= 1")
     print(
         f"{'model threads':18} {'alone tok/s':>12} {'beside listings':>16} {'list p50 idle/gen ms':>22} "
         f"{'list p99 idle/gen ms':>22} {'4 together tok/s':>17}"
@@ -310,8 +310,8 @@ def main() -> None:
             ttfts = "; ".join(", ".join(f"{r.ttft * 1000:.0f}" for r in replies) for replies, _ in measured)
             rates = ", ".join(f"{rate:.1f}" for _, rate in measured)
             print(f"  {who}, {workload}, {n} together: aggregate tok/s {rates}; first-token ms per run {ttfts}")
-    for step, before, during, long_done in steps:
+    for who, before, during, reply, prompt_tokens in steps:
         print(
-            f"  step {step}: the {long_done['usage']['prompt_tokens']}-token prompt's first token after "
-            f"{long_done['timings']['ttft_ms']:.0f} ms; gaps measured {len(before)} before, {len(during)} during"
+            f"  {who}: the {prompt_tokens}-token prompt's first token after {reply.ttft * 1000:.0f} ms; gaps measured "
+            f"{len(before)} before, {len(during)} during"
         )
