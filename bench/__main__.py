@@ -1,6 +1,6 @@
 """Run the benchmarks: `.venv/bin/python -m bench [NAME ...]` (`make bench` runs them all). Prints each table and
 writes it to docs/benchmarks.md under the benchmark's TITLE, after its NOTES (each module carries its own); with
-names (list_chats, inference, batching, first_token, internet, answers, load, openai, remote, models, stops,
+names (list_chats, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models, stops,
 soak) only those run and their
 sections are replaced. The page's sections that no benchmark writes (after the tables) are written by hand and kept.
 `.venv/bin/python -m bench --list` lists the benchmarks and runs nothing."""
@@ -17,6 +17,7 @@ from pathlib import Path
 from bench import (
     answers,
     batching,
+    chunks,
     first_token,
     inference,
     internet,
@@ -73,6 +74,7 @@ BENCHMARKS = {
     "inference": inference,
     "batching": batching,
     "first_token": first_token,
+    "chunks": chunks,
     "internet": internet,
     "answers": answers,
     "load": load,
