@@ -230,6 +230,21 @@ def test_the_model_leaves_a_core_while_other_work_needs_one():
     assert four.wanted(1.5) == 3
 
 
+def test_other_work_while_the_model_was_idle_leaves_it_all_its_threads(monkeypatch):
+    """A reading that spans the model's idle time (longer than STALE) is not averaged: the work then is over."""
+    readings = iter([0.0, 5.0, 5.0, 5.2])  # CPU seconds of other work: 5 s of it while the model was idle
+    monkeypatch.setattr("chatapi.llm.loaded.other_cpu_seconds", lambda loop_thread: next(readings))
+    model = ThreadCountingModel()
+    threads = Threads(model, 2, loop_thread=0)
+    threads.adjust(0.0)
+    threads.current = 1  # as one thread fewer was running when the model went idle
+    threads.adjust(3.0)  # 3 s later: its first step after the idle time
+    assert model.set_to == [2]
+    threads.adjust(3.2)  # no other work since: still all
+    threads.adjust(3.4)  # 1 core of other work for the last 0.2 s: one fewer
+    assert model.set_to == [2, 1]
+
+
 def test_the_event_loops_own_work_is_read_apart_from_the_models_threads():
     """What the model's thread subtracts from the machine's CPU is this process's, but for the event loop's:
     the loop's thread is read alone (a busy other thread of the process, as the model's are, is not in it)."""

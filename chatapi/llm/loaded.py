@@ -30,6 +30,11 @@ class Threads:
 
     WINDOW = 0.1  # seconds between two readings
     OTHERS_LIMIT = 0.5  # cores of other work from which the model leaves one to it
+    # Seconds after which the last reading spans the model's idle time (a step takes 0.6 s at most): what ran
+    # meanwhile says nothing of now. Averaged in, a benchmark's llama-server replies between ours made our next
+    # step run on one thread: 4 short prompts read together took 470 ms against 250 (the first of 4 at once, 1.5x
+    # llama-server's). So all threads again, from a new reading.
+    STALE = 1.0
 
     def __init__(self, model: Model, n_threads: int, loop_thread: int):
         self.model = model
@@ -44,7 +49,9 @@ class Threads:
         others = other_cpu_seconds(self.loop_thread)
         if others is None:  # not Linux: the count stays
             return
-        if self.last:
+        if self.last and now - self.last[0] > self.STALE:
+            self.set(self.full)
+        elif self.last:
             self.set(self.wanted((others - self.last[1]) / (now - self.last[0])))
         self.last = (now, others)
 
