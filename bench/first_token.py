@@ -42,8 +42,9 @@ the request; medians, and the ratio is the median of each turn's ours ÷ llama-s
   (rendering the history and tokenizing it, `prompt_ms`), *queue* (waiting for a place, `queue_ms` less the prompt),
   *hand-off* (from the queue to the model's thread, `handoff_ms`), *prefill* (the model reading the prompt to its
   first token, `prefill_ms`), *to the client* (the rest: the token from the model's thread to the event loop to the
-  socket). llama-server's own `timings.prompt_ms` is its prefill; the rest of its first token is its HTTP and
-  tokenizing, and the token's way out."""
+  socket). *before the reply* also holds the `start` event's own way out, which overlaps the next parts, so *to the
+  client* can come out a few ms below 0. llama-server's own `timings.prompt_ms` is its prefill; the rest of its first
+  token is its HTTP and tokenizing, and the token's way out."""
 
 
 def history() -> list[tuple[str, str]]:
