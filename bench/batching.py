@@ -6,7 +6,8 @@
    token. Ratios: aggregate at 4 over 1 reply alone; the worst first-token time at 4 over one reply's whole
    time alone (1.0 would mean the last client waited for a whole reply).
 2. Gaps between two tokens of one reply (p99) while a ~2,000-token prompt is read beside it, over the same
-   reply's gaps before that prompt arrived.
+   reply's gaps before that prompt arrived, for each CHATAPI_STEP_TOKENS and on llama-server; the long prompt's first
+   token over llama-server's.
 3. The model's threads (THREADS): one reply's tokens/s alone, and while GET /chats/?limit=20 runs back to
    back on another connection, with the listings' p50 and p99, and 4 replies together.
 
