@@ -26,6 +26,8 @@ from tests.support.web import Web
 os.environ["CHATAPI_MODELS_DIR"] = MODELS_DIR = tempfile.mkdtemp(prefix="chatapi-test-models-")
 # No test pulls from the real Hugging Face (the fuzzer's valid POST /models included): nothing listens on port 9.
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+# Chats' saved KV-cache states too (each server a folder of its own where a test looks at them).
+os.environ["CHATAPI_KV_DIR"] = KV_DIR = tempfile.mkdtemp(prefix="chatapi-test-kv-")
 
 # A database of this run's own, so that two runs at once never drop each other's schema.
 POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"
@@ -222,3 +224,4 @@ def elsewhere():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(MODELS_DIR, ignore_errors=True)
+    shutil.rmtree(KV_DIR, ignore_errors=True)

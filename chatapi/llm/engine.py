@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .kv_files import MIN_RESTORED, Saved, common_prefix
 from .model import Model
 from .prompt import Prompt
 
@@ -44,6 +45,8 @@ class Job:
     read_only: bool = False
     # A job of no chat (its chat_id is its own, never seen again): its cache is found by its prompt's tokens.
     by_prefix: bool = False
+    # The chat's state as saved on disk (kv_files.py), read for this job when the chat had no sequence in memory.
+    restore: Saved | None = None
 
 
 @dataclass
@@ -139,15 +142,6 @@ class StopScanner:
         self.pending = ""
         for matcher in self.matchers:
             matcher.matched = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass
@@ -313,8 +307,12 @@ class Engine:
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
         sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
+        restored = job.restore is not None and self._restore(sequence, job.restore, prompt)
+        job.restore = None  # tens of MB: not kept while the job runs
         # Reuse what the sequence already holds; at least one token must run to get logits (unless only read).
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - (not job.read_only))
+        if restored and self.model.first_position(sequence.id) > max(0, cached - self.model.n_swa):
+            cached = 0  # the restored state lacks part of the window before the first new token: read it cold
         self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
         options = job.options
@@ -329,6 +327,34 @@ class Engine:
             read=cached,
             prompt_tokens=len(prompt),
         )
+
+    def _restore(self, sequence: Sequence, saved: Saved, prompt: list[int]) -> bool:
+        """Load a chat's saved state into its sequence, unless the sequence holds as much of the prompt already;
+        whether it was loaded (llama.cpp refuses a state that is not this model's: the sequence is then empty)."""
+        if common_prefix(sequence.tokens, prompt) >= saved.usable:
+            return False
+        restored = self.model.restore_state(sequence.id, saved.state)
+        sequence.tokens = saved.tokens if restored else []
+        if not restored:
+            log.warning("llama.cpp refused the saved state of chat %s: its prompt is read cold", saved.chat_id)
+        return restored
+
+    def save(self, chat_id: uuid.UUID, prefix: list[int]):
+        """The chat's sequence cut to what it has in common with `prefix` (the tokens its next prompt begins with),
+        as (tokens, state) to be written to disk; None when its sequence left memory, its next job runs already (whose
+        end saves it), or too little is in common to be worth restoring.
+
+        Cut first, because llama.cpp writes a sliding-window model's state as the window before the sequence's last
+        token only: a state is of use as a whole, so it must end where the next prompt goes on from it."""
+        sequence = next((s for s in self.sequences if s.chat_id == chat_id and not s.by_prefix), None)
+        if sequence is None or any(slot.sequence is sequence for slot in self.slots):
+            return None
+        keep = common_prefix(sequence.tokens, prefix)
+        if keep < MIN_RESTORED:
+            return None
+        self.model.forget(sequence.id, keep)
+        sequence.tokens = sequence.tokens[:keep]
+        return list(sequence.tokens), self.model.save_state(sequence.id)
 
     def _fill_batch(self) -> list[Part]:
         """The step's batch, in parts of one slot each: every generating slot's last token first, by sequence id

@@ -7,12 +7,17 @@ import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real th
 import logging
 import os
 import time
+import uuid
 from collections import deque
+from dataclasses import dataclass
 
+import gevent
+import llama_cpp
 from gevent import monkey
 
 from .catalog import ModelEntry
 from .engine import Engine, Job, Result
+from .kv_files import Identity, model_key
 from .model import Model, default_model_path
 from .reply import Reply
 
@@ -105,6 +110,14 @@ class Turns:
                 self._busy = False
 
 
+@dataclass
+class SaveOrder:
+    """Save a chat's state (kv_files.py) up to where its next prompt goes on from it (Engine.save)."""
+
+    chat_id: uuid.UUID
+    prefix: list[int]
+
+
 class LoadedModel:
     """One model in memory: the real OS thread that loads it and then runs its engine's steps back to back
     (continuous batching), and the replies handed to it. Status: loading, ok, failed, unloading."""
@@ -120,7 +133,9 @@ class LoadedModel:
         self.load_seconds: float | None = None
         self.last_used = time.monotonic()
         self.generating: dict[int, Reply] = {}  # by id() of their job: the replies handed to the model's thread
-        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread; None: unload
+        self.identity: Identity | None = None  # what its chats' saved states are made under, once loaded
+        # Jobs and SaveOrders handed to the model's thread; None: unload.
+        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()
         self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
     def start(self) -> None:
@@ -137,6 +152,8 @@ class LoadedModel:
             path = default_model_path(s.model_cache) if self.entry.source == "bundled" else self.entry.path
             self.model = Model(path, backend.context_window(self.id), s.n_threads, s.kv_chats)
             self.engine = Engine(self.model, s.step_tokens)
+            key = model_key(self.entry, str(path))
+            self.identity = Identity(key, self.model.n_ctx, self.model.n_swa, llama_cpp.__version__)
             self.load_seconds = time.monotonic() - started
             self.status = "ok"
         except Exception as exc:
@@ -151,7 +168,30 @@ class LoadedModel:
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self.generating[id(reply.job)] = reply
         self.last_used = time.monotonic()
-        self._admitted.put(reply.job)
+        if self._may_restore(reply.job):
+            gevent.spawn(self._restore_then_generate, reply.job)
+        else:
+            self._admitted.put(reply.job)
+
+    def _may_restore(self, job: Job) -> bool:
+        """Whether the chat may have a saved state to read: it has no sequence in memory (as far as the event loop
+        can see the model's thread: a sequence taken meanwhile costs only a needless read)."""
+        kv = self.backend.kv
+        return kv.enabled and not job.by_prefix and all(s.chat_id != job.chat_id for s in self.engine.sequences)
+
+    def _restore_then_generate(self, job: Job) -> None:
+        """Read the chat's saved state (in the hub's threadpool: tens of MB from disk), then hand the job over."""
+        try:
+            job.restore = self.backend.hub.threadpool.apply(
+                self.backend.kv.read, (self.identity, job.chat_id, job.prompt.tokens)
+            )
+        except Exception:  # the prompt is read cold
+            log.exception("the saved state of chat %s could not be read", job.chat_id)
+        self._admitted.put(job)
+
+    def save(self, chat_id: uuid.UUID, prefix: list[int]) -> None:
+        """Have the model's thread save the chat's state, between two steps."""
+        self._admitted.put(SaveOrder(chat_id, prefix))
 
     def read_ahead(self, job: Job) -> None:
         self._admitted.put(job)
@@ -174,6 +214,11 @@ class LoadedModel:
                 new.append(self._admitted.get())
             if None in new:  # unload: only read-ahead jobs can be left, which end unreported
                 break
+            for order in [order for order in new if isinstance(order, SaveOrder)]:
+                new.remove(order)
+                self._save(order)
+            if not new and not engine.slots:
+                continue
             try:
                 with backend.turns:
                     ended, error = engine.step(new), None
@@ -187,6 +232,17 @@ class LoadedModel:
         self.model.close()
         self.model = None
         backend.hub.loop.run_callback_threadsafe(backend.unloaded, self)
+
+    def _save(self, order: SaveOrder) -> None:
+        """In the model's thread: copy the chat's state out of the cache (a memory copy, milliseconds); the
+        writer's own thread writes it."""
+        try:
+            saved = self.engine.save(order.chat_id, order.prefix)
+        except Exception:  # the chat is read cold next time
+            log.exception("the state of chat %s could not be copied", order.chat_id)
+            return
+        if saved is not None:
+            self.backend.kv.write(self.identity, order.chat_id, *saved)
 
     def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
         """In the event loop: publish a step's text, then report the replies it ended or that failed: those whose

@@ -13,10 +13,11 @@ import gevent
 
 from .catalog import Catalog, ModelEntry, UnknownModel
 from .engine import Job
+from .kv_files import KvFiles
 from .loaded import LoadedModel, Turns, real_lock
 from .model import NotGGUF, Vocabulary, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
-from .reply import OnEnd, OnFailure, Reply
+from .reply import OnEnd, OnFailure, Reply, ReplyRequest
 
 BUILDERS_KEPT = 4  # prompt builders (tokenizers) kept, of the models replies were last built for
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class LocalBackend:
         # Prompt builders by model id, each with its model's tokenizer (a Vocabulary, loaded without weights).
         self.builders: OrderedDict[str, tuple[ModelEntry, PromptBuilder]] = OrderedDict()
         self.builders_lock = real_lock()  # the builders are made in the hub's threadpool
+        self.kv = KvFiles(settings.kv_dir, settings.kv_disk_bytes)  # chats' states on disk
 
     def load(self) -> None:
         """Load the default model, once (the server calls this as its worker starts); note it as this process's
@@ -177,6 +179,27 @@ class LocalBackend:
         ahead = Prompt(prompt.tokens[: prompt.head], prompt.stop, prompt.truncated)
         reply.reading_ahead = Job(reply.chat_id, ahead, reply.job.options, on_text=len, read_only=True)
         loaded.read_ahead(reply.reading_ahead)
+
+    # Chats' states on disk (kv_files.py)
+
+    def keep_state(self, reply: Reply, request: ReplyRequest, text: str) -> None:
+        """After a chat's reply was saved: have its model save the chat's state, up to where the chat's next prompt
+        goes on from it (the history with this reply, as the next turn renders it). In a greenlet of its own."""
+        loaded = self.models.get(reply.model)
+        if not self.kv.enabled or request.by_prefix or loaded is None or loaded.status != "ok":
+            return
+        history = [*request.history, Message("Assistant", text)]
+        budget = self.context_window(reply.model) - request.options.max_tokens
+        try:
+            prefix = self.build(reply.model, request.system_prompt, history, budget, request.cut)
+        except Exception:  # too long now, a model removed: nothing to save
+            log.debug("no state saved for chat %s", reply.chat_id, exc_info=True)
+            return
+        loaded.save(reply.chat_id, prefix.tokens)
+
+    def forget_chat(self, chat_id) -> None:
+        """The chat was deleted: its saved states go (in the hub's threadpool: a few file deletions)."""
+        self.in_thread(lambda: self.kv.remove(chat_id))
 
     # Which replies run, and where
 

@@ -20,7 +20,7 @@ from .model import NotGGUF
 from .prompt import ContextLengthExceeded
 from .redis_replies import Board
 from .remote import RemoteBackend
-from .reply import ChatGone, Reply, ReplyRequest, Resumable, SaveReply, StoreUnavailable
+from .reply import ChatGone, Reply, ReplyRequest, Resumable, StoreUnavailable
 from .settings import ModelSettings
 
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
@@ -54,7 +54,7 @@ class ReplyService:
         # The chats whose reply in by_chat is finished, oldest first, with the bytes each holds (within kept_bytes).
         self.kept: OrderedDict[uuid.UUID, int] = OrderedDict()
         self.kept_total = 0
-        self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
+        self.requests: dict[Reply, ReplyRequest] = {}  # replies not finished yet, and what each answers
         self.research_timings: dict[Reply, dict] = {}  # internet mode: unfinished replies' research, for `done`
         self.board: Board | None = None
         if settings.redis_url:
@@ -178,26 +178,26 @@ class ReplyService:
             if holder is not None:
                 return self.board.view(chat_id, holder, self.by_chat.get(chat_id))
         self._remember(reply)
-        self.saves[reply] = request.save
+        self.requests[reply] = request
         self.preparing += 1
         try:
             self._prepare(reply, request)
         except ContextLengthExceeded as exc:
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             del self.by_chat[chat_id]
             exc.max_tokens = request.options.max_tokens  # the window's other part, which its client is told of
             raise
         except NotGGUF as exc:  # the model's file cannot be read: it is not loaded either
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 503, "message": f"the model {reply.model} failed to load: {exc}"})
             return reply
         except UnknownModel:  # removed while the prompt was built (internet mode: while the web was read)
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 409, "message": f"the model {reply.model} was removed"})
             return reply
         except Exception:
             log.exception("preparing the reply failed")
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 500, "message": "the reply could not be prepared"})  # why: in the log
             return reply
         finally:
@@ -229,6 +229,11 @@ class ReplyService:
             del self.by_chat[chat_id]
         if self.board is not None:
             self.board.forget(chat_id)
+
+    def forget_chat(self, chat_id: uuid.UUID) -> None:
+        """The chat was deleted: stop its reply, and what the model kept of it (its saved state) goes."""
+        self.stop(chat_id)
+        self.backend.forget_chat(chat_id)
 
     def stop(self, chat_id: uuid.UUID) -> bool:
         """Stop the chat's reply if one is being made (with Redis, by whichever process makes it); its partial text
@@ -336,7 +341,7 @@ class ReplyService:
 
     def _failed(self, reply: Reply, code: int, message: str) -> None:
         """The backend could not make a reply: it ends with an `error` event, and nothing is saved."""
-        self.saves.pop(reply, None)
+        self.requests.pop(reply, None)
         self._finish(reply, "error", {"code": code, "message": message})
         if reply in self.running:
             self.running.remove(reply)
@@ -354,9 +359,9 @@ class ReplyService:
 
     def _end(self, reply: Reply, result: Result) -> None:
         """Store the reply through its `save` callback and send `done` with it (or `error`)."""
-        save = self.saves.pop(reply)
+        request = self.requests.pop(reply)
         try:
-            saved = save(reply)
+            saved = request.save(reply)
         except ChatGone:
             return self._finish(reply, "error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
         except StoreUnavailable as exc:
@@ -368,7 +373,10 @@ class ReplyService:
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
         research = self.research_timings.get(reply, {})
+        text = reply.text  # as saved (a finished reply lets go of its pieces)
         self._finish(reply, "done", {**done, "timings": {**timings(reply, result), **research}})
+        if saved:  # the chat's state, for its next reply (the local backend's, on disk)
+            gevent.spawn(self.backend.keep_state, reply, request, text)
 
 
 def usage(result: Result) -> dict:
