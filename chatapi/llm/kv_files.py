@@ -12,6 +12,7 @@ disk) is logged and skipped: a reply never fails because of it.
 
 import _queue  # the C SimpleQueue: a real thread-blocking queue under gevent's monkey-patching
 import array
+import contextlib
 import hashlib
 import json
 import logging
@@ -55,12 +56,18 @@ def model_key(entry: ModelEntry, path: str) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
+class Stale(Exception):
+    """A chat's saved state no longer begins its prompt (far enough to be used)."""
+
+
 @dataclass(frozen=True)
 class Identity:
     """What a state was made under; a file made under anything else is not used."""
 
     model: str  # model_key
     n_ctx: int  # each sequence's window
+    sequences: int  # the context's sequences (CHATAPI_KV_CHATS): llama.cpp's state has a part for each, and its
+    # restore refuses another count
     n_swa: int  # the model's sliding window (0: none)
     llama_cpp: str  # llama-cpp-python's version: the state's layout is llama.cpp's own
 
@@ -118,19 +125,24 @@ class KvFiles:
                 header, tokens = read_head(file, identity)
                 usable = min(common_prefix(tokens, prompt), len(prompt) - 1)
                 if not restorable(len(tokens), usable, identity.n_swa):
-                    return None
+                    raise Stale(f"{usable} of its {len(tokens)} tokens begin the prompt")
                 state = file.read(header["state_bytes"] + 1)
         except FileNotFoundError:
             return None
+        except Stale as exc:  # the chat's history changed (an edit, a regenerate): its reply's end saves anew
+            log.debug("the saved state of chat %s is stale (%s): it is read cold", chat_id, exc)
+            discard(path)
+            return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("the saved state of chat %s cannot be used (%s): it is read cold", chat_id, exc)
-            path.unlink(missing_ok=True)
+            discard(path)
             return None
         if len(state) != header["state_bytes"] or zlib.crc32(state) != header["crc32"]:
             log.warning("the saved state of chat %s is damaged: it is read cold", chat_id)
-            path.unlink(missing_ok=True)
+            discard(path)
             return None
-        os.utime(path)  # used: the last to go
+        with contextlib.suppress(OSError):  # deleted meanwhile: its state is read all the same
+            os.utime(path)  # used: the last to go
         return Saved(chat_id, tokens, state, usable)
 
     # Writing (the writer's own thread)
@@ -208,7 +220,13 @@ class KvFiles:
             while len(self._deleted) > DELETED_KEPT:
                 self._deleted.popitem(last=False)
         for path in self.root.glob(f"*/{chat_id}"):
-            path.unlink(missing_ok=True)
+            discard(path)
+
+
+def discard(path: Path) -> None:
+    """Delete a file that is of no use; a folder that refuses it (read-only, gone) is left as it is."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def read_head(file, identity: Identity) -> tuple[dict, list[int]]:

@@ -153,7 +153,8 @@ class LoadedModel:
             self.model = Model(path, backend.context_window(self.id), s.n_threads, s.kv_chats)
             self.engine = Engine(self.model, s.step_tokens)
             key = model_key(self.entry, str(path))
-            self.identity = Identity(key, self.model.n_ctx, self.model.n_swa, llama_cpp.__version__)
+            model = self.model
+            self.identity = Identity(key, model.n_ctx, model.sequences, model.n_swa, llama_cpp.__version__)
             self.load_seconds = time.monotonic() - started
             self.status = "ok"
         except Exception as exc:
