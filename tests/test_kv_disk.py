@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from chatapi.llm.engine import Engine, Job, Options
 from chatapi.llm.kv_files import MAGIC, Identity, KvFiles, restorable
 from chatapi.llm.model import Model, default_model_path
+from chatapi.llm.prompt import Prompt
 from tests.support import wait_for
 from tests.support.chats import add_message, history, infer, new_chat
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
@@ -64,13 +66,15 @@ def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(a
     kv_dir = tmp_path / "kv"
     one_at_a_time = {"CHATAPI_PARALLEL": "1", "CHATAPI_KV_CHATS": "2"}  # each state is of a context of 2 sequences
     server = serve(database_url, tmp_path / "first.log", kv_dir, **one_at_a_time)
-    restored, cold = new_chat(server.url, *STORY), new_chat(server.url, *STORY)
-    firsts = [reply(server.url, chat_id) for chat_id in (restored, cold)]
-    for chat_id in (restored, cold):
-        state_file(kv_dir, chat_id)
-        add_message(server.url, chat_id, "And then? Go on.")
-    state_file(kv_dir, cold).unlink()
-    server.stop()
+    try:
+        restored, cold = new_chat(server.url, *STORY), new_chat(server.url, *STORY)
+        firsts = [reply(server.url, chat_id) for chat_id in (restored, cold)]
+        for chat_id in (restored, cold):
+            state_file(kv_dir, chat_id)
+            add_message(server.url, chat_id, "And then? Go on.")
+        state_file(kv_dir, cold).unlink()
+    finally:
+        server.stop()
 
     # Two sequences, one reply at a time: the cold chat reads into one, the restored chat's file goes into the other
     # (an empty one: no cache of the same history helps it).
@@ -259,3 +263,37 @@ def test_a_restored_state_gives_the_logits_of_the_one_saved(model):
 def test_llama_cpp_refuses_a_state_that_is_not_one(model):
     assert not model.restore_state(2, os.urandom(4096))
     assert model.first_position(2) == -1  # left empty
+
+
+def job(chat_id: uuid.UUID, tokens: list[int], max_tokens: int) -> Job:
+    options = Options(max_tokens=max_tokens, temperature=0, top_p=1, seed=1)
+    return Job(chat_id, Prompt(tokens, stop=[], truncated=0), options, on_text=len)
+
+
+def test_a_save_waits_while_replies_run_unless_the_chats_sequence_goes(model):
+    """A save's copy waits for the model to be idle, not to delay running replies' steps; but a chat whose sequence
+    another chat takes meanwhile is saved first, cut to the prefix its next prompt begins with."""
+    engine = Engine(model, step_tokens=64)
+    text = model.tokenize(" ".join(STORY * 6))
+    assert len(text) > 800
+    d, a, b, c = (uuid.uuid4() for _ in range(4))
+    engine.generate(job(d, text[:150], 2))  # sequence 0
+    prompt = text[150:450]
+    engine.generate(job(a, prompt, 4))  # sequence 1: the prompt and 3 tokens of its reply
+    running = job(b, text[:200], 40)  # sequence 2
+    engine.step([running])
+    engine.save(a, [*prompt, 7])  # its next prompt goes on from its prompt
+    assert engine.unsaved and not engine.saved
+    engine.step([])
+    assert not engine.saved  # still waiting: a reply runs
+
+    # A new chat takes the least recently used free sequence, next to the running one: `a`'s.
+    engine.step([job(c, text[500:700], 2)])
+    [(chat_id, tokens, state)] = engine.take_saved()
+    assert chat_id == a and tokens == prompt and len(state) > 0
+    while any(slot.job is running for slot in engine.slots):
+        engine.step([])
+
+    engine.generate(job(a, [*prompt, 7, 8], 2))
+    engine.save(c, text[500:700])  # idle: copied at once
+    assert [chat_id for chat_id, _, _ in engine.take_saved()] == [c]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .kv_files import MIN_RESTORED, Saved, common_prefix
 from .model import Model
 from .prompt import Prompt
+from .stops import StopScanner
 
 # Fewer tokens in common than this are read again rather than copied from a chat's sequence: a copy moves the
 # whole sequence's cache (tens of MB), which costs about what reading this many tokens does.
@@ -73,77 +74,6 @@ class Sequence:
     by_prefix: bool = False  # held for a job of no chat: nobody comes back for it by its chat id
 
 
-class StopMatcher:
-    """One stop string's Knuth-Morris-Pratt automaton: fed the text a character at a time, its `matched` is
-    the length of the longest start of the stop string the text so far ends with (all of it: a match). Each
-    character costs O(1) amortized, whatever the stop string's length."""
-
-    def __init__(self, stop: str):
-        self.stop = stop
-        # fallback[n]: the longest proper start of stop[:n] that stop[:n] also ends with.
-        self.fallback = [0] * (len(stop) + 1)
-        k = 0
-        for n in range(2, len(stop) + 1):
-            while k and stop[n - 1] != stop[k]:
-                k = self.fallback[k]
-            if stop[n - 1] == stop[k]:
-                k += 1
-            self.fallback[n] = k
-        self.matched = 0
-
-    def feed(self, char: str) -> bool:
-        """Whether the stop string ends with this character."""
-        stop, k = self.stop, self.matched
-        while k and char != stop[k]:
-            k = self.fallback[k]
-        if char == stop[k]:
-            k += 1
-        self.matched = k
-        return k == len(stop)
-
-
-class StopScanner:
-    """Passes text on, holding back what could be the start of a stop string. Linear in the text fed: each stop
-    string's automaton (StopMatcher) reads each character once, so a long stop string costs no more a token."""
-
-    def __init__(self, stops: list[str]):
-        self.matchers = [StopMatcher(s) for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop string was reached)."""
-        # The first stop string in the list that the text holds wins, cut where it begins.
-        ends = [self._first_match(matcher, text) for matcher in self.matchers]
-        found = next((end - len(m.stop) for m, end in zip(self.matchers, ends, strict=True) if end is not None), None)
-        self.pending += text
-        if found is not None:
-            out = self.pending[:found]
-            self._reset()
-            return out, True
-        hold = max((m.matched for m in self.matchers), default=0)
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def _first_match(self, matcher: StopMatcher, text: str) -> int | None:
-        """Feed the matcher the text: where in pending + text its first match ends, else None. What is held back
-        holds no whole stop string, so a match ends in the new text."""
-        for i, char in enumerate(text):
-            if matcher.feed(char):
-                return len(self.pending) + i + 1
-        return None
-
-    def flush(self) -> str:
-        out = self.pending
-        self._reset()
-        return out
-
-    def _reset(self) -> None:
-        self.pending = ""
-        for matcher in self.matchers:
-            matcher.matched = 0
-
-
 @dataclass
 class Part:
     """One slot's entries in a step's batch."""
@@ -180,6 +110,10 @@ class Engine:
         self.step_tokens = step_tokens  # tokens decoded in one step at most (one per running reply first)
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
         self.slots: list[Slot] = []
+        # Chats whose state is to be saved (see `save`), each with the tokens its next prompt begins with...
+        self.unsaved: dict[uuid.UUID, list[int]] = {}
+        # ...and the states copied out since the caller last took them (`take_saved`): (chat, tokens, state).
+        self.saved: list[tuple[uuid.UUID, list[int], object]] = []
 
     def sequence_for(self, chat_id: uuid.UUID, prompt: list[int] | None = None) -> Sequence:
         """The chat's own sequence, else one that no running job holds: for a job of no chat (`prompt` given)
@@ -201,6 +135,8 @@ class Engine:
 
             free = [s for s in self.sequences if s.id not in running]
             least_used = min(free, key=lambda s: (span_with(s), s.used))
+            if least_used.chat_id in self.unsaved:  # its chat's state is saved before another's overwrites it
+                self._copy_state(least_used.chat_id)
             sequence = self.by_prefix(prompt, free, least_used) if prompt else least_used
             sequence.chat_id = chat_id
             sequence.by_prefix = prompt is not None
@@ -306,6 +242,7 @@ class Engine:
 
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
+        self.unsaved.pop(job.chat_id, None)  # this job's end saves the chat's state anew
         sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
         restored = job.restore is not None and self._restore(sequence, job.restore, prompt)
         job.restore = None  # tens of MB: not kept while the job runs
@@ -339,22 +276,42 @@ class Engine:
             log.warning("llama.cpp refused the saved state of chat %s: its prompt is read cold", saved.chat_id)
         return restored
 
-    def save(self, chat_id: uuid.UUID, prefix: list[int]):
-        """The chat's sequence cut to what it has in common with `prefix` (the tokens its next prompt begins with),
-        as (tokens, state) to be written to disk; None when its sequence left memory, its next job runs already (whose
-        end saves it), or too little is in common to be worth restoring.
+    def save(self, chat_id: uuid.UUID, prefix: list[int]) -> None:
+        """Save the chat's state, up to what it has in common with `prefix` (the tokens its next prompt begins
+        with): at once when no reply runs, else when none does, or before its sequence goes to another chat, so that
+        the copy (milliseconds for the bundled model, more for a larger one) never delays running replies' steps
+        but to keep a state that would otherwise be lost. The states copied out wait in `saved`."""
+        self.unsaved[chat_id] = prefix
+        if not self.slots:
+            self.save_unsaved()
+
+    def save_unsaved(self) -> None:
+        for chat_id in list(self.unsaved):
+            self._copy_state(chat_id)
+
+    def take_saved(self) -> list[tuple[uuid.UUID, list[int], object]]:
+        saved, self.saved = self.saved, []
+        return saved
+
+    def _copy_state(self, chat_id: uuid.UUID) -> None:
+        """Cut the chat's sequence to its next prompt's prefix and copy its state out, unless its sequence left
+        memory, its next job runs already (whose end saves it anew), or too little is in common to be worth restoring.
 
         Cut first, because llama.cpp writes a sliding-window model's state as the window before the sequence's last
         token only: a state is of use as a whole, so it must end where the next prompt goes on from it."""
+        prefix = self.unsaved.pop(chat_id)
         sequence = next((s for s in self.sequences if s.chat_id == chat_id and not s.by_prefix), None)
         if sequence is None or any(slot.sequence is sequence for slot in self.slots):
-            return None
+            return
         keep = common_prefix(sequence.tokens, prefix)
         if keep < MIN_RESTORED:
-            return None
+            return
         self.model.forget(sequence.id, keep)
         sequence.tokens = sequence.tokens[:keep]
-        return list(sequence.tokens), self.model.save_state(sequence.id)
+        try:
+            self.saved.append((chat_id, list(sequence.tokens), self.model.save_state(sequence.id)))
+        except Exception:  # the chat is read cold next time
+            log.exception("the state of chat %s could not be copied", chat_id)
 
     def _fill_batch(self) -> list[Part]:
         """The step's batch, in parts of one slot each: every generating slot's last token first, by sequence id

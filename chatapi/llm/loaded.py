@@ -213,37 +213,39 @@ class LoadedModel:
             new = [] if engine.slots else [self._admitted.get()]
             while not self._admitted.empty():
                 new.append(self._admitted.get())
-            if None in new:  # unload: only read-ahead jobs can be left, which end unreported
-                break
             for order in [order for order in new if isinstance(order, SaveOrder)]:
                 new.remove(order)
-                self._save(order)
-            if not new and not engine.slots:
-                continue
-            try:
-                with backend.turns:
-                    ended, error = engine.step(new), None
-            except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
-                log.exception("generation failed")
-                ended, error = [], exc
-            texts, self._step_texts = self._step_texts, []
-            if texts or ended or error:
-                backend.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
+                engine.save(order.chat_id, order.prefix)
+            if None in new:  # unload: only read-ahead jobs can be left, which end unreported
+                break
+            if new or engine.slots:
+                self._step(new)
+            if not engine.slots:
+                engine.save_unsaved()
+            self._hand_saved_states()
+        engine.save_unsaved()  # unloaded: what is in memory goes to disk
+        self._hand_saved_states()
         self.engine = None
         self.model.close()
         self.model = None
         backend.hub.loop.run_callback_threadsafe(backend.unloaded, self)
 
-    def _save(self, order: SaveOrder) -> None:
-        """In the model's thread: copy the chat's state out of the cache (a memory copy, milliseconds); the
-        writer's own thread writes it."""
+    def _step(self, new: list[Job]) -> None:
+        """One engine step, and a single callback that hands the event loop its text and the replies that ended."""
         try:
-            saved = self.engine.save(order.chat_id, order.prefix)
-        except Exception:  # the chat is read cold next time
-            log.exception("the state of chat %s could not be copied", order.chat_id)
-            return
-        if saved is not None:
-            self.backend.kv.write(self.identity, order.chat_id, *saved)
+            with self.backend.turns:
+                ended, error = self.engine.step(new), None
+        except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
+            log.exception("generation failed")
+            ended, error = [], exc
+        texts, self._step_texts = self._step_texts, []
+        if texts or ended or error:
+            self.backend.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
+
+    def _hand_saved_states(self) -> None:
+        """The chats' states the engine copied out, to the writer's own thread."""
+        for chat_id, tokens, state in self.engine.take_saved():
+            self.backend.kv.write(self.identity, chat_id, tokens, state)
 
     def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
         """In the event loop: publish a step's text, then report the replies it ended or that failed: those whose
