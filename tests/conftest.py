@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 
@@ -225,3 +226,15 @@ def elsewhere():
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(MODELS_DIR, ignore_errors=True)
     shutil.rmtree(KV_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB filesystem of the test's own (mounting one needs root), unmounted afterwards."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here (it needs root): {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

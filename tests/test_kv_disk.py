@@ -18,6 +18,7 @@ from chatapi.llm.model import Model, default_model_path
 from chatapi.llm.prompt import Prompt
 from tests.support import wait_for
 from tests.support.chats import add_message, history, infer, new_chat
+from tests.support.disk import fill
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
 from tests.support.sse import read_events
 
@@ -127,6 +128,21 @@ def test_with_no_disk_budget_no_state_is_kept(app, database_url, tmp_path):
         assert not kv_dir.exists() or not any(kv_dir.glob("*/*"))
     finally:
         server.stop()
+
+
+def test_a_full_disk_leaves_replies_whole_and_no_partial_file(app, database_url, small_disk, tmp_path):
+    fill(small_disk)
+    server = serve(database_url, tmp_path / "server.log", small_disk)
+    try:
+        chat_id = new_chat(server.url, *STORY)
+        first = reply(server.url, chat_id)
+        assert first["message"]["message"]
+        wait_for(lambda: "could not be saved" in server.output(), seconds=30, what="the failed save logged")
+        add_message(server.url, chat_id, "And then?")
+        assert reply(server.url, chat_id)["usage"]["cached_tokens"] >= first["usage"]["prompt_tokens"]  # in memory
+    finally:
+        server.stop()
+    assert [path.name for path in small_disk.rglob("*") if path.is_file()] == ["filler"]
 
 
 def test_a_negative_disk_budget_stops_the_server(app, database_url, tmp_path):
