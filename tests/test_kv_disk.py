@@ -19,6 +19,7 @@ from chatapi.llm.prompt import Prompt
 from tests.support import wait_for
 from tests.support.chats import add_message, history, infer, new_chat
 from tests.support.disk import fill
+from tests.support.metrics import scrape, value
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
 from tests.support.sse import read_events
 
@@ -110,6 +111,11 @@ def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(a
         again = reply(base, restored)
         assert again["usage"]["cached_tokens"] > from_file["usage"]["prompt_tokens"]
 
+        samples = scrape(base)
+        assert value(samples, "chatapi_kv_states_total", event="read") >= 2  # `restored`, twice
+        assert value(samples, "chatapi_kv_states_total", event="stale") == 1  # the edited chat
+        assert value(samples, "chatapi_kv_disk_bytes") >= path.stat().st_size
+
         assert requests.delete(f"{base}/chats/delete/{restored}", timeout=10).status_code == 200
         wait_for(lambda: not any(kv_dir.glob(f"*/{restored}")), seconds=30, what="the deleted chat's state gone")
         assert any(kv_dir.glob(f"*/{cold}"))
@@ -169,8 +175,10 @@ def test_a_state_is_read_back_for_a_prompt_it_begins(tmp_path):
     written(kv, chat_id)
     saved = kv.read(IDENTITY, chat_id, [*TOKENS, 7, 8])
     assert saved.tokens == TOKENS and saved.state == STATE and saved.usable == len(TOKENS)
+    assert kv.counts["written"] == kv.counts["read"] == 1
     # Diverging early (the chat's history was edited): too little in common to be worth a restore; the stale file goes.
     assert kv.read(IDENTITY, chat_id, [*TOKENS[:100], 7, 8]) is None and not kv.path(IDENTITY, chat_id).exists()
+    assert kv.counts["stale"] == 1
     assert kv.read(IDENTITY, uuid.uuid4(), TOKENS) is None  # no file
 
 
@@ -219,6 +227,7 @@ def test_the_least_recently_used_states_go_past_the_budget(tmp_path):
     assert kv.read(IDENTITY, first, [*TOKENS, 7]) is not None  # read: now the most recently used
     written(kv, third)
     assert [kv.path(IDENTITY, c).exists() for c in (first, second, third)] == [True, False, True]
+    assert kv.counts["evicted"] == 1 and kv.disk_bytes == 2 * size
 
 
 def test_a_failed_write_is_logged_and_skipped(tmp_path, caplog):
@@ -228,6 +237,7 @@ def test_a_failed_write_is_logged_and_skipped(tmp_path, caplog):
         kv.write(IDENTITY, chat_id, TOKENS, STATE)
         wait_for(lambda: kv._pending == 0 and "could not be saved" in caplog.text, seconds=10, what="the failure")
     assert kv.read(IDENTITY, chat_id, TOKENS) is None
+    assert kv.counts["failed"] == 1 and kv.counts["written"] == 0
 
 
 def test_a_deleted_chats_state_goes_and_its_late_save_is_dropped(tmp_path):

@@ -36,6 +36,8 @@ MIN_RESTORED = 128
 # end must not grow the process.
 PENDING_LIMIT = 256 * 1024 * 1024
 DELETED_KEPT = 1000  # chats deleted lately, whose save still on its way to the writer is dropped
+# What befell the states, counted for /metrics (chatapi_kv_states_total{event}).
+EVENTS = ("written", "read", "stale", "unusable", "failed", "dropped", "evicted")
 start_thread = monkey.get_original("_thread", "start_new_thread")
 real_lock = monkey.get_original("_thread", "allocate_lock")
 log = logging.getLogger(__name__)
@@ -106,6 +108,12 @@ class KvFiles:
         self._pending = 0  # bytes of saves waiting for the writer
         self._deleted: OrderedDict[uuid.UUID, None] = OrderedDict()
         self._writer_started = False
+        self.counts = dict.fromkeys(EVENTS, 0)
+        self.disk_bytes = 0  # what the files took at the last write (for /metrics)
+
+    def _count(self, event: str) -> None:
+        with self._lock:
+            self.counts[event] += 1
 
     @property
     def enabled(self) -> bool:
@@ -130,19 +138,23 @@ class KvFiles:
         except FileNotFoundError:
             return None
         except Stale as exc:  # the chat's history changed (an edit, a regenerate): its reply's end saves anew
+            self._count("stale")
             log.debug("the saved state of chat %s is stale (%s): it is read cold", chat_id, exc)
             discard(path)
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._count("unusable")
             log.warning("the saved state of chat %s cannot be used (%s): it is read cold", chat_id, exc)
             discard(path)
             return None
         if len(state) != header["state_bytes"] or zlib.crc32(state) != header["crc32"]:
+            self._count("unusable")
             log.warning("the saved state of chat %s is damaged: it is read cold", chat_id)
             discard(path)
             return None
         with contextlib.suppress(OSError):  # deleted meanwhile: its state is read all the same
             os.utime(path)  # used: the last to go
+        self._count("read")
         return Saved(chat_id, tokens, state, usable)
 
     # Writing (the writer's own thread)
@@ -154,6 +166,7 @@ class KvFiles:
             if chat_id in self._deleted:
                 return
             if self._pending + size > PENDING_LIMIT:
+                self.counts["dropped"] += 1
                 log.warning("the state of chat %s is not saved: %d bytes of saves wait already", chat_id, self._pending)
                 return
             self._pending += size
@@ -168,6 +181,7 @@ class KvFiles:
             try:
                 self._write(identity, chat_id, tokens, state)
             except Exception:  # a full disk, a folder gone: the chat is read cold next time
+                self._count("failed")
                 log.exception("the state of chat %s could not be saved", chat_id)
             finally:
                 with self._lock:
@@ -191,10 +205,12 @@ class KvFiles:
             deleted = chat_id in self._deleted
         if deleted:  # the chat was deleted while its state was on its way
             path.unlink(missing_ok=True)
-        self._keep_within_budget()
+        self._count("written")
+        self.keep_within_budget()
 
-    def _keep_within_budget(self) -> None:
-        """Delete the least recently used states (of every model) until all of them fit the budget."""
+    def keep_within_budget(self) -> None:
+        """Delete the least recently used states (of every model) until all of them fit the budget (after each write,
+        and as the server starts: the budget may have been lowered)."""
         files = []
         for path in self.root.glob("*/*"):
             if path.suffix == ".partial":  # being written
@@ -210,6 +226,8 @@ class KvFiles:
                 break
             path.unlink(missing_ok=True)
             total -= size
+            self._count("evicted")
+        self.disk_bytes = total
 
     # Deleting
 

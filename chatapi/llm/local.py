@@ -68,6 +68,8 @@ class LocalBackend:
             self._load(self.catalog.default_id())
             self.catalog.pin_default()
             self.hub.threadpool.spawn(self.catalog.entries)
+            if self.kv.enabled:
+                self.hub.threadpool.spawn(self.kv.keep_within_budget)
 
     @property
     def status(self) -> str:

@@ -93,6 +93,10 @@ class ReplyService:
         """The model was removed from the catalog: it is unloaded once its running replies end."""
         self.backend.forget_model(model_id)
 
+    def kv_files(self):
+        """The chats' states on disk (kv_files.KvFiles; None on the remote backend)."""
+        return getattr(self.backend, "kv", None)
+
     def loaded_models(self) -> list[dict]:
         """The models in this process's memory: [{"id", "status", "load_seconds"}] (none on the remote backend)."""
         return self.backend.describe_loaded() if hasattr(self.backend, "describe_loaded") else []
