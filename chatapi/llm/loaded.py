@@ -169,18 +169,28 @@ class LoadedModel:
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self.generating[id(reply.job)] = reply
         self.last_used = time.monotonic()
-        if self._may_restore(reply.job):
-            gevent.spawn(self._restore_then_generate, reply.job)
+        self._admit(reply.job)
+
+    def read_ahead(self, job: Job) -> None:
+        self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        """Hand a job to the model's thread, after reading its chat's saved state if it has one to use."""
+        if self._may_restore(job):
+            gevent.spawn(self._restore_then_admit, job)
         else:
-            self._admitted.put(reply.job)
+            self._admitted.put(job)
 
     def _may_restore(self, job: Job) -> bool:
-        """Whether the chat may have a saved state to read: it has no sequence in memory (as far as the event loop
-        can see the model's thread: a sequence taken meanwhile costs only a needless read)."""
+        """Whether the chat has a saved state to read: it has a file and no sequence in memory (as far as the event
+        loop can see the model's thread: a sequence taken meanwhile costs only a needless read). A new chat's reply
+        does not wait for a thread of the pool to find no file."""
         kv = self.backend.kv
-        return kv.enabled and not job.by_prefix and all(s.chat_id != job.chat_id for s in self.engine.sequences)
+        if not kv.enabled or job.by_prefix or any(s.chat_id == job.chat_id for s in self.engine.sequences):
+            return False
+        return kv.path(self.identity, job.chat_id).exists()
 
-    def _restore_then_generate(self, job: Job) -> None:
+    def _restore_then_admit(self, job: Job) -> None:
         """Read the chat's saved state (in the hub's threadpool: tens of MB from disk), then hand the job over."""
         try:
             job.restore = self.backend.hub.threadpool.apply(
@@ -193,9 +203,6 @@ class LoadedModel:
     def save(self, chat_id: uuid.UUID, prefix: list[int]) -> None:
         """Have the model's thread save the chat's state, between two steps."""
         self._admitted.put(SaveOrder(chat_id, prefix))
-
-    def read_ahead(self, job: Job) -> None:
-        self._admitted.put(job)
 
     def unload(self) -> None:
         """Free the model once its thread is between steps (no reply runs on it: the backend waits for that)."""
