@@ -86,7 +86,7 @@ def in_process(path: str, prompt: str) -> dict:
             state = model.save_state(0)
             copies.append(time.perf_counter() - started)
             started = time.perf_counter()
-            model.restore_state(1, bytes(state))
+            model.restore_state(1, bytearray(state))
             restores.append(time.perf_counter() - started)
         for position in range(10):
             started = time.perf_counter()

@@ -28,6 +28,10 @@ class ScriptedModel:
 
     n_ctx = 4096
     sequences = 1
+    n_swa = 0  # no sliding window: every cached prefix can be used
+
+    def first_position(self, sequence: int) -> int:
+        return 0
 
     def __init__(self, pieces: list[bytes]):
         self.pieces = pieces

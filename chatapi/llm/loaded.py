@@ -116,6 +116,7 @@ class SaveOrder:
 
     chat_id: uuid.UUID
     prefix: list[int]
+    job: Job  # the reply's, whose end left the state
 
 
 class LoadedModel:
@@ -200,9 +201,9 @@ class LoadedModel:
             log.exception("the saved state of chat %s could not be read", job.chat_id)
         self._admitted.put(job)
 
-    def save(self, chat_id: uuid.UUID, prefix: list[int]) -> None:
-        """Have the model's thread save the chat's state, between two steps."""
-        self._admitted.put(SaveOrder(chat_id, prefix))
+    def save(self, chat_id: uuid.UUID, prefix: list[int], job: Job) -> None:
+        """Have the model's thread save the chat's state as `job` left it (Engine.save says when)."""
+        self._admitted.put(SaveOrder(chat_id, prefix, job))
 
     def unload(self) -> None:
         """Free the model once its thread is between steps (no reply runs on it: the backend waits for that)."""
@@ -217,20 +218,23 @@ class LoadedModel:
         threads = Threads(self.model, backend.settings.n_threads, backend.loop_thread)
         while True:
             threads.adjust(time.monotonic())
+            if not engine.slots and engine.unsaved and self._admitted.empty():
+                engine.save_next()  # idle: one state at a time, so that a job that comes waits for one copy at most
+                self._hand_saved_states()
+                continue
             new = [] if engine.slots else [self._admitted.get()]
             while not self._admitted.empty():
                 new.append(self._admitted.get())
             for order in [order for order in new if isinstance(order, SaveOrder)]:
                 new.remove(order)
-                engine.save(order.chat_id, order.prefix)
+                engine.save(order.chat_id, order.prefix, order.job)
             if None in new:  # unload: only read-ahead jobs can be left, which end unreported
                 break
             if new or engine.slots:
                 self._step(new)
-            if not engine.slots:
-                engine.save_unsaved()
             self._hand_saved_states()
-        engine.save_unsaved()  # unloaded: what is in memory goes to disk
+        while engine.unsaved:  # unloaded: what is in memory goes to disk
+            engine.save_next()
         self._hand_saved_states()
         self.engine = None
         self.model.close()

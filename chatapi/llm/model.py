@@ -185,11 +185,12 @@ class Model(Vocabulary):
             raise RuntimeError("llama.cpp did not write the sequence's whole state")
         return state
 
-    def restore_state(self, sequence: int, state: bytes) -> bool:
-        """Make the sequence hold a saved state (save_state's); False, and the sequence empty, when llama.cpp
-        refuses it (another model's, a damaged one)."""
+    def restore_state(self, sequence: int, state: bytearray) -> bool:
+        """Make the sequence hold a saved state (save_state's, as read from disk: a writable buffer, handed to
+        llama.cpp without a copy); False, and the sequence empty, when llama.cpp refuses it (another model's, a
+        damaged one)."""
         self.forget(sequence, 0)
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
         if llama_cpp.llama_state_seq_set_data(self.context.ctx, buffer, len(state), sequence) == 0:
             self.forget(sequence, 0)
             return False

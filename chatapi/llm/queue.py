@@ -377,10 +377,10 @@ class ReplyService:
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
         research = self.research_timings.get(reply, {})
-        text = reply.text  # as saved (a finished reply lets go of its pieces)
+        text, job = reply.text, reply.job  # as saved, and as the backend ran it (a finished reply lets go of both)
         self._finish(reply, "done", {**done, "timings": {**timings(reply, result), **research}})
         if saved:  # the chat's state, for its next reply (the local backend's, on disk)
-            gevent.spawn(self.backend.keep_state, reply, request, text)
+            self.backend.keep_state(reply, request, text, job)
 
 
 def usage(result: Result) -> dict:

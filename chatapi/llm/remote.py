@@ -200,7 +200,7 @@ class RemoteBackend:
     def generate(self, reply: Reply) -> None:
         gevent.spawn(self._stream, reply)
 
-    def keep_state(self, reply: Reply, request, text: str) -> None:
+    def keep_state(self, reply: Reply, request, text: str, job) -> None:
         """Nothing to keep: the server keeps (or not) what it read."""
 
     def forget_chat(self, chat_id) -> None:
