@@ -56,18 +56,26 @@ def ttft(server: Server, chat_id: str) -> tuple[float, dict]:
     return reply.ttft * 1000, reply.done
 
 
+def cached_share(done: dict) -> float:
+    """The share of the prompt that was not read again (from memory, or restored from disk)."""
+    return done["usage"]["cached_tokens"] / done["usage"]["prompt_tokens"]
+
+
 def saved(kv_dir: Path, chat_id: str) -> Path:
     """The chat's state file, once written (the writer follows a reply's `done`)."""
     wait_for(lambda: any(kv_dir.glob(f"*/{chat_id}")), seconds=60, what=f"the state of chat {chat_id}")
     return next(kv_dir.glob(f"*/{chat_id}"))
 
 
-def follow_ups(server: Server, chats: list[str]) -> list[float]:
-    times = []
+def follow_ups(server: Server, chats: list[str]) -> tuple[list[float], list[float]]:
+    """Each chat's follow-up: its time to first token (ms), and the share of its prompt that was not read again."""
+    times, shares = [], []
     for chat_id in chats:
         server.add(chat_id, "Human", FOLLOW_UP)
-        times.append(ttft(server, chat_id)[0])
-    return times
+        took, done = ttft(server, chat_id)
+        times.append(took)
+        shares.append(cached_share(done))
+    return times, shares
 
 
 def in_process(path: str, prompt: str) -> dict:
@@ -80,21 +88,21 @@ def in_process(path: str, prompt: str) -> dict:
             chunk = tokens[start : start + 256]
             model.decode([(token, start + i, 0, False) for i, token in enumerate(chunk)])
         cold = time.perf_counter() - started
+        # Taken in turns, the least of each: what the work costs, not what else the machine did meanwhile.
         copies, restores, steps = [], [], []
-        for _ in range(5):
+        for position in range(10):
             started = time.perf_counter()
             state = model.save_state(0)
             copies.append(time.perf_counter() - started)
+            data = bytearray(state)  # as read from the file
             started = time.perf_counter()
-            model.restore_state(1, bytearray(state))
+            model.restore_state(1, data)
             restores.append(time.perf_counter() - started)
-        for position in range(10):
             started = time.perf_counter()
             model.decode([(tokens[position], position, 2, True)])
             steps.append(time.perf_counter() - started)
-        median = statistics.median
-        return {"tokens": len(tokens), "cold": cold, "copy": median(copies), "restore": median(restores),
-                "step": median(steps), "bytes": len(state)}
+        return {"tokens": len(tokens), "cold": cold, "copy": min(copies), "restore": min(restores),
+                "step": min(steps), "bytes": len(state)}
     finally:
         model.close()
 
@@ -123,14 +131,15 @@ def main() -> str | None:
     cold = median(t for t, _ in firsts)
     prompt_tokens = median(done["usage"]["prompt_tokens"] for _, done in firsts)
     print(f"cold first token, {prompt_tokens:.0f}-token prompt: {cold:.0f} ms (median of {CHATS})")
-    print(f"{'follow-up first token':44} {'ms':>8} {'/ cold':>8}")
-    for name, times in (
+    print(f"{'follow-up first token':44} {'ms':>8} {'/ cold':>8} {'prompt not read again':>22}")
+    for name, (times, shares) in (
         ("(a) right after the previous reply", memory),
         (f"(b) after {OTHERS} other chats (from disk)", disk),
         ("(c) after a restart (from disk)", restart),
     ):
-        print(f"{name:44} {median(times):8.0f} {median(times) / cold:8.3f}")
-    print(f"goal (b), (c) <= {GOAL}: {'met' if max(median(disk), median(restart)) / cold <= GOAL else 'NOT met'}")
+        print(f"{name:44} {median(times):8.0f} {median(times) / cold:8.3f} {min(shares):21.1%}")
+    worst = max(median(disk[0]), median(restart[0])) / cold
+    print(f"goal (b), (c) <= {GOAL}: {'met' if worst <= GOAL else 'NOT met'}")
     copy, step = engine["copy"] * 1000, engine["step"] * 1000
     print(f"save: copy of a {engine['tokens']}-token state {copy:.1f} ms on the model's thread = {copy / step:.2f} "
           f"steps of one reply ({step:.1f} ms)")

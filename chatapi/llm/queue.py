@@ -61,11 +61,14 @@ class ReplyService:
             s = settings
             self.board = Board(s.redis_url, s.redis_prefix, s.redis_lease, s.redis_ttl, s.grace_seconds, s.ping_seconds)
             self.board.on_stop = self.cancel
+            self.board.on_deleted = self.backend.forget_chat
 
     def load(self) -> None:
         """Get the backend ready, once (the local one loads its model in its thread). The server calls this as its
         worker starts (gunicorn.conf.py); elsewhere the first request that needs the model does."""
         self.backend.load()
+        if self.board is not None:
+            self.board.listen()
 
     def ready(self, model_id: str | None = None) -> None:
         """Get the backend ready (load); ModelNotReady unless replies for the model (an id; None: the default) can be
@@ -235,9 +238,12 @@ class ReplyService:
             self.board.forget(chat_id)
 
     def forget_chat(self, chat_id: uuid.UUID) -> None:
-        """The chat was deleted: stop its reply, and what the model kept of it (its saved state) goes."""
+        """The chat was deleted: stop its reply, and what the model kept of it (its saved state) goes, in every
+        process (with Redis, each one is told)."""
         self.stop(chat_id)
         self.backend.forget_chat(chat_id)
+        if self.board is not None:
+            self.board.announce_deleted(chat_id)
 
     def stop(self, chat_id: uuid.UUID) -> bool:
         """Stop the chat's reply if one is being made (with Redis, by whichever process makes it); its partial text
