@@ -1,7 +1,7 @@
 """Run the benchmarks: `.venv/bin/python -m bench [NAME ...]` (`make bench` runs them all). Prints each table and
 writes it to docs/benchmarks.md under the benchmark's TITLE, after its NOTES (each module carries its own); with
-names (list_chats, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models, stops,
-soak) only those run and their
+names (list_chats, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models,
+kv_disk, stops, soak) only those run and their
 sections are replaced. The page's sections that no benchmark writes (after the tables) are written by hand and kept.
 `.venv/bin/python -m bench --list` lists the benchmarks and runs nothing."""
 
@@ -21,6 +21,7 @@ from bench import (
     first_token,
     inference,
     internet,
+    kv_disk,
     list_chats,
     load,
     models,
@@ -81,6 +82,7 @@ BENCHMARKS = {
     "openai": openai_api,
     "remote": remote,
     "models": models,
+    "kv_disk": kv_disk,
     "stops": stops,
     "soak": soak,
 }

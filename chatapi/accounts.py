@@ -204,5 +204,5 @@ def delete_user(user_id: int):
     db.session.delete(user)
     db.session.commit()
     for chat_id in chat_ids:
-        replies.stop(chat_id)  # its end finds the chat gone and saves nothing
+        replies.deleted(chat_id)  # a running reply's end finds the chat gone and saves nothing
     return {"id": user_id, "deleted": True}

@@ -67,7 +67,7 @@ def delete_chat(chat_id):
     chat = owned_or_404(Chat, chat_id)
     db.session.delete(chat)
     db.session.commit()
-    replies.stop(chat.id)  # its end finds the chat gone and sends `error`, saving nothing
+    replies.deleted(chat.id)  # a running reply's end finds the chat gone and sends `error`, saving nothing
     return {"id": chat.id, "deleted": True}
 
 

@@ -15,7 +15,7 @@ from functools import partial
 from flask import Flask, Response, current_app, g, request, request_started
 from flask_smorest import abort
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .llm.queue import ReplyService
@@ -236,6 +236,18 @@ class ReplyQueueCollector:
         for model in replies.loaded_models():
             loaded.add_metric([model["id"]], int(model["status"] == "ok"))
         yield loaded
+        kv = replies.kv_files()
+        if kv is not None:
+            states = CounterMetricFamily(
+                "chatapi_kv_states",
+                "Chats' KV-cache states on disk: written, read (restored), stale (an edited history), unusable "
+                "(damaged, other settings), failed (a write), dropped (too many waiting), evicted (past the budget)",
+                labels=["event"],
+            )
+            for event, count in kv.counts.items():
+                states.add_metric([event], count)
+            yield states
+            yield GaugeMetricFamily("chatapi_kv_disk_bytes", "What chats' KV-cache states take on disk", kv.disk_bytes)
 
 
 def start_timer(_app: Flask, **_extra) -> None:

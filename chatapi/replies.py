@@ -149,6 +149,12 @@ def stop(chat_id: uuid.UUID) -> bool:
     return service().stop(chat_id)
 
 
+def deleted(chat_id: uuid.UUID) -> None:
+    """The chat was deleted: its running reply stops (its end finds the chat gone and saves nothing), and what the
+    model kept of it on disk goes."""
+    service().forget_chat(chat_id)
+
+
 def running(chat_id: uuid.UUID) -> bool:
     """Whether a reply is being made for the chat."""
     return service().is_running(chat_id)

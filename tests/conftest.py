@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 
@@ -26,6 +27,8 @@ from tests.support.web import Web
 os.environ["CHATAPI_MODELS_DIR"] = MODELS_DIR = tempfile.mkdtemp(prefix="chatapi-test-models-")
 # No test pulls from the real Hugging Face (the fuzzer's valid POST /models included): nothing listens on port 9.
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+# Chats' saved KV-cache states too (each server a folder of its own where a test looks at them).
+os.environ["CHATAPI_KV_DIR"] = KV_DIR = tempfile.mkdtemp(prefix="chatapi-test-kv-")
 
 # A database of this run's own, so that two runs at once never drop each other's schema.
 POSTGRES_TEST_DB = f"chatapi_test_{uuid.uuid4().hex[:12]}"
@@ -101,7 +104,7 @@ def backend(database_url) -> str:
 # Modules whose tests see the database only through the API, whose own tests run on both, or not at all (the
 # OpenAI-compatible API stores nothing by default): SQLite is enough. The page tests (tests/page/) have a SQLite-only
 # database_url of their own.
-SQLITE_ONLY = ("test_openai.py", "test_remote_backend.py")
+SQLITE_ONLY = ("test_openai.py", "test_remote_backend.py", "test_kv_disk.py")
 
 
 # Modules about several processes sharing a database, as several hosts would: PostgreSQL is what they share.
@@ -222,3 +225,16 @@ def elsewhere():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(MODELS_DIR, ignore_errors=True)
+    shutil.rmtree(KV_DIR, ignore_errors=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB filesystem of the test's own (mounting one needs root), unmounted afterwards."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here (it needs root): {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

@@ -1,45 +1,19 @@
 """A full disk (chatapi/disk.py): /health says so rather than ok while every write fails, and a reply that cannot be
 saved says why. On a real full filesystem: a small tmpfs of the test's own."""
 
-import errno
 import os
-import subprocess
 
 import psycopg
-import pytest
 import requests
 from sqlalchemy.exc import OperationalError
 
 from chatapi.disk import is_disk_full
 from tests.support.chats import QUESTION, history, infer, new_chat
+from tests.support.disk import fill
 from tests.support.server import FAST_STREAM_SETTINGS, Server, migrate
 from tests.support.sse import read_events
 
 DISK_FULL = "the database's disk is full"
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 16 MB filesystem of the test's own (mounting one needs root), unmounted afterwards."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a tmpfs cannot be mounted here (it needs root): {mounted.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
-
-
-def fill(directory) -> None:
-    """Write a file into the directory until its filesystem has no byte left."""
-    descriptor = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(descriptor, b"\0" * 65536)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(descriptor)
 
 
 def health(base: str) -> requests.Response:

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatapi.llm.engine import Engine, Job, Options, StopScanner
+from chatapi.llm.engine import Engine, Job, Options
 from chatapi.llm.loaded import Threads, other_cpu_seconds, thread_cpu_seconds
 from chatapi.llm.model import Model, default_model_path
 from chatapi.llm.prompt import Message, Prompt, PromptBuilder
+from chatapi.llm.stops import StopScanner
 from tests.support.server import ROOT
 
 END = 0
@@ -27,6 +28,10 @@ class ScriptedModel:
 
     n_ctx = 4096
     sequences = 1
+    n_swa = 0  # no sliding window: every cached prefix can be used
+
+    def first_position(self, sequence: int) -> int:
+        return 0
 
     def __init__(self, pieces: list[bytes]):
         self.pieces = pieces

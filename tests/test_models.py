@@ -240,7 +240,8 @@ class Settled(LocalBackend):
 
     def __init__(self, loaded: list[str], models_loaded: int, parallel: int = 1):
         settings = SimpleNamespace(
-            model=None, model_cache="", models_dir="", models_loaded=models_loaded, parallel=parallel
+            model=None, model_cache="", models_dir="", models_loaded=models_loaded, parallel=parallel, kv_dir="",
+            kv_disk_bytes=0,
         )
         super().__init__(settings, on_end=None, on_failure=None)
         self.entries: dict[str, SimpleNamespace] = {}  # the catalog's, by id: each a pulled model

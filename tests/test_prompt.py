@@ -7,9 +7,10 @@ import sys
 import pytest
 from llama_cpp import _internals
 
-from chatapi.llm.engine import Engine, Job, Options, StopScanner
+from chatapi.llm.engine import Engine, Job, Options
 from chatapi.llm.model import Model, default_model_path
 from chatapi.llm.prompt import MARK, TRANSCRIPT_STOPS, ContextLengthExceeded, Message, PromptBuilder
+from chatapi.llm.stops import StopScanner
 from tests.support.server import ROOT
 
 SYSTEM = "You are a helpful assistant."

@@ -53,16 +53,26 @@ def shared_settings(prefix: str) -> dict:
 
 
 def start_pair(database_url: str, directory, prefix: str) -> list[Server]:
-    servers = [Server(database_url, directory / f"gunicorn-{name}.log", **shared_settings(prefix)) for name in "ab"]
+    """Two processes as on two hosts: each keeps chats' KV states in a folder of its own."""
+    servers = [
+        Server(database_url, directory / f"gunicorn-{name}.log", CHATAPI_KV_DIR=str(directory / f"kv-{name}"),
+               **shared_settings(prefix))
+        for name in "ab"
+    ]
     for server in servers:
         server.wait_until_up()
     return servers
 
 
 @pytest.fixture(scope="module")
-def pair(app, database_url, redis_prefix, tmp_path_factory):
+def pair_directory(tmp_path_factory):
+    return tmp_path_factory.mktemp("pair")
+
+
+@pytest.fixture(scope="module")
+def pair(app, database_url, redis_prefix, pair_directory):
     """Two servers sharing the database and the Redis prefix: their base URLs."""
-    servers = start_pair(database_url, tmp_path_factory.mktemp("pair"), redis_prefix)
+    servers = start_pair(database_url, pair_directory, redis_prefix)
     yield [server.url for server in servers]
     for server in servers:
         server.stop()
@@ -182,6 +192,16 @@ def test_a_reply_is_stopped_through_the_other_process(pair):
     assert history(b, chat_id)[-1]["message"] == pieces(events).strip() == done["data"]["message"]["message"]
     # Nothing is being made for the chat any more, in either process.
     assert requests.post(f"{a}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is False
+
+
+def test_a_chat_deleted_through_one_process_loses_its_saved_state_in_the_other(pair, pair_directory):
+    a, b = pair
+    chat_id = new_chat(a, *ENDLESS)
+    assert read_events(stream_url(a, chat_id))[-1]["event"] == "done"
+    wait_for(lambda: any((pair_directory / "kv-a").glob(f"*/{chat_id}")), seconds=30, what="A's saved state")
+    assert not any((pair_directory / "kv-b").glob(f"*/{chat_id}"))
+    assert requests.delete(f"{b}/chats/delete/{chat_id}", timeout=10).status_code == 200
+    wait_for(lambda: not any((pair_directory / "kv-a").glob(f"*/{chat_id}")), seconds=30, what="A's state deleted")
 
 
 def test_another_persons_reply_is_404_on_either_process(pair, app, client):

@@ -9,8 +9,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .kv_files import MIN_RESTORED, Saved, common_prefix
 from .model import BATCH_SIZE, Model
 from .prompt import Prompt
+from .stops import StopScanner
 
 # Fewer tokens in common than this are read again rather than copied from a chat's sequence: a copy moves the
 # whole sequence's cache (tens of MB), which costs about what reading this many tokens does.
@@ -44,6 +46,8 @@ class Job:
     read_only: bool = False
     # A job of no chat (its chat_id is its own, never seen again): its cache is found by its prompt's tokens.
     by_prefix: bool = False
+    # The chat's state as saved on disk (kv_files.py), read for this job when the chat had no sequence in memory.
+    restore: Saved | None = None
 
 
 @dataclass
@@ -68,86 +72,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     used: float = 0.0
     by_prefix: bool = False  # held for a job of no chat: nobody comes back for it by its chat id
-
-
-class StopMatcher:
-    """One stop string's Knuth-Morris-Pratt automaton: fed the text a character at a time, its `matched` is
-    the length of the longest start of the stop string the text so far ends with (all of it: a match). Each
-    character costs O(1) amortized, whatever the stop string's length."""
-
-    def __init__(self, stop: str):
-        self.stop = stop
-        # fallback[n]: the longest proper start of stop[:n] that stop[:n] also ends with.
-        self.fallback = [0] * (len(stop) + 1)
-        k = 0
-        for n in range(2, len(stop) + 1):
-            while k and stop[n - 1] != stop[k]:
-                k = self.fallback[k]
-            if stop[n - 1] == stop[k]:
-                k += 1
-            self.fallback[n] = k
-        self.matched = 0
-
-    def feed(self, char: str) -> bool:
-        """Whether the stop string ends with this character."""
-        stop, k = self.stop, self.matched
-        while k and char != stop[k]:
-            k = self.fallback[k]
-        if char == stop[k]:
-            k += 1
-        self.matched = k
-        return k == len(stop)
-
-
-class StopScanner:
-    """Passes text on, holding back what could be the start of a stop string. Linear in the text fed: each stop
-    string's automaton (StopMatcher) reads each character once, so a long stop string costs no more a token."""
-
-    def __init__(self, stops: list[str]):
-        self.matchers = [StopMatcher(s) for s in stops if s]
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop string was reached)."""
-        # The first stop string in the list that the text holds wins, cut where it begins.
-        ends = [self._first_match(matcher, text) for matcher in self.matchers]
-        found = next((end - len(m.stop) for m, end in zip(self.matchers, ends, strict=True) if end is not None), None)
-        self.pending += text
-        if found is not None:
-            out = self.pending[:found]
-            self._reset()
-            return out, True
-        hold = max((m.matched for m in self.matchers), default=0)
-        cut = len(self.pending) - hold
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def _first_match(self, matcher: StopMatcher, text: str) -> int | None:
-        """Feed the matcher the text: where in pending + text its first match ends, else None. What is held back
-        holds no whole stop string, so a match ends in the new text."""
-        for i, char in enumerate(text):
-            if matcher.feed(char):
-                return len(self.pending) + i + 1
-        return None
-
-    def flush(self) -> str:
-        out = self.pending
-        self._reset()
-        return out
-
-    def _reset(self) -> None:
-        self.pending = ""
-        for matcher in self.matchers:
-            matcher.matched = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    job: "Job | None" = None  # the last job admitted on it: a save is of the state that job left
 
 
 @dataclass
@@ -186,6 +111,14 @@ class Engine:
         self.step_tokens = step_tokens  # tokens decoded in one step at most (one per running reply first)
         self.sequences = [Sequence(id=i) for i in range(model.sequences)]
         self.slots: list[Slot] = []
+        # Chats whose state is to be saved (see `save`): the tokens their next prompt begins with, and the job whose
+        # end that is (an order that comes after the chat's next job was admitted is of no use)...
+        self.unsaved: dict[uuid.UUID, tuple[list[int], Job]] = {}
+        # ...and the states copied out since the caller last took them (`take_saved`): (chat, tokens, state).
+        self.saved: list[tuple[uuid.UUID, list[int], object]] = []
+        # Sequences copied from in this step: llama.cpp copies their data at the next decode, so none may have a
+        # state restored into it before then (the copy would carry that state).
+        self.copied_from: set[int] = set()
 
     def sequence_for(self, chat_id: uuid.UUID, prompt: list[int] | None = None) -> Sequence:
         """The chat's own sequence, else one that no running job holds: for a job of no chat (`prompt` given)
@@ -206,7 +139,10 @@ class Engine:
                 return max(ids) - min(ids)
 
             free = [s for s in self.sequences if s.id not in running]
-            least_used = min(free, key=lambda s: (span_with(s), s.used))
+            spare = [s for s in free if s.id not in self.copied_from] or free
+            least_used = min(spare, key=lambda s: (span_with(s), s.used))
+            if least_used.chat_id in self.unsaved:  # its chat's state is saved before another's overwrites it
+                self._copy_state(least_used.chat_id)
             sequence = self.by_prefix(prompt, free, least_used) if prompt else least_used
             sequence.chat_id = chat_id
             sequence.by_prefix = prompt is not None
@@ -223,9 +159,10 @@ class Engine:
             return least_used
         if best.by_prefix:
             return best
-        if common < MIN_COPIED_PREFIX:
+        if common < MIN_COPIED_PREFIX or not self._window_kept(best, common):
             return least_used
         self.model.copy(best.id, least_used.id, common)
+        self.copied_from.add(best.id)
         least_used.tokens = best.tokens[:common]
         return least_used
 
@@ -250,8 +187,8 @@ class Engine:
 
     def _step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
         for job in new_jobs:
-            if job.read_only and not self._sequence_to_spare(job.chat_id):
-                continue  # reading ahead never takes a sequence from a job
+            if job.read_only and not self._may_read_ahead(job):
+                continue
             # A chat's job takes over from the reading ahead of its prompt: what was read so far is its cache.
             self._stop_reading_ahead(lambda slot, chat_id=job.chat_id: slot.job.chat_id == chat_id)
             self.slots.append(self._admit(job))
@@ -265,6 +202,8 @@ class Engine:
             self.model.decode([entry for part in parts for entry in part.entries])
         except Exception:  # llama.cpp refused the batch: the tokens of some job (or jobs) in it
             return ended + self._decode_apart(parts)
+        finally:
+            self.copied_from.clear()  # done at that decode, whether or not it was refused
         index = -1
         for part in parts:
             index += len(part.entries)
@@ -301,9 +240,12 @@ class Engine:
                 ended += self._sample(slot, len(part.entries) - 1)
         return ended
 
-    def _sequence_to_spare(self, chat_id: uuid.UUID) -> bool:
-        """Whether the chat has its own sequence or one is held by no slot."""
-        own = any(s.chat_id == chat_id for s in self.sequences)
+    def _may_read_ahead(self, job: Job) -> bool:
+        """Reading ahead never takes a sequence from a job (the chat has its own, or one is held by no slot), nor
+        comes after its chat's own job (a file read late: it would cut that job's cache)."""
+        if job.cancelled or any(slot.job.chat_id == job.chat_id for slot in self.slots):
+            return False
+        own = any(s.chat_id == job.chat_id for s in self.sequences)
         return own or len(self.slots) < len(self.sequences)
 
     def _stop_reading_ahead(self, which: Callable[[Slot], bool]) -> None:
@@ -312,9 +254,16 @@ class Engine:
 
     def _admit(self, job: Job) -> Slot:
         prompt = job.prompt.tokens
+        self.unsaved.pop(job.chat_id, None)  # this job's end saves the chat's state anew
         sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
+        sequence.job = job
+        if job.restore is not None:
+            self._restore(sequence, job.restore, prompt)
+            job.restore = None  # tens of MB: not kept while the job runs
         # Reuse what the sequence already holds; at least one token must run to get logits (unless only read).
         cached = min(common_prefix(sequence.tokens, prompt), len(prompt) - (not job.read_only))
+        if not self._window_kept(sequence, cached):
+            cached = 0
         self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
         options = job.options
@@ -329,6 +278,60 @@ class Engine:
             read=cached,
             prompt_tokens=len(prompt),
         )
+
+    def _window_kept(self, sequence: Sequence, length: int) -> bool:
+        """Whether the sequence's first `length` tokens can be used as read: of a sliding-window model, whether
+        its cache still holds the whole window before token `length`. A state restored from disk holds only the window
+        before its last token (llama.cpp writes no more), so only the whole of it can be used, by its chat's next
+        prompt; another chat (or an edit) that shares less of it must read its prompt cold."""
+        return self.model.first_position(sequence.id) <= max(0, length - self.model.n_swa)
+
+    def _restore(self, sequence: Sequence, saved: Saved, prompt: list[int]) -> None:
+        """Load a chat's saved state into its sequence, unless the sequence holds as much of the prompt already
+        (llama.cpp refuses a state that is not this model's: the sequence is then empty)."""
+        if common_prefix(sequence.tokens, prompt) >= saved.usable or sequence.id in self.copied_from:
+            return
+        restored = self.model.restore_state(sequence.id, saved.state)
+        sequence.tokens = saved.tokens if restored else []
+        if not restored:
+            log.warning("llama.cpp refused the saved state of chat %s: its prompt is read cold", saved.chat_id)
+
+    def save(self, chat_id: uuid.UUID, prefix: list[int], job: Job) -> None:
+        """Save the chat's state as `job` left it, up to what it has in common with `prefix` (the tokens its next
+        prompt begins with), when `save_next` is called (the model's thread does while no reply runs), or before its
+        sequence goes to another chat: the copy (milliseconds for the bundled model, more for a larger one) never
+        delays running replies' steps but to keep a state that would otherwise be lost. The states copied out wait in
+        `saved`."""
+        self.unsaved[chat_id] = (prefix, job)
+
+    def save_next(self) -> None:
+        """Copy out one state that waits (one at a time: a job that comes meanwhile waits for one copy at most)."""
+        if self.unsaved:
+            self._copy_state(next(iter(self.unsaved)))
+
+    def take_saved(self) -> list[tuple[uuid.UUID, list[int], object]]:
+        saved, self.saved = self.saved, []
+        return saved
+
+    def _copy_state(self, chat_id: uuid.UUID) -> None:
+        """Cut the chat's sequence to its next prompt's prefix and copy its state out, unless its sequence left
+        memory, its next job runs already (whose end saves it anew), or too little is in common to be worth restoring.
+
+        Cut first, because llama.cpp writes a sliding-window model's state as the window before the sequence's last
+        token only: a state is of use as a whole, so it must end where the next prompt goes on from it."""
+        prefix, job = self.unsaved.pop(chat_id)
+        sequence = next((s for s in self.sequences if s.chat_id == chat_id and not s.by_prefix), None)
+        if sequence is None or sequence.job is not job or any(slot.sequence is sequence for slot in self.slots):
+            return
+        keep = common_prefix(sequence.tokens, prefix)
+        if keep < MIN_RESTORED:
+            return
+        self.model.forget(sequence.id, keep)
+        sequence.tokens = sequence.tokens[:keep]
+        try:
+            self.saved.append((chat_id, list(sequence.tokens), self.model.save_state(sequence.id)))
+        except Exception:  # the chat is read cold next time
+            log.exception("the state of chat %s could not be copied", chat_id)
 
     def _fill_batch(self) -> list[Part]:
         """The step's batch, in parts of one slot each: every generating slot's last token first, by sequence id
@@ -365,9 +368,9 @@ class Engine:
         """How many of the slot's prompt tokens this step may read, `size` tokens being in the batch already: the
         room left of step_tokens, so that a long prompt stalls the running replies one chunk at a time; but a prompt
         no longer than step_tokens is read in one piece, as far as one llama.cpp batch holds it. Replies asked
-        together then start together, as on llama-server: 4 new ~80-token prompts asked at once were read in three
-        steps, not two, and the last got its first token 13% later than llama-server's (docs/benchmarks.md,
-        "First token beside llama-server")."""
+        together then start together, as on llama-server: of 4 ~80-token prompts asked at once, the last got its
+        first token after 385 ms when split over two steps, 357 in one, llama-server's 348 (docs/benchmarks.md,
+        "The engine")."""
         room = self.step_tokens - size
         if slot.prompt_tokens - slot.cached <= self.step_tokens:
             room = max(room, BATCH_SIZE - size)

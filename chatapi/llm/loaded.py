@@ -7,12 +7,17 @@ import _queue  # the C SimpleQueue: gevent's monkey-patching leaves it a real th
 import logging
 import os
 import time
+import uuid
 from collections import deque
+from dataclasses import dataclass
 
+import gevent
+import llama_cpp
 from gevent import monkey
 
 from .catalog import ModelEntry
 from .engine import Engine, Job, Result
+from .kv_files import Identity, model_key
 from .model import Model, default_model_path
 from .reply import Reply
 
@@ -112,6 +117,15 @@ class Turns:
                 self._busy = False
 
 
+@dataclass
+class SaveOrder:
+    """Save a chat's state (kv_files.py) up to where its next prompt goes on from it (Engine.save)."""
+
+    chat_id: uuid.UUID
+    prefix: list[int]
+    job: Job  # the reply's, whose end left the state
+
+
 class LoadedModel:
     """One model in memory: the real OS thread that loads it and then runs its engine's steps back to back
     (continuous batching), and the replies handed to it. Status: loading, ok, failed, unloading."""
@@ -127,7 +141,9 @@ class LoadedModel:
         self.load_seconds: float | None = None
         self.last_used = time.monotonic()
         self.generating: dict[int, Reply] = {}  # by id() of their job: the replies handed to the model's thread
-        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()  # jobs handed to the model's thread; None: unload
+        self.identity: Identity | None = None  # what its chats' saved states are made under, once loaded
+        # Jobs and SaveOrders handed to the model's thread; None: unload.
+        self._admitted: _queue.SimpleQueue = _queue.SimpleQueue()
         self._step_texts: list[tuple[Reply, str]] = []  # the model's thread's own: text of the current step
 
     def start(self) -> None:
@@ -144,6 +160,9 @@ class LoadedModel:
             path = default_model_path(s.model_cache) if self.entry.source == "bundled" else self.entry.path
             self.model = Model(path, backend.context_window(self.id), s.n_threads, s.kv_chats)
             self.engine = Engine(self.model, s.step_tokens)
+            key = model_key(self.entry, str(path))
+            model = self.model
+            self.identity = Identity(key, model.n_ctx, model.sequences, model.n_swa, llama_cpp.__version__)
             self.load_seconds = time.monotonic() - started
             self.status = "ok"
         except Exception as exc:
@@ -158,10 +177,40 @@ class LoadedModel:
         reply.job.on_text = lambda text: self._step_texts.append((reply, text))
         self.generating[id(reply.job)] = reply
         self.last_used = time.monotonic()
-        self._admitted.put(reply.job)
+        self._admit(reply.job)
 
     def read_ahead(self, job: Job) -> None:
+        self._admit(job)
+
+    def _admit(self, job: Job) -> None:
+        """Hand a job to the model's thread, after reading its chat's saved state if it has one to use."""
+        if self._may_restore(job):
+            gevent.spawn(self._restore_then_admit, job)
+        else:
+            self._admitted.put(job)
+
+    def _may_restore(self, job: Job) -> bool:
+        """Whether the chat has a saved state to read: it has a file and no sequence in memory (as far as the event
+        loop can see the model's thread: a sequence taken meanwhile costs only a needless read). A new chat's reply
+        does not wait for a thread of the pool to find no file."""
+        kv = self.backend.kv
+        if not kv.enabled or job.by_prefix or any(s.chat_id == job.chat_id for s in self.engine.sequences):
+            return False
+        return kv.path(self.identity, job.chat_id).exists()
+
+    def _restore_then_admit(self, job: Job) -> None:
+        """Read the chat's saved state (in the hub's threadpool: tens of MB from disk), then hand the job over."""
+        try:
+            job.restore = self.backend.hub.threadpool.apply(
+                self.backend.kv.read, (self.identity, job.chat_id, job.prompt.tokens)
+            )
+        except Exception:  # the prompt is read cold
+            log.exception("the saved state of chat %s could not be read", job.chat_id)
         self._admitted.put(job)
+
+    def save(self, chat_id: uuid.UUID, prefix: list[int], job: Job) -> None:
+        """Have the model's thread save the chat's state as `job` left it (Engine.save says when)."""
+        self._admitted.put(SaveOrder(chat_id, prefix, job))
 
     def unload(self) -> None:
         """Free the model once its thread is between steps (no reply runs on it: the backend waits for that)."""
@@ -176,24 +225,45 @@ class LoadedModel:
         threads = Threads(self.model, backend.settings.n_threads, backend.loop_thread)
         while True:
             threads.adjust(time.monotonic())
+            if not engine.slots and engine.unsaved and self._admitted.empty():
+                engine.save_next()  # idle: one state at a time, so that a job that comes waits for one copy at most
+                self._hand_saved_states()
+                continue
             new = [] if engine.slots else [self._admitted.get()]
             while not self._admitted.empty():
                 new.append(self._admitted.get())
+            for order in [order for order in new if isinstance(order, SaveOrder)]:
+                new.remove(order)
+                engine.save(order.chat_id, order.prefix, order.job)
             if None in new:  # unload: only read-ahead jobs can be left, which end unreported
                 break
-            try:
-                with backend.turns:
-                    ended, error = engine.step(new), None
-            except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
-                log.exception("generation failed")
-                ended, error = [], exc
-            texts, self._step_texts = self._step_texts, []
-            if texts or ended or error:
-                backend.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
+            if new or engine.slots:
+                self._step(new)
+            self._hand_saved_states()
+        while engine.unsaved:  # unloaded: what is in memory goes to disk
+            engine.save_next()
+        self._hand_saved_states()
         self.engine = None
         self.model.close()
         self.model = None
         backend.hub.loop.run_callback_threadsafe(backend.unloaded, self)
+
+    def _step(self, new: list[Job]) -> None:
+        """One engine step, and a single callback that hands the event loop its text and the replies that ended."""
+        try:
+            with self.backend.turns:
+                ended, error = self.engine.step(new), None
+        except Exception as exc:  # not a job's tokens (those end that job alone): the engine dropped every job
+            log.exception("generation failed")
+            ended, error = [], exc
+        texts, self._step_texts = self._step_texts, []
+        if texts or ended or error:
+            self.backend.hub.loop.run_callback_threadsafe(self._after_step, texts, ended, error)
+
+    def _hand_saved_states(self) -> None:
+        """The chats' states the engine copied out, to the writer's own thread."""
+        for chat_id, tokens, state in self.engine.take_saved():
+            self.backend.kv.write(self.identity, chat_id, tokens, state)
 
     def _after_step(self, texts: list[tuple[Reply, str]], ended: list[tuple[Job, Result]], error) -> None:
         """In the event loop: publish a step's text, then report the replies it ended or that failed: those whose

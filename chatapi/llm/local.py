@@ -13,10 +13,11 @@ import gevent
 
 from .catalog import Catalog, ModelEntry, UnknownModel
 from .engine import Job
+from .kv_files import KvFiles
 from .loaded import LoadedModel, Turns, real_lock
 from .model import NotGGUF, Vocabulary, default_model_path
 from .prompt import Message, Prompt, PromptBuilder
-from .reply import OnEnd, OnFailure, Reply
+from .reply import OnEnd, OnFailure, Reply, ReplyRequest
 
 BUILDERS_KEPT = 4  # prompt builders (tokenizers) kept, of the models replies were last built for
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class LocalBackend:
         # Prompt builders by model id, each with its model's tokenizer (a Vocabulary, loaded without weights).
         self.builders: OrderedDict[str, tuple[ModelEntry, PromptBuilder]] = OrderedDict()
         self.builders_lock = real_lock()  # the builders are made in the hub's threadpool
+        self.kv = KvFiles(settings.kv_dir, settings.kv_disk_bytes)  # chats' states on disk
+        self.keeping: Counter = Counter()  # by model: replies whose state is about to be saved (it stays loaded)
 
     def load(self) -> None:
         """Load the default model, once (the server calls this as its worker starts); note it as this process's
@@ -66,6 +69,8 @@ class LocalBackend:
             self._load(self.catalog.default_id())
             self.catalog.pin_default()
             self.hub.threadpool.spawn(self.catalog.entries)
+            if self.kv.enabled:
+                self.hub.threadpool.spawn(self.kv.keep_within_budget)
 
     @property
     def status(self) -> str:
@@ -178,6 +183,36 @@ class LocalBackend:
         reply.reading_ahead = Job(reply.chat_id, ahead, reply.job.options, on_text=len, read_only=True)
         loaded.read_ahead(reply.reading_ahead)
 
+    # Chats' states on disk (kv_files.py)
+
+    def keep_state(self, reply: Reply, request: ReplyRequest, text: str, job: Job) -> None:
+        """After a chat's reply was saved (before it leaves the running ones): have its model save the chat's state,
+        up to where the chat's next prompt goes on from it (the history with this reply, as the next turn renders it),
+        built in a greenlet of its own. The model is not unloaded meanwhile (_unload_idle)."""
+        loaded = self.models.get(reply.model)
+        if not self.kv.enabled or request.by_prefix or loaded is None or loaded.status != "ok":
+            return
+        self.keeping[loaded.id] += 1
+        gevent.spawn(self._keep_state, loaded, reply, request, text, job)
+
+    def _keep_state(self, loaded: LoadedModel, reply: Reply, request: ReplyRequest, text: str, job: Job) -> None:
+        history = [*request.history, Message("Assistant", text)]
+        budget = self.context_window(reply.model) - request.options.max_tokens
+        try:
+            prefix = self.build(reply.model, request.system_prompt, history, budget, request.cut)
+            loaded.save(reply.chat_id, prefix.tokens, job)
+        except Exception:  # too long now, a model removed: nothing to save
+            log.debug("no state saved for chat %s", reply.chat_id, exc_info=True)
+        finally:
+            self.keeping[loaded.id] -= 1
+            if not self.keeping[loaded.id]:
+                del self.keeping[loaded.id]
+                self.on_ready()  # a model waiting to be unloaded may go now
+
+    def forget_chat(self, chat_id) -> None:
+        """The chat was deleted: its saved states go (in the hub's threadpool: a few file deletions)."""
+        self.in_thread(lambda: self.kv.remove(chat_id))
+
     # Which replies run, and where
 
     def admissible(self, waiting: deque[Reply], running: list[Reply]) -> list[Reply]:
@@ -227,7 +262,7 @@ class LocalBackend:
         """Unload the model giving way, and stale ones, once no reply runs on them."""
         for loaded in list(self.models.values()):
             leaving = loaded is self.giving_way or self.stale(loaded)
-            if leaving and loaded.status == "ok" and counts[loaded.id] == 0:
+            if leaving and loaded.status == "ok" and counts[loaded.id] == 0 and not self.keeping[loaded.id]:
                 loaded.unload()
 
     def stale(self, loaded: LoadedModel) -> bool:

@@ -134,6 +134,7 @@ class Model(Vocabulary):
         self._logits: np.ndarray | None = None
         self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.weights.n_vocab()
+        self.n_swa = llama_cpp.llama_model_n_swa(self.weights.model)  # the sliding window; 0: none
 
     def close(self) -> None:
         """Give the memory back (the context's KV cache, the weights): the model is unloaded."""
@@ -173,6 +174,31 @@ class Model(Vocabulary):
         llama_cpp.llama_memory_seq_rm(memory, target, -1, -1)
         llama_cpp.llama_memory_seq_cp(memory, source, target, -1, -1)
         llama_cpp.llama_memory_seq_rm(memory, target, length, -1)
+
+    def save_state(self, sequence: int):
+        """A copy of the sequence's cache as llama.cpp writes it (a ctypes buffer of bytes): of a sliding-window
+        model, only the window before its last token."""
+        context = self.context.ctx
+        size = llama_cpp.llama_state_seq_get_size(context, sequence)
+        state = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(context, state, size, sequence) != size:
+            raise RuntimeError("llama.cpp did not write the sequence's whole state")
+        return state
+
+    def restore_state(self, sequence: int, state: bytearray) -> bool:
+        """Make the sequence hold a saved state (save_state's, as read from disk: a writable buffer, handed to
+        llama.cpp without a copy); False, and the sequence empty, when llama.cpp refuses it (another model's, a
+        damaged one)."""
+        self.forget(sequence, 0)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)
+        if llama_cpp.llama_state_seq_set_data(self.context.ctx, buffer, len(state), sequence) == 0:
+            self.forget(sequence, 0)
+            return False
+        return True
+
+    def first_position(self, sequence: int) -> int:
+        """The lowest position the sequence's cache holds (of a sliding-window model: in every layer)."""
+        return llama_cpp.llama_memory_seq_pos_min(self.context.memory, sequence)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         """One llama_decode of at most BATCH_SIZE (token, position, sequence, keep logits) entries, which

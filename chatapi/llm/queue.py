@@ -20,7 +20,7 @@ from .model import NotGGUF
 from .prompt import ContextLengthExceeded
 from .redis_replies import Board
 from .remote import RemoteBackend
-from .reply import ChatGone, Reply, ReplyRequest, Resumable, SaveReply, StoreUnavailable
+from .reply import ChatGone, Reply, ReplyRequest, Resumable, StoreUnavailable
 from .settings import ModelSettings
 
 SOURCES_MARGIN = 48  # tokens for the lines that join the sources to the prompt
@@ -54,18 +54,21 @@ class ReplyService:
         # The chats whose reply in by_chat is finished, oldest first, with the bytes each holds (within kept_bytes).
         self.kept: OrderedDict[uuid.UUID, int] = OrderedDict()
         self.kept_total = 0
-        self.saves: dict[Reply, SaveReply] = {}  # replies not finished yet, and how each is stored
+        self.requests: dict[Reply, ReplyRequest] = {}  # replies not finished yet, and what each answers
         self.research_timings: dict[Reply, dict] = {}  # internet mode: unfinished replies' research, for `done`
         self.board: Board | None = None
         if settings.redis_url:
             s = settings
             self.board = Board(s.redis_url, s.redis_prefix, s.redis_lease, s.redis_ttl, s.grace_seconds, s.ping_seconds)
             self.board.on_stop = self.cancel
+            self.board.on_deleted = self.backend.forget_chat
 
     def load(self) -> None:
         """Get the backend ready, once (the local one loads its model in its thread). The server calls this as its
         worker starts (gunicorn.conf.py); elsewhere the first request that needs the model does."""
         self.backend.load()
+        if self.board is not None:
+            self.board.listen()
 
     def ready(self, model_id: str | None = None) -> None:
         """Get the backend ready (load); ModelNotReady unless replies for the model (an id; None: the default) can be
@@ -92,6 +95,10 @@ class ReplyService:
     def forget_model(self, model_id: str) -> None:
         """The model was removed from the catalog: it is unloaded once its running replies end."""
         self.backend.forget_model(model_id)
+
+    def kv_files(self):
+        """The chats' states on disk (kv_files.KvFiles; None on the remote backend)."""
+        return getattr(self.backend, "kv", None)
 
     def loaded_models(self) -> list[dict]:
         """The models in this process's memory: [{"id", "status", "load_seconds"}] (none on the remote backend)."""
@@ -178,26 +185,26 @@ class ReplyService:
             if holder is not None:
                 return self.board.view(chat_id, holder, self.by_chat.get(chat_id))
         self._remember(reply)
-        self.saves[reply] = request.save
+        self.requests[reply] = request
         self.preparing += 1
         try:
             self._prepare(reply, request)
         except ContextLengthExceeded as exc:
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             del self.by_chat[chat_id]
             exc.max_tokens = request.options.max_tokens  # the window's other part, which its client is told of
             raise
         except NotGGUF as exc:  # the model's file cannot be read: it is not loaded either
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 503, "message": f"the model {reply.model} failed to load: {exc}"})
             return reply
         except UnknownModel:  # removed while the prompt was built (internet mode: while the web was read)
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 409, "message": f"the model {reply.model} was removed"})
             return reply
         except Exception:
             log.exception("preparing the reply failed")
-            self.saves.pop(reply)
+            self.requests.pop(reply)
             self._finish(reply, "error", {"code": 500, "message": "the reply could not be prepared"})  # why: in the log
             return reply
         finally:
@@ -229,6 +236,14 @@ class ReplyService:
             del self.by_chat[chat_id]
         if self.board is not None:
             self.board.forget(chat_id)
+
+    def forget_chat(self, chat_id: uuid.UUID) -> None:
+        """The chat was deleted: stop its reply, and what the model kept of it (its saved state) goes, in every
+        process (with Redis, each one is told)."""
+        self.stop(chat_id)
+        self.backend.forget_chat(chat_id)
+        if self.board is not None:
+            self.board.announce_deleted(chat_id)
 
     def stop(self, chat_id: uuid.UUID) -> bool:
         """Stop the chat's reply if one is being made (with Redis, by whichever process makes it); its partial text
@@ -336,7 +351,7 @@ class ReplyService:
 
     def _failed(self, reply: Reply, code: int, message: str) -> None:
         """The backend could not make a reply: it ends with an `error` event, and nothing is saved."""
-        self.saves.pop(reply, None)
+        self.requests.pop(reply, None)
         self._finish(reply, "error", {"code": code, "message": message})
         if reply in self.running:
             self.running.remove(reply)
@@ -354,9 +369,9 @@ class ReplyService:
 
     def _end(self, reply: Reply, result: Result) -> None:
         """Store the reply through its `save` callback and send `done` with it (or `error`)."""
-        save = self.saves.pop(reply)
+        request = self.requests.pop(reply)
         try:
-            saved = save(reply)
+            saved = request.save(reply)
         except ChatGone:
             return self._finish(reply, "error", {"code": 404, "message": f"chat {reply.chat_id} was deleted"})
         except StoreUnavailable as exc:
@@ -368,7 +383,10 @@ class ReplyService:
         done = {"message": saved, "finish_reason": result.finish_reason, "usage": usage(result)}
         done["citations"] = saved.get("citations") if saved else None  # the saved message's, at the top too
         research = self.research_timings.get(reply, {})
+        text, job = reply.text, reply.job  # as saved, and as the backend ran it (a finished reply lets go of both)
         self._finish(reply, "done", {**done, "timings": {**timings(reply, result), **research}})
+        if saved:  # the chat's state, for its next reply (the local backend's, on disk)
+            self.backend.keep_state(reply, request, text, job)
 
 
 def usage(result: Result) -> dict:

@@ -17,6 +17,7 @@ Keys, each under CHATAPI_REDIS_PREFIX:
 When a reply is over its keys expire after CHATAPI_REDIS_TTL_SECONDS.
 """
 
+import contextlib
 import json
 import logging
 import time
@@ -57,7 +58,8 @@ def uuid_or_none(text: str | None) -> uuid.UUID | None:
 
 class Board:
     """This process's view of the replies in Redis: it claims chats for the replies made here and publishes their
-    events (Publication), finds replies made elsewhere (SharedReply), and carries stop requests both ways."""
+    events (Publication), finds replies made elsewhere (SharedReply), and carries stop requests both ways, and the
+    news of a deleted chat to every process (each deletes what it keeps of the chat: its saved KV state)."""
 
     def __init__(self, url: str, prefix: str, lease: float, ttl: int, grace: float, ping: float):
         self.prefix = prefix
@@ -78,6 +80,7 @@ class Board:
         )
         self.owned: dict[str, Reply] = {}  # message id -> the replies this process makes
         self.on_stop: Callable[[Reply], None] = lambda reply: None  # the service's cancel
+        self.on_deleted: Callable[[uuid.UUID], None] = lambda chat_id: None  # the backend's forget_chat
         self._stops: gevent.Greenlet | None = None
 
     # Keys
@@ -100,6 +103,10 @@ class Board:
     @property
     def stops_channel(self) -> str:
         return f"{self.prefix}stops"
+
+    @property
+    def deletions_channel(self) -> str:
+        return f"{self.prefix}deleted"
 
     # Health
 
@@ -171,6 +178,13 @@ class Board:
         pipe.execute()
         return True
 
+    def announce_deleted(self, chat_id) -> None:
+        """Tell every process (this one too) that the chat was deleted."""
+        try:
+            self.redis.publish(self.deletions_channel, str(chat_id))
+        except redis.RedisError as exc:  # the other processes keep its state until their budget pushes it out
+            log.warning("Redis: could not tell the other processes that chat %s was deleted: %s", chat_id, exc)
+
     def forget(self, chat_id) -> None:
         """Forget the chat's finished reply (its messages were deleted)."""
         if self.holder(chat_id) is None:
@@ -198,7 +212,11 @@ class Board:
         except redis.ResponseError:
             pass  # the maker (still there after all) or another process added that event first
 
-    # Stop requests for the replies made here
+    # Stop requests for the replies made here, and deleted chats
+
+    def listen(self) -> None:
+        """Listen for stop requests and deleted chats from now on (the service calls this as its worker starts)."""
+        self._listen_for_stops()
 
     def _listen_for_stops(self) -> None:
         if self._stops is None or self._stops.dead:
@@ -208,10 +226,13 @@ class Board:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.stops_channel)
+                pubsub.subscribe(self.stops_channel, self.deletions_channel)
                 while True:
                     message = pubsub.get_message(timeout=STOPS_POLL_SECONDS)
-                    if message and message["data"] in self.owned:
+                    if message and message["channel"] == self.deletions_channel:
+                        with contextlib.suppress(ValueError):  # not a chat id: nothing of ours
+                            self.on_deleted(uuid.UUID(message["data"]))
+                    elif message and message["data"] in self.owned:
                         self.on_stop(self.owned[message["data"]])
             except redis.RedisError as exc:
                 log.warning("Redis: listening for stop requests failed, trying again: %s", exc)

@@ -200,6 +200,12 @@ class RemoteBackend:
     def generate(self, reply: Reply) -> None:
         gevent.spawn(self._stream, reply)
 
+    def keep_state(self, reply: Reply, request, text: str, job) -> None:
+        """Nothing to keep: the server keeps (or not) what it read."""
+
+    def forget_chat(self, chat_id) -> None:
+        """Nothing kept here of a chat."""
+
     def cancel(self, reply: Reply) -> None:
         """Close the reply's request to the server now (its greenlet ends it as cancelled); a reply whose
         request has not started sees its `cancelled` flag first."""

@@ -1,6 +1,7 @@
 """The model room's settings, read from the app's CHATAPI_* configuration and checked at start: a combination
 that cannot work stops the server with a message naming the setting."""
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -41,6 +42,8 @@ class ModelSettings:
     models_loaded: int = 1  # models kept in memory at once
     models_dir: str | None = None  # pulled models and their catalog; None: model_cache
     llm_n_ctx: int | None = None  # the remote model's window when its server does not say it
+    kv_dir: str = "instance/kv"  # chats' KV-cache states on disk (kv_files.py)
+    kv_disk_bytes: int = 0  # what they may take at most; 0: none are kept
 
     @classmethod
     def from_config(cls, config: Mapping, model_cache: str) -> "ModelSettings":
@@ -51,6 +54,8 @@ class ModelSettings:
         check_redis(config)
         if config["CHATAPI_MODELS_LOADED"] < 1:
             raise ValueError(f"CHATAPI_MODELS_LOADED={config['CHATAPI_MODELS_LOADED']!r}: must be 1 or more")
+        if config["CHATAPI_KV_DISK_MB"] < 0:
+            raise ValueError(f"CHATAPI_KV_DISK_MB={config['CHATAPI_KV_DISK_MB']!r}: must be 0 (none kept) or more")
         if config["CHATAPI_REPLIES_KEPT_MB"] < 0:
             raise ValueError(f"CHATAPI_REPLIES_KEPT_MB={config['CHATAPI_REPLIES_KEPT_MB']!r}: must be 0 or more")
         return cls(
@@ -81,6 +86,8 @@ class ModelSettings:
             models_loaded=config["CHATAPI_MODELS_LOADED"],
             models_dir=config["CHATAPI_MODELS_DIR"] or model_cache,
             llm_n_ctx=config["CHATAPI_LLM_N_CTX"],
+            kv_dir=config["CHATAPI_KV_DIR"] or os.path.join(os.path.dirname(model_cache), "kv"),
+            kv_disk_bytes=int(config["CHATAPI_KV_DISK_MB"] * 1024 * 1024),
         )
 
 
