@@ -5,13 +5,13 @@ llama.cpp's llama-server saving and restoring a slot by hand beside it.
 Run it alone: `.venv/bin/python -m bench kv_disk`. Its table is in docs/benchmarks.md under TITLE, after NOTES.
 """
 
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import FOLLOW_UP, Server, long_history, model_path, prompt_text, stream
+from bench.llama_server import BINARY, NOT_COMPARED, LlamaServer
 from chatapi.llm.kv_files import MAGIC
 from chatapi.llm.model import Model
 from config import Config
@@ -21,7 +21,6 @@ CHATS = 3  # long chats, each measured at every stage
 OTHERS = 10  # chats that reply between a long chat's two turns (CHATAPI_KV_CHATS=6 keep fewer in memory)
 TTFT_TOKENS = 8
 GOAL = 0.25  # a follow-up from disk over a cold read
-LLAMA_SERVER = os.environ.get("CHATAPI_BENCH_LLAMA_SERVER")
 
 TITLE = "A long chat's follow-up: from memory, from disk, cold"
 NOTES = f"""\
@@ -126,7 +125,7 @@ def main() -> str | None:
         with Server(workdir, path, **settings) as server:
             restart = follow_ups(server, chats)
         sizes = [file.stat().st_size - len(MAGIC) for file in files]
-        theirs = llama_server_part(path, workdir, histories[0]) if LLAMA_SERVER else None
+        theirs = llama_server_part(path, workdir, histories[0]) if BINARY else None
     median = statistics.median
     cold = median(t for t, _ in firsts)
     prompt_tokens = median(done["usage"]["prompt_tokens"] for _, done in firsts)
@@ -154,19 +153,15 @@ def main() -> str | None:
               f"(restore + first token) / cold {(theirs['restore'] + theirs['follow_up']) / theirs['cold']:.3f}; "
               f"file {theirs['bytes'] / 1e6:.1f} MB")
     else:
-        print("llama-server: not compared (set CHATAPI_BENCH_LLAMA_SERVER to a llama-server binary; make bench does)")
+        print(NOT_COMPARED)
     return None
 
 
 def llama_server_part(path: str, workdir: Path, history: list[tuple[str, str]]) -> dict:
     """llama-server's slot save and restore by hand, for the same chat's prompt and follow-up."""
-    from bench.llama_server import LlamaServer
-
     slots = workdir / "slots"
     slots.mkdir()
-    server = LlamaServer(LLAMA_SERVER, path, workdir / "llama-server.log", Config.CHATAPI_N_THREADS,
-                         extra_args=["--slot-save-path", str(slots)])
-    try:
+    with LlamaServer(path, workdir / "llama-server.log", extra_args=("--slot-save-path", str(slots))) as server:
         # One token: the slot then holds the prompt's tokens exactly, which the follow-up's text goes on from.
         prompt = prompt_text(history)
         first = server.stream(prompt, 1, id_slot=0, cache_prompt=True)
@@ -181,5 +176,3 @@ def llama_server_part(path: str, workdir: Path, history: list[tuple[str, str]]) 
         again = server.stream(follow_up, TTFT_TOKENS, id_slot=0, cache_prompt=True)
         return {"cold": first.ttft * 1000, "save": save * 1000, "restore": restore * 1000,
                 "follow_up": again.ttft * 1000, "bytes": (slots / "chat.bin").stat().st_size}
-    finally:
-        server.stop()

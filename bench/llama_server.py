@@ -23,14 +23,21 @@ class LlamaServer:
     """llama-server on a free port of 127.0.0.1 with our server's replies at once (CHATAPI_PARALLEL slots, each our
     window), the same thread count, and `--swa-full` as our engine (so that a cached prefix can be reused)."""
 
-    def __init__(self, model: str, log: Path, threads: int = Config.CHATAPI_N_THREADS, binary: str | None = BINARY):
+    def __init__(
+        self,
+        model: str,
+        log: Path,
+        threads: int = Config.CHATAPI_N_THREADS,
+        binary: str | None = BINARY,
+        extra_args: tuple[str, ...] = (),  # more of llama-server's options (kv_disk: --slot-save-path)
+    ):
         if not binary:
             raise RuntimeError(NOT_COMPARED)
         self.url = f"http://127.0.0.1:{free_port()}"
         port = self.url.rsplit(":", 1)[1]
         parallel, n_ctx = Config.CHATAPI_PARALLEL, Config.CHATAPI_N_CTX
         command = [binary, "-m", model, "--host", "127.0.0.1", "--port", port, "-np", str(parallel)]
-        command += ["-c", str(n_ctx * parallel), "-t", str(threads), "-tb", str(threads), "--swa-full"]
+        command += ["-c", str(n_ctx * parallel), "-t", str(threads), "-tb", str(threads), "--swa-full", *extra_args]
         # As its users run it: OpenMP's default wait at the barriers, whatever this process has set.
         env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
         self.log = log
@@ -47,12 +54,18 @@ class LlamaServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stream(self, prompt: str, n_predict: int, on_token=None) -> Reply:
+    def post(self, path: str, body: dict) -> dict:
+        """POST a JSON body (the slot actions: /slots/0?action=save, erase, restore); its JSON answer."""
+        response = requests.post(f"{self.url}{path}", json=body, timeout=DEADLINE_SECONDS)
+        response.raise_for_status()
+        return response.json()
+
+    def stream(self, prompt: str, n_predict: int, on_token=None, **options) -> Reply:
         """One completion of the prompt (the text our server sends the model for the same history), streamed at
         temperature 0; its `done` is the last chunk, with llama-server's `timings` (prompt_ms, prompt_n, ...)."""
         reply = Reply(sent=time.perf_counter())
         deadline = time.monotonic() + DEADLINE_SECONDS
-        body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "stream": True}
+        body = {"prompt": prompt, "n_predict": n_predict, "temperature": 0, "stream": True, **options}
         with requests.post(f"{self.url}/completion", json=body, stream=True, timeout=DEADLINE_SECONDS) as response:
             response.raise_for_status()
             for line in response.iter_lines():

@@ -224,12 +224,12 @@ class LoadedModel:
         engine, backend = self.engine, self.backend
         threads = Threads(self.model, backend.settings.n_threads, backend.loop_thread)
         while True:
-            threads.adjust(time.monotonic())
             if not engine.slots and engine.unsaved and self._admitted.empty():
                 engine.save_next()  # idle: one state at a time, so that a job that comes waits for one copy at most
                 self._hand_saved_states()
                 continue
             new = [] if engine.slots else [self._admitted.get()]
+            threads.adjust(time.monotonic())  # after any wait: the step that follows runs on the count read now
             while not self._admitted.empty():
                 new.append(self._admitted.get())
             for order in [order for order in new if isinstance(order, SaveOrder)]:
