@@ -286,7 +286,7 @@ def test_a_save_that_fails_ends_the_reply_with_a_short_error_and_logs_the_sql(ap
     reply = Reply(request, 15, 10, service.cancel)
     reply.message_id = uuid.UUID(human["id"])  # taken: the INSERT fails on the primary key, with its SQL
     reply.add_text("a reply with private words")
-    service.saves[reply] = partial(save_reply, app)
+    service.requests[reply] = request
     now = time.monotonic()
     service._end(reply, Result("stop", 1, 1, 0, now, now, now))
     assert reply.records[-1] == ("error", {"code": 500, "message": "the reply could not be saved"})

@@ -58,7 +58,7 @@ def saved_tokens(path: Path) -> int:
         return json.loads(file.readline())["tokens"]
 
 
-def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(app, database_url, tmp_path):
+def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(app, client, database_url, tmp_path):
     """Two chats with one history: one restored from its file after a restart, the other read cold, answer alike;
     a chat that other chats took out of memory restores its file; an edit reads cold and replaces it; deleting the
     chat deletes it."""
@@ -120,7 +120,7 @@ def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(a
         server.stop()
 
 
-def test_with_no_disk_budget_no_state_is_kept(app, database_url, tmp_path):
+def test_with_no_disk_budget_no_state_is_kept(app, client, database_url, tmp_path):
     kv_dir = tmp_path / "kv"
     server = serve(database_url, tmp_path / "server.log", kv_dir, CHATAPI_KV_DISK_MB="0")
     try:
@@ -133,7 +133,7 @@ def test_with_no_disk_budget_no_state_is_kept(app, database_url, tmp_path):
         server.stop()
 
 
-def test_a_full_disk_leaves_replies_whole_and_no_partial_file(app, database_url, small_disk, tmp_path):
+def test_a_full_disk_leaves_replies_whole_and_no_partial_file(app, client, database_url, small_disk, tmp_path):
     fill(small_disk)
     server = serve(database_url, tmp_path / "server.log", small_disk)
     try:
@@ -148,7 +148,7 @@ def test_a_full_disk_leaves_replies_whole_and_no_partial_file(app, database_url,
     assert [path.name for path in small_disk.rglob("*") if path.is_file()] == ["filler"]
 
 
-def test_a_negative_disk_budget_stops_the_server(app, database_url, tmp_path):
+def test_a_negative_disk_budget_stops_the_server(app, client, database_url, tmp_path):
     server = Server(database_url, tmp_path / "server.log", CHATAPI_KV_DISK_MB="-1")
     assert "CHATAPI_KV_DISK_MB=-1.0: must be 0 (none kept) or more" in server.refusal()
 

@@ -82,7 +82,7 @@ def test_a_reply_lets_go_of_its_prompt_once_the_model_has_read_it(service):
     assert "event: done" in list(stream)[-1]
     assert reply.job.prompt is None and reply.reading_ahead is None
     # The hooks that hold internet mode's pages (the save) and its timings are let go with the reply.
-    assert reply not in service.saves and reply not in service.research_timings
+    assert reply not in service.requests and reply not in service.research_timings
 
 
 def test_a_negative_budget_is_refused_at_start():
