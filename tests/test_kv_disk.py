@@ -188,6 +188,7 @@ def test_a_state_is_read_back_for_a_prompt_it_begins(tmp_path):
         lambda data: b"not a state" + data,
         lambda data: data.replace(b'"n_ctx": 4096', b'"n_ctx": 2048'),  # made under another window
         lambda data: data.replace(b'"format": 1', b'"format": 0'),
+        lambda data: data.replace(b'"state_bytes": 4096', b'"state_bytes": 409600000000'),  # no such allocation
     ],
 )
 def test_a_damaged_or_foreign_file_is_not_used_and_goes(tmp_path, damage, caplog):

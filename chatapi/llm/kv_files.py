@@ -136,6 +136,8 @@ class KvFiles:
                 usable = min(common_prefix(tokens, prompt), len(prompt) - 1)
                 if not restorable(len(tokens), usable, identity.n_swa):
                     raise Stale(f"{usable} of its {len(tokens)} tokens begin the prompt")
+                if not 0 < header["state_bytes"] <= os.fstat(file.fileno()).st_size:  # a damaged header's size
+                    raise ValueError(f"a state of {header['state_bytes']} bytes in a smaller file")
                 state = bytearray(header["state_bytes"])  # restored from as it is, without a copy
                 complete = file.readinto(state) == len(state) and not file.read(1)
         except FileNotFoundError:
