@@ -687,13 +687,15 @@ def test_a_stream_cut_mid_reply_shows_the_reconnect_and_resumes_after_the_last_e
         assert again.value.response().status == 200  # resumed, not "already delivered" (204)
         # The pieces streamed before `done` make the saved reply: none came twice (a replay from the start) or
         # was skipped. The text shown only ever grew, and what was shown while streaming was a start of them
-        # (drawn once a frame, it may lack the last few; a replay would have made it longer than the reply).
+        # (drawn once a frame, it may lack the last few; a replay would have made it longer than the reply). When
+        # the server finished while the cable was out, the rest arrives with `done` and may be drawn in the same
+        # frame, so what was shown while streaming can end where the cut was.
         assert page.evaluate("window.__eventSources[0].__text").strip() == saved["message"]
         texts = [text.strip() for text in page.evaluate("window.__replyTexts")]
         assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)), texts
         assert texts[-1] == saved["message"]
         streamed = page.evaluate("window.__streamedText").strip()
-        assert len(streamed) > cut_at and saved["message"].startswith(streamed)
+        assert len(streamed) >= cut_at and saved["message"].startswith(streamed)
         # The page's one EventSource did it (the browser's own reconnect), and the page closed it at the end.
         assert [request.url for request in streams] == [streams[0].url] * 2
         assert [s["state"] for s in tab.event_sources()] == [2]
