@@ -104,7 +104,15 @@ def backend(database_url) -> str:
 # Modules whose tests see the database only through the API, whose own tests run on both, or not at all (the
 # OpenAI-compatible API stores nothing by default): SQLite is enough. The page tests (tests/page/) have a SQLite-only
 # database_url of their own.
-SQLITE_ONLY = ("test_openai.py", "test_remote_backend.py", "test_kv_disk.py")
+SQLITE_ONLY = (
+    "test_openai.py",
+    "test_remote_backend.py",
+    "test_kv_disk.py",
+    "test_openai_tools.py",
+    "test_openai_structured.py",
+    "test_openai_completions.py",
+    "test_openai_embeddings.py",
+)
 
 
 # Modules about several processes sharing a database, as several hosts would: PostgreSQL is what they share.

@@ -29,6 +29,7 @@ class Options:
     temperature: float
     top_p: float
     seed: int
+    grammar: str | None = None  # GBNF (chatapi/llm/grammar.py): the reply is sampled under it, from its first rule
 
 
 @dataclass
@@ -186,14 +187,22 @@ class Engine:
             raise
 
     def _step(self, new_jobs: list[Job]) -> list[tuple[Job, Result]]:
+        refused = []
         for job in new_jobs:
             if job.read_only and not self._may_read_ahead(job):
                 continue
+            options = job.options
+            try:
+                sampler = self.model.sampler(options.temperature, options.top_p, options.seed, options.grammar)
+            except ValueError as exc:  # a grammar llama.cpp cannot parse (the API checks before it queues a reply)
+                now = time.monotonic()
+                refused.append((job, Result("error", len(job.prompt.tokens), 0, 0, now, None, now, error=str(exc))))
+                continue
             # A chat's job takes over from the reading ahead of its prompt: what was read so far is its cache.
             self._stop_reading_ahead(lambda slot, chat_id=job.chat_id: slot.job.chat_id == chat_id)
-            self.slots.append(self._admit(job))
+            self.slots.append(self._admit(job, sampler))
         self._stop_reading_ahead(lambda slot: slot.job.cancelled)
-        ended = [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
+        ended = refused + [self._end(slot, "cancelled") for slot in list(self.slots) if slot.job.cancelled]
         parts = self._fill_batch()
         self._stop_reading_ahead(lambda slot: slot.read == slot.prompt_tokens)  # all read: done
         if not parts:
@@ -252,7 +261,7 @@ class Engine:
         """Drop the read-only slots `which` picks, unreported; what they read stays in their sequence."""
         self.slots = [slot for slot in self.slots if not (slot.job.read_only and which(slot))]
 
-    def _admit(self, job: Job) -> Slot:
+    def _admit(self, job: Job, sampler) -> Slot:
         prompt = job.prompt.tokens
         self.unsaved.pop(job.chat_id, None)  # this job's end saves the chat's state anew
         sequence = self.sequence_for(job.chat_id, prompt if job.by_prefix else None)
@@ -266,11 +275,10 @@ class Engine:
             cached = 0
         self.model.forget(sequence.id, cached)
         sequence.tokens = sequence.tokens[:cached]
-        options = job.options
         return Slot(
             job=job,
             sequence=sequence,
-            sampler=self.model.sampler(options.temperature, options.top_p, options.seed),
+            sampler=sampler,
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
             scanner=StopScanner(job.prompt.stop),
             started=time.monotonic(),

@@ -13,6 +13,7 @@ import gevent
 
 from .catalog import Catalog, ModelEntry, UnknownModel
 from .engine import Job
+from .grammar import UnsupportedSchema
 from .kv_files import KvFiles
 from .loaded import LoadedModel, Turns, real_lock
 from .model import NotGGUF, Vocabulary, default_model_path
@@ -142,6 +143,11 @@ class LocalBackend:
 
     def with_sources(self, model_id: str, prompt: Prompt, sources: str, layout: str) -> Prompt:
         return self.in_thread(lambda: self.builder(model_id).with_sources(prompt, sources, layout))
+
+    def check_grammar(self, model_id: str, grammar: str) -> None:
+        """UnsupportedSchema when llama.cpp cannot parse the grammar against the model's vocabulary."""
+        if not self.in_thread(lambda: self.builder(model_id).model.grammar_parses(grammar)):
+            raise UnsupportedSchema("llama.cpp cannot parse the grammar made of it")
 
     def count_tokens(self, model_id: str, texts: list[str]) -> list[int]:
         """Token counts of texts, tokenized in another thread (see in_thread)."""

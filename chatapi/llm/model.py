@@ -14,6 +14,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
+from .grammar import start_rule
+
 BATCH_SIZE = 512
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h; the bindings do not export the log levels
 
@@ -103,6 +105,14 @@ class Vocabulary:
 
     def close(self) -> None:
         self.weights.close()
+
+    def grammar_parses(self, grammar: str) -> bool:
+        """Whether llama.cpp reads the GBNF grammar for this vocabulary (it logs why not)."""
+        sampler = grammar_sampler(self.weights.vocab, grammar)
+        if sampler is None:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
         # special=True so a chat template's control tokens (<start_of_turn>) become single tokens.
@@ -218,21 +228,74 @@ class Model(Vocabulary):
         logits = llama_cpp.llama_get_logits(self.context.ctx)
         self._logits = np.ctypeslib.as_array(logits, shape=(len(outputs), self.n_vocab)) if outputs else None
 
-    def sampler(self, temperature: float, top_p: float, seed: int) -> _internals.LlamaSampler | None:
-        """A sampler chain of top-k, top-p, temperature and a seeded draw; None at temperature 0 (greedy)."""
+    def sampler(self, temperature: float, top_p: float, seed: int, grammar: str | None = None):
+        """A sampler chain of top-k, top-p, temperature and a seeded draw; None at temperature 0 (greedy). Under a
+        grammar, a GrammarSampler (ValueError when llama.cpp cannot parse the grammar)."""
+        if grammar is not None:
+            return GrammarSampler(self, grammar, temperature, top_p, seed)
         if temperature <= 0:
             return None
         sampler = _internals.LlamaSampler()
-        sampler.add_top_k(40)
-        sampler.add_top_p(top_p, 1)
-        sampler.add_temp(temperature)
-        sampler.add_dist(seed)
+        add_draw(sampler, temperature, top_p, seed)
         return sampler
 
-    def sample(self, sampler: _internals.LlamaSampler | None, index: int = -1) -> int:
+    def sample(self, sampler, index: int = -1) -> int:
         """The next token from the logits of the last decode's entry `index` (-1: its last)."""
         if sampler is None:
             # Greedy: the first highest logit, as llama.cpp's greedy sampler picks, read in place. Its
             # sampler first copies all 262,144 of Gemma's candidates: 0.57 ms a reply a step against 0.06.
             return int(np.argmax(self._logits[self._rows[index]]))
+        if isinstance(sampler, GrammarSampler):
+            return sampler.sample(index)
         return sampler.sample(self.context, index)
+
+
+def add_draw(chain: _internals.LlamaSampler, temperature: float, top_p: float, seed: int) -> None:
+    """The draw of a token at `temperature` (greedy at 0) from the candidates the chain has left."""
+    if temperature <= 0:
+        chain.add_greedy()
+        return
+    chain.add_top_k(40)
+    chain.add_top_p(top_p, 1)
+    chain.add_temp(temperature)
+    chain.add_dist(seed)
+
+
+def grammar_sampler(vocab, grammar: str):
+    """llama.cpp's grammar sampler for the GBNF, from its first rule; None when llama.cpp cannot parse it."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), start_rule(grammar).encode("utf-8"))
+    return sampler or None
+
+
+class GrammarSampler:
+    """Sampling under a grammar as llama.cpp's own server does: the token is drawn as without one, then checked
+    against the grammar alone, and only when the grammar refuses it is the draw made again with the grammar applied
+    to every candidate first (checking each of Gemma's 262,144 tokens against the grammar at every step costs
+    many times the step). Either way the grammar then accepts the token, so that the reply follows it to its end:
+    once complete, only an end-of-generation token is allowed."""
+
+    def __init__(self, model: "Model", grammar: str, temperature: float, top_p: float, seed: int):
+        self.model = model
+        self.grammar = grammar_sampler(model.weights.vocab, grammar)
+        if self.grammar is None:
+            raise ValueError("llama.cpp cannot parse the grammar")
+        # The full draw: the grammar (owned by this chain from here on) first, then the same draw as the fast one.
+        self.constrained = _internals.LlamaSampler()
+        llama_cpp.llama_sampler_chain_add(self.constrained.sampler, self.grammar)
+        add_draw(self.constrained, temperature, top_p, seed)
+        self.free = model.sampler(temperature, top_p, seed)  # None: greedy
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._candidates = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+
+    def allows(self, token: int) -> bool:
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._candidates.size, self._candidates.selected = 1, -1
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._candidates))
+        return self._one[0].logit != float("-inf")
+
+    def sample(self, index: int) -> int:
+        token = self.model.sample(self.free, index)
+        if self.allows(token):
+            llama_cpp.llama_sampler_accept(self.grammar, token)
+            return token
+        return self.constrained.sample(self.model.context, index)  # accepted by the whole chain, the grammar too

@@ -117,6 +117,12 @@ class ReplyService:
         """The context window of a reply of the model, in tokens."""
         return self.backend.context_window(model_id)
 
+    def check_grammar(self, model_id: str, grammar: str) -> None:
+        """UnsupportedSchema (chatapi/llm/grammar.py) when llama.cpp cannot parse the grammar for the model, before
+        any reply is made with it; a remote model server enforces (or refuses) schemas itself."""
+        if hasattr(self.backend, "check_grammar"):
+            self.backend.check_grammar(model_id, grammar)
+
     @property
     def status(self) -> str:
         """Whether replies can be started: "ok", else "not loaded", "loading" or "failed" (see `error`)."""

@@ -1,0 +1,168 @@
+"""JSON Schemas as llama.cpp grammars (GBNF): what constrains a structured reply's sampling, token by token, so that
+it always parses and validates, or the schema is refused before anything is generated.
+
+llama-cpp-python's converter (a port of llama.cpp's json-schema-to-grammar) enforces part of JSON Schema and
+silently ignores the rest (`minimum`, `not`, `uniqueItems`, ...): a reply would then be constrained to JSON that need
+not validate. So a schema is first checked against the keywords the converter enforces; any other keyword, a `$ref`
+that does not resolve within the schema (nothing is ever fetched) or a schema too large is UnsupportedSchema."""
+
+import json
+import re
+
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from llama_cpp.llama_grammar import SchemaConverter
+
+# Sampling starts at a grammar's first rule (start_rule): one of our own above the converter's "root", which wraps it
+# in `prefix` and `suffix`, named apart from the converter's rules (named after properties, from [a-zA-Z0-9-]).
+ROOT = "chatapi-answer"
+MAX_SCHEMA_CHARS = 32_000  # a schema as JSON: dozens of properties with descriptions
+MAX_DEPTH = 32  # nesting of objects and arrays in the schema
+MAX_REPEAT = 1_000  # minItems, maxItems, minLength, maxLength: the grammar spells each repetition out
+MAX_GRAMMAR_CHARS = 200_000
+
+# What carries no constraint (annotations), and what the converter enforces.
+ANNOTATIONS = {
+    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
+    "writeOnly", "$defs", "definitions", "format", "strict",
+}
+ENFORCED = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "enum", "const", "anyOf", "$ref", "pattern", "minLength", "maxLength",
+}
+TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
+# Formats the converter writes a rule for; any other format is an annotation (jsonschema does not assert it either).
+ENFORCED_FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+
+
+class UnsupportedSchema(ValueError):
+    """A schema the grammar cannot enforce; the message names where and what."""
+
+
+def _check(schema, where: str, depth: int) -> None:
+    """Refuse what the converter would not enforce, walking every subschema."""
+    if depth > MAX_DEPTH:
+        raise UnsupportedSchema(f"{where}: the schema is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(schema, bool):
+        if schema is False:  # nothing validates
+            raise UnsupportedSchema(f"{where}: a false schema cannot be generated")
+        return
+    if not isinstance(schema, dict):
+        raise UnsupportedSchema(f"{where}: a schema must be an object")
+    for keyword in schema:
+        if keyword not in ANNOTATIONS and keyword not in ENFORCED and not keyword.startswith("x-"):
+            raise UnsupportedSchema(f"{where}: the keyword {keyword!r} is not supported")
+    kind = schema.get("type")
+    for one in kind if isinstance(kind, list) else [kind] if kind is not None else []:
+        if one not in TYPES:
+            raise UnsupportedSchema(f"{where}: the type {one!r} is not supported")
+    ref = schema.get("$ref")
+    if ref is not None and (not isinstance(ref, str) or not ref.startswith("#")):
+        raise UnsupportedSchema(f"{where}: only $ref within the schema (#/...) is supported, not {ref!r}")
+    if ref is not None and len(schema.keys() - ANNOTATIONS) > 1:
+        raise UnsupportedSchema(f"{where}: keywords beside $ref are not supported")
+    string_rules = [key for key in ("pattern", "minLength", "maxLength") if key in schema]
+    if "pattern" in schema and len(string_rules) > 1 or schema.get("format") in ENFORCED_FORMATS and string_rules:
+        raise UnsupportedSchema(f"{where}: pattern, format, minLength and maxLength cannot be combined")
+    if "pattern" in schema and not (schema["pattern"].startswith("^") and schema["pattern"].endswith("$")):
+        raise UnsupportedSchema(f"{where}: a pattern must be anchored (^...$)")
+    if ("items" in schema or "prefixItems" in schema) and ("properties" in schema or kind == "object"):
+        raise UnsupportedSchema(f"{where}: a schema is an object or an array, not both")
+    if "prefixItems" in schema and ("items" in schema or "minItems" in schema or "maxItems" in schema):
+        raise UnsupportedSchema(f"{where}: prefixItems is supported alone (no items, minItems or maxItems)")
+    for key in ("minItems", "maxItems", "minLength", "maxLength"):
+        if key in schema and not (isinstance(schema[key], int) and 0 <= schema[key] <= MAX_REPEAT):
+            raise UnsupportedSchema(f"{where}: {key} must be an integer from 0 to {MAX_REPEAT}")
+    if ("enum" in schema or "const" in schema) and len(schema.keys() - ANNOTATIONS - {"type"}) > 1:
+        raise UnsupportedSchema(f"{where}: enum and const are supported alone")
+    if "anyOf" in schema and len(schema.keys() - ANNOTATIONS) > 1:
+        raise UnsupportedSchema(f"{where}: anyOf is supported alone")
+    if "additionalProperties" in schema and "properties" not in schema and schema["additionalProperties"] not in (
+        True,
+        False,
+    ):
+        raise UnsupportedSchema(f"{where}: additionalProperties with a schema needs properties beside it")
+    for key in ("properties", "$defs", "definitions"):
+        for name, subschema in (schema.get(key) or {}).items():
+            _check(subschema, f"{where}.{key}.{name}", depth + 1)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            _check(schema[key], f"{where}.{key}", depth + 1)
+    for key in ("anyOf", "prefixItems"):
+        for index, subschema in enumerate(schema.get(key) or []):
+            _check(subschema, f"{where}.{key}[{index}]", depth + 1)
+
+
+def start_rule(grammar: str) -> str:
+    """The name of the rule sampling starts at: the grammar's first."""
+    return grammar.split("::=", 1)[0].strip()
+
+
+def _root_name(rules: dict) -> str:
+    name, index = ROOT, 0
+    while name in rules:
+        index += 1
+        name = f"{ROOT}{index}"
+    return name
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a GBNF literal is a JSON string: \" \\ \n \uXXXX escapes alike
+
+
+def schema_grammar(schema: dict, prefix: str = "", suffix: str = "") -> str:
+    """The GBNF that generates `prefix`, then JSON valid against `schema`, then `suffix` (from its first rule).
+    UnsupportedSchema for a schema it cannot enforce."""
+    if not isinstance(schema, dict):
+        raise UnsupportedSchema("the schema must be a JSON object")
+    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        raise UnsupportedSchema(f"the schema is longer than {MAX_SCHEMA_CHARS} characters")
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise UnsupportedSchema(f"not a valid JSON Schema: {exc.message}") from None
+    if isinstance(schema.get("allOf"), list) and len(schema["allOf"]) == 1 and len(schema) == 1:
+        schema = schema["allOf"][0]
+    _check(schema, "$", 0)
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "schema")
+        converter.visit(resolved, "")
+    except (ValueError, AssertionError, KeyError, TypeError, RecursionError, re.error) as exc:
+        raise UnsupportedSchema(f"the schema cannot be made a grammar: {exc}") from None
+    rules = converter._rules  # the converter's own rules, to name ours apart from them
+    top = _root_name(rules)
+    parts = [_literal(prefix)] if prefix else []
+    parts.append("root")
+    if suffix:
+        parts.append(_literal(suffix))
+    grammar = f"{top} ::= {' '.join(parts)}\n{converter.format_grammar()}"
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise UnsupportedSchema("the schema makes a grammar too large")
+    return grammar
+
+
+# Any JSON object (response_format json_object): the converter's own rule for an object of any values.
+JSON_OBJECT_GRAMMAR = schema_grammar({"type": "object"})
+
+
+def response_format_grammar(response_format: dict | None) -> str | None:
+    """The grammar of OpenAI's `response_format`: None for text (or none given), any JSON object for `json_object`,
+    the schema's for `json_schema` ({"type": "json_schema", "json_schema": {"name", "schema", "strict"}}).
+    UnsupportedSchema for anything else."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise UnsupportedSchema("must be an object with a type")
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT_GRAMMAR
+    if kind != "json_schema":
+        raise UnsupportedSchema(f"the type must be text, json_object or json_schema, not {kind!r}")
+    described = response_format.get("json_schema")
+    if not isinstance(described, dict) or not isinstance(described.get("name"), str):
+        raise UnsupportedSchema("json_schema must be an object with a name and a schema")
+    schema = described.get("schema", {})
+    return schema_grammar(schema)
