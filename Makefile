@@ -14,6 +14,11 @@ PORT ?= 5000
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 
+# llama.cpp (llama-cpp-python compiles it, and make llama-server) is built for this CPU, but without AMX: on a CPU
+# with AMX (Sapphire Rapids) its AMX matrix kernels crashed the first decode here (SIGSEGV in ggml_backend_amx_mul_mat).
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+export CMAKE_ARGS := -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'
+
 $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -r requirements.txt
 	touch $@
@@ -120,7 +125,8 @@ $(LLAMA_SERVER): $(LLAMA_SDIST)/vendor/llama.cpp/CMakeLists.txt
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y cmake g++; }
 	cmake -S $(LLAMA_SDIST)/vendor/llama.cpp -B $(LLAMA_SDIST)/build -DCMAKE_BUILD_TYPE=Release \
 		-DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF \
+		-DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)' 
 	cmake --build $(LLAMA_SDIST)/build --target llama-server -j2
 
 llama-server: $(LLAMA_SERVER)

@@ -372,10 +372,13 @@ def as_messages(history: list[tuple[str, str]]) -> list[dict]:
     return [{"role": ROLES[role], "content": text} for role, text in history]
 
 
-def completion_stream(base: str, messages: list[dict], max_tokens: int, text_needed: bool = True) -> Reply:
+def completion_stream(
+    base: str, messages: list[dict], max_tokens: int, text_needed: bool = True, **more: object
+) -> Reply:
     """One streamed completion read to [DONE], timing each content chunk as it arrives; `done` holds the text,
-    the finish reason and the usage (asked with stream_options.include_usage; None from a server without it)."""
-    body = {
+    the finish reason and the usage (asked with stream_options.include_usage; None from a server without it).
+    `more`: other parameters of the request (response_format, ...)."""
+    body = more | {
         "model": "gemma-3-270m",
         "messages": messages,
         "max_tokens": max_tokens,

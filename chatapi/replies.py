@@ -18,6 +18,7 @@ from . import auth, limits, metrics, usage
 from .disk import is_disk_full
 from .extensions import db
 from .llm.catalog import UnknownModel
+from .llm.grammar import UnsupportedSchema
 from .llm.prompt import Message
 from .llm.queue import ReplyService
 from .llm.reply import ChatGone, Reply, ReplyRequest, Researched, Resumable, StoreUnavailable
@@ -105,6 +106,11 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
             message=f"chat {chat.id}'s model {model!r} is not on this server any more: choose another "
             f"(PUT /chats/update/{chat.id} with a model from GET /models, or null for the server's default)",
         )
+    if args.get("grammar"):
+        try:
+            service().check_grammar(model or service().resolve(None), args["grammar"])
+        except UnsupportedSchema as exc:
+            abort(422, message=f"invalid schema: {exc}")
     app = current_app._get_current_object()
     save, research = partial(save_reply, app), None
     if mode == "internet":

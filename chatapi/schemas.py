@@ -9,6 +9,7 @@ from flask import current_app
 from flask_smorest import abort
 from marshmallow import fields, validate
 
+from .llm.grammar import MAX_SCHEMA_CHARS, UnsupportedSchema, reply_grammar
 from .models import ROLES
 
 # The largest integer SQLite and PostgreSQL take (a BIGINT): a larger OFFSET is an error in the database.
@@ -421,6 +422,23 @@ class InferenceQuerySchema(RequestSchema):
         }
     )
     model = ModelId("this reply's model, in place of the chat's (GET /models lists them)")
+    format = fields.String(
+        validate=validate.OneOf(["text", "json"]),
+        metadata={"description": "json: the reply is one JSON object, its sampling held to it by a grammar"},
+    )
+    schema = fields.String(
+        validate=validate.Length(max=MAX_SCHEMA_CHARS),
+        metadata={"description": "a JSON Schema (as JSON) the reply validates against; implies format=json"},
+    )
+
+    @ma.post_load
+    def grammar(self, data: dict, **kwargs) -> dict:
+        """The grammar the reply is sampled under (an Options field), else a 422 naming what it cannot enforce."""
+        try:
+            data["grammar"] = reply_grammar(data.get("format"), data.get("schema"))
+        except UnsupportedSchema as exc:
+            raise ma.ValidationError(str(exc), "schema") from None
+        return data
 
 
 class StoppedSchema(ma.Schema):

@@ -43,7 +43,7 @@ class ScriptedModel:
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
         self.evaluated.extend(token for token, _position, _sequence, _logits in entries)
 
-    def sampler(self, temperature: float, top_p: float, seed: int) -> None:
+    def sampler(self, temperature: float, top_p: float, seed: int, grammar: str | None = None) -> None:
         return None
 
     def sample(self, sampler, index: int = -1) -> int:

@@ -1,9 +1,12 @@
 """GET /conversations/inference/<chat_id> against the real server and the real model."""
 
+import json
 import threading
 import time
 import uuid
+from urllib.parse import urlencode
 
+import jsonschema
 import pytest
 import requests
 
@@ -535,3 +538,49 @@ def test_a_client_back_within_the_grace_period_keeps_its_reply(start_server, cli
     assert [e["event"] for e in resumed] == ["message"] * 5, resumed
     # Still being generated at about 5 s: the stop route finds it running (a grace cancel would have ended it).
     assert requests.post(f"{base}/conversations/stop/{chat_id}", timeout=10).json()["stopped"] is True
+
+
+# A reply held to a JSON Schema (issue 25): `?schema=` (a JSON Schema as JSON text), `?format=json` (any object).
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"enum": ["France", "Italy"]}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def test_a_reply_held_to_a_schema_validates_as_streamed_and_as_saved(inference_server, client):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    query = urlencode({"schema": json.dumps(CITY), "max_tokens": 48, "temperature": 0.7, "seed": 5})
+    events = read_events(infer(base, chat_id, query))
+    done = events[-1]
+    assert done["event"] == "done" and done["data"]["finish_reason"] == "stop", events
+    saved = done["data"]["message"]["message"]
+    jsonschema.validate(json.loads(saved), CITY)
+    assert json.loads(pieces(events)) == json.loads(saved)
+    # Any JSON object: the next reply, asked again.
+    again = {"format": "json", "max_tokens": 48, "replace": done["data"]["message"]["id"], "temperature": 0}
+    events = read_events(infer(base, chat_id, urlencode(again)))
+    done = events[-1]["data"]
+    assert pieces(events).lstrip().startswith("{")
+    if done["finish_reason"] == "stop":
+        assert isinstance(json.loads(done["message"]["message"]), dict)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"schema": json.dumps({"type": "integer", "minimum": 1})}, "schema"),  # not enforced: refused
+        ({"schema": "{not json"}, "schema"),
+        ({"format": "text", "schema": "{}"}, "schema"),
+        ({"format": "xml"}, "format"),
+        ({"schema": "x" * 40_000}, "schema"),
+    ],
+)
+def test_a_schema_the_grammar_cannot_enforce_is_a_422_before_any_reply(inference_server, client, query, field):
+    base = inference_server
+    chat_id = new_chat(base, QUESTION)
+    response = requests.get(infer(base, chat_id, urlencode({**query, "max_tokens": 8})), timeout=30)
+    assert response.status_code == 422 and field in response.json()["errors"], response.text
+    assert len(history(base, chat_id)) == 1  # nothing answered, nothing saved

@@ -146,6 +146,20 @@ def schema_grammar(schema: dict, prefix: str = "", suffix: str = "") -> str:
 JSON_OBJECT_GRAMMAR = schema_grammar({"type": "object"})
 
 
+def reply_grammar(reply_format: str | None, schema_text: str | None) -> str | None:
+    """The chat API's `?format=json` (any JSON object) with `&schema=` (a JSON Schema as JSON text, which implies
+    format=json): the grammar of a chat's reply; None for text. UnsupportedSchema for a schema it cannot enforce."""
+    if schema_text is None:
+        return JSON_OBJECT_GRAMMAR if reply_format == "json" else None
+    if reply_format == "text":
+        raise UnsupportedSchema("a schema is for format=json")
+    try:
+        schema = json.loads(schema_text)
+    except ValueError as exc:
+        raise UnsupportedSchema(f"not JSON: {exc}") from None
+    return schema_grammar(schema)
+
+
 def response_format_grammar(response_format: dict | None) -> str | None:
     """The grammar of OpenAI's `response_format`: None for text (or none given), any JSON object for `json_object`,
     the schema's for `json_schema` ({"type": "json_schema", "json_schema": {"name", "schema", "strict"}}).
