@@ -179,5 +179,6 @@ def test_a_prefix_and_suffix_wrap_the_json():
     first = grammar.splitlines()[0]
     assert first == 'chatapi-answer ::= "<call>" root "</call>"'
     # A property named like our start rule does not take its place.
-    clash = schema_grammar({"type": "object", "properties": {"chatapi-answer": {"type": "integer"}}})
+    clash = schema_grammar({"type": "object", "properties": {"chatapi-answer": {"type": "string", "maxLength": 3}}})
+    assert "\nchatapi-answer ::= " in clash  # the property's own rule
     assert clash.splitlines()[0].startswith("chatapi-answer1 ::= root")
