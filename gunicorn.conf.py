@@ -19,6 +19,9 @@ worker_connections = 1000
 # more). With a remote model server and Redis (docs/deploy.md), as many as the box serves.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
+# The longest request line gunicorn reads (its default is 4,094 bytes): a reply's JSON Schema travels in the stream
+# routes' query (?schema=, body-less for EventSource), URL-encoded.
+limit_request_line = 8190
 # X-Forwarded-* are believed in one place only, the app's ProxyFix (CHATAPI_TRUST_PROXY=1); gunicorn's own
 # rule would believe any local client that says X-Forwarded-Proto: https.
 secure_scheme_headers = {}

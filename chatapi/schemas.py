@@ -9,7 +9,7 @@ from flask import current_app
 from flask_smorest import abort
 from marshmallow import fields, validate
 
-from .llm.grammar import MAX_SCHEMA_CHARS, UnsupportedSchema, reply_grammar
+from .llm.grammar import MAX_QUERY_SCHEMA_CHARS, UnsupportedSchema, reply_grammar
 from .models import ROLES
 
 # The largest integer SQLite and PostgreSQL take (a BIGINT): a larger OFFSET is an error in the database.
@@ -427,7 +427,7 @@ class InferenceQuerySchema(RequestSchema):
         metadata={"description": "json: the reply is one JSON object, its sampling held to it by a grammar"},
     )
     schema = fields.String(
-        validate=validate.Length(max=MAX_SCHEMA_CHARS),
+        validate=validate.Length(max=MAX_QUERY_SCHEMA_CHARS),
         metadata={"description": "a JSON Schema (as JSON) the reply validates against; implies format=json"},
     )
 
