@@ -14,6 +14,7 @@ from tests.support.metrics import moved, scrape
 from tests.support.server import FAST_STREAM_SETTINGS, Server
 from tests.test_openai import IDLE, assert_openai_error, complete, model_name, replies, sdk
 
+HI = [{"role": "user", "content": "hi"}]
 PROMPTS = [
     "Describe a cat as JSON.",
     "Give me a city you like, as JSON.",
@@ -133,7 +134,7 @@ def test_json_object_is_a_json_object(structured_server):
 def test_a_schema_the_grammar_cannot_enforce_is_refused_before_anything_is_generated(structured_server, schema):
     before = scrape(structured_server)
     response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
-    response = complete(structured_server, messages=[{"role": "user", "content": "hi"}], response_format=response_format)
+    response = complete(structured_server, messages=HI, response_format=response_format)
     assert_openai_error(response, 400, "invalid_request_error", "response_format", "invalid_request_error")
     assert moved(before, scrape(structured_server), "chatapi_replies_started_total", mode="openai") == 0
     with pytest.raises(openai.BadRequestError) as raised:
@@ -151,7 +152,7 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused_before_anything_is_gener
     [{"type": "xml"}, {"type": "json_schema"}, {"type": "json_schema", "json_schema": {"schema": {}}}, "json"],
 )
 def test_a_response_format_that_is_not_one_is_a_bad_request(structured_server, response_format):
-    response = complete(structured_server, messages=[{"role": "user", "content": "hi"}], response_format=response_format)
+    response = complete(structured_server, messages=HI, response_format=response_format)
     assert response.status_code == 400 and response.json()["error"]["param"] == "response_format", response.text
 
 

@@ -131,7 +131,7 @@ class MessageSchema(ma.Schema):
         unknown = ma.EXCLUDE  # name, refusal, ...
 
     role = fields.String(required=True, validate=validate.OneOf(["system", "developer", "user", "assistant", "tool"]))
-    content = Content(required=True, allow_none=True)
+    content = Content(allow_none=True)  # required but for an assistant message that makes tool calls
     tool_calls = fields.List(
         fields.Nested(ToolCallSchema), allow_none=True, validate=validate.Length(max=MAX_TOOL_CALLS)
     )
@@ -145,6 +145,8 @@ class MessageSchema(ma.Schema):
             raise ma.ValidationError("a tool message names the call it answers", "tool_call_id")
         if data.get("content") is None and data.get("role") != "assistant":
             raise ma.ValidationError("must be a string or a list of text parts", "content")
+        if "content" not in data and not data.get("tool_calls"):
+            raise ma.ValidationError("Missing data for required field.", "content")
 
 
 class FunctionSchema(ma.Schema):
@@ -176,10 +178,8 @@ class ToolChoice(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if value in ("auto", "none", "required"):
             return value
-        function = value.get("function") if isinstance(value, dict) else None
-        if not (
-            value.get("type") == "function" and isinstance(function, dict) and isinstance(function.get("name"), str)
-        ):
+        named = isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict)
+        if not (named and isinstance(value["function"].get("name"), str)):
             raise ma.ValidationError('must be "auto", "none", "required" or {"type": "function", "function": {"name"}}')
         return value
 

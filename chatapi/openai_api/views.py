@@ -38,9 +38,9 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 
 def prompt_parts(messages: list[dict]) -> tuple[str, list[Message]]:
     """The system prompt (the system and developer messages, joined) and the conversation."""
-    system = "\n\n".join(m["content"] or "" for m in messages if m["role"] not in ROLES)
+    system = "\n\n".join(m.get("content") or "" for m in messages if m["role"] not in ROLES)
     history = [
-        Message(ROLES[m["role"]], m["content"] or "", tuple(m.get("tool_calls") or ()), m.get("tool_call_id"))
+        Message(ROLES[m["role"]], m.get("content") or "", tuple(m.get("tool_calls") or ()), m.get("tool_call_id"))
         for m in messages
         if m["role"] in ROLES
     ]
