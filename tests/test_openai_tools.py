@@ -13,11 +13,12 @@ import jsonschema
 import openai
 import pytest
 
-from chatapi.llm.prompt import Message, TemplateRenderer, tools_as_text
+from chatapi.llm.model import Vocabulary, default_model_path
+from chatapi.llm.prompt import Message, PromptBuilder, TemplateRenderer, tools_as_text
 from chatapi.llm.tool_calls import MalformedToolCall, ToolCall, UpstreamToolCalls, held_from, parse
 from tests.support import wait_for
 from tests.support.metrics import moved, scrape
-from tests.support.server import FAST_STREAM_SETTINGS, Server
+from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
 from tests.test_openai import IDLE, assert_openai_error, complete, model_name, replies, sdk
 
 WEATHER = {
@@ -193,6 +194,31 @@ def test_without_a_tool_section_tools_calls_and_results_are_text_in_alternating_
         TemplateRenderer(FakeModel(ALTERNATING_TEMPLATE)).formatter(
             messages=[{"role": role, "content": "x"} for role in ("user", "assistant", "tool", "user")]
         )
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return Vocabulary(default_model_path(ROOT / "instance" / "models"))
+
+
+def rendered(vocabulary, template: str | None, tools) -> str:
+    vocabulary.chat_template = template
+    prompt = PromptBuilder(vocabulary).build("Be brief.", ROUND_TRIP, 2048, cut=False, tools=tools)
+    return vocabulary.detokenize(prompt.tokens)
+
+
+def test_the_prompt_offers_the_tools_by_the_template_or_as_text(vocabulary):
+    native = rendered(vocabulary, TOOL_TEMPLATE, TOOLS)
+    assert "<tools>get_weather;get_time;</tools>" in native and "<tool>10:42[for call_1]</tool>" in native
+    assert "You can call the functions" not in native
+    for template in (ALTERNATING_TEMPLATE.replace("{{ m.content }}", "{{ m.content }}|"), None):  # Gemma's, none
+        text = rendered(vocabulary, template, TOOLS)
+        assert "You can call the functions below" in text and '"name": "get_weather"' in text
+        assert '<tool_call>{"name": "get_time", "arguments": {"city": "Oslo"}}</tool_call>' in text
+        assert '<tool_response>{"name": "get_time"}\n10:42\n</tool_response>' in text
+    # Not offered (tool_choice "none"): the earlier calls and results are text all the same.
+    text = rendered(vocabulary, None, ())
+    assert "You can call" not in text and "<tool_response>" in text
 
 
 # On the real model
