@@ -138,8 +138,10 @@ class LocalBackend:
 
     # Prompts
 
-    def build(self, model_id: str, system_prompt: str, history: list[Message], budget: int, cut: bool = True) -> Prompt:
-        return self.in_thread(lambda: self.builder(model_id).build(system_prompt, history, budget, cut))
+    def build(
+        self, model_id: str, system_prompt: str, history: list[Message], budget: int, cut: bool = True, tools=()
+    ) -> Prompt:
+        return self.in_thread(lambda: self.builder(model_id).build(system_prompt, history, budget, cut, tools))
 
     def with_sources(self, model_id: str, prompt: Prompt, sources: str, layout: str) -> Prompt:
         return self.in_thread(lambda: self.builder(model_id).with_sources(prompt, sources, layout))

@@ -1,6 +1,7 @@
 """The one place that turns a chat's history into the model's prompt, trimmed to fit."""
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 from jinja2 import TemplateError
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -22,8 +23,71 @@ MARK = "\ue000"  # a private-use character that marks where the latest Human mes
 
 @dataclass
 class Message:
-    role: str  # "Human" or "Assistant"
+    role: str  # "Human" or "Assistant"; /v1 also "Tool" (a tool's result)
     text: str
+    tool_calls: tuple[dict, ...] = ()  # /v1: an Assistant message's tool calls (OpenAI's shape)
+    tool_call_id: str | None = None  # /v1: the call a Tool message answers
+
+
+# How tools are offered to a model whose chat template has no tool section (Gemma 3's): a section of the system
+# prompt, and calls and results written back as text in the user's and the assistant's turns.
+TOOLS_PROMPT = """You can call the functions below (each with its JSON Schema of parameters):
+{functions}
+To call one, answer with nothing but
+<tool_call>{{"name": <function name>, "arguments": {{<its arguments>}}}}</tool_call>
+(one such block a call). The result of each call comes back as <tool_response>...</tool_response>."""
+
+
+def tool_functions(tools) -> list[dict]:
+    return [tool["function"] for tool in tools]
+
+
+def tools_as_text(system_prompt: str, messages: list[Message], tools) -> tuple[str, list[Message]]:
+    """The fallback rendering: the tools as a section of the system prompt, an Assistant message's calls as
+    <tool_call> blocks in its text, a tool's result as a <tool_response> block in a Human turn; consecutive turns of
+    one role joined (a template such as Gemma's wants user and assistant turns in alternation)."""
+    if tools:
+        functions = "\n".join(json.dumps(f, ensure_ascii=False) for f in tool_functions(tools))
+        system_prompt = f"{system_prompt.strip()}\n\n{TOOLS_PROMPT.format(functions=functions)}".strip()
+    names = {call.get("id"): call["function"]["name"] for m in messages for call in m.tool_calls}
+    turns: list[Message] = []
+    for message in messages:
+        if message.role == "Tool":
+            name = json.dumps(names.get(message.tool_call_id, ""), ensure_ascii=False)
+            role, text = "Human", f'<tool_response>{{"name": {name}}}\n{message.text.strip()}\n</tool_response>'
+        else:
+            calls = [tool_call_text(call) for call in message.tool_calls]
+            role, text = message.role, "\n".join([message.text.strip(), *calls]).strip()
+        if turns and turns[-1].role == role:
+            turns[-1] = Message(role, f"{turns[-1].text}\n\n{text}")
+        else:
+            turns.append(Message(role, text))
+    return system_prompt, turns
+
+
+def tool_call_text(call: dict) -> str:
+    """An OpenAI tool call written as the fallback asks for it."""
+    return f"<tool_call>{json.dumps(native_call(call)['function'], ensure_ascii=False)}</tool_call>"
+
+
+def native_call(call: dict) -> dict:
+    """An OpenAI tool call with its arguments as an object, as chat templates write them (tojson)."""
+    function = call["function"]
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except json.JSONDecodeError:
+        arguments = function.get("arguments")
+    return {**call, "function": {"name": function["name"], "arguments": arguments}}
+
+
+def template_message(message: Message) -> dict:
+    """A message as a chat template (or an OpenAI-compatible server) reads it, tool calls and results included."""
+    if message.role == "Tool":
+        return {"role": "tool", "content": message.text.strip(), "tool_call_id": message.tool_call_id}
+    rendered = {"role": ROLES[message.role], "content": message.text.strip()}
+    if message.tool_calls:
+        rendered["tool_calls"] = list(message.tool_calls)
+    return rendered
 
 
 class ContextLengthExceeded(Exception):
@@ -46,7 +110,7 @@ class Prompt:
     messages: list[Message] | None = None  # as rendered (the oldest dropped and the kept ones cut to fit, maybe)
 
 
-def render_transcript(system_prompt: str, messages: list[Message]) -> str:
+def render_transcript(system_prompt: str, messages: list[Message], tools=()) -> str:
     lines = [f"{m.role}: {m.text.strip()}" for m in messages]
     head = f"{system_prompt.strip()}\n\n" if system_prompt.strip() else ""
     return head + "\n".join(lines) + "\nAssistant:"
@@ -60,6 +124,7 @@ class TemplateRenderer:
             template=model.chat_template, eos_token=model.eos, bos_token=model.bos, add_generation_prompt=True
         )
         self.system_role = self._renders_system_role()
+        self.tool_section = self._renders_tools()
         self.stop = self.formatter(messages=[{"role": "user", "content": "u"}]).stop or []
 
     def _renders_system_role(self) -> bool:
@@ -71,8 +136,22 @@ class TemplateRenderer:
             return False
         return marker in text.prompt
 
-    def __call__(self, system_prompt: str, messages: list[Message]) -> str:
-        chat = [{"role": ROLES[m.role], "content": m.text.strip()} for m in messages]
+    def _renders_tools(self) -> bool:
+        """Whether the template writes the tools it is given (a tool section): a probe tool's name shows."""
+        marker = "tool_section_probe"
+        probe = [{"type": "function", "function": {"name": marker, "description": "d", "parameters": {}}}]
+        try:
+            text = self.formatter(messages=[{"role": "user", "content": "u"}], tools=probe)
+        except (TemplateError, ValueError, TypeError, KeyError):
+            return False
+        return marker in text.prompt
+
+    def __call__(self, system_prompt: str, messages: list[Message], tools=()) -> str:
+        """The prompt; `tools` only when the template has a tool section (else they were made text already)."""
+        chat = [template_message(m) for m in messages]
+        for message in chat:
+            if message.get("tool_calls"):
+                message["tool_calls"] = [native_call(call) for call in message["tool_calls"]]
         system = system_prompt.strip()
         if system and self.system_role:
             chat.insert(0, {"role": "system", "content": system})
@@ -80,7 +159,7 @@ class TemplateRenderer:
             first_user = next((m for m in chat if m["role"] == "user"), None)
             if first_user:
                 first_user["content"] = f"{system}\n\n{first_user['content']}"
-        return self.formatter(messages=chat).prompt
+        return self.formatter(messages=chat, tools=list(tools) or None).prompt
 
 
 class PromptBuilder:
@@ -100,8 +179,11 @@ class PromptBuilder:
         add_bos = not text.startswith(self.model.bos)
         return self.model.tokenize(text, add_bos=add_bos)
 
-    def build(self, system_prompt: str, history: list[Message], budget: int, cut: bool = True) -> Prompt:
-        """The prompt for the next Assistant turn within `budget` tokens.
+    def build(
+        self, system_prompt: str, history: list[Message], budget: int, cut: bool = True, tools=()
+    ) -> Prompt:
+        """The prompt for the next Assistant turn within `budget` tokens, offering `tools` (/v1's, OpenAI's shape):
+        through the chat template when it has a tool section, else as text (tools_as_text).
 
         The oldest messages go first, on either side of the latest Human message; that one, the last message
         and the system prompt always stay. If they alone are too long, a system prompt that leaves the two
@@ -109,12 +191,16 @@ class PromptBuilder:
         their ends, sharing the room left (the shorter one whole when it takes less than its share). Without
         `cut` (a client that wants its messages whole or an error) that is a ContextLengthExceeded instead.
         """
+        if not getattr(self.render, "tool_section", False):
+            if tools or any(m.role == "Tool" or m.tool_calls for m in history):
+                system_prompt, history = tools_as_text(system_prompt, history, tools)
+            tools = ()
         latest = max(i for i, m in enumerate(history) if m.role == "Human")
         droppable = [i for i in range(len(history)) if i not in (latest, len(history) - 1)]  # oldest first
         dropped = 0
         messages = list(history)
         # Measured as it is read (one tokenization of the whole history: 15 ms for 3,000 tokens of Gemma's).
-        prompt = self._prompt(system_prompt, messages, dropped)
+        prompt = self._prompt(system_prompt, messages, dropped, tools=tools)
         while len(prompt.tokens) > budget and dropped < len(droppable):
             # Drop as many of the oldest as the excess suggests (at least one), then measure again.
             excess = len(prompt.tokens) - budget
@@ -124,7 +210,7 @@ class PromptBuilder:
                 dropped += 1
             gone = set(droppable[:dropped])
             messages = [m for i, m in enumerate(history) if i not in gone]
-            prompt = self._prompt(system_prompt, messages, dropped)
+            prompt = self._prompt(system_prompt, messages, dropped, tools=tools)
         if len(prompt.tokens) <= budget:
             return prompt
         if not cut:
@@ -140,10 +226,10 @@ class PromptBuilder:
                 return prompt
             slack += len(prompt.tokens) - budget
 
-    def _prompt(self, system_prompt, messages, truncated: int, sources: str = "", layout: str = "") -> Prompt:
+    def _prompt(self, system_prompt, messages, truncated: int, sources="", layout="", tools=()) -> Prompt:
         """The prompt tokenized in two parts, before and from the latest Human message's text, so that the
         first part is the same whatever web sources the second holds (and can be read before they come)."""
-        before, spaces, question, after = self.split(system_prompt, messages)
+        before, spaces, question, after = self.split(system_prompt, messages, tools)
         if layout == "sources-first":
             question = f"{sources}\n\n{question}"
         elif layout == "question-first":
@@ -152,14 +238,14 @@ class PromptBuilder:
         tokens = head + self.model.tokenize(spaces + question + after)
         return Prompt(tokens, self.stop, truncated, len(head), system_prompt, messages)
 
-    def split(self, system_prompt: str, messages: list[Message]) -> tuple[str, str, str, str]:
+    def split(self, system_prompt: str, messages: list[Message], tools=()) -> tuple[str, str, str, str]:
         """The rendered prompt as (what comes before the latest Human message's text, the spaces that lead
         to it, the text, the rest)."""
         latest = max(i for i, m in enumerate(messages) if m.role == "Human")
         # A message that holds the mark itself (a user may paste anything) loses it, to split in three only.
-        marked = [Message(m.role, m.text.replace(MARK, "")) for m in messages]
+        marked = [replace(m, text=m.text.replace(MARK, "")) for m in messages]
         marked[latest] = Message("Human", MARK + marked[latest].text.strip() + MARK)
-        before, question, after = self.render(system_prompt.replace(MARK, ""), marked).split(MARK)
+        before, question, after = self.render(system_prompt.replace(MARK, ""), marked, tools).split(MARK)
         # "Human: How" is read as "Human:" and " How", as the whole would be tokenized; not " " and "How".
         spaces = before[len(before.rstrip(" ")) :]
         return before[: len(before) - len(spaces)], spaces, question, after
@@ -219,7 +305,7 @@ def chat_messages(system_prompt: str, history: list[Message], sources: str = "",
     system = system_prompt.strip()
     if sources and layout == "system":
         system = f"{system}\n\n{sources}".strip()
-    messages = [{"role": ROLES[m.role], "content": m.text.strip()} for m in history]
+    messages = [template_message(m) for m in history]
     if sources and layout != "system":
         latest = max(i for i, m in enumerate(history) if m.role == "Human")
         question = messages[latest]["content"]

@@ -289,7 +289,8 @@ class ReplyService:
         model = reply.model
         budget = backend.context_window(model) - request.options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if request.research else 0
-        prompt = backend.build(model, request.system_prompt, list(request.history), budget - reserve, request.cut)
+        history = list(request.history)
+        prompt = backend.build(model, request.system_prompt, history, budget - reserve, request.cut, request.tools)
         prompt.stop = [*prompt.stop, *request.stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if request.research:

@@ -23,6 +23,7 @@ from .prompt import ChatPrompt, Message, chat_messages
 from .remote_fit import Tokenizer, fit_history, number
 from .remote_models import UpstreamError, UpstreamModels
 from .reply import OnEnd, OnFailure, Reply
+from .tool_calls import MalformedToolCall, UpstreamToolCalls
 
 HEALTH_SECONDS = 5  # /health waits this long for the server at most
 NO_USAGE = "the model server reported no token counts"
@@ -165,10 +166,11 @@ class RemoteBackend:
     # Prompts
 
     def build(
-        self, model_id: str | None, system_prompt: str, history: list[Message], budget: int, cut: bool = True
+        self, model_id: str | None, system_prompt: str, history: list[Message], budget: int, cut=True, tools=()
     ) -> ChatPrompt:
         """The chat messages for the next Assistant turn within `budget` tokens, as the local PromptBuilder keeps
-        them (see fit_history); `truncated` says how many messages were left out or cut."""
+        them (see fit_history); `truncated` says how many messages were left out or cut. The tools go in the
+        request's body as the client gave them (ReplyRequest.upstream), not here."""
         template = self.models.template(model_id)
 
         def count(text: str) -> int:
@@ -294,8 +296,9 @@ class RemoteBackend:
     def _read(self, reply: Reply, progress: dict) -> None:
         timeout = self.settings.llm_timeout
         model_id = self.reply_model(reply, timeout)
-        body = self.request_body(model_id, reply.job.prompt, reply.job.options)
+        body = {**self.request_body(model_id, reply.job.prompt, reply.job.options), **reply.upstream}
         url = f"{self.url}/chat/completions"
+        calls = UpstreamToolCalls()  # its tool calls, added to the text in the one form once they are whole
         with self.session.post(url, json=body, headers=self.headers, stream=True, timeout=timeout) as response:
             if response.status_code != 200:
                 raise self.refused(model_id, response)
@@ -314,16 +317,32 @@ class RemoteBackend:
                     raise self.failure("failed", f": {said}")
                 progress["usage"] = chunk.get("usage") or progress["usage"]
                 for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content")
                     if text:
                         progress["first_token"] = progress["first_token"] or time.monotonic()
                         reply.add_text(text)
+                    if delta.get("tool_calls") is not None:
+                        progress["first_token"] = progress["first_token"] or time.monotonic()
+                        self.add_tool_calls(calls, delta["tool_calls"])
                     if choice.get("finish_reason"):
                         progress["finish_reason"] = FINISH_REASONS.get(choice["finish_reason"], "stop")
+            if calls.calls:
+                reply.add_text(self.add_tool_calls(calls, []))
         if progress["finish_reason"] is None:
             if progress["first_token"] is None:
                 self.ask_why(model_id, body)
             raise self.failure("ended the stream before the reply's end")
+
+    def add_tool_calls(self, calls: UpstreamToolCalls, deltas: list) -> str:
+        """Streamed tool-call deltas added to `calls`; the calls' text once whole (with no more deltas). A malformed
+        one ends the reply with an error: a client must not get a call it cannot read."""
+        try:
+            calls.add(deltas)
+            return "" if deltas else calls.text()
+        except MalformedToolCall as exc:
+            public = f"the model server sent a malformed tool call: {exc}"
+            raise self.failure("sent a malformed tool call", f": {exc}", public) from None
 
     def ask_why(self, model_id: str, body: dict) -> None:
         """A stream that ended before any text: llama-cpp-python's server ends so the stream of a prompt longer

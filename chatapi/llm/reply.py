@@ -72,6 +72,11 @@ class ReplyRequest:
     cut: bool = True
     by_prefix: bool = False  # a reply of no chat: the engine finds its cache by the prompt's tokens, not the chat
     model: str | None = None  # the id of the model that writes it; None: the server's default
+    # /v1's function tools (OpenAI's {"type": "function", "function": {...}}) the prompt offers the model.
+    tools: tuple[dict, ...] = ()
+    # /v1's parameters a remote model server is sent as the client gave them (tools, tool_choice, response_format),
+    # in place of the grammar and the prompt's tools the local backend uses.
+    upstream: dict | None = None
 
 
 class Resumable:
@@ -134,6 +139,7 @@ class Reply(Resumable):
         self.resumable = request.resumable
         self.on_event = request.on_event
         self.model = request.model  # the model's id (the service sets the default's for None)
+        self.upstream = request.upstream or {}  # a remote model server's extra parameters (ReplyRequest.upstream)
         self.message_id = uuid.uuid4()  # the id the saved reply will have
         self.ping_seconds = ping_seconds
         self.grace_seconds = grace_seconds

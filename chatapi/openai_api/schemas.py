@@ -1,6 +1,8 @@
 """/v1's request, read and validated as OpenAI does: JSON types as they are (no "0.5" for a number), unknown fields
 ignored, the parameters it cannot serve refused; a 400 in OpenAI's shape names the `param` at fault."""
 
+import json
+
 import marshmallow as ma
 from flask import request
 from flask_smorest import abort
@@ -14,6 +16,16 @@ MAX_STOPS = 4  # as OpenAI allows
 # one. The stop scanner's cost a token does not grow with it; the cap bounds the text a reply holds back from its
 # stream (up to a stop string's length) and what is sent on to a remote model server.
 MAX_STOP_CHARS = 500
+# Tools: as many functions as OpenAI allows, each named as OpenAI names them; a function's parameters as large as a
+# schema the grammar takes (chatapi/llm/grammar.py), all of them together a few dozen pages of the prompt.
+MAX_TOOLS = 128
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_DESCRIPTION_CHARS = 4_000
+MAX_PARAMETERS_CHARS = 32_000
+MAX_TOOLS_CHARS = 100_000
+MAX_TOOL_CALLS = 128  # an assistant message's tool calls
+MAX_TOOL_CALL_ID_CHARS = 256
+MAX_RESPONSE_FORMAT_CHARS = 40_000  # a json_schema's schema is bounded by the grammar's own limit (32,000)
 
 
 class Number(fields.Float):
@@ -91,20 +103,87 @@ class Stop(fields.Field):
         return stops
 
 
+def json_chars(value) -> int:
+    return len(json.dumps(value, ensure_ascii=False))
+
+
+class FunctionCallSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    name = fields.String(required=True, validate=validate.Regexp(FUNCTION_NAME, error="must be a function's name"))
+    arguments = fields.String(required=True, validate=message_length)
+
+
+class ToolCallSchema(ma.Schema):
+    """A call an assistant message made, as the client got it: {"id", "type": "function", "function": {...}}."""
+
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_TOOL_CALL_ID_CHARS))
+    type = fields.String(required=True, validate=validate.Equal("function"))
+    function = fields.Nested(FunctionCallSchema, required=True)
+
+
 class MessageSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE  # name, refusal, ...
 
-    role = fields.String(required=True, validate=validate.OneOf(["system", "developer", "user", "assistant"]))
-    content = Content(required=True, allow_none=True)
-    tool_calls = fields.Raw(allow_none=True)
+    role = fields.String(required=True, validate=validate.OneOf(["system", "developer", "user", "assistant", "tool"]))
+    content = Content(allow_none=True)  # required but for an assistant message that makes tool calls
+    tool_calls = fields.List(
+        fields.Nested(ToolCallSchema), allow_none=True, validate=validate.Length(max=MAX_TOOL_CALLS)
+    )
+    tool_call_id = fields.String(allow_none=True, validate=validate.Length(min=1, max=MAX_TOOL_CALL_ID_CHARS))
 
     @ma.validates_schema
     def content_present(self, data, **kwargs):
-        if data.get("tool_calls"):
-            raise ma.ValidationError("tool calls are not supported", "tool_calls")
+        if data.get("tool_calls") and data.get("role") != "assistant":
+            raise ma.ValidationError("only an assistant message makes tool calls", "tool_calls")
+        if data.get("role") == "tool" and not data.get("tool_call_id"):
+            raise ma.ValidationError("a tool message names the call it answers", "tool_call_id")
         if data.get("content") is None and data.get("role") != "assistant":
             raise ma.ValidationError("must be a string or a list of text parts", "content")
+        if "content" not in data and not data.get("tool_calls"):
+            raise ma.ValidationError("Missing data for required field.", "content")
+
+
+class FunctionSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE  # strict, ...
+
+    name = fields.String(required=True, validate=validate.Regexp(FUNCTION_NAME, error="must be a function's name"))
+    description = fields.String(validate=validate.Length(max=MAX_DESCRIPTION_CHARS))
+    parameters = fields.Dict(validate=lambda value: bounded(value, MAX_PARAMETERS_CHARS))
+
+
+def bounded(value, max_chars: int) -> None:
+    """A JSON value of at most `max_chars` characters."""
+    if json_chars(value) > max_chars:
+        raise ma.ValidationError(f"at most {max_chars} characters as JSON")
+
+
+class ToolSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    type = fields.String(required=True, validate=validate.Equal("function", error="only function tools"))
+    function = fields.Nested(FunctionSchema, required=True)
+
+
+class ToolChoice(fields.Field):
+    """`tool_choice`: "auto", "none", "required" or {"type": "function", "function": {"name"}}; kept as given."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value in ("auto", "none", "required"):
+            return value
+        named = isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict)
+        if not (named and isinstance(value["function"].get("name"), str)):
+            raise ma.ValidationError('must be "auto", "none", "required" or {"type": "function", "function": {"name"}}')
+        return value
+
+
 
 
 class StreamOptionsSchema(ma.Schema):
@@ -131,12 +210,13 @@ class ChatCompletionSchema(ma.Schema):
     n = Integer(allow_none=True)
     stream = Boolean(allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, allow_none=True)
+    tools = fields.List(fields.Nested(ToolSchema), allow_none=True, validate=validate.Length(max=MAX_TOOLS))
+    tool_choice = ToolChoice(allow_none=True)
+    # An object, bounded; what it asks for is read by chatapi/llm/grammar.py.
+    response_format = fields.Dict(allow_none=True, validate=lambda value: bounded(value, MAX_RESPONSE_FORMAT_CHARS))
     # Read only to refuse them (see UNSUPPORTED).
-    tools = fields.Raw(allow_none=True)
-    tool_choice = fields.Raw(allow_none=True)
     functions = fields.Raw(allow_none=True)
     function_call = fields.Raw(allow_none=True)
-    response_format = fields.Raw(allow_none=True)
     logprobs = fields.Raw(allow_none=True)
     top_logprobs = fields.Raw(allow_none=True)
     logit_bias = fields.Raw(allow_none=True)
@@ -144,21 +224,15 @@ class ChatCompletionSchema(ma.Schema):
     audio = fields.Raw(allow_none=True)
 
 
-def harmless_tool_choice(value) -> bool:
+def harmless_function_call(value) -> bool:
     return value in (None, "none", "auto")
 
 
 # Parameters that would change what the answer means, and the values of theirs that do not.
 UNSUPPORTED = {
     "n": (lambda value: value in (None, 1), "only n=1 is supported"),
-    "tools": (lambda value: not value, "tools are not supported"),
-    "functions": (lambda value: not value, "functions are not supported"),
-    "tool_choice": (harmless_tool_choice, "tool calls are not supported"),
-    "function_call": (harmless_tool_choice, "function calls are not supported"),
-    "response_format": (
-        lambda value: value is None or value == {"type": "text"},
-        "only the text response format is supported",
-    ),
+    "functions": (lambda value: not value, "functions are deprecated: give tools"),
+    "function_call": (harmless_function_call, "function_call is deprecated: give tools and tool_choice"),
     "logprobs": (lambda value: value in (None, False), "logprobs are not supported"),
     "top_logprobs": (lambda value: value in (None, 0), "logprobs are not supported"),
     "logit_bias": (lambda value: not value, "logit_bias is not supported"),
@@ -197,4 +271,15 @@ def read_completion_request() -> dict:
             bad_request(message, name, "unsupported_parameter")
     if not any(m["role"] == "user" for m in args["messages"]):
         bad_request("messages must hold a user message", "messages")
+    tools = args.get("tools") or []
+    if json_chars(tools) > MAX_TOOLS_CHARS:
+        bad_request(f"the tools may take at most {MAX_TOOLS_CHARS} characters as JSON", "tools")
+    names = [tool["function"]["name"] for tool in tools]
+    if len(set(names)) < len(names):
+        bad_request("the tools' names must differ", "tools")
+    choice = args.get("tool_choice")
+    if choice == "required" and not tools:
+        bad_request('tool_choice "required" needs tools', "tool_choice")
+    if isinstance(choice, dict) and choice["function"]["name"] not in names:
+        bad_request(f"tool_choice names no tool given: {choice['function']['name']!r}", "tool_choice")
     return args

@@ -14,10 +14,12 @@ from flask_smorest import abort
 from .. import replies
 from ..llm import prompt
 from ..llm.catalog import UnknownModel
+from ..llm.grammar import UnsupportedSchema, response_format_grammar
 from ..llm.prompt import ContextLengthExceeded, Message
 from ..llm.queue import ReplyService
-from ..llm.remote import UpstreamError
+from ..llm.remote import RemoteBackend, UpstreamError
 from ..llm.reply import Reply, ReplyRequest
+from ..llm.tool_calls import call_grammar
 from ..models import owner_id
 from .schemas import bad_request, read_completion_request
 from .store import store_exchange
@@ -25,8 +27,10 @@ from .wire import Completion
 
 MODE = "openai"  # the replies' mode, as the metrics label them
 OWNER = "chatapi"
-# OpenAI's role -> the API's (the one role table's inverse); system and developer messages make the system prompt.
-ROLES = {openai: role for role, openai in prompt.ROLES.items()}
+# OpenAI's role -> the API's (the one role table's inverse), and a tool's result; system and developer messages make
+# the system prompt.
+ROLES = {**{openai: role for role, openai in prompt.ROLES.items()}, "tool": "Tool"}
+JSON_FORMATS = ("json_object", "json_schema")
 log = logging.getLogger(__name__)
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -34,9 +38,54 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 
 def prompt_parts(messages: list[dict]) -> tuple[str, list[Message]]:
     """The system prompt (the system and developer messages, joined) and the conversation."""
-    system = "\n\n".join(m["content"] or "" for m in messages if m["role"] not in ROLES)
-    history = [Message(ROLES[m["role"]], m["content"] or "") for m in messages if m["role"] in ROLES]
+    system = "\n\n".join(m.get("content") or "" for m in messages if m["role"] not in ROLES)
+    history = [
+        Message(ROLES[m["role"]], m.get("content") or "", tuple(m.get("tool_calls") or ()), m.get("tool_call_id"))
+        for m in messages
+        if m["role"] in ROLES
+    ]
     return system, history
+
+
+def constraints(args: dict, service: ReplyService, model: str) -> tuple[str | None, tuple[dict, ...], dict | None]:
+    """What a reply is made under: the grammar it is sampled under (a JSON response_format's, or one call of the
+    tools a tool_choice of "required" or a function's name forces), the tools its prompt offers (none for "none"),
+    and for a remote model server the parameters it is sent as given instead (it enforces them, or not, itself).
+    A 400 before anything is generated for what cannot be enforced."""
+    tools = args.get("tools") or []
+    choice = args.get("tool_choice") or "auto"
+    offered = () if choice == "none" else tuple(tools)
+    forced = bool(tools) and choice not in ("auto", "none")
+    json_format = (args.get("response_format") or {}).get("type") in JSON_FORMATS
+    if (json_format or forced) and args.get("stop"):
+        what = "a JSON response_format" if json_format else "a forced tool call"
+        bad_request(f"stop cannot be given with {what}: a stop string could cut it short", "stop")
+    if json_format and forced:
+        bad_request("a forced tool call cannot be given with a JSON response_format", "tool_choice")
+    if service.backend.name == RemoteBackend.name:
+        given = {name: args[name] for name in ("tools", "tool_choice", "response_format") if args.get(name)}
+        return None, offered, given
+    try:
+        grammar = response_format_grammar(args.get("response_format"))
+    except UnsupportedSchema as exc:
+        bad_request(str(exc), "response_format", "invalid_request_error")
+    if forced:
+        named = choice["function"]["name"] if isinstance(choice, dict) else None
+        functions = [tool["function"] for tool in tools if named in (None, tool["function"]["name"])]
+        try:
+            grammar = call_grammar(functions)
+        except UnsupportedSchema as exc:
+            bad_request(f"a function's parameters cannot be enforced: {exc}", "tools", "invalid_request_error")
+    if grammar is not None:
+        try:
+            service.check_grammar(model, grammar)
+        except UnsupportedSchema as exc:
+            bad_request(str(exc), "tools" if forced else "response_format", "invalid_request_error")
+    return grammar, offered, None
+
+
+def not_stored(reply: Reply) -> None:
+    """An exchange with tools is not kept as a chat: a chat holds no tool calls or results."""
 
 
 def listed_models(service: ReplyService) -> list[dict]:
@@ -88,11 +137,13 @@ def create_chat_completion():
     service = replies.service()  # replies.start checks that the model asked for is ready
     model = resolve(service, args["model"])
     system_prompt, history = prompt_parts(args["messages"])
+    grammar, tools, upstream = constraints(args, service, model)
     given = {
         "max_tokens": args.get("max_completion_tokens") or args.get("max_tokens"),
         "temperature": args.get("temperature"),
         "top_p": args.get("top_p"),
         "seed": args["seed"] % 2**32 if args.get("seed") is not None else None,  # the sampler's seed is 32-bit
+        "grammar": grammar,
     }
     options = service.options_from({name: value for name, value in given.items() if value is not None})
     reply_request = ReplyRequest(
@@ -101,12 +152,16 @@ def create_chat_completion():
         tuple(history),
         system_prompt,
         options,
-        save=partial(store_exchange, current_app._get_current_object(), owner_id(), system_prompt, history),
+        save=not_stored
+        if args.get("tools") or any(m.role == "Tool" or m.tool_calls for m in history)
+        else partial(store_exchange, current_app._get_current_object(), owner_id(), system_prompt, history),
         stops=tuple(args.get("stop") or ()),
         by_prefix=True,  # its client resends the conversation: the cache is found by its tokens
         resumable=False,  # nobody can come back for it: forgotten once it ends, never shared through Redis
         cut=False,  # as OpenAI: the messages whole, or an error the client can act on
         model=model,
+        tools=tools,
+        upstream=upstream,
     )
     try:
         reply = replies.start(reply_request)
@@ -119,7 +174,7 @@ def create_chat_completion():
             "messages",
             "context_length_exceeded",
         )
-    completion = Completion(reply, model)
+    completion = Completion(reply, model, {tool["function"]["name"] for tool in tools})
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
         return replies.event_stream_response(completion.chunks(service, include_usage))

@@ -1,7 +1,14 @@
 """A reply told as OpenAI tells a chat completion: one `chat.completion` object, or a stream of
-`chat.completion.chunk` events (written through chatapi/llm/sse.py) that ends with `[DONE]`."""
+`chat.completion.chunk` events (written through chatapi/llm/sse.py) that ends with `[DONE]`.
 
+With tools offered, this is the one place a reply's text is read for tool calls (chatapi/llm/tool_calls.py), whether
+the local model wrote them or a remote server's were made text: they become `message.tool_calls` (streamed as
+`delta.tool_calls`, a call's id and name, then its arguments in fragments) with `finish_reason: "tool_calls"`. While
+streamed text may be the start of a call it is held back; the rest streams as it comes."""
+
+import json
 import time
+import uuid
 from collections.abc import Iterator
 
 from flask_smorest import abort
@@ -9,16 +16,31 @@ from flask_smorest import abort
 from ..llm import sse
 from ..llm.queue import ReplyService
 from ..llm.reply import Reply
+from ..llm.tool_calls import ToolCall, held_from, parse
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancelled": "stop"}
 DONE = sse.serialized_event_text(None, "[DONE]")  # the stream's last event, OpenAI's: its data is no JSON
+ARGUMENTS_FRAGMENT = 32  # characters of a call's arguments a streamed chunk carries
+
+
+def tool_calls(calls: list[ToolCall]) -> list[dict]:
+    """Calls as OpenAI's `tool_calls`, each with an id of its own and its arguments as a JSON string."""
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+        }
+        for call in calls
+    ]
 
 
 class Completion:
     """One reply told as OpenAI tells a chat completion."""
 
-    def __init__(self, reply: Reply, model: str):
+    def __init__(self, reply: Reply, model: str, tool_names: set[str] | None = None):
         self.reply = reply
+        self.tool_names = tool_names or set()  # the tools offered, whose calls are read from the text
         self.id = f"chatcmpl-{reply.message_id.hex}"
         self.created = int(time.time())
         self.model = model
@@ -60,6 +82,12 @@ class Completion:
             end = ended or end
         if end["event"] == "error":
             abort(end["code"], message=end["message"])
+        finish_reason = FINISH_REASONS[end["finish_reason"]]
+        message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        content, calls = parse(message["content"], self.tool_names) if self.tool_names else ("", [])
+        if calls:
+            message.update(content=content or None, tool_calls=tool_calls(calls))
+            finish_reason = "tool_calls"
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -68,9 +96,9 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(pieces), "refusal": None},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": FINISH_REASONS[end["finish_reason"]],
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": self.usage(end),
@@ -84,14 +112,33 @@ class Completion:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
         return sse.event_text(None, {**body, **fields})  # no id: nobody can resume it
 
+    def tool_call_deltas(self, calls: list[ToolCall]) -> Iterator[dict]:
+        """Calls as OpenAI streams them: each call's index, id and name, then its arguments in fragments."""
+        for index, call in enumerate(tool_calls(calls)):
+            function = call["function"]
+            yield {"tool_calls": [{"index": index, **call, "function": {"name": function["name"], "arguments": ""}}]}
+            arguments = function["arguments"]
+            for at in range(0, len(arguments), ARGUMENTS_FRAGMENT):
+                fragment = arguments[at : at + ARGUMENTS_FRAGMENT]
+                yield {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+
     def chunks(self, service: ReplyService, include_usage: bool) -> Iterator[str]:
         """The reply as OpenAI's stream: a chunk with the role, one per text piece, one with the finish reason,
         the usage when asked, then [DONE]. A client that leaves cancels the reply at once: nobody can come back
         for it."""
+        held = ""  # text that may be the start of a tool call, held back
+        streamed = False  # whether text was streamed: a bare JSON call is a whole reply
         try:
             yield self.chunk({"role": "assistant", "content": ""}, include_usage=include_usage)
             for text, end in self.texts_and_end(self.reply.listen(records=True)):
-                if text:
+                if text and self.tool_names:
+                    held += text
+                    at = held_from(held, streamed)
+                    if at:
+                        streamed = True
+                        yield self.chunk({"content": held[:at]}, include_usage=include_usage)
+                        held = held[at:]
+                elif text:
                     yield self.chunk({"content": text}, include_usage=include_usage)
                 elif end is None:
                     yield sse.PING
@@ -101,7 +148,15 @@ class Completion:
                     yield sse.event_text(None, {"error": error})
                     return
                 else:
-                    yield self.chunk({}, FINISH_REASONS[end["finish_reason"]], include_usage)
+                    finish_reason = FINISH_REASONS[end["finish_reason"]]
+                    if held:
+                        content, calls = parse(held, self.tool_names)
+                        if content:
+                            yield self.chunk({"content": content}, include_usage=include_usage)
+                        for delta in self.tool_call_deltas(calls):
+                            yield self.chunk(delta, include_usage=include_usage)
+                        finish_reason = "tool_calls" if calls else finish_reason
+                    yield self.chunk({}, finish_reason, include_usage)
                     if include_usage:
                         yield self.event({"choices": [], "usage": self.usage(end)})
             yield DONE
