@@ -6,6 +6,7 @@ publishes what it finds, and turns a reply into an HTTP response.
 """
 
 import dataclasses
+import json
 import os
 import uuid
 from functools import partial
@@ -127,8 +128,20 @@ def stream(chat: Chat, mode: str, args: dict, last_event_id: str | None) -> Resp
         replacing=replace,
         research=research,
         model=model,
+        upstream=upstream_format(args),
     )
     return event_stream_response(start(request).listen())
+
+
+def upstream_format(args: dict) -> dict | None:
+    """?format=json and ?schema= as OpenAI's response_format, for a remote model server (which enforces it in place
+    of our grammar); None for text."""
+    if args.get("schema") is not None:
+        schema = json.loads(args["schema"])  # read already: the grammar was made of it
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}}
+    if args.get("format") == "json":
+        return {"response_format": {"type": "json_object"}}
+    return None
 
 
 def answer_is_wanted(conversations: list[Conversation], last: Reply | None, last_event_id, after, replace) -> bool:

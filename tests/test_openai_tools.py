@@ -8,6 +8,7 @@ through to a small upstream on 127.0.0.1 whose malformed tool-call deltas end th
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlencode
 
 import jsonschema
 import openai
@@ -17,8 +18,10 @@ from chatapi.llm.model import Vocabulary, default_model_path
 from chatapi.llm.prompt import Message, PromptBuilder, TemplateRenderer, tools_as_text
 from chatapi.llm.tool_calls import MalformedToolCall, ToolCall, UpstreamToolCalls, held_from, parse
 from tests.support import wait_for
+from tests.support.chats import QUESTION, infer, new_chat
 from tests.support.metrics import moved, scrape
 from tests.support.server import FAST_STREAM_SETTINGS, ROOT, Server
+from tests.support.sse import read_events
 from tests.test_openai import IDLE, assert_openai_error, complete, model_name, replies, sdk
 
 WEATHER = {
@@ -500,3 +503,23 @@ def test_a_malformed_tool_call_from_the_model_server_is_an_error(remote_server, 
     with pytest.raises(openai.APIStatusError) as raised:
         sdk(remote_server).chat.completions.create(model="m", messages=ASK_WEATHER, tools=TOOLS)
     assert raised.value.status_code == 502 and "malformed tool call" in str(raised.value)
+
+
+def test_the_chat_apis_json_format_goes_to_the_model_server_as_response_format(remote_server, fake_upstream, client):
+    """?schema= and ?format=json on the chat API's stream routes: a remote model server gets them as OpenAI's
+    response_format (it enforces them in place of our grammar)."""
+    answer = {"index": 0, "delta": {"content": '{"city": "Oslo"}'}, "finish_reason": "stop"}
+    fake_upstream.chunks = [{"choices": [answer]}]
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    chat_id = new_chat(remote_server, QUESTION)
+    events = read_events(infer(remote_server, chat_id, urlencode({"schema": json.dumps(schema), "max_tokens": 8})))
+    assert events[-1]["event"] == "done" and json.loads(events[-1]["data"]["message"]["message"]) == {"city": "Oslo"}
+    sent = fake_upstream.bodies[-1]["response_format"]
+    assert sent == {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    replace = events[-1]["data"]["message"]["id"]
+    json_object = {"format": "json", "max_tokens": 8, "replace": replace}
+    events = read_events(infer(remote_server, chat_id, urlencode(json_object)))
+    assert fake_upstream.bodies[-1]["response_format"] == {"type": "json_object"}
+    replace = events[-1]["data"]["message"]["id"]
+    read_events(infer(remote_server, chat_id, urlencode({"max_tokens": 8, "replace": replace})))
+    assert "response_format" not in fake_upstream.bodies[-1]
