@@ -72,6 +72,9 @@ class ReplyRequest:
     cut: bool = True
     by_prefix: bool = False  # a reply of no chat: the engine finds its cache by the prompt's tokens, not the chat
     model: str | None = None  # the id of the model that writes it; None: the server's default
+    # /v1/completions: the prompt as the client wrote it, read as is (no chat template, no system prompt; the
+    # history is empty), whole or ContextLengthExceeded.
+    raw_prompt: str | None = None
 
 
 class Resumable:
