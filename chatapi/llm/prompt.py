@@ -237,3 +237,14 @@ def chat_messages(system_prompt: str, history: list[Message], sources: str = "",
         messages[latest] = {"role": "user", "content": joined}
     head = [{"role": "system", "content": system}] if system else []
     return ChatPrompt([*head, *messages], [], 0, system_prompt, history)
+
+
+@dataclass
+class TextPrompt:
+    """A raw prompt (/v1/completions) as its text, for a server that tokenizes it itself (the remote backend, which
+    sends it to the server's /completions)."""
+
+    text: str
+    stop: list[str]
+    truncated: int = 0  # never cut
+    tokens = None  # unknown here
