@@ -356,3 +356,17 @@ def test_the_remote_backend_sends_the_prompt_to_the_servers_completions(completi
         assert_openai_error(response, 400, "invalid_request_error", "prompt", "context_length_exceeded")
     finally:
         front.stop()
+
+
+def test_nothing_is_stored_even_when_exchanges_are(app, database_url, client, tmp_path):
+    """CHATAPI_OPENAI_STORE keeps chat exchanges as chats; a completion has no conversation to keep."""
+    server = Server(database_url, tmp_path / "store.log", CHATAPI_OPENAI_STORE="1", **FAST_STREAM_SETTINGS)
+    base = server.wait_until_up().url
+    try:
+        rows = snapshot(app)
+        completion = sdk(base).completions.create(model="gemma-3-270m", prompt=PROMPT, max_tokens=4, temperature=0)
+        assert completion.choices[0].text and completion.usage.completion_tokens <= 4
+        time.sleep(0.5)  # a save would happen as the reply ends, before its answer: none comes late either
+        assert snapshot(app) == rows
+    finally:
+        server.stop()
