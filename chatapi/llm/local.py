@@ -143,6 +143,10 @@ class LocalBackend:
     ) -> Prompt:
         return self.in_thread(lambda: self.builder(model_id).build(system_prompt, history, budget, cut, tools))
 
+    def build_raw(self, model_id: str, text: str, budget: int) -> Prompt:
+        """The text as the prompt, without a template (PromptBuilder.raw)."""
+        return self.in_thread(lambda: self.builder(model_id).raw(text, budget))
+
     def with_sources(self, model_id: str, prompt: Prompt, sources: str, layout: str) -> Prompt:
         return self.in_thread(lambda: self.builder(model_id).with_sources(prompt, sources, layout))
 

@@ -179,6 +179,16 @@ class PromptBuilder:
         add_bos = not text.startswith(self.model.bos)
         return self.model.tokenize(text, add_bos=add_bos)
 
+    def raw(self, text: str, budget: int) -> Prompt:
+        """A prompt of the text as it is (/v1/completions): no template, no system prompt and none of the template's
+        stop strings; its control tokens (<start_of_turn>) read as such, and a BOS first when the model wants one
+        (llama.cpp's add_bos) and the text has none. Never cut: ContextLengthExceeded beyond `budget` tokens."""
+        add_bos = bool(self.model.weights.add_bos_token()) and not text.startswith(self.model.bos)
+        tokens = self.model.tokenize(text, add_bos=add_bos)
+        if len(tokens) > budget:
+            raise ContextLengthExceeded(len(tokens), budget)
+        return Prompt(tokens, [], 0)
+
     def build(
         self, system_prompt: str, history: list[Message], budget: int, cut: bool = True, tools=()
     ) -> Prompt:
@@ -313,3 +323,14 @@ def chat_messages(system_prompt: str, history: list[Message], sources: str = "",
         messages[latest] = {"role": "user", "content": joined}
     head = [{"role": "system", "content": system}] if system else []
     return ChatPrompt([*head, *messages], [], 0, system_prompt, history)
+
+
+@dataclass
+class TextPrompt:
+    """A raw prompt (/v1/completions) as its text, for a server that tokenizes it itself (the remote backend, which
+    sends it to the server's /completions)."""
+
+    text: str
+    stop: list[str]
+    truncated: int = 0  # never cut
+    tokens = None  # unknown here

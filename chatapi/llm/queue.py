@@ -279,7 +279,8 @@ class ReplyService:
             self.backend.cancel(reply)
 
     def _prepare(self, reply: Reply, request: ReplyRequest) -> None:
-        """Build the prompt (history trimmed to fit), announce the reply, then add web sources if asked.
+        """Build the prompt (history trimmed to fit, or a raw prompt as it is), announce the reply, then add web
+        sources if asked.
 
         Room for sources is kept before trimming, so `start.truncated` stays true once they are added. While
         the web is searched and read, the local model reads the part of the prompt that comes before them.
@@ -289,8 +290,11 @@ class ReplyService:
         model = reply.model
         budget = backend.context_window(model) - request.options.max_tokens
         reserve = min(s.sources_tokens, budget // 2) if request.research else 0
-        history = list(request.history)
-        prompt = backend.build(model, request.system_prompt, history, budget - reserve, request.cut, request.tools)
+        if request.raw_prompt is not None:
+            prompt = backend.build_raw(model, request.raw_prompt, budget)
+        else:
+            history = list(request.history)
+            prompt = backend.build(model, request.system_prompt, history, budget - reserve, request.cut, request.tools)
         prompt.stop = [*prompt.stop, *request.stops]  # a copy: the builder's list is every prompt's
         reply.begin(prompt)
         if request.research:

@@ -1,5 +1,6 @@
 """The remote backend: replies streamed from an OpenAI-compatible server's /chat/completions (vLLM, llama.cpp's
-server, llama-cpp-python's, Ollama), one greenlet per reply, instead of a model in this process.
+server, llama-cpp-python's, Ollama), one greenlet per reply, instead of a model in this process; a raw prompt
+(/v1/completions) from its /completions.
 
 The server applies its own chat template: the prompt goes as chat messages, and a reply's token counts are the ones
 the server reports (`stream_options.include_usage`), or None when it reports none. The history is trimmed here to
@@ -19,7 +20,7 @@ import gevent
 import requests
 
 from .engine import Result
-from .prompt import ChatPrompt, Message, chat_messages
+from .prompt import ChatPrompt, ContextLengthExceeded, Message, TextPrompt, chat_messages
 from .remote_fit import Tokenizer, fit_history, number
 from .remote_models import UpstreamError, UpstreamModels
 from .reply import OnEnd, OnFailure, Reply
@@ -181,6 +182,14 @@ class RemoteBackend:
         prompt.truncated = truncated
         return prompt
 
+    def build_raw(self, model_id: str | None, text: str, budget: int) -> TextPrompt:
+        """A raw prompt, sent as it is to the server's /completions; ContextLengthExceeded beyond `budget` tokens
+        (counted by the server's tokenizer and a BOS, else estimated)."""
+        needed = self.tokenizer.count(model_id, text) + 1
+        if needed > budget:
+            raise ContextLengthExceeded(needed, budget)
+        return TextPrompt(text, [])
+
     def with_sources(self, model_id: str | None, prompt: ChatPrompt, sources: str, layout: str) -> ChatPrompt:
         """The prompt with internet mode's web sources placed by `layout`; the same messages, built with room
         for them."""
@@ -215,10 +224,10 @@ class RemoteBackend:
         if greenlet is not None:
             greenlet.kill(block=False)
 
-    def request_body(self, model_id: str, prompt: ChatPrompt, options) -> dict:
+    def request_body(self, model_id: str, prompt: ChatPrompt | TextPrompt, options) -> dict:
         body = {
             "model": model_id,
-            "messages": prompt.messages,
+            **({"prompt": prompt.text} if isinstance(prompt, TextPrompt) else {"messages": prompt.messages}),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": options.max_tokens,
@@ -297,7 +306,7 @@ class RemoteBackend:
         timeout = self.settings.llm_timeout
         model_id = self.reply_model(reply, timeout)
         body = {**self.request_body(model_id, reply.job.prompt, reply.job.options), **reply.upstream}
-        url = f"{self.url}/chat/completions"
+        url = f"{self.url}{completions_path(body)}"
         calls = UpstreamToolCalls()  # its tool calls, added to the text in the one form once they are whole
         with self.session.post(url, json=body, headers=self.headers, stream=True, timeout=timeout) as response:
             if response.status_code != 200:
@@ -318,7 +327,7 @@ class RemoteBackend:
                 progress["usage"] = chunk.get("usage") or progress["usage"]
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
-                    text = delta.get("content")
+                    text = choice.get("text") if "prompt" in body else delta.get("content")
                     if text:
                         progress["first_token"] = progress["first_token"] or time.monotonic()
                         reply.add_text(text)
@@ -350,7 +359,7 @@ class RemoteBackend:
         for one token, its error is raised (and the window learned); nothing when it answers."""
         probe = {**body, "stream": False, "max_tokens": 1}
         probe.pop("stream_options")
-        url = f"{self.url}/chat/completions"
+        url = f"{self.url}{completions_path(body)}"
         # On a connection of its own: the server has just broken the stream's, which the session would reuse.
         response = requests.post(url, json=probe, headers=self.headers, timeout=self.settings.llm_timeout)
         if response.status_code != 200:
@@ -363,6 +372,11 @@ class RemoteBackend:
         except (ValueError, AttributeError):
             pass
         return self.failure(f"answered {answer(response)}", public=f"the model server answered {response.status_code}")
+
+
+def completions_path(body: dict) -> str:
+    """Where a reply's request goes: a chat's to /chat/completions, a raw prompt's to /completions."""
+    return "/completions" if "prompt" in body else "/chat/completions"
 
 
 def answer(response: requests.Response) -> str:

@@ -77,6 +77,9 @@ class ReplyRequest:
     # /v1's parameters a remote model server is sent as the client gave them (tools, tool_choice, response_format),
     # in place of the grammar and the prompt's tools the local backend uses.
     upstream: dict | None = None
+    # /v1/completions: the prompt as the client wrote it, read as is (no chat template, no system prompt; the
+    # history is empty), whole or ContextLengthExceeded.
+    raw_prompt: str | None = None
 
 
 class Resumable:
