@@ -174,12 +174,17 @@ def test_the_usage_is_the_model_servers_and_the_options_reach_it(counting_pair, 
     assert usage["prompt_tokens"] > 20 and "note" not in usage
     assert first["timings"]["tokens_per_second"] is not None
 
-    # The same seed, temperature and top_p give the same text again: they reached the model too.
-    requests.delete(f"{base}/conversations/delete/{first['message']['id']}", timeout=10)
-    again = read_events(infer(base, chat_id, seeded))[-1]["data"]
-    assert again["message"]["message"] == first["message"]["message"]
-    # The second time the server found the prompt in its cache, and said so.
-    assert again["usage"]["cached_tokens"] > 0
+    # The same seed, temperature and top_p give the same text again: they reached the model too. Compared between
+    # two replies that both found the prompt in the server's cache: a cached prompt's last token is read alone, which
+    # may shift the logits a little from the whole prompt read at once, and at temperature 1.5 change a draw.
+    texts = []
+    for _ in range(2):
+        requests.delete(f"{base}/conversations/delete/{first['message']['id']}", timeout=10)
+        first = read_events(infer(base, chat_id, seeded))[-1]["data"]
+        # The server found the prompt in its cache, and said so.
+        assert first["usage"]["cached_tokens"] > 0
+        texts.append(first["message"]["message"])
+    assert texts[0] == texts[1]
 
 
 def test_the_openai_api_works_on_the_remote_backend_with_stop_strings(counting_pair, client):
