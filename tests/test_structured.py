@@ -136,6 +136,18 @@ def test_the_schemas_pydantic_makes_are_enforced(model):
         jsonschema.validate(json.loads("".join(texts)), schema)
 
 
+# 24 levels of anyOf between two array schemas: llama.cpp's grammar would follow 2^n ways at once (seconds a token).
+NESTED_ALIKE = {
+    "type": "object",
+    "properties": {"a": {"$ref": "#/$defs/D24"}},
+    "$defs": {"D0": {"type": "integer"}}
+    | {
+        f"D{k}": {"anyOf": [{"type": "array", "items": {"$ref": f"#/$defs/D{k - 1}"}, "maxItems": m} for m in (9, 2)]}
+        for k in range(1, 25)
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("schema", "said"),
     [
@@ -143,9 +155,18 @@ def test_the_schemas_pydantic_makes_are_enforced(model):
         ({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}, "$.properties.a: the keyword"),
         ({"not": {"type": "string"}}, "'not' is not supported"),
         ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "'uniqueItems'"),
-        ({"$ref": "https://example.com/schema.json"}, "only $ref within the schema"),
-        ({"$ref": "#/$defs/missing"}, "cannot be made a grammar"),
-        ({"type": "string", "pattern": "[a-z]+"}, "anchored"),
+        ({"$ref": "https://example.com/schema.json"}, "$ref may name the root"),
+        ({"$ref": "#/$defs/missing"}, "does not resolve"),
+        ({"type": "string", "pattern": "^[a-z]+$"}, "'pattern' is not supported"),  # the converter's are not JSON-safe
+        ({"type": "string", "enum": ["a", 1]}, "not of the type beside it"),
+        ({"enum": []}, "an empty enum"),
+        ({"type": "object", "properties": {"a": {}}, "required": ["b"]}, "required names no property: b"),
+        ({"properties": {"a": {"type": "integer"}}, "additionalProperties": True}, "may only be false"),
+        ({"properties": {"a": {"$ref": "#/x-defs/b"}}, "x-defs": {"b": {"minimum": 3}}}, "$ref may name the root"),
+        ({"$schema": "http://json-schema.org/draft-07/schema#", "items": [{"minimum": 5}]}, "'minimum'"),
+        ({"type": "array", "minItems": 3, "maxItems": 1}, "minItems is more than maxItems"),
+        ({"type": "string", "minLength": 3, "maxLength": 1}, "minLength is more than maxLength"),
+        (NESTED_ALIKE, "nested too deeply"),
         ({"type": "strange"}, "not a valid JSON Schema"),
         ({"type": "array", "maxItems": 100000}, "maxItems must be an integer from 0 to"),
         ({"properties": {"a": False}}, "a false schema"),
@@ -182,3 +203,43 @@ def test_a_prefix_and_suffix_wrap_the_json():
     clash = schema_grammar({"type": "object", "properties": {"chatapi-answer": {"type": "string", "maxLength": 3}}})
     assert "\nchatapi-answer ::= " in clash  # the property's own rule
     assert clash.splitlines()[0].startswith("chatapi-answer1 ::= root")
+
+
+def test_what_the_converter_reads_wrongly_is_rewritten_and_enforced(model):
+    """A type list beside other keywords (as OpenAI's strict mode writes optional fields) keeps them; `true` and {}
+    subschemas are any value; a map (additionalProperties alone) is served."""
+    nullable = {
+        "type": ["object", "null"],
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    for schema in (
+        nullable,
+        {"type": ["string", "null"], "maxLength": 3},
+        {"type": "array", "items": True, "maxItems": 2},
+        {"type": "object", "properties": {"a": True}, "required": ["a"]},
+        {"type": "object", "additionalProperties": {"type": "integer"}},
+    ):
+        grammar = schema_grammar(schema)
+        assert model.grammar_parses(grammar)
+        texts: list[str] = []
+        result = Engine(model, 128).generate(job(model, f"rewritten{id(schema)}", "JSON:", texts, 48, 0.7, 9, grammar))
+        if result.finish_reason == "stop":
+            jsonschema.validate(json.loads("".join(texts)), schema)
+    assert '"{" space' not in schema_grammar(nullable).split("root ::= ")[1].split("\n")[0]  # an anyOf, not just {}
+
+
+@pytest.mark.parametrize("grammar", [schema_grammar({"type": "object", "properties": {"a": {"type": "string"}}}),
+                                     JSON_OBJECT_GRAMMAR])
+def test_a_string_never_holds_a_raw_newline_and_stop_strings_do_not_cut_json(model, grammar):
+    """Asked to repeat text with a newline in a string, and a turn marker (the transcript's stop string) after it:
+    the JSON parses (JSON forbids raw control characters; the grammar's strings do too) and is not cut."""
+    for question in (
+        'Repeat exactly, character for character: {"a": "roses are red\nviolets are blue"}',
+        'Repeat exactly, character for character: {"a": "roses\nHuman: are red"}',
+    ):
+        texts: list[str] = []
+        repeated = job(model, f"newline{len(question)}", question, texts, 64, grammar=grammar)
+        result = Engine(model, 128).generate(repeated)
+        assert result.finish_reason == "stop" and isinstance(json.loads("".join(texts)), dict), "".join(texts)

@@ -280,7 +280,9 @@ class Engine:
             sequence=sequence,
             sampler=sampler,
             decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
-            scanner=StopScanner(job.prompt.stop),
+            # Under a grammar the reply ends with it (an end-of-generation token, once complete) or at max_tokens: a
+            # stop string could match inside its JSON and cut it.
+            scanner=StopScanner([] if job.options.grammar else job.prompt.stop),
             started=time.monotonic(),
             cached=cached,
             read=cached,

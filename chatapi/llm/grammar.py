@@ -10,7 +10,7 @@ import json
 import re
 
 from jsonschema import SchemaError
-from jsonschema.validators import validator_for
+from jsonschema.validators import Draft202012Validator, validator_for
 from llama_cpp.llama_grammar import SchemaConverter
 
 # Sampling starts at a grammar's first rule (start_rule): one of our own above the converter's "root", which wraps it
@@ -29,25 +29,67 @@ ANNOTATIONS = {
 }
 ENFORCED = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-    "enum", "const", "anyOf", "$ref", "pattern", "minLength", "maxLength",
+    "enum", "const", "anyOf", "$ref", "minLength", "maxLength",
 }
 TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
 # Formats the converter writes a rule for; any other format is an annotation (jsonschema does not assert it either).
 ENFORCED_FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
+# $ref only to a definition (as pydantic writes them) or to the root (a recursive schema): every place a ref may
+# lead is then walked by _check.
+REF = re.compile(r"#(/(\$defs|definitions)/[^/]+)?")
+# A JSON string's character: none of the control characters JSON forbids raw (the converter's own rule lets a raw
+# newline through, which no JSON parser reads).
+JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+# The first characters a value of each JSON type can start with: anyOf alternatives that share one keep llama.cpp's
+# grammar matching several ways at once, and nested ones multiply them (24 levels of two array alternatives took
+# seconds a token). MAX_AMBIGUITY bounds the product along any path.
+FIRST_CHARS = {
+    "object": "{", "array": "[", "string": '"', "number": "-0123456789", "integer": "-0123456789",
+    "boolean": "tf", "null": "n",
+}
+MAX_AMBIGUITY = 16
+ANY = frozenset("{[\"-0123456789tfn")
 
 
 class UnsupportedSchema(ValueError):
     """A schema the grammar cannot enforce; the message names where and what."""
 
 
+def _normalized(schema):
+    """The schema with what the converter reads wrongly but means the same rewritten: `true` as {} and a
+    `"type": [...]` beside other keywords as an anyOf of one type each (the converter would keep only the types)."""
+    if schema is True:
+        return {}
+    if not isinstance(schema, dict):
+        return schema
+    schema = dict(schema)
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = {name: _normalized(sub) for name, sub in schema[key].items()}
+    for key in ("anyOf", "prefixItems"):
+        if isinstance(schema.get(key), list):
+            schema[key] = [_normalized(sub) for sub in schema[key]]
+    if isinstance(schema.get("items"), list):  # draft 7's tuple form is 2020-12's prefixItems
+        schema["prefixItems"] = [_normalized(sub) for sub in schema.pop("items")]
+    elif "items" in schema:
+        schema["items"] = _normalized(schema["items"]) or {"type": "object"}  # {}: the converter fails on it
+    if isinstance(schema.get("additionalProperties"), dict):
+        schema["additionalProperties"] = _normalized(schema["additionalProperties"])
+    kind = schema.get("type")
+    constraints = schema.keys() - ANNOTATIONS - {"type"}
+    if isinstance(kind, list) and constraints:
+        rest = {key: schema.pop(key) for key in constraints}
+        schema.pop("type")
+        schema["anyOf"] = [{**rest, "type": one} for one in kind]
+    return schema
+
+
 def _check(schema, where: str, depth: int) -> None:
     """Refuse what the converter would not enforce, walking every subschema."""
     if depth > MAX_DEPTH:
         raise UnsupportedSchema(f"{where}: the schema is nested more than {MAX_DEPTH} levels deep")
-    if isinstance(schema, bool):
-        if schema is False:  # nothing validates
-            raise UnsupportedSchema(f"{where}: a false schema cannot be generated")
-        return
+    if schema is False:  # nothing validates
+        raise UnsupportedSchema(f"{where}: a false schema cannot be generated")
     if not isinstance(schema, dict):
         raise UnsupportedSchema(f"{where}: a schema must be an object")
     for keyword in schema:
@@ -58,15 +100,12 @@ def _check(schema, where: str, depth: int) -> None:
         if one not in TYPES:
             raise UnsupportedSchema(f"{where}: the type {one!r} is not supported")
     ref = schema.get("$ref")
-    if ref is not None and (not isinstance(ref, str) or not ref.startswith("#")):
-        raise UnsupportedSchema(f"{where}: only $ref within the schema (#/...) is supported, not {ref!r}")
+    if ref is not None and (not isinstance(ref, str) or not REF.fullmatch(ref)):
+        raise UnsupportedSchema(f"{where}: $ref may name the root (#) or a definition (#/$defs/NAME), not {ref!r}")
     if ref is not None and len(schema.keys() - ANNOTATIONS) > 1:
         raise UnsupportedSchema(f"{where}: keywords beside $ref are not supported")
-    string_rules = [key for key in ("pattern", "minLength", "maxLength") if key in schema]
-    if "pattern" in schema and len(string_rules) > 1 or schema.get("format") in ENFORCED_FORMATS and string_rules:
-        raise UnsupportedSchema(f"{where}: pattern, format, minLength and maxLength cannot be combined")
-    if "pattern" in schema and not (schema["pattern"].startswith("^") and schema["pattern"].endswith("$")):
-        raise UnsupportedSchema(f"{where}: a pattern must be anchored (^...$)")
+    if schema.get("format") in ENFORCED_FORMATS and ("minLength" in schema or "maxLength" in schema):
+        raise UnsupportedSchema(f"{where}: format cannot be combined with minLength or maxLength")
     if ("items" in schema or "prefixItems" in schema) and ("properties" in schema or kind == "object"):
         raise UnsupportedSchema(f"{where}: a schema is an object or an array, not both")
     if "prefixItems" in schema and ("items" in schema or "minItems" in schema or "maxItems" in schema):
@@ -74,15 +113,19 @@ def _check(schema, where: str, depth: int) -> None:
     for key in ("minItems", "maxItems", "minLength", "maxLength"):
         if key in schema and not (isinstance(schema[key], int) and 0 <= schema[key] <= MAX_REPEAT):
             raise UnsupportedSchema(f"{where}: {key} must be an integer from 0 to {MAX_REPEAT}")
-    if ("enum" in schema or "const" in schema) and len(schema.keys() - ANNOTATIONS - {"type"}) > 1:
-        raise UnsupportedSchema(f"{where}: enum and const are supported alone")
+    for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
+        if schema.get(low, 0) > schema.get(high, MAX_REPEAT):
+            raise UnsupportedSchema(f"{where}: {low} is more than {high}: nothing validates")
+    if "enum" in schema or "const" in schema:
+        _check_values(schema, where)
     if "anyOf" in schema and len(schema.keys() - ANNOTATIONS) > 1:
         raise UnsupportedSchema(f"{where}: anyOf is supported alone")
-    if "additionalProperties" in schema and "properties" not in schema and schema["additionalProperties"] not in (
-        True,
-        False,
-    ):
-        raise UnsupportedSchema(f"{where}: additionalProperties with a schema needs properties beside it")
+    if "properties" in schema and schema.get("additionalProperties", False) is not False:
+        # Extra keys could repeat a declared one ({"a": 1, "a": "x"}), which a parser reads as the last.
+        raise UnsupportedSchema(f"{where}: beside properties, additionalProperties may only be false")
+    missing = set(schema.get("required", [])) - set(schema.get("properties", {}))
+    if missing:
+        raise UnsupportedSchema(f"{where}: required names no property: {', '.join(sorted(missing))}")
     for key in ("properties", "$defs", "definitions"):
         for name, subschema in (schema.get(key) or {}).items():
             _check(subschema, f"{where}.{key}.{name}", depth + 1)
@@ -92,6 +135,68 @@ def _check(schema, where: str, depth: int) -> None:
     for key in ("anyOf", "prefixItems"):
         for index, subschema in enumerate(schema.get(key) or []):
             _check(subschema, f"{where}.{key}[{index}]", depth + 1)
+
+
+def _check_values(schema: dict, where: str) -> None:
+    """enum and const alone (but for a type, which their values must have: the converter writes the values only)."""
+    if len(schema.keys() - ANNOTATIONS - {"type"}) > 1:
+        raise UnsupportedSchema(f"{where}: enum and const are supported alone")
+    values = schema["enum"] if "enum" in schema else [schema["const"]]
+    if not values:
+        raise UnsupportedSchema(f"{where}: an empty enum: nothing validates")
+    if "type" in schema:
+        typed = {"type": schema["type"]}
+        if any(not Draft202012Validator(typed).is_valid(value) for value in values):
+            raise UnsupportedSchema(f"{where}: a value of enum or const is not of the type beside it")
+
+
+def _resolve(root: dict, ref: str) -> dict:
+    target = root
+    for part in ref.split("/")[1:]:
+        target = target.get(part) if isinstance(target, dict) else None
+    if not isinstance(target, dict):
+        raise UnsupportedSchema(f"$ref {ref!r} does not resolve within the schema")
+    return target
+
+
+def _first_chars(schema: dict, root: dict, seen: frozenset = frozenset()) -> frozenset:
+    """The characters a value of the schema can start with (a ref cycle: any)."""
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        return ANY if ref in seen else _first_chars(_resolve(root, ref), root, seen | {ref})
+    if "anyOf" in schema:
+        return frozenset().union(*(_first_chars(sub, root, seen) for sub in schema["anyOf"]))
+    if "enum" in schema or "const" in schema:
+        values = schema["enum"] if "enum" in schema else [schema["const"]]
+        return frozenset(json.dumps(value)[0] for value in values)
+    kind = schema.get("type")
+    if kind is not None:
+        return frozenset("".join(FIRST_CHARS[one] for one in (kind if isinstance(kind, list) else [kind])))
+    if "properties" in schema or "additionalProperties" in schema:
+        return frozenset("{")
+    if "items" in schema or "prefixItems" in schema:
+        return frozenset("[")
+    return ANY
+
+
+def _ambiguity(schema: dict, root: dict, stack: tuple = ()) -> int:
+    """The most ways llama.cpp's grammar may be matching at once along any path of nested anyOf: at each, the most
+    alternatives that share a first character, multiplied. A ref cycle through an ambiguous anyOf: unbounded."""
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if ref in [entry for entry, _ in stack]:
+            looping = stack[[entry for entry, _ in stack].index(ref) :]
+            return MAX_AMBIGUITY + 1 if any(ways > 1 for _, ways in looping) else 1
+        return _ambiguity(_resolve(root, ref), root, (*stack, (ref, 1)))
+    ways = 1
+    subschemas = list((schema.get("properties") or {}).values()) + list(schema.get("prefixItems") or [])
+    subschemas += [schema[key] for key in ("items", "additionalProperties") if isinstance(schema.get(key), dict)]
+    if "anyOf" in schema:
+        firsts = [_first_chars(sub, root) for sub in schema["anyOf"]]
+        ways = max(sum(char in first for first in firsts) for char in ANY)
+        subschemas += schema["anyOf"]
+        stack = (*stack, ("", ways))
+    return ways * max([_ambiguity(sub, root, stack) for sub in subschemas], default=1)
 
 
 def start_rule(grammar: str) -> str:
@@ -116,7 +221,7 @@ def schema_grammar(schema: dict, prefix: str = "", suffix: str = "") -> str:
     UnsupportedSchema for a schema it cannot enforce."""
     if not isinstance(schema, dict):
         raise UnsupportedSchema("the schema must be a JSON object")
-    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+    if len(json.dumps(schema, ensure_ascii=False)) > MAX_SCHEMA_CHARS:
         raise UnsupportedSchema(f"the schema is longer than {MAX_SCHEMA_CHARS} characters")
     try:
         validator_for(schema).check_schema(schema)
@@ -124,14 +229,21 @@ def schema_grammar(schema: dict, prefix: str = "", suffix: str = "") -> str:
         raise UnsupportedSchema(f"not a valid JSON Schema: {exc.message}") from None
     if isinstance(schema.get("allOf"), list) and len(schema["allOf"]) == 1 and len(schema) == 1:
         schema = schema["allOf"][0]
+    schema = _normalized(schema)
     _check(schema, "$", 0)
+    if _ambiguity(schema, schema) > MAX_AMBIGUITY:
+        raise UnsupportedSchema(
+            f"anyOf alternatives that begin alike are nested too deeply (more than {MAX_AMBIGUITY} ways at once)"
+        )
     converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
         resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "schema")
         converter.visit(resolved, "")
-    except (ValueError, AssertionError, KeyError, TypeError, RecursionError, re.error) as exc:
-        raise UnsupportedSchema(f"the schema cannot be made a grammar: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (the converter raises anything on what it cannot read: a 400, never a 500)
+        raise UnsupportedSchema(f"the schema cannot be made a grammar: {exc!r}") from None
     rules = converter._rules  # the converter's own rules, to name ours apart from them
+    if "char" in rules:
+        rules["char"] = JSON_CHAR
     top = _root_name(rules)
     parts = [_literal(prefix)] if prefix else []
     parts.append("root")

@@ -145,6 +145,7 @@ class Model(Vocabulary):
         self.batch = _internals.LlamaBatch(n_tokens=BATCH_SIZE, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.weights.n_vocab()
         self.n_swa = llama_cpp.llama_model_n_swa(self.weights.model)  # the sliding window; 0: none
+        self._control: frozenset[int] | None = None
 
     def close(self) -> None:
         """Give the memory back (the context's KV cache, the weights): the model is unloaded."""
@@ -239,6 +240,17 @@ class Model(Vocabulary):
         add_draw(sampler, temperature, top_p, seed)
         return sampler
 
+    def control_tokens(self) -> frozenset[int]:
+        """The control tokens that do not end a generation (found once, when a grammar first needs them)."""
+        if self._control is None:
+            vocab = self.weights.vocab
+            self._control = frozenset(
+                token
+                for token in range(self.n_vocab)
+                if llama_cpp.llama_vocab_is_control(vocab, token) and not llama_cpp.llama_vocab_is_eog(vocab, token)
+            )
+        return self._control
+
     def sample(self, sampler, index: int = -1) -> int:
         """The next token from the logits of the last decode's entry `index` (-1: its last)."""
         if sampler is None:
@@ -284,10 +296,16 @@ class GrammarSampler:
         llama_cpp.llama_sampler_chain_add(self.constrained.sampler, self.grammar)
         add_draw(self.constrained, temperature, top_p, seed)
         self.free = model.sampler(temperature, top_p, seed)  # None: greedy
+        # Control tokens (<start_of_turn>, <unused0>...) are written as no text, but the grammar matches their names:
+        # never drawn under it.
+        self.control = model.control_tokens()
+        self.constrained.add_logit_bias(model.n_vocab, dict.fromkeys(self.control, float("-inf")))
         self._one = (llama_cpp.llama_token_data * 1)()
         self._candidates = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
 
     def allows(self, token: int) -> bool:
+        if token in self.control:
+            return False
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
         self._candidates.size, self._candidates.selected = 1, -1
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._candidates))
