@@ -7,16 +7,30 @@ through to a small upstream on 127.0.0.1 whose malformed tool-call deltas end th
 
 import json
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
 import jsonschema
 import openai
+import pydantic
 import pytest
 
+from chatapi.llm.grammar import schema_grammar
 from chatapi.llm.model import Vocabulary, default_model_path
 from chatapi.llm.prompt import Message, PromptBuilder, TemplateRenderer, tools_as_text
-from chatapi.llm.tool_calls import MalformedToolCall, ToolCall, UpstreamToolCalls, held_from, parse
+from chatapi.llm.tool_calls import (
+    MARKERS,
+    OPEN,
+    READERS,
+    MalformedToolCall,
+    ToolCall,
+    UpstreamToolCalls,
+    call_schema,
+    held_from,
+    parse,
+)
+from chatapi.openai_api.wire import Completion
 from tests.support import wait_for
 from tests.support.chats import QUESTION, infer, new_chat
 from tests.support.metrics import moved, scrape
@@ -133,16 +147,121 @@ def test_upstream_deltas_make_the_one_text_form_or_are_malformed():
         [{"index": 1, "function": {"name": "f"}}],  # skips index 0
         [{"index": "0", "function": {"name": "f"}}],
         [{"index": 0, "function": {"arguments": "{}"}}],  # no name
-        [{"function": {"name": "f"}}],
+        [{"index": 0, "function": "get_time"}],  # function not an object
+        [{"index": 0, "function": ["get_time"]}],
+        ["not an object"],
         "not a list",
     ):
         with pytest.raises(MalformedToolCall):
             UpstreamToolCalls().add(deltas)
-    for arguments in ('{"city": ', "[1, 2]"):
+    for arguments in ('{"city": ', "[1, 2]", '{"a": ' + "[" * 100_000, '{"a": NaN}'):
         bad = UpstreamToolCalls()
         bad.add([{"index": 0, "function": {"name": "f", "arguments": arguments}}])
         with pytest.raises(MalformedToolCall):
             bad.text()
+
+
+def test_an_upstream_delta_without_an_index_is_the_one_calls():
+    """Some servers leave `index` out: while there is at most one call, a delta without it is that call's."""
+    calls = UpstreamToolCalls()
+    calls.add([{"id": "x", "type": "function", "function": {"name": "get_time", "arguments": '{"city": '}}])
+    calls.add([{"function": {"arguments": '"Oslo"}'}}])
+    assert calls.text() == ToolCall("get_time", {"city": "Oslo"}).text()
+    calls.add([{"index": 1, "function": {"name": "get_weather", "arguments": "{}"}}])
+    with pytest.raises(MalformedToolCall):  # two calls: which one is not for us to guess
+        calls.add([{"function": {"arguments": "{}"}}])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```tool_code\nget_time(city={1, 2})\n```",  # a set
+        '```tool_code\nget_time(city=b"x")\n```',  # bytes
+        "```tool_code\nget_time(city=...)\n```",
+        "```tool_code\nget_time(city={(1, 2): 3})\n```",  # a key JSON cannot have
+        "```tool_code\nget_time(city=1e999)\n```",  # Infinity
+        '<tool_call>{"name": "get_time", "arguments": {"city": NaN}}</tool_call>',
+        '<tool_call>{"name": "get_time", "arguments": {"city": -Infinity}}</tool_call>',
+        "<tool_call>" + "[" * 100_000,  # nested too deeply to read
+        '{"a":' + "[" * 100_000,
+        "```tool_code\nget_time(city=" + "[" * 100_000 + "\n```",
+        "```tool_code\nget_time(city=" + "[" * 500 + "]" * 500 + ")\n```",
+    ],
+)
+def test_arguments_json_cannot_hold_stay_text(text):
+    assert parse(text, NAMES) == (text.strip(), [])
+
+
+def test_a_closing_tag_inside_an_argument_does_not_end_the_call():
+    call = ToolCall("get_time", {"city": "</tool_call> Oslo"})
+    assert parse(f"Here.{call.text()} and after", NAMES) == ("Here. and after", [call])
+    assert parse(call.text()[: -len("</tool_call>")], NAMES) == ("", [call])  # its closing tag cut
+    assert parse(f"{OPEN}{json.dumps({'name': 'get_time', 'arguments': {}})} junk</tool_call>", NAMES)[1] == []
+
+
+def test_calls_in_auto_mode_are_validated_against_the_tools_parameters():
+    valid = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}</tool_call>'
+    assert parse(valid, SCHEMAS)[1] == [ToolCall("get_weather", {"city": "Paris", "unit": "celsius"})]
+    for arguments in ({"city": "Paris", "unit": "kelvin"}, {"city": "Paris"}, {"properties": {}, "type": "object"}):
+        text = f"```json\n{json.dumps({'name': 'get_weather', 'arguments': arguments})}\n```"
+        assert parse(text, SCHEMAS) == (text, [])
+    assert parse("```tool_code\nget_time(city=3)\n```", SCHEMAS)[1] == []
+    # Parameters jsonschema cannot use do not stop a call: only the grammar of a forced call enforces them.
+    broken = {"get_time": {"type": "object", "properties": {"city": {"$ref": "#/$defs/missing"}}}}
+    assert parse('<tool_call>{"name": "get_time", "arguments": {"city": "Oslo"}}', broken)[1]
+
+
+def test_every_reader_is_a_marker_held_back_in_a_stream():
+    assert set(READERS) == set(MARKERS)
+    for text in ("```\n{", "```tool_call\n", "```json", "```tool_code"):
+        assert held_from("Hi " + text, True) == 3
+        _, calls = parse(f"Hi {text.split(chr(10))[0]}\n" + json.dumps({"name": "get_time", "arguments": {}}), NAMES)
+        assert calls == [ToolCall("get_time", {})]  # and the whole reply reads it as a call
+    assert held_from("a ``", True) == 2
+
+
+class Place(pydantic.BaseModel):
+    city: str
+    country: str
+
+
+class Trip(pydantic.BaseModel):
+    start: Place
+    stops: list[Place]
+
+
+def test_parameters_with_defs_keep_their_refs_in_the_call_schema():
+    tool = openai.pydantic_function_tool(Trip)
+    parameters = tool["function"]["parameters"]
+    assert "$defs" in parameters
+    schema = call_schema([tool["function"], TOOLS[1]["function"]])
+    arguments = {"start": {"city": "Oslo", "country": "Norway"}, "stops": []}
+    jsonschema.validate({"name": "Trip", "arguments": arguments}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "Trip", "arguments": {"start": {"city": "Oslo"}, "stops": []}}, schema)
+    assert schema_grammar(schema)
+    assert schema_grammar(call_schema([{"name": "self", "parameters": {"type": "object", "properties": {
+        "next": {"$ref": "#"}}}}]))
+
+
+class FakeReply:
+    """A reply that has ended: its records are given."""
+
+    def __init__(self, records: list):
+        self.records, self.message_id, self.finished = records, uuid.uuid4(), True
+
+    def listen(self, records: bool):
+        return iter(self.records)
+
+
+def test_text_held_back_is_streamed_before_an_error():
+    records = [(None, {"content": "Let me see. "}), (None, {"content": "<tool_call>{\"na"})]
+    error = ("error", {"code": 502, "message": "the model server failed"})
+    chunks = list(Completion(FakeReply([*records, error]), "m", SCHEMAS).chunks(None, False))
+    events = [json.loads(chunk.split("data: ", 1)[1]) for chunk in chunks if chunk.startswith("data: ")]
+    content = "".join(event["choices"][0]["delta"].get("content") or "" for event in events if "choices" in event)
+    assert content == 'Let me see. <tool_call>{"na'
+    assert events[-1]["error"]["message"] == "the model server failed"
 
 
 # Rendering (no model needed: a template and the fallback's text)
@@ -317,6 +436,41 @@ def test_a_round_trip_the_tools_result_is_answered_with_text(idle_after):
     assert choice.finish_reason in ("stop", "length")
 
 
+def test_a_forced_call_of_a_pydantic_tool_with_defs_validates(idle_after):
+    tool = openai.pydantic_function_tool(Trip)
+    completion = sdk(idle_after).chat.completions.create(
+        model=model_name(idle_after),
+        messages=[{"role": "user", "content": "Plan a trip from Oslo to Rome."}],
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "Trip"}},
+        max_tokens=128,
+        temperature=0.7,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments), tool["function"]["parameters"])
+
+
+def test_a_json_response_format_with_tools_is_the_json_not_a_call(idle_after):
+    """Under a JSON response_format the reply is the JSON, even where it could be read as a call."""
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    ask = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    params = {"messages": ask, "tools": tools, "max_tokens": 48, "temperature": 0}
+    completion = sdk(idle_after).chat.completions.create(
+        model=model_name(idle_after), response_format={"type": "json_object"}, **params
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    assert isinstance(json.loads(choice.message.content), dict)  # the reviewer's echoed schema, read as a call before
+    stream = sdk(idle_after).chat.completions.create(
+        model=model_name(idle_after), response_format={"type": "json_object"}, stream=True, **params
+    )
+    chunks = [chunk.choices[0] for chunk in stream if chunk.choices]
+    assert not any(chunk.delta.tool_calls for chunk in chunks) and chunks[-1].finish_reason == "stop"
+    assert "".join(chunk.delta.content or "" for chunk in chunks) == choice.message.content
+
+
 def test_tool_choice_none_is_plain_text_and_auto_may_call(idle_after):
     none = complete(idle_after, messages=ASK_WEATHER, tools=TOOLS, tool_choice="none", max_tokens=16, temperature=0)
     choice = none.json()["choices"][0]
@@ -342,6 +496,20 @@ def test_tool_choice_none_is_plain_text_and_auto_may_call(idle_after):
         ({"tools": TOOLS, "tool_choice": "required", "stop": ["}"]}, "stop"),
         ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
         (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"items": {}}}}],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+            },
+            "tools",
+        ),
+        (
             {"messages": [*ASK_WEATHER, {"role": "tool", "content": "x"}]},  # answers no call
             "messages[1].tool_call_id",
         ),
@@ -364,7 +532,8 @@ def test_bad_tools_are_a_bad_request_naming_the_parameter(idle_after, params, pa
 
 def test_parameters_the_grammar_cannot_enforce_are_refused_before_anything_is_generated(idle_after):
     before = scrape(idle_after)
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3}}}]
+    parameters = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
     response = complete(idle_after, messages=ASK_WEATHER, tools=tools, tool_choice="required")
     assert_openai_error(response, 400, "invalid_request_error", "tools", "invalid_request_error")
     assert moved(before, scrape(idle_after), "chatapi_replies_started_total", mode="openai") == 0
@@ -491,6 +660,8 @@ def test_tools_and_response_format_pass_through_to_the_model_server(remote_serve
         [[{"index": 0, "function": {"arguments": "{}"}}]],  # no name
         [[{"index": 0, "function": {"name": "get_time", "arguments": '{"city": '}}]],  # not JSON once complete
         [[{"index": 0, "function": {"name": "get_time", "arguments": "[]"}}]],  # not an object
+        [[{"index": 0, "function": "get_time"}]],  # a function that is not an object
+        [[{"index": 0, "function": {"name": "get_time", "arguments": '{"a": ' + "[" * 5_000 + "]" * 5_000 + "}"}}]],
     ],
 )
 def test_a_malformed_tool_call_from_the_model_server_is_an_error(remote_server, fake_upstream, tool_calls):

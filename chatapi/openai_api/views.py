@@ -19,7 +19,7 @@ from ..llm.prompt import ContextLengthExceeded, Message
 from ..llm.queue import ReplyService
 from ..llm.remote import RemoteBackend, UpstreamError
 from ..llm.reply import Reply, ReplyRequest
-from ..llm.tool_calls import call_grammar
+from ..llm.tool_calls import call_grammar, is_object_schema
 from ..models import owner_id
 from .schemas import bad_request, read_completion_request
 from .store import store_exchange
@@ -72,6 +72,10 @@ def constraints(args: dict, service: ReplyService, model: str) -> tuple[str | No
     if forced:
         named = choice["function"]["name"] if isinstance(choice, dict) else None
         functions = [tool["function"] for tool in tools if named in (None, tool["function"]["name"])]
+        for function in functions:
+            if function.get("parameters") and not is_object_schema(function["parameters"]):
+                message = f"the parameters of {function['name']!r} must be an object's schema (type object)"
+                bad_request(message, "tools", "invalid_request_error")
         try:
             grammar = call_grammar(functions)
         except UnsupportedSchema as exc:
@@ -82,6 +86,16 @@ def constraints(args: dict, service: ReplyService, model: str) -> tuple[str | No
         except UnsupportedSchema as exc:
             bad_request(str(exc), "tools" if forced else "response_format", "invalid_request_error")
     return grammar, offered, None
+
+
+def tool_parameters(tools: tuple[dict, ...], args: dict, service: ReplyService) -> dict[str, dict | None]:
+    """The tools whose calls are read from the reply's text, by name, with the parameters their arguments must
+    validate against. None under a JSON response_format on the local backend: the grammar makes the reply that
+    JSON, which may look like a call but is the answer. (A remote server's own tool calls are still read.)"""
+    json_format = (args.get("response_format") or {}).get("type") in JSON_FORMATS
+    if json_format and service.backend.name != RemoteBackend.name:
+        return {}
+    return {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
 
 def not_stored(reply: Reply) -> None:
@@ -174,7 +188,7 @@ def create_chat_completion():
             "messages",
             "context_length_exceeded",
         )
-    completion = Completion(reply, model, {tool["function"]["name"] for tool in tools})
+    completion = Completion(reply, model, tool_parameters(tools, args, service))
     if args.get("stream"):
         include_usage = bool((args.get("stream_options") or {}).get("include_usage"))
         return replies.event_stream_response(completion.chunks(service, include_usage))

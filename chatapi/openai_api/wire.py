@@ -38,9 +38,10 @@ def tool_calls(calls: list[ToolCall]) -> list[dict]:
 class Completion:
     """One reply told as OpenAI tells a chat completion."""
 
-    def __init__(self, reply: Reply, model: str, tool_names: set[str] | None = None):
+    def __init__(self, reply: Reply, model: str, tool_names: dict[str, dict | None] | None = None):
         self.reply = reply
-        self.tool_names = tool_names or set()  # the tools offered, whose calls are read from the text
+        # the tools offered whose calls are read from the text, by name, with the parameters calls must validate
+        self.tool_names = tool_names or {}
         self.id = f"chatcmpl-{reply.message_id.hex}"
         self.created = int(time.time())
         self.model = model
@@ -143,6 +144,8 @@ class Completion:
                 elif end is None:
                     yield sse.PING
                 elif end["event"] == "error":
+                    if held:  # what was held back as a possible call is text: the call never came whole
+                        yield self.chunk({"content": held}, include_usage=include_usage)
                     kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
                     error = {"message": end["message"], "type": kind, "param": None, "code": None}
                     yield sse.event_text(None, {"error": error})
