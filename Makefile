@@ -16,8 +16,12 @@ $(BIN)/python:
 
 # llama.cpp (llama-cpp-python compiles it, and make llama-server) is built for this CPU, but without AMX: on a CPU
 # with AMX (Sapphire Rapids) its AMX matrix kernels crashed the first decode here (SIGSEGV in ggml_backend_amx_mul_mat).
+# x86-64 only (other compilers know no such flags); added to any CMAKE_ARGS of the caller's. A wheel pip built before
+# (its cache) is used as it is: `pip cache remove llama_cpp_python` makes it build again.
+ifeq ($(shell uname -m),x86_64)
 LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-export CMAKE_ARGS := -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'
+export CMAKE_ARGS += -DCMAKE_C_FLAGS='$(LLAMA_CFLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CFLAGS)'
+endif
 
 $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -r requirements.txt

@@ -17,7 +17,9 @@ from llama_cpp.llama_grammar import SchemaConverter
 # in `prefix` and `suffix`, named apart from the converter's rules (named after properties, from [a-zA-Z0-9-]).
 ROOT = "chatapi-answer"
 MAX_SCHEMA_CHARS = 32_000  # a schema as JSON: dozens of properties with descriptions
-MAX_QUERY_SCHEMA_CHARS = 8_000  # in a URL (the chat API's ?schema=): gunicorn reads request lines of 8,190 bytes
+# In a URL (the chat API's ?schema=): gunicorn reads request lines of 8,190 bytes, and a character may take three
+# URL-encoded ("{" is %7B).
+MAX_QUERY_SCHEMA_CHARS = 2_600
 MAX_DEPTH = 32  # nesting of objects and arrays in the schema
 MAX_REPEAT = 1_000  # minItems, maxItems, minLength, maxLength: the grammar spells each repetition out
 MAX_GRAMMAR_CHARS = 200_000
