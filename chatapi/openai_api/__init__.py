@@ -6,9 +6,10 @@ A completion is a reply of the same reply service as the chats' (the same queue,
 Errors here are in OpenAI's shape (chatapi/errors.py).
 
 views.py has the routes, schemas.py reads the request, wire.py writes the completion as OpenAI does (one object or
-a stream of chunks) and store.py keeps the exchange as a chat when asked.
+a stream of chunks) and store.py keeps the exchange as a chat when asked. embeddings.py serves /v1/embeddings.
 """
 
+from . import embeddings  # noqa: F401 (registers /v1/embeddings on bp)
 from .views import bp
 
 __all__ = ["bp"]
