@@ -36,9 +36,8 @@ class EmbeddingInput(fields.Field):
     of inputs once read (strings and token lists), at most MAX_INPUTS, none empty."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str):
-            inputs = [value]
-        elif isinstance(value, list) and value and token_list(value):
+        single = isinstance(value, str) or (isinstance(value, list) and value and token_list(value))
+        if single:
             inputs = [value]
         elif isinstance(value, list):
             inputs = value
@@ -49,16 +48,22 @@ class EmbeddingInput(fields.Field):
         if len(inputs) > MAX_INPUTS:
             raise ma.ValidationError(f"at most {MAX_INPUTS} inputs")
         for index, given in enumerate(inputs):
-            if isinstance(given, str):
-                try:
-                    inputs[index] = storable_text(given)
-                except ma.ValidationError as error:
-                    raise ma.ValidationError({index: error.messages}) from error
-            elif not token_list(given):
-                raise ma.ValidationError({index: ["must be a string or a list of token ids"]})
-            if not given:
-                raise ma.ValidationError({index: ["must not be empty"]})
+            try:
+                inputs[index] = one_input(given)
+            except ma.ValidationError as error:
+                raise ma.ValidationError(error.messages if single else {index: error.messages}) from error
         return inputs
+
+
+def one_input(given):
+    """A string or a token list, not empty."""
+    if isinstance(given, str):
+        given = storable_text(given)
+    elif not token_list(given):
+        raise ma.ValidationError("must be a string or a list of token ids")
+    if not given:
+        raise ma.ValidationError("must not be empty")
+    return given
 
 
 class EmbeddingSchema(ma.Schema):
