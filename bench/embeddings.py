@@ -118,6 +118,7 @@ def main() -> None:
             ours = measure(server.url)
         with LlamaCppEmbeddings(Path(workdir) / "llama_cpp_server.log", path, n_ctx, threads) as other:
             theirs = measure(other.url)
+    print(f"machine load: {', '.join(f'{load:.1f}' for load in os.getloadavg())} (1, 5, 15 min) as it ended")
     print(f"{'server':22} {'one request of 100':>19} {'÷ theirs':>9} {'100 requests of 1':>18} {'÷ theirs':>9}")
     theirs_batched = statistics.median(theirs["batched"])
     for name, results in (("chatapi", ours), ("llama_cpp.server", theirs)):

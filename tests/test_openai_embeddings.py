@@ -2,8 +2,10 @@
 Gemma 3 270M as its own embedding model). Nothing here touches the database: SQLite only (conftest.SQLITE_ONLY)."""
 
 import base64
+import json
 import os
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import openai
@@ -169,3 +171,61 @@ def test_the_chat_model_answers_while_embeddings_are_made(base, client):
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
     )
     assert after.choices[0].message.content == answer.choices[0].message.content
+
+
+class FakeEmbeddingServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on 127.0.0.1 that lists one model and answers /v1/embeddings with a fixed vector
+    (or `status`), keeping the bodies it was sent."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        self.status = 200
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.answer(200, {"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+
+            def do_POST(self):
+                server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                vector = {"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}
+                answer = {"object": "list", "data": [vector], "model": "upstream-model", "usage": {"prompt_tokens": 2}}
+                self.answer(server.status, answer if server.status == 200 else {"error": {"message": "no"}})
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def remote_base(app, database_url, tmp_path_factory):
+    upstream = FakeEmbeddingServer()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    settings = {**FAST_STREAM_SETTINGS, "CHATAPI_LLM_BACKEND": "openai", "CHATAPI_LLM_URL": f"{upstream.url}/v1"}
+    server = Server(database_url, tmp_path_factory.mktemp("remote-embeddings") / "gunicorn.log", **settings)
+    yield server.wait_until_up().url, upstream
+    server.stop()
+    upstream.shutdown()
+
+
+def test_the_remote_backend_forwards_to_its_server(remote_base):
+    base, upstream = remote_base
+    response = requests.post(
+        f"{base}/v1/embeddings", json={"model": "upstream-model", "input": ["a", "b"], "user": "x"}, timeout=30
+    )
+    assert response.status_code == 200 and response.json()["data"][0]["embedding"] == [0.6, 0.8]
+    assert upstream.bodies[-1] == {"model": "upstream-model", "input": ["a", "b"]}
+    upstream.status = 500
+    assert error_of(requests.post(f"{base}/v1/embeddings", json={"model": "upstream-model", "input": "a"}), 502)
+    upstream.status = 200
+    assert error_of(requests.post(f"{base}/v1/embeddings", json={"model": "other", "input": "a"}), 404)

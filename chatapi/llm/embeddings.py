@@ -1,10 +1,11 @@
 """Embeddings: a pooled, normalised vector per text from a GGUF, for /v1/embeddings.
 
-The embedding model is its own llama.cpp context with embeddings on and mean pooling, beside the chat model's: the
-same GGUF (its weights mapped from the file once more, their pages shared) or another one (CHATAPI_EMBEDDING_MODEL).
-It is loaded at the first request that needs it (its buffers cost memory a server that never embeds should not pay)
-and kept. A llama.cpp context is not thread-safe: one lock, and the work in a real thread of the hub's threadpool,
-so that the event loop goes on serving and the chat model's thread goes on generating meanwhile.
+The embedding model is its own llama.cpp context with embeddings on (its tokens' states averaged here), beside the
+chat model's: the same GGUF (its weights mapped from the file once more, their pages shared) or another one
+(CHATAPI_EMBEDDING_MODEL). It is loaded at the first request that needs it (its buffers cost memory a server that
+never embeds should not pay) and kept. A llama.cpp context is not thread-safe: one lock, and the work in a real
+thread of the hub's threadpool, so that the event loop goes on serving and the chat model's thread goes on
+generating meanwhile.
 """
 
 import logging
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import gevent.lock
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
@@ -190,6 +192,9 @@ class Embedder:
         self.n_threads = n_threads
         self.model: EmbeddingModel | None = None
         self.lock = real_lock()  # one load, and one decode at a time: a llama.cpp context is not thread-safe
+        # One request at a time takes a thread of the hub's pool, which the chats' prompts are built in too: the
+        # others wait for it in their greenlets, not in threads of the pool blocked on the lock.
+        self.turn = gevent.lock.Semaphore()
 
     def source(self) -> EmbeddingSource:
         """The GGUF that embeds (UnknownModel when CHATAPI_EMBEDDING_MODEL names an id the catalog lacks)."""

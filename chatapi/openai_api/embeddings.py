@@ -107,9 +107,10 @@ def create_embeddings():
     single = isinstance(given, str) or token_list(given)  # one input: its errors name `input`
     embedding_model = embedder()
     try:
-        model_id, vectors, tokens = gevent.get_hub().threadpool.apply(
-            embedding_model.embed, (inputs, args.get("dimensions"))
-        )
+        with embedding_model.turn:
+            model_id, vectors, tokens = gevent.get_hub().threadpool.apply(
+                embedding_model.embed, (inputs, args.get("dimensions"))
+            )
     except (InputTooLong, InvalidToken) as exc:
         param = "input" if single else f"input[{exc.index}]"
         code = "context_length_exceeded" if isinstance(exc, InputTooLong) else None
