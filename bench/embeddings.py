@@ -3,7 +3,7 @@ same GGUF, in the same run.
 
 1. One request of 100 inputs (median of RUNS after a warm-up that loads the embedding model).
 2. 100 requests of one input each, one after the other.
-Both servers get the same window (CHATAPI_EMBEDDING_N_CTX) and thread count; theirs runs after ours has stopped.
+Both servers get the same window (CHATAPI_EMBEDDING_N_CTX) and thread count, and run side by side, measured in turns.
 
 Run it alone: `.venv/bin/python -m bench embeddings` (`make bench` runs them all). Its table is in docs/benchmarks.md
 under "Embeddings" (TITLE), after NOTES.
@@ -45,11 +45,13 @@ NOTES = """\
 `POST /v1/embeddings` of short English sentences (about 20 tokens each) with `encoding_format: "float"`, against
 the real server on a fresh SQLite database (`bench/embeddings.py`), beside llama-cpp-python's own OpenAI server
 (`python -m llama_cpp.server --embedding true`) on the same GGUF, with the same window (`CHATAPI_EMBEDDING_N_CTX`
-as `--n_ctx`, `--n_batch`, `--n_ubatch`) and thread count, run after ours has stopped.
+as `--n_ctx`, `--n_batch`, `--n_ubatch`) and thread count. Both run at once, measured in turns (a run of ours, a
+run of theirs...), so that a load on the machine that comes and goes weighs on both alike.
 
 - **one request of 100**: inputs a second of one request holding 100 inputs (median of 3 after a warm-up that
   loads the model). Ours reads them as sequences of one llama.cpp decode each 512 tokens; theirs as many.
-- **100 requests of 1**: inputs a second of 100 requests of one input, one after the other.
+- **100 requests of 1**: inputs a second of 100 requests of one input, one after the other (50 to ours, 50 to
+  theirs, then 50 to theirs and 50 to ours).
 - Both load the weights without repacking them (`use_extra_bufts` off): on this CPU (AMX), llama.cpp's repacked
   matrix product crashes the process at the first embeddings decode of several tokens, llama_cpp.server's as ours
   (its launcher in the benchmark turns it off, as chatapi's embedding model does). llama_cpp.server returns each
@@ -94,19 +96,31 @@ def embed(http: requests.Session, base: str, inputs: list[str]) -> dict:
     return answer
 
 
-def measure(base: str) -> dict:
+def measure(bases: dict[str, str]) -> dict[str, dict]:
+    """Each server's rates, taken in turns (one run of each, then the next), so that both see the machine as it is:
+    a load that comes and goes weighs on both alike."""
+    results = {name: {"batched": [], "single": []} for name in bases}
     with requests.Session() as http:
-        warm_up = embed(http, base, INPUTS)
-        batched = []
+        for name, base in bases.items():
+            results[name]["tokens"] = embed(http, base, INPUTS)["usage"]["prompt_tokens"]  # warm-up: loads it
         for _ in range(RUNS):
+            for name, base in bases.items():
+                started = time.perf_counter()
+                embed(http, base, INPUTS)
+                results[name]["batched"].append(len(INPUTS) / (time.perf_counter() - started))
+        for name, base in bases.items():
             started = time.perf_counter()
-            embed(http, base, INPUTS)
-            batched.append(len(INPUTS) / (time.perf_counter() - started))
-        started = time.perf_counter()
-        for text in INPUTS:
-            embed(http, base, [text])
-        single = len(INPUTS) / (time.perf_counter() - started)
-    return {"batched": batched, "single": single, "tokens": warm_up["usage"]["prompt_tokens"]}
+            for text in INPUTS[: len(INPUTS) // 2]:
+                embed(http, base, [text])
+            results[name]["single"].append(len(INPUTS) // 2 / (time.perf_counter() - started))
+        for name, base in reversed(bases.items()):
+            started = time.perf_counter()
+            for text in INPUTS[len(INPUTS) // 2 :]:
+                embed(http, base, [text])
+            results[name]["single"].append(len(INPUTS) // 2 / (time.perf_counter() - started))
+    for result in results.values():
+        result["single"] = 2 / sum(1 / rate for rate in result["single"])  # the 100 requests' rate
+    return results
 
 
 def main() -> None:
@@ -114,20 +128,22 @@ def main() -> None:
     n_ctx, threads = Config.CHATAPI_EMBEDDING_N_CTX, Config.CHATAPI_N_THREADS
     print(f"Embeddings: /v1/embeddings of {len(INPUTS)} short inputs, model {Path(path).name}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="chatapi-bench-") as workdir:
-        with Server(Path(workdir), path) as server:
-            ours = measure(server.url)
-        with LlamaCppEmbeddings(Path(workdir) / "llama_cpp_server.log", path, n_ctx, threads) as other:
-            theirs = measure(other.url)
+        with (
+            Server(Path(workdir), path) as server,
+            LlamaCppEmbeddings(Path(workdir) / "llama_cpp_server.log", path, n_ctx, threads) as other,
+        ):
+            results = measure({"chatapi": server.url, "llama_cpp.server": other.url})
+    ours, theirs = results["chatapi"], results["llama_cpp.server"]
     print(f"machine load: {', '.join(f'{load:.1f}' for load in os.getloadavg())} (1, 5, 15 min) as it ended")
     print(f"{'server':22} {'one request of 100':>19} {'÷ theirs':>9} {'100 requests of 1':>18} {'÷ theirs':>9}")
     theirs_batched = statistics.median(theirs["batched"])
-    for name, results in (("chatapi", ours), ("llama_cpp.server", theirs)):
-        batched = statistics.median(results["batched"])
+    for name, rates in (("chatapi", ours), ("llama_cpp.server", theirs)):
+        batched = statistics.median(rates["batched"])
         print(
             f"{name:22} {batched:13.1f} in/s {batched / theirs_batched:9.2f}"
-            f" {results['single']:12.1f} in/s {results['single'] / theirs['single']:9.2f}"
+            f" {rates['single']:12.1f} in/s {rates['single'] / theirs['single']:9.2f}"
         )
     print("details:")
-    for name, results in (("chatapi", ours), ("llama_cpp.server", theirs)):
-        runs = ", ".join(f"{r:.1f}" for r in results["batched"])
-        print(f"  {name}: runs of 100, inputs/s: {runs}; usage.prompt_tokens of 100: {results['tokens']}")
+    for name, rates in (("chatapi", ours), ("llama_cpp.server", theirs)):
+        runs = ", ".join(f"{r:.1f}" for r in rates["batched"])
+        print(f"  {name}: runs of 100, inputs/s: {runs}; usage.prompt_tokens of 100: {rates['tokens']}")
