@@ -49,7 +49,9 @@ as `--n_ctx`, `--n_batch`, `--n_ubatch`) and thread count. Both run at once, mea
 run of theirs...), so that a load on the machine that comes and goes weighs on both alike.
 
 - **one request of 100**: inputs a second of one request holding 100 inputs (median of 3 after a warm-up that
-  loads the model). Ours reads them as sequences of one llama.cpp decode each 512 tokens; theirs as many.
+  loads the model). Both read them as several sequences of each llama.cpp decode, up to 512 tokens a decode (four
+  decodes here). Most of a decode's time goes to the logits llama.cpp computes for every token of an embeddings
+  decode (Gemma 3's 262,144 a token), which neither server reads.
 - **100 requests of 1**: inputs a second of 100 requests of one input, one after the other (50 to ours, 50 to
   theirs, then 50 to theirs and 50 to ours).
 - Both load the weights without repacking them (`use_extra_bufts` off): on this CPU (AMX), llama.cpp's repacked
