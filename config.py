@@ -64,6 +64,12 @@ class Config:
     CHATAPI_MODELS_DIR = os.environ.get("CHATAPI_MODELS_DIR") or None
     # Models kept in memory at once: a reply for another waits until the least recently used one gives way.
     CHATAPI_MODELS_LOADED = int(os.environ.get("CHATAPI_MODELS_LOADED") or 1)
+    # The model of /v1/embeddings (an id or a GGUF's path, as CHATAPI_MODEL); none: the default chat model. Loaded at
+    # the first request for embeddings, beside the chat models, and kept (chatapi/llm/embeddings.py).
+    CHATAPI_EMBEDDING_MODEL = os.environ.get("CHATAPI_EMBEDDING_MODEL") or None
+    # Tokens the embedding model reads at once: an input's most. llama.cpp keeps n_vocab floats a token of it (the
+    # bundled model's: 1 MB a token), so the default 512 costs about 0.5 GB once embeddings are first asked for.
+    CHATAPI_EMBEDDING_N_CTX = int(os.environ.get("CHATAPI_EMBEDDING_N_CTX") or 512)
     CHATAPI_N_CTX = int(os.environ.get("CHATAPI_N_CTX") or 4096)
     CHATAPI_N_THREADS = int(os.environ.get("CHATAPI_N_THREADS") or os.cpu_count() or 1)
     CHATAPI_MAX_TOKENS = int(os.environ.get("CHATAPI_MAX_TOKENS") or 512)

@@ -1,7 +1,7 @@
 """Run the benchmarks: `.venv/bin/python -m bench [NAME ...]` (`make bench` runs them all). Prints each table and
 writes it to docs/benchmarks.md under the benchmark's TITLE, after its NOTES (each module carries its own); with
 names (list_chats, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models,
-kv_disk, stops, structured, soak) only those run and their
+kv_disk, stops, structured, embeddings, soak) only those run and their
 sections are replaced. The page's sections that no benchmark writes (after the tables) are written by hand and kept.
 `.venv/bin/python -m bench --list` lists the benchmarks and runs nothing."""
 
@@ -18,6 +18,7 @@ from bench import (
     answers,
     batching,
     chunks,
+    embeddings,
     first_token,
     inference,
     internet,
@@ -86,6 +87,7 @@ BENCHMARKS = {
     "kv_disk": kv_disk,
     "stops": stops,
     "structured": structured,
+    "embeddings": embeddings,
     "soak": soak,
 }
 

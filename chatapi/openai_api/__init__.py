@@ -7,10 +7,11 @@ Errors here are in OpenAI's shape (chatapi/errors.py).
 
 views.py has the routes, schemas.py reads the request, wire.py writes the completion as OpenAI does (one object or
 a stream of chunks) and store.py keeps the exchange as a chat when asked. completions.py adds /v1/completions to the
-same blueprint (its request: completion_schemas.py): a raw prompt continued without the chat template.
+same blueprint (its request: completion_schemas.py): a raw prompt continued without the chat template. embeddings.py
+serves /v1/embeddings.
 """
 
-from . import completions  # noqa: F401  (its route, on bp)
+from . import completions, embeddings  # noqa: F401  (their routes, on bp)
 from .views import bp
 
 __all__ = ["bp"]
