@@ -38,7 +38,7 @@ TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
 ENFORCED_FORMATS = {"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"}
 # $ref only to a definition (as pydantic writes them) or to the root (a recursive schema): every place a ref may
 # lead is then walked by _check.
-REF = re.compile(r"#(/(\$defs|definitions)/[^/]+)?")
+REF = re.compile(r"#(/(\$defs|definitions)/[^/]+)*")  # a definition's own definitions too
 # A JSON string's character: none of the control characters JSON forbids raw (the converter's own rule lets a raw
 # newline through, which no JSON parser reads).
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
