@@ -6,7 +6,7 @@ from flask import request
 from marshmallow import fields, validate
 
 from ..openapi import json_object
-from .schemas import Boolean, Integer, Number, Stop, bad_request, param_path, storable_text
+from .schemas import Boolean, Integer, Number, Stop, StreamOptionsSchema, bad_request, param_path, storable_text
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's, for this route
 
@@ -29,13 +29,6 @@ class Prompt(fields.Field):
         if not value:
             raise ma.ValidationError("must not be empty")
         return storable_text(value)
-
-
-class StreamOptionsSchema(ma.Schema):
-    class Meta:
-        unknown = ma.EXCLUDE
-
-    include_usage = Boolean(allow_none=True)
 
 
 class CompletionSchema(ma.Schema):

@@ -18,7 +18,7 @@ from ..llm.reply import Reply, ReplyRequest
 from .completion_schemas import read_text_completion_request
 from .schemas import bad_request
 from .views import MODE, bp, cancel_when_client_leaves, resolve
-from .wire import DONE, FINISH_REASONS
+from .wire import DONE, FINISH_REASONS, error_event, usage
 
 
 def nothing_stored(reply: Reply) -> None:
@@ -100,18 +100,6 @@ class TextCompletion:
             elif event in ("done", "error"):
                 yield None, {"event": event, **data}
 
-    @staticmethod
-    def usage(done: dict) -> dict:
-        """OpenAI's usage; its counts None where the backend knows none (a remote server that reports none)."""
-        usage = done["usage"]
-        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion if prompt is not None and completion is not None else None,
-            "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
-        }
-
     def whole(self) -> dict:
         """The finished reply as a `text_completion` (or its error in OpenAI's shape)."""
         pieces, end = [self.echoed], None
@@ -123,7 +111,7 @@ class TextCompletion:
             abort(end["code"], message=end["message"])
         finish_reason = FINISH_REASONS[end["finish_reason"]]
         choice = {"text": "".join(pieces), "index": 0, "logprobs": None, "finish_reason": finish_reason}
-        return {**self.head(), "choices": [choice], "usage": self.usage(end)}
+        return {**self.head(), "choices": [choice], "usage": usage(end)}
 
     def head(self) -> dict:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
@@ -147,14 +135,12 @@ class TextCompletion:
                 elif end is None:
                     yield sse.PING
                 elif end["event"] == "error":
-                    kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
-                    error = {"message": end["message"], "type": kind, "param": None, "code": None}
-                    yield sse.event_text(None, {"error": error})
+                    yield error_event(end)
                     return
                 else:
                     yield self.chunk("", FINISH_REASONS[end["finish_reason"]], include_usage)
                     if include_usage:
-                        yield self.event({"choices": [], "usage": self.usage(end)})
+                        yield self.event({"choices": [], "usage": usage(end)})
             yield DONE
         finally:
             if not self.reply.finished:

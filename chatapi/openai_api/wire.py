@@ -35,6 +35,25 @@ def tool_calls(calls: list[ToolCall]) -> list[dict]:
     ]
 
 
+def usage(done: dict) -> dict:
+    """OpenAI's usage of a reply's `done`; its counts None where the backend knows none (a remote server that
+    reports none)."""
+    counts = done["usage"]
+    prompt, completion = counts["prompt_tokens"], counts["completion_tokens"]
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion if prompt is not None and completion is not None else None,
+        "prompt_tokens_details": {"cached_tokens": counts["cached_tokens"]},
+    }
+
+
+def error_event(end: dict) -> str:
+    """A reply's `error` as the event OpenAI's streams end with when they fail."""
+    kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
+    return sse.event_text(None, {"error": {"message": end["message"], "type": kind, "param": None, "code": None}})
+
+
 class Completion:
     """One reply told as OpenAI tells a chat completion."""
 
@@ -62,17 +81,6 @@ class Completion:
                     yield text, None
             elif event in ("done", "error"):
                 yield None, {"event": event, **data}
-
-    def usage(self, done: dict) -> dict:
-        """OpenAI's usage; its counts None where the backend knows none (a remote server that reports none)."""
-        usage = done["usage"]
-        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion if prompt is not None and completion is not None else None,
-            "prompt_tokens_details": {"cached_tokens": usage["cached_tokens"]},
-        }
 
     def whole(self):
         """The finished reply as a `chat.completion` (or its error in OpenAI's shape)."""
@@ -102,7 +110,7 @@ class Completion:
                     "finish_reason": finish_reason,
                 }
             ],
-            "usage": self.usage(end),
+            "usage": usage(end),
         }
 
     def chunk(self, delta: dict, finish_reason: str | None = None, include_usage: bool = False) -> str:
@@ -146,9 +154,7 @@ class Completion:
                 elif end["event"] == "error":
                     if held:  # what was held back as a possible call is text: the call never came whole
                         yield self.chunk({"content": held}, include_usage=include_usage)
-                    kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
-                    error = {"message": end["message"], "type": kind, "param": None, "code": None}
-                    yield sse.event_text(None, {"error": error})
+                    yield error_event(end)
                     return
                 else:
                     finish_reason = FINISH_REASONS[end["finish_reason"]]
@@ -161,7 +167,7 @@ class Completion:
                         finish_reason = "tool_calls" if calls else finish_reason
                     yield self.chunk({}, finish_reason, include_usage)
                     if include_usage:
-                        yield self.event({"choices": [], "usage": self.usage(end)})
+                        yield self.event({"choices": [], "usage": usage(end)})
             yield DONE
         finally:
             if not self.reply.finished:
