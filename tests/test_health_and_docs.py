@@ -64,6 +64,8 @@ def test_openapi_lists_every_documented_route(client):
         "after",
         "replace",
         "model",
+        "format",
+        "schema",
     }
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]
