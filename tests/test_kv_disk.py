@@ -82,9 +82,10 @@ def test_a_chat_restored_after_a_restart_or_an_eviction_answers_as_a_cold_read(a
     try:
         from_cold, from_file = reply(base, cold), reply(base, restored)
         assert from_cold["usage"]["cached_tokens"] == 0
-        # Everything the first reply's turn read, and that reply, came from the file.
+        # Everything the first reply's turn read, and that reply, came from the file. (Its text is compared with the
+        # same chat's kept in memory, below: a prompt read in one piece and one read on top of a cache may differ by
+        # llama.cpp's rounding, which at a near tie changed a greedy token on one build.)
         assert from_file["usage"]["cached_tokens"] > firsts[0]["usage"]["prompt_tokens"]
-        assert from_file["message"]["message"] == from_cold["message"]["message"]
         assert from_file["usage"]["prompt_tokens"] == from_cold["usage"]["prompt_tokens"]
         restored_path = state_file(kv_dir, restored)
         wait_for(lambda: saved_tokens(restored_path) > from_file["usage"]["prompt_tokens"], what="the state saved")
@@ -254,3 +255,29 @@ def test_a_sliding_window_state_is_used_whole_or_within_its_window():
     assert restorable(saved_tokens=400, usable=300, n_swa=512)  # all of it is within the window
     assert restorable(saved_tokens=3000, usable=2000, n_swa=0)  # no sliding window: any prefix
     assert not restorable(saved_tokens=3000, usable=100, n_swa=0)  # too little to be worth a restore
+
+
+def test_a_state_restored_after_a_restart_answers_as_the_same_chat_kept_in_memory(app, client, database_url, tmp_path):
+    """At temperature 0 a chat restored from its file after a restart answers token for token as a chat with the
+    same history whose state stayed in memory: the state is what the model's own cache held."""
+    kv_dir = tmp_path / "kv"
+    one_at_a_time = {"CHATAPI_PARALLEL": "1", "CHATAPI_KV_CHATS": "2"}
+    server = serve(database_url, tmp_path / "first.log", kv_dir, **one_at_a_time)
+    try:
+        restored, kept = new_chat(server.url, *STORY), new_chat(server.url, *STORY)
+        firsts = [reply(server.url, chat_id) for chat_id in (restored, kept)]
+        assert firsts[0]["message"]["message"] == firsts[1]["message"]["message"]  # one history
+        state_file(kv_dir, restored)
+        for chat_id in (restored, kept):
+            add_message(server.url, chat_id, "And then? Go on.")
+        from_memory = reply(server.url, kept)
+        assert from_memory["usage"]["cached_tokens"] > firsts[1]["usage"]["prompt_tokens"]
+    finally:
+        server.stop()
+    server = serve(database_url, tmp_path / "second.log", kv_dir, **one_at_a_time)
+    try:
+        from_file = reply(server.url, restored)
+        assert from_file["usage"]["cached_tokens"] == from_memory["usage"]["cached_tokens"]
+        assert from_file["message"]["message"] == from_memory["message"]["message"]
+    finally:
+        server.stop()
