@@ -2,11 +2,9 @@
 as they are, unknown fields ignored, the parameters it cannot serve refused with a 400 naming the `param`."""
 
 import marshmallow as ma
-from flask import request
 from marshmallow import fields, validate
 
-from ..openapi import json_object
-from .schemas import Boolean, Integer, Number, Stop, StreamOptionsSchema, bad_request, param_path, storable_text
+from .schemas import Boolean, Integer, Number, Stop, StreamOptionsSchema, load_request, storable_text
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's, for this route
 
@@ -68,14 +66,7 @@ UNSUPPORTED = {
 def read_text_completion_request() -> dict:
     """The request's parameters, validated, `max_tokens` defaulted to OpenAI's 16; 400 in OpenAI's shape naming
     the `param` at fault (415 for a body not sent as JSON)."""
-    try:
-        args = CompletionSchema().load(json_object(request))
-    except ma.ValidationError as error:
-        param, message = param_path(error.messages)
-        bad_request(f"{param}: {message}", param)
-    for name, (allowed, message) in UNSUPPORTED.items():
-        if not allowed(args.get(name)):
-            bad_request(message, name, "unsupported_parameter")
+    args = load_request(CompletionSchema(), UNSUPPORTED)
     if args.get("max_tokens") is None:
         args["max_tokens"] = DEFAULT_MAX_TOKENS
     return args

@@ -258,17 +258,24 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     abort(400, message=message, param=param, code_name=code)
 
 
-def read_completion_request() -> dict:
-    """The request's parameters, validated; 400 in OpenAI's shape naming the `param` at fault (415 for a body
-    not sent as JSON)."""
+def load_request(schema: ma.Schema, unsupported: dict) -> dict:
+    """The request's body read by `schema`, then the parameters `unsupported` refuses; 400 in OpenAI's shape naming
+    the `param` at fault (415 for a body not sent as JSON)."""
     try:
-        args = ChatCompletionSchema().load(json_object(request))
+        args = schema.load(json_object(request))
     except ma.ValidationError as error:
         param, message = param_path(error.messages)
         bad_request(f"{param}: {message}", param)
-    for name, (allowed, message) in UNSUPPORTED.items():
+    for name, (allowed, message) in unsupported.items():
         if not allowed(args.get(name)):
             bad_request(message, name, "unsupported_parameter")
+    return args
+
+
+def read_completion_request() -> dict:
+    """The request's parameters, validated; 400 in OpenAI's shape naming the `param` at fault (415 for a body
+    not sent as JSON)."""
+    args = load_request(ChatCompletionSchema(), UNSUPPORTED)
     if not any(m["role"] == "user" for m in args["messages"]):
         bad_request("messages must hold a user message", "messages")
     tools = args.get("tools") or []
