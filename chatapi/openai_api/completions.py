@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 from flask import request
-from flask_smorest import abort
 
 from .. import replies
 from ..llm import sse
@@ -18,7 +17,7 @@ from ..llm.reply import Reply, ReplyRequest
 from .completion_schemas import read_text_completion_request
 from .schemas import bad_request
 from .views import MODE, bp, cancel_when_client_leaves, resolve
-from .wire import DONE, FINISH_REASONS, error_event, usage
+from .wire import DONE, FINISH_REASONS, error_event, finished_text, usage
 
 
 def nothing_stored(reply: Reply) -> None:
@@ -102,15 +101,9 @@ class TextCompletion:
 
     def whole(self) -> dict:
         """The finished reply as a `text_completion` (or its error in OpenAI's shape)."""
-        pieces, end = [self.echoed], None
-        for text, ended in self.texts_and_end():
-            if text:
-                pieces.append(text)
-            end = ended or end
-        if end["event"] == "error":
-            abort(end["code"], message=end["message"])
+        text, end = finished_text(self.texts_and_end())
         finish_reason = FINISH_REASONS[end["finish_reason"]]
-        choice = {"text": "".join(pieces), "index": 0, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"text": self.echoed + text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
         return {**self.head(), "choices": [choice], "usage": usage(end)}
 
     def head(self) -> dict:

@@ -48,6 +48,18 @@ def usage(done: dict) -> dict:
     }
 
 
+def finished_text(texts_and_end: Iterator[tuple[str | None, dict | None]]) -> tuple[str, dict]:
+    """A reply listened to its end: its text and its `done` data; its error aborts the request in OpenAI's shape."""
+    pieces, end = [], None
+    for text, ended in texts_and_end:
+        if text:
+            pieces.append(text)
+        end = ended or end
+    if end["event"] == "error":
+        abort(end["code"], message=end["message"])
+    return "".join(pieces), end
+
+
 def error_event(end: dict) -> str:
     """A reply's `error` as the event OpenAI's streams end with when they fail."""
     kind = "server_error" if end["code"] >= 500 else "invalid_request_error"
@@ -84,15 +96,9 @@ class Completion:
 
     def whole(self):
         """The finished reply as a `chat.completion` (or its error in OpenAI's shape)."""
-        pieces, end = [], None
-        for text, ended in self.texts_and_end(self.reply.listen(records=True)):
-            if text:
-                pieces.append(text)
-            end = ended or end
-        if end["event"] == "error":
-            abort(end["code"], message=end["message"])
+        text, end = finished_text(self.texts_and_end(self.reply.listen(records=True)))
         finish_reason = FINISH_REASONS[end["finish_reason"]]
-        message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        message = {"role": "assistant", "content": text, "refusal": None}
         content, calls = parse(message["content"], self.tool_names) if self.tool_names else ("", [])
         if calls:
             message.update(content=content or None, tool_calls=tool_calls(calls))
