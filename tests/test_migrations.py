@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from chatapi import create_app, people
+from chatapi import create_app, people, search_index
 from chatapi.extensions import db
 from chatapi.models import ROLES, Chat, Conversation
 from tests.support.database import drop_everything, reset_schema
@@ -39,7 +39,7 @@ def check_differences(conn) -> list:
 
 def schema_differences() -> list:
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": search_index.include_object})
         return compare_metadata(context, db.metadata) + check_differences(conn)
 
 

@@ -4,7 +4,7 @@ it. Shared by tests/conftest.py, tests/page/conftest.py (SQLite only) and tests/
 import flask_migrate
 import sqlalchemy as sa
 
-from chatapi import create_app
+from chatapi import create_app, search_index
 from chatapi.extensions import db
 
 
@@ -27,6 +27,8 @@ def app_on(database_url: str):
 def drop_everything() -> None:
     """Drop the models' tables and alembic's, leaving an empty database."""
     db.session.remove()
+    with db.engine.begin() as conn:
+        search_index.drop(conn)  # the FTS5 tables are not the models': drop_all leaves them
     db.drop_all()
     with db.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
