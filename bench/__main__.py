@@ -1,6 +1,6 @@
 """Run the benchmarks: `.venv/bin/python -m bench [NAME ...]` (`make bench` runs them all). Prints each table and
 writes it to docs/benchmarks.md under the benchmark's TITLE, after its NOTES (each module carries its own); with
-names (list_chats, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models,
+names (list_chats, search, inference, batching, first_token, chunks, internet, answers, load, openai, remote, models,
 kv_disk, stops, structured, embeddings, soak) only those run and their
 sections are replaced. The page's sections that no benchmark writes (after the tables) are written by hand and kept.
 `.venv/bin/python -m bench --list` lists the benchmarks and runs nothing."""
@@ -28,6 +28,7 @@ from bench import (
     models,
     openai_api,
     remote,
+    search,
     soak,
     stops,
     structured,
@@ -74,6 +75,7 @@ def machine() -> str:
 
 BENCHMARKS = {
     "list_chats": list_chats,
+    "search": search,
     "inference": inference,
     "batching": batching,
     "first_token": first_token,
