@@ -12,6 +12,7 @@ under "Search at a million messages" (TITLE), after NOTES, which say how each fi
 """
 
 import itertools
+import os
 import random
 import re
 import shutil
@@ -308,24 +309,38 @@ def explain(app, client, path: str) -> list[str]:
                 rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
                 lines = [row[-1] for row in rows]
             else:
-                rows = conn.exec_driver_sql(f"EXPLAIN (COSTS OFF) {statement}", parameters).all()
-                lines = [row[0].strip().removeprefix("-> ").strip() for row in rows]
+                rows = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, TIMING OFF, SUMMARY OFF) {statement}", parameters)
+                lines = [estimated_and_actual(row[0]) for row in rows if not row[0].strip().startswith("Buckets")]
             kind = "count" if "count(" in statement.lower() else "page"
             plans.append(f"{kind}: " + "; ".join(lines))
     return plans
+
+
+def estimated_and_actual(line: str) -> str:
+    """A line of PostgreSQL's EXPLAIN ANALYZE with the rows the planner expected and the rows there were, the
+    costs left out: `Bitmap Index Scan on ix (expected 2316 rows, got 5)`."""
+    line = line.strip().removeprefix("-> ").strip()
+    found = re.fullmatch(r"(.*?)\s+\(cost=\S+ rows=(\d+) width=\d+\) \(actual rows=(\d+) loops=(\d+)\)", line)
+    if not found:
+        return line
+    node, expected, actual, loops = found.groups()
+    per_loop = f" in each of {loops} loops" if loops != "1" else ""
+    return f"{node} (expected {expected} rows, got {actual}{per_loop})"
 
 
 def measure(url: str, text: Text) -> dict:
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
     seconds, chat_ids = seed(app, text)
     client = app.test_client()
+    load = os.getloadavg()[0]
     searches = measure_searches(client)
+    load = (load, os.getloadavg()[0])
     plans = explain(app, client, QUERIES["rare word"])
     writes = measure_writes(app, client, chat_ids, text)
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
-    return {"seeding": seconds, "searches": searches, "plans": plans, "writes": writes}
+    return {"seeding": seconds, "load": load, "searches": searches, "plans": plans, "writes": writes}
 
 
 def main() -> str | None:
@@ -354,6 +369,8 @@ def report(measured: dict) -> None:
     print(f"{CHATS:,} chats, {total:,} messages, accounts off; p50 and p95 of {REQUESTS} requests in ms, and the hits")
     for backend, results in measured.items():
         print(f"{backend:10} {'seeding':18} {results['seeding']:8.0f} s")
+        before, after = results["load"]
+        print(f"{backend:10} {'machine load':18} {before:8.1f} {after:8.1f}    (1-minute load average: before, after)")
         for name, result in results["searches"].items():
             times = result["times"]
             p50, p95 = percentile(times, 50), percentile(times, 95)
