@@ -37,11 +37,12 @@ CHATS, PER_CHAT = 100_000, 10  # 1,000,000 messages
 BATCH = 5_000  # chats a transaction
 RARE = "Quetzalcóatl"  # in RARE_MESSAGES messages and one chat's name, nowhere else
 RARE_MESSAGES = 5
-COMMON_WORDS = "time people"  # in about 7% and 5% of the messages; both in about 0.4%
+COMMON_WORDS = "time people"  # in 8% and 5% of the messages; both in 0.5%
 PHRASE = '"the people"'  # "the": in most messages
 WARM_UP, REQUESTS = 5, 50  # a query's warm-up requests, then its measured ones
 WRITES = 200  # POST /conversations/create in each of the three phases
 SEED = 26
+RARE_GOAL_MS, WRITE_GOAL = 50, 1.5  # issue 26
 
 TITLE = "Search at a million messages"
 NOTES = f"""\
@@ -62,16 +63,20 @@ vocabulary) is planted in {RARE_MESSAGES} messages and in one chat's name.
 
 Each query: {WARM_UP} requests of warm-up, then {REQUESTS} measured, the queries in turn round by round so that the
 machine's ups and downs fall on each alike; p50 and p95 (nearest rank) in ms, and the hits (`X-Total-Count`).
-*rare word* is `/search?q={RARE.lower()}`; *two common words* `{COMMON_WORDS}` (each in a few percent of the
-messages); *phrase* `{PHRASE}` ("the" is in most messages); *name only* today's `GET /chats/?q=` for the rare word
+*rare word* is `/search?q={RARE.lower()}`; *two common words* `{COMMON_WORDS}` (in 8% and 5% of the messages, both
+in 0.5%); *phrase* `{PHRASE}` ("the" is in most messages); *name only* today's `GET /chats/?q=` for the rare word
 (a `LIKE` scan of the chats' names), `limit=20` as `/search`'s default page.
 
 The write cost: `POST /conversations/create` to random chats ({WRITES} messages like the seeded ones a phase) with
 the index, then without it (`chatapi.search_index.drop()`), then with it again (`search_index.create()`, which
 fills it from the rows there are, as migration 0007 does: *re-create* is its time); p50 and p95, and the ratio of
-the p50 with the index (both phases together) to the p50 without. Goals (issue 26): p95 under 50 ms for the rare
-word, the write cost under 1.5x. Under the table, the plans the database chose for the rare word's statements
-(`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on PostgreSQL)."""
+the p50 with the index (both phases together) to the p50 without. Goals (issue 26): p95 under {RARE_GOAL_MS} ms for
+the rare word, the write cost under {WRITE_GOAL}x; each line says "met" or "MISSED".
+
+*machine load* is the 1-minute load average before and after the searches: on a machine that other work shares,
+a load above its core count means the figures include waiting for a core. Under the table, the plans the database
+chose for the rare word's statements (`EXPLAIN QUERY PLAN` on SQLite; on PostgreSQL `EXPLAIN ANALYZE`, each node
+with the rows the planner expected and the rows it got: a misestimate is where a slow plan comes from)."""
 
 # The most common English words, most common first: the head of the distribution.
 COMMON = """the of and to a in is it you that he was for on are with as i his they be at one have this from or had
@@ -364,6 +369,10 @@ def main() -> str | None:
     return None if "postgresql" in measured else not_measured(reason)
 
 
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
 def report(measured: dict) -> None:
     total = CHATS * PER_CHAT
     print(f"{CHATS:,} chats, {total:,} messages, accounts off; p50 and p95 of {REQUESTS} requests in ms, and the hits")
@@ -374,7 +383,7 @@ def report(measured: dict) -> None:
         for name, result in results["searches"].items():
             times = result["times"]
             p50, p95 = percentile(times, 50), percentile(times, 95)
-            goal = "  (goal: p95 < 50 ms)" if name == "rare word" else ""
+            goal = f"  goal p95 < {RARE_GOAL_MS} ms: {verdict(p95 < RARE_GOAL_MS)}" if name == "rare word" else ""
             print(f"{backend:10} {name:18} {p50:8.1f} {p95:8.1f} ms {result['hits']:>9,} hits  {QUERIES[name]}{goal}")
     print()
     print(f"POST /conversations/create: p50 and p95 in ms of {WRITES} writes a phase, in this order")
@@ -385,7 +394,9 @@ def report(measured: dict) -> None:
             print(f"{backend:10} {name:18} {percentile(times, 50):8.2f} {percentile(times, 95):8.2f} ms")
         with_p50 = statistics.median(writes["with the index"] + writes["with it again"])
         without_p50 = statistics.median(writes["without it"])
-        print(f"{backend:10} {'cost of the index':18} {with_p50 / without_p50:8.2f}x p50 with / without (goal < 1.5x)")
+        ratio = with_p50 / without_p50
+        goal = f"goal < {WRITE_GOAL}x: {verdict(ratio < WRITE_GOAL)}"
+        print(f"{backend:10} {'cost of the index':18} {ratio:8.2f}x p50 with / without, {goal}")
         print(
             f"{backend:10} {'re-create':18} {writes['recreate']:8.0f} s (search_index.create over {total:,} messages)"
         )
