@@ -86,7 +86,7 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import accounts, chats, conversations, health, model_api, openai_api, pages, usage
+    from . import accounts, chats, conversations, health, model_api, openai_api, pages, search, usage
 
     routes = (
         chats.bp,
@@ -98,6 +98,7 @@ def register_blueprints(app: Flask) -> None:
         usage.bp,
         model_api.bp,
         metrics.bp,
+        search.bp,
     )
     for blueprint in routes:
         api.register_blueprint(blueprint)

@@ -195,6 +195,21 @@ def test_lists_totals_and_searches_show_only_ones_own_both_ways(app, alice_and_b
         assert nothing.json == [] and nothing.headers["X-Total-Count"] == "0"
 
 
+def test_search_finds_only_ones_own_messages_and_names(app, alice_and_bob):
+    alice, bob = alice_and_bob
+    mine = create_chat(alice.client, "Zeppelin plans")["id"]
+    said = add_message(alice.client, mine, "the zeppelin leaves at dawn")["id"]
+    theirs = create_chat(bob.client, "Zeppelin rivals")["id"]
+    add_message(bob.client, theirs, "our zeppelin is faster")
+    for someone, chat, message in ((alice, mine, said), (bob, theirs, None)):
+        found = someone.client.get("/search?q=zeppelin")
+        assert {hit["chat_id"] for hit in found.json} == {chat}
+        assert found.headers["X-Total-Count"] == str(len(found.json)) == "2"
+        if message:
+            assert message in {hit["conversation_id"] for hit in found.json}
+    assert bob.client.get("/search?q=dawn").json == [] and alice.client.get("/search?q=faster").json == []
+
+
 def test_an_admin_sees_only_their_own_chats(app, alice_and_bob):
     alice, _ = alice_and_bob
     carol = make_person(app, "carol", admin=True)
