@@ -47,13 +47,15 @@ export function searchMessages(query) {
   return load(current);
 }
 
-/** The next page of the search shown; the focus goes to its first hit when More goes away under it. */
+/** The next page of the search shown. From More, the focus goes on to the first of the new hits (More may go
+ * away under it), where the keyboard reads on. */
 async function loadMore() {
   const search = current;
   if (!search || search.loading || !search.results.more) return;
   const before = search.results.messages.length;
+  const focused = document.activeElement === el.more;
   await load(search);
-  if (search !== current || document.activeElement !== el.more || !el.more.hidden) return;
+  if (search !== current || !focused) return;
   el.hits.children[before]?.querySelector("a")?.focus();
 }
 
@@ -96,8 +98,9 @@ function draw() {
   if (drawnFor !== search) el.hits.replaceChildren(); // another search's hits
   drawnFor = search;
   el.hits.append(...results.messages.slice(el.hits.children.length).map(hitItem));
+  // Not disabled while a page loads (that would drop the focus): loadMore asks once at a time.
   el.more.hidden = !results.more || results.messages.length === 0;
-  el.more.disabled = search.loading;
+  el.section.setAttribute("aria-busy", String(search.loading));
 }
 
 function countText({ results, loading, error }) {
