@@ -10,7 +10,7 @@ import requests
 from playwright.sync_api import Page, Route, expect
 
 from tests.support.chats import add_message
-from tests.support.page import check_axe
+from tests.support.page import check_axe, save_screenshot
 
 # Before the target: an astral character (two UTF-16 units, one code point), then non-ASCII words, so that marks put
 # at UTF-16 offsets, or on the ASCII-folded text, would be off.
@@ -38,18 +38,20 @@ def found(page: Page, message_id: str):
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_a_message_found_is_marked_and_opens_its_chat_scrolled_to_it(open_tab, page_server, scheme):
+def test_a_message_found_is_marked_and_opens_its_chat_scrolled_to_it(open_tab, page_server, scheme, tmp_path):
     token = word()
     chat_id = make_chat(page_server, "Travel notes")
     messages = []
     for i in range(30):  # more than the screen holds: the one found is far above the last
-        text = BRIDGE.format(token=token) if i == 2 else f"Filler line {i}, about nothing at all."
+        filler = f"Day {i + 1}: a walk by the river, lunch in the old town." if i % 2 == 0 else f"Noted for day {i}."
+        text = BRIDGE.format(token=token) if i == 2 else filler
         messages.append(add_message(page_server, chat_id, text, ("Human", "Assistant")[i % 2]))
     target = messages[2]
     # The same token without the other word, in another chat: all the words must match.
     add_message(page_server, make_chat(page_server, "Elsewhere"), f"Only {token} here.")
 
-    tab = open_tab(page_server, color_scheme=scheme)
+    # Light without motion: the found message's ring stays (no fading), as the screenshot shows it.
+    tab = open_tab(page_server, color_scheme=scheme, reduced_motion="reduce" if scheme == "light" else "no-preference")
     page = tab.page
     page.goto("/")
     expect(page.locator("#model-status")).to_have_attribute("data-status", "ok")
@@ -77,6 +79,8 @@ def test_a_message_found_is_marked_and_opens_its_chat_scrolled_to_it(open_tab, p
     expect(page.locator("#message-list .message").last).not_to_be_in_viewport()
     assert page.locator("#message-list .message.found").count() == 1
     check_axe(page)
+    if scheme == "light":
+        save_screenshot(page, tmp_path, "screenshot-search.png")  # docs/page.md shows it
 
     # The URL carries it: a reload opens the chat at the same message.
     page.reload()
