@@ -44,6 +44,7 @@ async function askForSignIn() {
 function personChanged() {
   selectChat(null);
   refreshChats();
+  searchMessages(state.query);
 }
 
 /** The Sign in button, after the prompt was closed: ask again, then load what the page shows. */
@@ -56,6 +57,7 @@ async function signInAgain() {
     return;
   }
   refreshChats();
+  searchMessages(state.query);
   loadModels();
   if (state.chat) selectChat(state.chat.id);
 }
@@ -98,7 +100,8 @@ async function refreshChats() {
   const params = new URLSearchParams({ limit: "200" });
   if (state.query) params.set("q", state.query);
   try {
-    const chats = await api("GET", `/chats/?${params}`);
+    // A name is 200 characters at most (and ?q= too): a longer search (for messages) names no chat.
+    const chats = Array.from(state.query).length > 200 ? [] : await api("GET", `/chats/?${params}`);
     if (seq !== state.listSeq) return;
     state.setChats(chats);
   } catch (error) {
@@ -167,6 +170,7 @@ async function deleteChat(chatId) {
   state.removeChat(chatId);
   if (state.isOpen(chatId)) await selectChat(null);
   await refreshChats();
+  if (state.query) searchMessages(state.query); // its messages are no hits any more
 }
 
 // ---------------------------------------------------------------- the open chat's settings, export, import
