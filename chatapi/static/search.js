@@ -99,14 +99,14 @@ function draw() {
   drawnFor = search;
   el.hits.append(...results.messages.slice(el.hits.children.length).map(hitItem));
   // Not disabled while a page loads (that would drop the focus): loadMore asks once at a time.
-  el.more.hidden = !results.more || results.messages.length === 0;
+  el.more.hidden = !results.more;
   el.section.setAttribute("aria-busy", String(search.loading));
 }
 
 function countText({ results, loading, error }) {
   if (error) return sentence(`Could not search the messages: ${error.message}.`);
   const total = results.messageTotal;
-  if (total === null) return loading ? "Searching…" : "Messages matched, not shown.";
+  if (total === null) return loading ? "Searching…" : "Many chats' names match: More looks further for messages.";
   if (total === 0) return loading ? "Searching…" : "No message matches.";
   const shown = results.messages.length;
   const count = total === 1 ? "1 message" : `${total.toLocaleString()} messages`;

@@ -140,6 +140,22 @@ def test_more_pages_on_past_the_chat_names_and_the_keyboard_opens_a_hit(tab, pag
     expect(page).to_have_url(re.compile(f"#chat={chat_id}&message={ids[0]}$"))
 
 
+def test_messages_after_a_page_of_chat_names_are_found_too(tab, page_server):
+    token = word()
+    for i in range(21):  # more names than a page holds: the server lists them before any message
+        make_chat(page_server, f"Shelf {i} {token}")
+    add_message(page_server, make_chat(page_server, "Library"), f"The {token} is on the top shelf.")
+    page = tab.page
+    page.goto("/")
+    results = search(page, token)
+    expect(page.locator("#chat-list .chat-item")).to_have_count(21)
+    hits = results.locator(".search-hit")
+    expect(hits).to_have_count(1)
+    expect(hits.first.locator(".hit-chat")).to_have_text("Library")
+    expect(results.locator("#search-count")).to_have_text("1 message")
+    expect(results.get_by_role("button", name="More messages")).to_be_hidden()
+
+
 def test_a_search_overtaken_by_newer_typing_is_given_up_and_its_answer_never_shown(tab, page_server):
     token = word()
     chat_id = make_chat(page_server, "Birds")
