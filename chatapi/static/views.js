@@ -354,6 +354,7 @@ export function showFound(messageId) {
   for (const old of el.messageList.querySelectorAll(".message.found")) old.classList.remove("found");
   const item = messageItem(messageId);
   if (!item || item.hidden) return false;
+  void item.offsetWidth; // a style pass between: the fading starts again when the same message is found again
   item.classList.add("found");
   item.tabIndex = -1;
   item.scrollIntoView({ block: "center" });
