@@ -17,7 +17,7 @@ from chatapi.extensions import db
 from chatapi.models import utcnow
 from chatapi.shares import MAX_LIVE_SHARES, Share
 from tests.support import wait_for
-from tests.support.client import TIMESTAMP, add_message, create_chat, snapshot
+from tests.support.client import TIMESTAMP, add_message, snapshot
 
 URL = re.compile(r"^/s/[A-Za-z0-9_-]{43}$")  # 32 random bytes, URL-safe base64 without padding
 PASSWORD = "correct horse battery staple"

@@ -6,6 +6,7 @@
 import { askToSignIn, connectAccounts, loadPerson } from "./accounts.js";
 import { allowSignIn, api, download, readJson, signIn, useSignInPrompt } from "./api.js";
 import { connectModels, loadModels, showModelsPanelTo } from "./models.js";
+import { connectShares } from "./shares.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -626,6 +627,7 @@ connectModels({
     views.renderOpenChat();
   },
 });
+connectShares(() => state.chat); // the open chat's Share button
 views.connectViews(state, {
   selectChat,
   renameChat,

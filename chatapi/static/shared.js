@@ -16,7 +16,8 @@ async function loadSharedChat() {
 
 function dateTime(value) {
   const time = Date.parse(value);
-  return Number.isNaN(time) ? "" : new Date(time).toLocaleString(undefined, { dateStyle: "long", timeStyle: "short" });
+  if (Number.isNaN(time)) return "";
+  return new Date(time).toLocaleString(undefined, { dateStyle: "long", timeStyle: "short" });
 }
 
 function show(document_) {
