@@ -8,6 +8,7 @@ import { allowSignIn, api, download, readJson, signIn, useSignInPrompt } from ".
 import { hashFor, parseHash } from "./hits.js";
 import { connectModels, loadModels, showModelsPanelTo } from "./models.js";
 import { connectSearch, searchMessages } from "./search.js";
+import { connectShares } from "./shares.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -649,6 +650,7 @@ connectModels({
   },
 });
 connectSearch({ openHit });
+connectShares(() => state.chat); // the open chat's Share button
 views.connectViews(state, {
   selectChat,
   renameChat,

@@ -494,7 +494,9 @@ function editMessage(item, message) {
   });
 }
 
-function savedMessageView(message) {
+/** A saved message's view: the person's as text, a reply as Markdown with its sources (also the shared page's,
+ * shared.js). */
+export function savedMessageView(message) {
   const item = messageView(message.role);
   item.dataset.id = message.id;
   const body = item.querySelector(".message-body");
