@@ -98,12 +98,13 @@ test: db model lint clients postgres-server nginx vendor-check
 	node --test tests/js/*.test.js
 	$(BIN)/python -m pytest
 
-# docs/screenshot.png, docs/screenshot-phone.png, docs/screenshot-markdown.png and docs/screenshot-models.png, from the
-# browser tests.
+# docs/screenshot.png, docs/screenshot-phone.png, docs/screenshot-markdown.png, docs/screenshot-models.png and
+# docs/screenshot-search.png, from the browser tests.
 screenshot: db model clients
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_browser.py -k "screenshot or phone"
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_models_page.py -k pull_fills_its_progress
 	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_page_markdown.py -k "each_markdown_feature"
+	CHATAPI_SCREENSHOT_DIR=docs $(BIN)/python -m pytest tests/page/test_page_search.py -k "scrolled_to_it and light"
 
 # The Postman collection against a server that is already running (`make run` in another terminal);
 # API_KEY=... for a server with keys; PULL_SOURCE=REPO:QUANT to pull that model in the Models folder (and remove it).

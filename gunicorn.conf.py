@@ -2,11 +2,13 @@
 
 import ipaddress
 import json
+import logging
 import os
+import re
 import socket
 import sys
 
-from gunicorn import util
+from gunicorn import glogging, util
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from config import Config  # noqa: E402  (light: os only; the app itself is loaded in the worker)
@@ -19,6 +21,7 @@ worker_connections = 1000
 # more). With a remote model server and Redis (docs/deploy.md), as many as the box serves.
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 accesslog = "-"
+# Share links' tokens are taken out of every line gunicorn logs: logger_class (RedactingLogger, at the end).
 # The longest request line gunicorn reads (its default is 4,094 bytes): a reply's JSON Schema travels in the stream
 # routes' query (?schema=, body-less for EventSource), URL-encoded.
 limit_request_line = 8190
@@ -126,3 +129,41 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 
 
 util.write_error = write_json_error  # the workers call it through the module
+
+
+# A share link's token in a path, a request line or a Referer: /s/<token> (also with its slash percent-encoded,
+# which the app reads as a slash).
+SHARE_TOKEN = re.compile(r"(/s(?:/|%2f))[^/?#\s\"']+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return SHARE_TOKEN.sub(r"\1…", text)
+
+
+class RedactShareTokens(logging.Filter):
+    """Writes a record's message with share links' tokens replaced by "…" (chatapi/shares.py): whoever reads the
+    logs must not be able to open the chats shared."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the message: logging reports it itself
+            return True
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+class RedactingLogger(glogging.Logger):
+    """gunicorn's logger, whose access log (the request line, the path, the Referer) and error log never write a
+    share link's token, whatever handlers or format are configured: the filter is on the loggers themselves."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(f, RedactShareTokens) for f in log.filters):
+                log.addFilter(RedactShareTokens())
+
+
+logger_class = RedactingLogger

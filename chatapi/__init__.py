@@ -86,10 +86,11 @@ def unicode_lower(value):
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import accounts, chats, conversations, health, model_api, openai_api, pages, search, usage
+    from . import accounts, chats, conversations, health, model_api, openai_api, pages, search, shares, usage
 
     routes = (
         chats.bp,
+        shares.bp,
         conversations.bp,
         health.bp,
         auth.bp,

@@ -32,8 +32,9 @@ COOKIE = "chatapi_session"
 # A random key this long cannot be guessed; CHATAPI_RATE_LIMIT_AUTH_FAILURES slows the guessing of a chosen one.
 MIN_KEY_CHARS = 16
 # Open to anyone who can reach the server: the health check (load balancers and monitors), the page and its
-# files (it asks for a key itself), sign-in and sign-out, and the API document with its page (they describe
-# the routes, which are no secret, and the docs page needs the document to offer its "Authorize" button).
+# files (it asks for a key itself), sign-in and sign-out, the API document with its page (they describe
+# the routes, which are no secret, and the docs page needs the document to offer its "Authorize" button), and a
+# shared chat (/s/<token>: the token is what opens it, chatapi/shares.py).
 OPEN_ENDPOINTS = frozenset(
     {
         "health.health",
@@ -44,6 +45,7 @@ OPEN_ENDPOINTS = frozenset(
         "api-docs.openapi_json",
         "api-docs.openapi_swagger_ui",
         "docs_assets.static",
+        "shares.shared_chat",
     }
 )
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="chatapi"'}

@@ -5,6 +5,7 @@ import marshmallow as ma
 import sqlalchemy as sa
 from marshmallow import fields, validate
 
+from . import search_index
 from .extensions import db
 from .models import Chat, Conversation, owned
 from .openapi import Blueprint
@@ -68,69 +69,93 @@ def search(args):
     """Find the asker's chats whose name, and messages whose text, hold every word and phrase of q: chat names
     first, then messages, each by relevance, then newest first."""
     query = args["query"]
-    hits = sa.union_all(*(matches(kind, query) for kind in (MESSAGE, NAME))).subquery()
-    page = (
-        sa.select(hits)
-        .order_by(hits.c.kind, hits.c.score, hits.c.recency.desc(), hits.c.id.desc())
-        .offset(args["offset"])
-        .limit(args["limit"])
+    # Ranked by their keys alone; only the page's rows are read whole.
+    ranked = sa.union_all(*(ranked_matches(kind, query) for kind in (NAME, MESSAGE))).subquery()
+    order = (ranked.c.kind, ranked.c.score, ranked.c.recency.desc(), ranked.c.id.desc())
+    page = sa.select(ranked.c.kind, ranked.c.id).order_by(*order).offset(args["offset"]).limit(args["limit"])
+    keys = db.session.execute(page).all()
+    total = sum(db.session.scalar(matches(kind, query).with_only_columns(sa.func.count())) for kind in (NAME, MESSAGE))
+    return hits(keys, query), 200, {"X-Total-Count": str(total)}
+
+
+def matches(kind: int, query: Query) -> sa.Select:
+    """The asker's chats whose name (NAME), or messages whose text (MESSAGE), match: a select to give columns."""
+    chats, conversations = Chat.__table__, Conversation.__table__
+    source, condition = index_match(conversations if kind == MESSAGE else chats, query)
+    if kind == MESSAGE:
+        source = source.join(chats, chats.c.id == conversations.c.chat_id)
+    return owned(sa.select(chats.c.id).select_from(source).where(condition))
+
+
+def ranked_matches(kind: int, query: Query) -> sa.Select:
+    """The matches' keys: their kind and id, their score (lower is more relevant) and when they were made."""
+    chats, conversations = Chat.__table__, Conversation.__table__
+    table = conversations if kind == MESSAGE else chats
+    recency = conversations.c.created_at if kind == MESSAGE else chats.c.updated_at
+    return matches(kind, query).with_only_columns(
+        sa.literal(kind).label("kind"),
+        table.c.id.label("id"),
+        index_score(table, query).label("score"),
+        recency.label("recency"),
     )
-    count = sa.select(sa.func.count()).select_from(hits)
-    total = db.session.scalar(count)
-    return [hit(row, query) for row in db.session.execute(page)], 200, {"X-Total-Count": str(total)}
 
 
-def hit(row, query: Query) -> dict:
-    text, highlights = snippet(query, row.text)
+def hits(keys: list, query: Query) -> list[dict]:
+    """The page's hits, in the order of their keys."""
+    chats, conversations = Chat.__table__, Conversation.__table__
+    found = {}
+    names = [id for kind, id in keys if kind == NAME]
+    if names:
+        rows = db.session.execute(sa.select(chats).where(chats.c.id.in_(names)))
+        found |= {(NAME, row.id): hit(row.id, row.name, None, row.created_at, row.name, query) for row in rows}
+    messages = [id for kind, id in keys if kind == MESSAGE]
+    if messages:
+        columns = (conversations, chats.c.name.label("chat_name"))
+        joined = conversations.join(chats, chats.c.id == conversations.c.chat_id)
+        rows = db.session.execute(sa.select(*columns).select_from(joined).where(conversations.c.id.in_(messages)))
+        found |= {
+            (MESSAGE, row.id): hit(row.chat_id, row.chat_name, row, row.created_at, row.message, query) for row in rows
+        }
+    return [found[key] for key in map(tuple, keys) if key in found]
+
+
+def hit(chat_id, chat_name: str, message, created_at, text: str, query: Query) -> dict:
+    shown, highlights = snippet(query, text)
     return {
-        "chat_id": row.chat_id,
-        "chat_name": row.chat_name,
-        "conversation_id": row.conversation_id,
-        "role": row.role,
-        "created_at": row.created_at,
-        "snippet": text,
+        "chat_id": chat_id,
+        "chat_name": chat_name,
+        "conversation_id": message.id if message else None,
+        "role": message.role if message else None,
+        "created_at": created_at,
+        "snippet": shown,
         "highlights": highlights,
     }
 
 
-def matches(kind: int, query: Query) -> sa.Select:
-    """The asker's chat names (NAME) or messages (MESSAGE) that match, with a score (lower is more relevant)."""
-    chats, conversations = Chat.__table__, Conversation.__table__
-    table = conversations if kind == MESSAGE else chats
-    found, condition, score = matched(table, query)
-    if kind == MESSAGE:
-        columns = (conversations.c.id, conversations.c.role, conversations.c.created_at, conversations.c.message)
-        recency = conversations.c.created_at
-        source = found.join(chats, chats.c.id == conversations.c.chat_id)
-    else:
-        none = sa.type_coerce(sa.null(), conversations.c.id.type), sa.type_coerce(sa.null(), conversations.c.role.type)
-        columns = (*none, chats.c.created_at, chats.c.name)
-        recency = chats.c.updated_at
-        source = found
-    conversation_id, role, created_at, text = columns
-    select = sa.select(
-        sa.literal(kind).label("kind"),
-        chats.c.id.label("chat_id"),
-        chats.c.name.label("chat_name"),
-        conversation_id.label("conversation_id"),
-        role.label("role"),
-        created_at.label("created_at"),
-        text.label("text"),
-        score.label("score"),
-        recency.label("recency"),
-        (conversations.c.id if kind == MESSAGE else chats.c.id).label("id"),
-    ).select_from(source)
-    return owned(select.where(condition))
+def sqlite() -> bool:
+    return db.engine.dialect.name == "sqlite"
 
 
-def matched(table: sa.Table, query: Query):
-    """The table joined to its index, the condition a matching row meets, and the row's score (lower is better)."""
-    if db.engine.dialect.name == "sqlite":
-        fts = sa.table(f"{table.name}_fts", sa.column("rowid"))
-        index = sa.literal_column(fts.name)
-        found = table.join(fts, fts.c.rowid == sa.literal_column(f"{table.name}.rowid"))
-        return found, index.op("MATCH")(query.fts5()), sa.func.bm25(index)
-    tsquery = sa.func.websearch_to_tsquery(sa.literal_column("'simple'::regconfig"), query.websearch())
-    vector = sa.literal_column(f"{table.name}.search_vector")
+def index_match(table: sa.Table, query: Query) -> tuple:
+    """The table joined to its index (chatapi/search_index.py), and the condition a matching row meets."""
+    if sqlite():
+        fts = sa.table(search_index.fts_table(table.name), sa.column("rowid"))
+        joined = table.join(fts, fts.c.rowid == sa.literal_column(f"{table.name}.rowid"))
+        return joined, sa.literal_column(fts.name).op("MATCH")(query.fts5())
+    return table, vector(table).op("@@")(tsquery(query))
+
+
+def index_score(table: sa.Table, query: Query):
+    """A matching row's relevance, lower first."""
+    if sqlite():
+        return sa.func.bm25(sa.literal_column(search_index.fts_table(table.name)))
     # ts_rank's normalization 1 divides by the log of the text's length, as FTS5's bm25 weighs a long text less.
-    return table, vector.op("@@")(tsquery), -sa.func.ts_rank(vector, tsquery, 1)
+    return -sa.func.ts_rank(vector(table), tsquery(query), 1)
+
+
+def vector(table: sa.Table):
+    return sa.literal_column(f"{table.name}.{search_index.VECTOR_COLUMN}")
+
+
+def tsquery(query: Query):
+    return sa.func.websearch_to_tsquery(sa.literal_column("'simple'::regconfig"), query.websearch())

@@ -13,14 +13,11 @@ batch_alter_table) renumbers rowids and drops the triggers: it must run `rebuild
 # table -> its searched column
 SEARCHED = {"conversations": "message", "chats": "name"}
 TOKENIZER = "unicode61 remove_diacritics 0"
+VECTOR_COLUMN = "search_vector"  # PostgreSQL's
 
 
 def fts_table(table: str) -> str:
     return f"{table}_fts"
-
-
-def vector_column() -> str:
-    return "search_vector"
 
 
 def pg_vector_sql(column: str) -> str:
@@ -34,10 +31,10 @@ def create(conn) -> None:
             create_sqlite(conn, table, column)
         else:
             conn.exec_driver_sql(
-                f"ALTER TABLE {table} ADD COLUMN {vector_column()} tsvector "
+                f"ALTER TABLE {table} ADD COLUMN {VECTOR_COLUMN} tsvector "
                 f"GENERATED ALWAYS AS ({pg_vector_sql(column)}) STORED"
             )
-            conn.exec_driver_sql(f"CREATE INDEX ix_{table}_{vector_column()} ON {table} USING gin ({vector_column()})")
+            conn.exec_driver_sql(f"CREATE INDEX ix_{table}_{VECTOR_COLUMN} ON {table} USING gin ({VECTOR_COLUMN})")
 
 
 def create_sqlite(conn, table: str, column: str) -> None:
@@ -67,8 +64,8 @@ def drop(conn) -> None:
                 conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {fts_table(table)}_{trigger}")
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {fts_table(table)}")
         else:
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_{table}_{vector_column()}")
-            conn.exec_driver_sql(f"ALTER TABLE IF EXISTS {table} DROP COLUMN IF EXISTS {vector_column()}")
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_{table}_{VECTOR_COLUMN}")
+            conn.exec_driver_sql(f"ALTER TABLE IF EXISTS {table} DROP COLUMN IF EXISTS {VECTOR_COLUMN}")
 
 
 def include_object(obj, name, type_, reflected, compare_to) -> bool:
@@ -76,7 +73,7 @@ def include_object(obj, name, type_, reflected, compare_to) -> bool:
     if type_ == "table":
         return not any(name.startswith(fts_table(table)) for table in SEARCHED)
     if type_ == "column":
-        return name != vector_column()
+        return name != VECTOR_COLUMN
     if type_ == "index":
-        return not name.endswith(f"_{vector_column()}")
+        return not name.endswith(f"_{VECTOR_COLUMN}")
     return True

@@ -50,6 +50,10 @@ def test_openapi_lists_every_documented_route(client):
         ("/chats/{chat_id}/conversations", "delete"),
         ("/chats/{chat_id}/export", "get"),
         ("/chats/import", "post"),
+        ("/chats/{chat_id}/shares", "post"),
+        ("/chats/{chat_id}/shares", "get"),
+        ("/chats/{chat_id}/shares/{share_id}", "delete"),
+        ("/s/{token}", "get"),
     }
     assert documented <= routes
     chat = spec["components"]["schemas"]["Chat"]["properties"]
@@ -70,6 +74,12 @@ def test_openapi_lists_every_documented_route(client):
     assert "text/event-stream" in inference["responses"]["200"]["content"]
     create = spec["paths"]["/chats/create"]["post"]
     assert "201" in create["responses"] and "422" in create["responses"]
+    shared = spec["paths"]["/s/{token}"]["get"]
+    assert {p["name"] for p in shared["parameters"] if p["in"] == "query"} == {"format"}
+    assert {"application/json", "text/html"} <= set(shared["responses"]["200"]["content"])
+    assert shared["security"] == [] and "404" in shared["responses"]
+    make_share = spec["paths"]["/chats/{chat_id}/shares"]["post"]
+    assert {"201", "404", "409", "422"} <= set(make_share["responses"])
 
 
 def operations(spec: dict):
@@ -134,7 +144,7 @@ def test_openapi_with_keys_documents_401_on_every_operation_that_asks_for_one(da
             open_operations.add(where)
         else:
             assert operation["responses"]["401"] == {"$ref": "#/components/responses/UNAUTHORIZED"}, where
-    assert open_operations == {"GET /health", "POST /session", "DELETE /session"}
+    assert open_operations == {"GET /health", "POST /session", "DELETE /session", "GET /s/{token}"}
 
 
 def test_docs_page_loads_only_local_assets(client):

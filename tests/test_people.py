@@ -262,6 +262,9 @@ TODAY = {
     ("GET", "/conversations/inference/<chat_id>"),
     ("GET", "/conversations/inference_internet/<chat_id>"),
     ("POST", "/conversations/stop/<chat_id>"),
+    ("POST", "/chats/<chat_id>/shares"),
+    ("GET", "/chats/<chat_id>/shares"),
+    ("DELETE", "/chats/<chat_id>/shares/<share_id>"),
 }
 # A valid request for each endpoint that needs more than its path, so that what answers is the check of whose the
 # chat is, not the validation of the body. A new route that needs a body fails the walk (422) until it is added.
@@ -269,6 +272,7 @@ REQUESTS = {
     "chats.update_chat": lambda ids: {"json": {"name": "mine now"}},
     "chats.delete_conversations_after": lambda ids: {"query_string": {"after": ids["conversation_id"]}},
     "chats.export_chat": lambda ids: {"query_string": {"format": "markdown"}},
+    "shares.create_share": lambda ids: {"json": {"expires_in": None}},
     "conversations.update_conversation": lambda ids: {"json": {"message": "mine now"}},
     "conversations.inference": lambda ids: {"query_string": {"max_tokens": 4, "temperature": 0}},
     "conversations.inference_internet": lambda ids: {"query_string": {"max_tokens": 4, "temperature": 0}},

@@ -100,8 +100,8 @@ async function send(method, path, body) {
 
 /** A request that succeeded (after signing in, if the server asked for a key); throws an ApiError if not.
  * `body` is sent as JSON; a Blob (a file the person chose) is sent as it is, as JSON. */
-async function request(method, path, body, { signIn: askFirst = true } = {}) {
-  const init = { method, headers: { Accept: "application/json" } };
+async function request(method, path, body, { signIn: askFirst = true, signal } = {}) {
+  const init = { method, headers: { Accept: "application/json" }, signal };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = body instanceof Blob ? body : JSON.stringify(body);
@@ -110,7 +110,8 @@ async function request(method, path, body, { signIn: askFirst = true } = {}) {
     let response;
     try {
       response = await fetch(path, init);
-    } catch {
+    } catch (error) {
+      if (signal && signal.aborted) throw error; // the caller gave up on it (an AbortError)
       throw new ApiError(0, "the server cannot be reached");
     }
     if (response.status === 401 && askFirst) {
@@ -127,6 +128,16 @@ async function request(method, path, body, { signIn: askFirst = true } = {}) {
  * the routes where it means something else than "no session" (PUT /me/password: the current password is wrong). */
 export async function api(method, path, body, options) {
   return readJson(await request(method, path, body, options));
+}
+
+/** A page of a list route (GET) and the total the server gave in X-Total-Count (null without one). `signal` (an
+ * AbortSignal) cancels the request: it then rejects with the AbortError. */
+export async function apiPage(path, { signal } = {}) {
+  const response = await request("GET", path, undefined, { signal });
+  const total = Number.parseInt(response.headers.get("X-Total-Count") ?? "", 10);
+  const items = await readJson(response);
+  if (signal && signal.aborted) throw signal.reason;
+  return { items: Array.isArray(items) ? items : [], total: Number.isNaN(total) ? null : total };
 }
 
 /** A download route's file: its content and the name the server gave it (Content-Disposition). */

@@ -5,7 +5,10 @@
  */
 import { askToSignIn, connectAccounts, loadPerson } from "./accounts.js";
 import { allowSignIn, api, download, readJson, signIn, useSignInPrompt } from "./api.js";
+import { hashFor, parseHash } from "./hits.js";
 import { connectModels, loadModels, showModelsPanelTo } from "./models.js";
+import { connectSearch, searchMessages } from "./search.js";
+import { connectShares } from "./shares.js";
 import { ChatState, DEFAULT_NAME, KEYS, PendingReplies, Reply, Store, titleFrom } from "./state.js";
 import { ReplyStream, replyUrl } from "./stream.js";
 import * as views from "./views.js";
@@ -42,6 +45,7 @@ async function askForSignIn() {
 function personChanged() {
   selectChat(null);
   refreshChats();
+  searchMessages(state.query);
 }
 
 /** The Sign in button, after the prompt was closed: ask again, then load what the page shows. */
@@ -54,6 +58,7 @@ async function signInAgain() {
     return;
   }
   refreshChats();
+  searchMessages(state.query);
   loadModels();
   if (state.chat) selectChat(state.chat.id);
 }
@@ -96,7 +101,8 @@ async function refreshChats() {
   const params = new URLSearchParams({ limit: "200" });
   if (state.query) params.set("q", state.query);
   try {
-    const chats = await api("GET", `/chats/?${params}`);
+    // A name is 200 characters at most (and ?q= too): a longer search (for messages) names no chat.
+    const chats = Array.from(state.query).length > 200 ? [] : await api("GET", `/chats/?${params}`);
     if (seq !== state.listSeq) return;
     state.setChats(chats);
   } catch (error) {
@@ -165,6 +171,7 @@ async function deleteChat(chatId) {
   state.removeChat(chatId);
   if (state.isOpen(chatId)) await selectChat(null);
   await refreshChats();
+  if (state.query) searchMessages(state.query); // its messages are no hits any more
 }
 
 // ---------------------------------------------------------------- the open chat's settings, export, import
@@ -255,20 +262,18 @@ async function importChat(file) {
 
 // ---------------------------------------------------------------- the open chat
 
-function chatFromHash() {
-  const match = /^#chat=([0-9A-Za-z-]+)$/.exec(location.hash);
-  return match ? match[1] : null;
-}
-
-function setHash(chatId) {
-  const hash = chatId ? `#chat=${chatId}` : "";
+/** The page's URL says which chat is open (#chat=<id>), and which of its messages a search found
+ * (#chat=<id>&message=<id>), so that a reload shows the same. */
+function setHash(chatId, messageId = null) {
+  const hash = hashFor(chatId, messageId);
   if (location.hash !== hash) history.replaceState(null, "", `${location.pathname}${location.search}${hash}`);
 }
 
-/** Show a chat (or none): its name, its messages, and its reply if one is streaming or pending. */
-async function selectChat(chatId, known = null) {
+/** Show a chat (or none): its name, its messages, and its reply if one is streaming or pending; with `messageId`
+ * (a search's hit), scrolled to that message, marked. */
+async function selectChat(chatId, known = null, messageId = null) {
   const seq = state.open(chatId, known);
-  setHash(chatId);
+  setHash(chatId, messageId);
   views.closeSidebar();
   views.renderChats();
   views.renderOpenChat();
@@ -299,6 +304,22 @@ async function selectChat(chatId, known = null) {
   state.messages = messages;
   views.renderOpenChat();
   showMessages();
+  if (messageId) showFound(messageId);
+}
+
+/** A search's hit: its chat, at the message. The open chat is loaded again only when the message is not shown
+ * (it is still loading, or the message came after). */
+function openHit(chatId, messageId) {
+  if (state.isOpen(chatId) && views.showFound(messageId)) {
+    setHash(chatId, messageId);
+    views.closeSidebar();
+  } else {
+    selectChat(chatId, null, messageId);
+  }
+}
+
+function showFound(messageId) {
+  if (!views.showFound(messageId)) views.showError("That message is not in the chat any more.");
 }
 
 /** Draw the open chat's messages; join its reply if the page went away while it streamed. */
@@ -593,6 +614,7 @@ function bind() {
     searchTimer = setTimeout(() => {
       state.query = el.search.value.trim();
       refreshChats();
+      searchMessages(state.query);
     }, 200);
   });
   el.openSidebar.addEventListener("click", views.openSidebar);
@@ -607,8 +629,9 @@ function bind() {
     }
   });
   window.addEventListener("hashchange", () => {
-    const chatId = chatFromHash();
-    if (chatId !== (state.chat ? state.chat.id : null)) selectChat(chatId);
+    const { chatId, messageId } = parseHash(location.hash);
+    if (chatId !== (state.chat ? state.chat.id : null)) selectChat(chatId, null, messageId);
+    else if (chatId && messageId) openHit(chatId, messageId);
   });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState !== "visible") return;
@@ -626,6 +649,8 @@ connectModels({
     views.renderOpenChat();
   },
 });
+connectSearch({ openHit });
+connectShares(() => state.chat); // the open chat's Share button
 views.connectViews(state, {
   selectChat,
   renameChat,
@@ -641,4 +666,5 @@ checkHealth();
 loadPerson();
 loadModels();
 refreshChats();
-selectChat(chatFromHash());
+const opened = parseHash(location.hash);
+selectChat(opened.chatId, null, opened.messageId);

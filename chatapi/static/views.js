@@ -348,6 +348,20 @@ function messageItem(messageId) {
   return [...el.messageList.children].find((item) => item.dataset.id === messageId) || null;
 }
 
+/** Show a message of the open chat that a search found: scrolled to the middle, marked (the class "found",
+ * whose colour fades) and focused, so that the keyboard goes on from there. Whether it is in the chat. */
+export function showFound(messageId) {
+  for (const old of el.messageList.querySelectorAll(".message.found")) old.classList.remove("found");
+  const item = messageItem(messageId);
+  if (!item || item.hidden) return false;
+  void item.offsetWidth; // a style pass between: the fading starts again when the same message is found again
+  item.classList.add("found");
+  item.tabIndex = -1;
+  item.scrollIntoView({ block: "center" });
+  item.focus({ preventScroll: true });
+  return true;
+}
+
 /** A regenerate started: its old message hides while the new one streams in its place. */
 export function hideMessage(messageId) {
   const item = messageItem(messageId);
@@ -480,7 +494,9 @@ function editMessage(item, message) {
   });
 }
 
-function savedMessageView(message) {
+/** A saved message's view: the person's as text, a reply as Markdown with its sources (also the shared page's,
+ * shared.js). */
+export function savedMessageView(message) {
   const item = messageView(message.role);
   item.dataset.id = message.id;
   const body = item.querySelector(".message-body");

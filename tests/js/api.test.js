@@ -6,6 +6,7 @@ import { afterEach, test } from "node:test";
 import {
   allowSignIn,
   api,
+  apiPage,
   attachmentName,
   closeSession,
   errorMessage,
@@ -133,4 +134,24 @@ test("api with signIn false: a 401 is the answer (a wrong current password), not
   assert.deepEqual(await api("GET", "/me"), { id: 1, name: "ana", admin: false });
   assert.equal(asked, 1);
   assert.equal(globalThis.fetch.calls.length, 3);
+});
+
+test("apiPage: the list and X-Total-Count; an aborted request rejects with the AbortError, not as unreachable", async () => {
+  const page = new Response(JSON.stringify([{ id: 1 }]), { status: 200, headers: { "X-Total-Count": "41" } });
+  globalThis.fetch = fakeFetch(page, jsonResponse(200, []));
+  assert.deepEqual(await apiPage("/search?q=fox"), { items: [{ id: 1 }], total: 41 });
+  assert.deepEqual(await apiPage("/search?q=fox"), { items: [], total: null });
+  assert.equal(globalThis.fetch.calls[0].url, "/search?q=fox");
+
+  const controller = new AbortController();
+  globalThis.fetch = (url, init) =>
+    new Promise((resolve, reject) => {
+      init.signal.addEventListener("abort", () => reject(init.signal.reason));
+    });
+  const pending = apiPage("/search?q=fox", { signal: controller.signal });
+  controller.abort();
+  await assert.rejects(pending, { name: "AbortError" });
+
+  globalThis.fetch = fakeFetch(new TypeError("Failed to fetch"));
+  await assert.rejects(apiPage("/search?q=fox", { signal: new AbortController().signal }), { status: 0 });
 });

@@ -607,6 +607,8 @@ def test_the_page_and_its_files_carry_the_policy_and_nosniff_and_inline_code_is_
         "/static/state.js": "text/javascript",
         "/static/views.js": "text/javascript",
         "/static/markdown.js": "text/javascript",
+        "/static/search.js": "text/javascript",
+        "/static/hits.js": "text/javascript",
         "/static/vendor/markdown-it/markdown-it.js": "text/javascript",
         "/static/vendor/dompurify/purify.js": "text/javascript",
         "/static/vendor/highlight.js/highlight.js": "text/javascript",
