@@ -78,8 +78,9 @@ writes, is not in these figures.
 
 *machine load* is the 1-minute load average before and after the searches: on a machine that other work shares,
 a load above its core count means the figures include waiting for a core. Under the table, the plans the database
-chose for the rare word's statements (`EXPLAIN QUERY PLAN` on SQLite; on PostgreSQL `EXPLAIN ANALYZE`, each node
-with the rows the planner expected and the rows it got: a misestimate is where a slow plan comes from)."""
+chose for each statement the rare word's request sends, in their order (*page*: the ranked page, *count*: the total,
+*rows*: the page's rows read whole), by `EXPLAIN QUERY PLAN` on SQLite and `EXPLAIN ANALYZE` on PostgreSQL, each
+node with the rows the planner expected and the rows it got: a misestimate is where a slow plan comes from."""
 
 # The most common English words, most common first: the head of the distribution.
 COMMON = """the of and to a in is it you that he was for on are with as i his they be at one have this from or had
@@ -312,15 +313,15 @@ def explain(app, client, path: str) -> list[str]:
         sa.event.remove(engine, "before_cursor_execute", record)
     plans = []
     with engine.connect() as conn:
-        for statement, parameters in sent:
+        for number, (statement, parameters) in enumerate(sent, 1):
             if engine.dialect.name == "sqlite":
                 rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
                 lines = [row[-1] for row in rows]
             else:
                 rows = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, TIMING OFF, SUMMARY OFF) {statement}", parameters)
                 lines = [estimated_and_actual(row[0]) for row in rows if not row[0].strip().startswith("Buckets")]
-            kind = "count" if "count(" in statement.lower() else "page"
-            plans.append(f"{kind}: " + "; ".join(lines))
+            kind = "count" if "count(" in statement.lower() else "page" if " LIMIT " in statement.upper() else "rows"
+            plans.append(f"statement {number} ({kind}): " + "; ".join(lines))
     return plans
 
 
