@@ -131,9 +131,9 @@ def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:
 util.write_error = write_json_error  # the workers call it through the module
 
 
-# A share link's token in a path, a request line or a Referer: /s/<token> (also with its slash percent-encoded,
-# which the app reads as a slash).
-SHARE_TOKEN = re.compile(r"(/s(?:/|%2f))[^/?#\s\"']+", re.IGNORECASE)
+# A share link's token in a path, a request line or a Referer: /s/<token> (also with its s or slash percent-encoded,
+# which the app reads as an s and a slash).
+SHARE_TOKEN = re.compile(r"(/(?:s|%73)(?:/|%2f))[^/?#\s\"']+", re.IGNORECASE)
 
 
 def redact(text: str) -> str:

@@ -8,6 +8,7 @@ tokens get the same 404; a link goes with its chat, and stops working while the 
 The token never reaches a log: gunicorn.conf.py takes it out of the access log's lines.
 """
 
+import json
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -25,7 +26,10 @@ from .pages import CONTENT_SECURITY_POLICY
 from .schemas import ChatExportSchema, DeletedSchema
 from .share_schemas import NewShareSchema, ShareCreateSchema, SharedChatQuerySchema, ShareSchema
 
-MAX_LIVE_SHARES = 100  # per chat: links that have not expired
+MAX_LIVE_SHARES = 20  # per chat: links that have not expired
+# Each link keeps a copy of the chat: a request of a few bytes may not copy more than this (as JSON), and a chat
+# holds at most MAX_LIVE_SHARES copies.
+MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
 TOKEN_BYTES = 32
 NOT_FOUND = "this share link does not exist, has expired or was revoked"
 # The shared page's headers (its 404 too): the chat page's policy; kept out of search engines and caches; and no
@@ -60,21 +64,36 @@ def live(now: datetime):
     return sa.or_(Share.expires_at.is_(None), Share.expires_at > now)
 
 
+class ShareRefused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 def make_share(chat: Chat, expires_in: int | None) -> tuple[Share, str]:
     """A new link to the chat as it is now, added to the session: the row, and the token (never stored). The chat's
-    expired links go; ValueError when it has MAX_LIVE_SHARES live ones."""
+    expired links go. Refused (ShareRefused) when it has MAX_LIVE_SHARES live ones, or is larger than
+    MAX_SNAPSHOT_BYTES."""
     now = utcnow()
     db.session.execute(sa.delete(Share).where(Share.chat_id == chat.id, sa.not_(live(now))))
     count = db.session.scalar(sa.select(sa.func.count(Share.id)).where(Share.chat_id == chat.id))
     if count >= MAX_LIVE_SHARES:
-        raise ValueError(f"chat {chat.id} has {MAX_LIVE_SHARES} live share links, as many as a chat may: revoke one")
+        raise ShareRefused(
+            409, f"chat {chat.id} has {MAX_LIVE_SHARES} live share links, as many as a chat may: revoke one"
+        )
+    snapshot = ChatExportSchema().dump(transfer.export_document(chat))
+    size = len(json.dumps(snapshot, ensure_ascii=False).encode())
+    if size > MAX_SNAPSHOT_BYTES:
+        raise ShareRefused(
+            413, f"chat {chat.id} is {size:,} bytes as JSON, more than a link may copy ({MAX_SNAPSHOT_BYTES:,})"
+        )
     token = secrets.token_urlsafe(TOKEN_BYTES)
     share = Share(
         chat_id=chat.id,
         token_hash=people.digest(token),
         created_at=now,
         expires_at=now + timedelta(seconds=expires_in) if expires_in is not None else None,
-        snapshot=ChatExportSchema().dump(transfer.export_document(chat)),
+        snapshot=snapshot,
     )
     db.session.add(share)
     return share, token
@@ -97,17 +116,18 @@ def find_live(token: str) -> Share | None:
 @bp.response(201, NewShareSchema)
 @bp.alt_response(404, response="NOT_FOUND")
 @bp.alt_response(409, description=f"The chat has {MAX_LIVE_SHARES} live links already.", schema=ErrorSchema)
+@bp.alt_response(413, description=f"The chat is larger than {MAX_SNAPSHOT_BYTES:,} bytes as JSON.", schema=ErrorSchema)
 def create_share(args, chat_id):
     """Make a read-only link to the chat as it is now (a snapshot: later messages, edits and deletions do not
     show), for anyone who has it, without a key or a session, until it expires (expires_in seconds; null: never)
     or is revoked. `url` (/s/<token>) is shown this once: the server keeps only a hash of the token. At most
-    100 live links a chat."""
+    20 live links a chat, each of a chat of at most 8 MB as JSON."""
     chat = owned_or_404(Chat, chat_id)
     try:
         share, token = make_share(chat, args["expires_in"])
-    except ValueError as exc:
+    except ShareRefused as exc:
         db.session.rollback()
-        abort(409, message=str(exc))
+        abort(exc.status, message=str(exc))
     db.session.commit()
     return {
         "id": share.id,

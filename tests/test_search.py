@@ -66,6 +66,30 @@ def test_case_is_folded_beyond_ascii_and_accents_are_kept(client):
     assert search(client, "cafe") == []  # no accent folding: é is not e
 
 
+@pytest.mark.parametrize(
+    "text, query, marks",
+    [
+        ("नमस्ते दुनिया, आप कैसे हैं", "दुनिया", ["दुनिया"]),  # Devanagari: vowel signs and a virama
+        ("مَرْحَبًا بِالْعَالَمِ", "مَرْحَبًا", ["مَرْحَبًا"]),  # Arabic with its vowel marks
+        ("สวัสดี ชาวโลก", "สวัสดี", ["สวัสดี"]),  # Thai
+        ("We flew to İstanbul in May", "İSTANBUL", ["İstanbul"]),
+        ("ΣΊΣΥΦΟΣ and σίσυφος", "Σίσυφος", ["ΣΊΣΥΦΟΣ", "σίσυφος"]),  # final sigma
+        ("see config.py and the e-mail", "config", ["config"]),
+        ("see config.py and the e-mail", "config.py e-mail", ["config.py", "e-mail"]),
+        ("pi is 3.14 or so", "3.14", ["3.14"]),
+        ("pi is 3.14 or so", "14", ["14"]),
+        ("naïve art", "naïve", ["naïve"]),
+    ],
+)
+def test_words_of_any_script_and_with_punctuation_are_found_alike_on_both(client, text, query, marks):
+    chat = create_chat(client, "Words")["id"]
+    found = add_message(client, chat, text)["id"]
+    add_message(client, chat, "दिन याद; 3 then 1 4; configure")  # the letters, digits or words apart, or longer
+    hits = search(client, query)
+    assert [h["conversation_id"] for h in hits] == [found]
+    assert marked(hits[0]) == marks
+
+
 def test_names_come_first_then_messages_by_relevance_then_newest(client):
     named = create_chat(client, "Orchid care")
     other = create_chat(client, "Garden")["id"]
@@ -195,9 +219,19 @@ def test_snippets_fold_white_space_and_count_code_points():
     text, highlights = snippet(query, "An  🐙\n octopus of the Deep\tSea.")
     assert text == "An 🐙 octopus of the Deep Sea."
     assert [text[h["start"] : h["end"]] for h in highlights] == ["octopus", "Deep Sea"]  # 🐙 is no word
-    assert Query.parse("Or or OR").phrases == (("or",),)
-    assert Query.parse('"a b" c "a b"').fts5() == '"a b" AND "c"'
+    assert [p.words for p in Query.parse("Or or OR ?!").phrases] == [("or",)]
+    assert Query.parse('"a  b" c "a b"').fts5() == '"a b" AND "c"'
     assert Query.parse('x "y z').websearch() == '"x" "y z"'
+    # Each database cuts a phrase with its own tokenizer: PostgreSQL's gets ASCII punctuation as spaces, as its text.
+    assert Query.parse("config.py e-mail").fts5() == '"config.py" AND "e-mail"'
+    assert Query.parse("config.py e-mail").websearch() == '"config py" "e mail"'
+    # Marks belong to their word: a Devanagari word with its vowel signs and virama is one word.
+    assert [p.words for p in Query.parse("नमस्ते مَرْحَبًا").phrases] == [("नमस्ते",), ("مَرْحَبًا",)]
+
+
+def test_a_long_first_match_is_never_cut_out_of_its_snippet():
+    text, highlights = snippet(Query.parse("k" * 150), "see " * 20 + "k" * 150 + " end" * 30)
+    assert highlights and text[highlights[0]["start"] : highlights[0]["end"]].startswith("k" * 100)
 
 
 def test_rows_written_before_the_index_existed_are_found_after_the_migration(app):
@@ -221,3 +255,16 @@ def test_rows_written_before_the_index_existed_are_found_after_the_migration(app
         finally:
             db.session.remove()
             reset_schema()
+
+
+def test_a_message_longer_than_a_tsvector_holds_is_stored_and_found_by_its_start(app, client, monkeypatch):
+    """With the message limit raised, a text whose words would need more than PostgreSQL's 1 MB tsvector is stored
+    (PostgreSQL indexes its first 100,000 characters), not refused as if the database were down."""
+    monkeypatch.setitem(app.config, "CHATAPI_MAX_MESSAGE_CHARS", 2_000_000)
+    monkeypatch.setitem(app.config, "MAX_CONTENT_LENGTH", 4 * 1024 * 1024)
+    chat = create_chat(client, "Long")["id"]
+    text = "aardvark " + " ".join(f"w{i:x}" for i in range(160_000))  # 160,000 distinct words
+    assert len(text) > 1_000_000
+    message = add_message(client, chat, text)["id"]
+    [hit] = search(client, "aardvark")
+    assert hit["conversation_id"] == message and marked(hit) == ["aardvark"]

@@ -4,6 +4,7 @@ expired, revoked and unknown links the same 404; a link gone with its chat; the 
 never a key, and never in the server's log."""
 
 import hashlib
+import http.client
 import re
 import uuid
 from datetime import timedelta
@@ -12,7 +13,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from chatapi import create_app, people
+from chatapi import create_app, people, shares
 from chatapi.extensions import db
 from chatapi.models import utcnow
 from chatapi.shares import MAX_LIVE_SHARES, Share
@@ -152,7 +153,18 @@ def test_an_expired_link_is_a_404_like_one_that_never_was(client, app):
     assert len(shares_in_database(app)) == 1
 
 
-def test_a_chat_has_at_most_100_live_links(client, app):
+def test_a_chat_larger_than_a_link_may_copy_is_a_413_and_nothing_is_made(client, app, monkeypatch):
+    chat_id, _ = chat_with_messages(client)
+    monkeypatch.setattr(shares, "MAX_SNAPSHOT_BYTES", 300)  # the chat's document is larger
+    refused = client.post(f"/chats/{chat_id}/shares", json={"expires_in": None})
+    assert refused.status_code == 413 and "more than a link may copy" in refused.json["message"]
+    assert shares_in_database(app) == []
+    monkeypatch.setattr(shares, "MAX_SNAPSHOT_BYTES", 100_000)
+    share(client, chat_id)
+    assert len(shares_in_database(app)) == 1
+
+
+def test_a_chat_has_at_most_so_many_live_links(client, app):
     chat_id, _ = chat_with_messages(client)
     links = [share(client, chat_id, 3600) for _ in range(MAX_LIVE_SHARES)]
     refused = client.post(f"/chats/{chat_id}/shares", json={"expires_in": None})
@@ -332,9 +344,13 @@ def test_the_token_is_never_in_the_servers_log(start_server, client):
     token = url.removeprefix("/s/")
     assert requests.get(f"{base}{url}", timeout=10).status_code == 200
     assert requests.get(f"{base}{url}?format=json", timeout=10).status_code == 200
-    # From another page of the server's, and with the slash percent-encoded (which the app reads as a slash).
+    # From another page of the server's, and with the s or the slash percent-encoded (which the app decodes).
     assert requests.get(f"{base}/static/shared.js", headers={"Referer": f"{base}{url}"}, timeout=10).status_code == 200
     assert requests.get(f"{base}/s%2F{token}", timeout=10).status_code == 200
+    raw = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)  # requests would decode the %73
+    raw.request("GET", f"/%73/{token}")
+    assert raw.getresponse().status == 200
+    raw.close()
     shares = requests.get(f"{base}/chats/{chat_id}/shares", timeout=10).json()
     assert requests.delete(f"{base}/chats/{chat_id}/shares/{shares[0]['id']}", timeout=10).status_code == 200
     assert requests.get(f"{base}{url}", timeout=10).status_code == 404
@@ -347,4 +363,5 @@ def test_the_token_is_never_in_the_servers_log(start_server, client):
     # The requests were logged, the token taken out of each line.
     assert log.count('"GET /s/… HTTP/1.1" 200') == 1 and log.count('"GET /s/…?format=json HTTP/1.1" 200') == 1
     assert log.count('"GET /s/… HTTP/1.1" 404') == 1 and log.count('"GET /s%2F… HTTP/1.1" 200') == 1
+    assert log.count('"GET /%73/… HTTP/1.1" 200') == 1
     assert log.count("/s/…") >= 4

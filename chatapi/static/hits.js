@@ -6,11 +6,28 @@
 export const MAX_QUERY = 500; // GET /search's longest q
 export const PAGE_SIZE = 20; // hits asked for at a time (More asks for the next)
 export const MAX_OFFSET = 10000; // GET /search's largest offset
+export const MAX_TERMS = 32; // GET /search's most words and "phrases"
+const WORDS = /[\p{L}\p{M}\p{N}\p{Co}]+/gu; // what a word is made of (chatapi/snippets.py)
 
-/** Whether GET /search takes this (trimmed) query: 1 to 500 characters with a letter or a digit in it. */
+/** The words and "phrases" GET /search reads in a query, as chatapi/snippets.py parses it: white space separates
+ * them, double quotes hold a phrase (an unclosed one runs to the end), and one with no letter, mark or digit is
+ * left out; one of the same words as another counts once. */
+export function terms(query) {
+  const found = new Set();
+  String(query).split('"').forEach((part, i) => {
+    for (const term of i % 2 ? [part] : part.split(/\s+/)) {
+      const words = term.match(WORDS);
+      if (words) found.add(words.join(" ").toLowerCase());
+    }
+  });
+  return [...found];
+}
+
+/** Whether GET /search takes this (trimmed) query: 1 to 500 characters, with 1 to 32 words or phrases. */
 export function canSearch(query) {
-  if (typeof query !== "string" || !query) return false;
-  return Array.from(query).length <= MAX_QUERY && /[\p{L}\p{N}]/u.test(query);
+  if (typeof query !== "string" || !query || Array.from(query).length > MAX_QUERY) return false;
+  const count = terms(query).length;
+  return count >= 1 && count <= MAX_TERMS;
 }
 
 /** A snippet as pieces, in order, `{text, marked}`: `highlights` are `{start, end}` offsets into it in Unicode code

@@ -4,6 +4,7 @@ import { describe, test } from "node:test";
 
 import {
   canSearch,
+  terms,
   hashFor,
   MAX_OFFSET,
   markedParts,
@@ -101,6 +102,16 @@ test("canSearch: 1 to 500 characters (code points) with a letter or digit", () =
   assert.equal(canSearch("a".repeat(501)), false);
   assert.equal(canSearch("🌉".repeat(499) + "a"), true); // 1,000 UTF-16 units, 500 characters
   assert.equal(canSearch(null), false);
+});
+
+test("canSearch: at most 32 words and phrases, counted as the server parses them", () => {
+  const words = (n) => Array.from({ length: n }, (_, i) => `w${i}`).join(" ");
+  assert.equal(canSearch(words(32)), true);
+  assert.equal(canSearch(words(33)), false);
+  assert.equal(canSearch(words(32) + " W0 w0 ?! -- e-mail"), false); // e-mail is one more; repeats and marks-only not
+  assert.equal(canSearch(words(31) + ' "a b c d e f"'), true); // a phrase is one
+  assert.deepEqual(terms('Fox fox "red  fox" "red fox" e-mail ?! "unclosed one'), ["fox", "red fox", "e mail", "unclosed one"]);
+  assert.deepEqual(terms("नमस्ते"), ["नमस्ते"]); // vowel signs and the virama belong to the word
 });
 
 /** A hit as GET /search gives it: a message's, or (no message id) a chat name's. */
