@@ -5,7 +5,8 @@ to the cost of a write (`POST /conversations/create` with the index, without it,
 The database is built by the migrations (the real schema, the index included) and filled by bulk inserts in SQL
 (executemany on SQLite, COPY on PostgreSQL), so that the index is kept by its own machinery on every row: the
 FTS5 triggers on SQLite, the generated tsvector column and its GIN index on PostgreSQL. Accounts are off (nobody
-exists): every search looks at all 1,000,000 messages, the most any one person could have.
+exists): every search looks at all 1,000,000 messages, the most any one person could have. Then, after the writes,
+the chats are shared out among 100 people and the searches run again as one of them.
 
 Run it alone: `.venv/bin/python -m bench search` (`make bench` runs them all). Its table is in docs/benchmarks.md
 under "Search at a million messages" (TITLE), after NOTES, which say how each figure is taken.
@@ -28,7 +29,7 @@ import psycopg
 import sqlalchemy as sa
 
 from bench.common import EXCHANGES, FINAL_QUESTION, FOLLOW_UP, not_measured, percentile
-from chatapi import create_app, search_index
+from chatapi import create_app, people, search_index
 from chatapi.extensions import db
 from tests.support.scratch import create_database, drop_database
 from tests.support.server import ROOT
@@ -41,6 +42,7 @@ COMMON_WORDS = "time people"  # in 8% and 5% of the messages; both in 0.5%
 PHRASE = '"the people"'  # "the": in most messages
 WARM_UP, REQUESTS = 5, 50  # a query's warm-up requests, then its measured ones
 WRITES = 200  # POST /conversations/create in each of the three phases
+PEOPLE = 100  # with accounts on, the chats are shared out among so many people (1,000 chats each)
 SEED = 26
 RARE_GOAL_MS, WRITE_GOAL = 50, 1.5  # issue 26
 
@@ -49,7 +51,10 @@ NOTES = f"""\
 `GET /search` and `GET /chats/?q=` through the Flask test client (no server, no network) on {CHATS:,} chats with
 {CHATS * PER_CHAT:,} messages ({PER_CHAT} a chat, Human and Assistant in turn), on SQLite and, when it answers at
 127.0.0.1:5432, PostgreSQL (when it does not, a bold line above the table says so). Accounts are off (nobody
-exists), so every search looks at all the messages: the most any one person could have.
+exists), so every search looks at all the messages: the most any one person could have. The lines *one of
+{PEOPLE} people* come last: the chats shared out among {PEOPLE} people ({CHATS // PEOPLE:,} chats each), the same
+requests with a key of the person who has the chat named with the rare word, so that only their own chats are
+searched (the others' are left out through the owner index).
 
 The schema is the migrations' (the index included), and the rows go in by bulk inserts in SQL (`executemany` on
 SQLite, `COPY` on PostgreSQL), so that the index is kept on every row by its own machinery: the FTS5 triggers on
@@ -346,10 +351,38 @@ def measure(url: str, text: Text) -> dict:
     load = (load, os.getloadavg()[0])
     plans = explain(app, client, QUERIES["rare word"])
     writes = measure_writes(app, client, chat_ids, text)
+    as_a_person = measure_as_a_person(app)
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
-    return {"seeding": seconds, "load": load, "searches": searches, "plans": plans, "writes": writes}
+    return {
+        "seeding": seconds,
+        "load": load,
+        "searches": searches,
+        "as a person": as_a_person,
+        "plans": plans,
+        "writes": writes,
+    }
+
+
+def measure_as_a_person(app) -> dict[str, dict]:
+    """Accounts on: the chats shared out among PEOPLE people, and the searches again as the one who has the chat
+    named with the rare word (their own 1,000 chats, the others' left out by the owner index)."""
+    with app.app_context():
+        users = [people.create_user(f"person{n}", "a long enough password") for n in range(PEOPLE)]
+        db.session.flush()
+        first = users[0].id
+        assert [user.id for user in users] == list(range(first, first + PEOPLE))
+        spread = "rowid" if db.engine.dialect.name == "sqlite" else "abs(hashtext(CAST(id AS text)))"
+        update = f"UPDATE chats SET owner_id = :first + {spread} % :people"
+        db.session.execute(sa.text(update), {"first": first, "people": PEOPLE})
+        holder = db.session.scalar(sa.text("SELECT owner_id FROM chats WHERE name LIKE :rare"), {"rare": f"%{RARE}"})
+        _, secret = people.new_key(db.session.get(people.User, holder), "bench")
+        db.session.commit()
+        analyze(db.engine)
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return measure_searches(client)
 
 
 def main() -> str | None:
@@ -391,6 +424,11 @@ def report(measured: dict) -> None:
             p50, p95 = percentile(times, 50), percentile(times, 95)
             goal = f"  goal p95 < {RARE_GOAL_MS} ms: {verdict(p95 < RARE_GOAL_MS)}" if name == "rare word" else ""
             print(f"{backend:10} {name:18} {p50:8.1f} {p95:8.1f} ms {result['hits']:>9,} hits  {QUERIES[name]}{goal}")
+        for name, result in results["as a person"].items():
+            times = result["times"]
+            p50, p95 = percentile(times, 50), percentile(times, 95)
+            label = f"{name}, one of {PEOPLE} people"
+            print(f"{backend:10} {label:37} {p50:8.1f} {p95:8.1f} ms {result['hits']:>9,} hits")
     print()
     print(f"POST /conversations/create: p50 and p95 in ms of {WRITES} writes a phase, in this order")
     for backend, results in measured.items():
