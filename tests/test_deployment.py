@@ -14,6 +14,7 @@ import re
 import pytest
 import requests
 
+from tests.support import wait_for
 from tests.support.chats import ENDLESS, QUESTION, history, infer, new_chat, pieces
 from tests.support.deployment import Deployment
 from tests.support.sse import Arrivals, EventStream, read_events, read_events_acting
@@ -199,3 +200,24 @@ def test_a_reply_whose_instance_dies_ends_with_an_error_on_the_other_and_the_cha
     finally:
         witness.close()
         deployment.restart(deployment.instances.index(dying))
+
+
+def test_a_share_links_token_never_reaches_nginxs_access_log(deployment, client):
+    """deploy/nginx.conf's own access log writes /s/... for the token, in the request line and in a Referer."""
+    base = deployment.url
+    chat_id = requests.post(f"{base}/chats/create", json={"name": "shared"}, timeout=30).json()["id"]
+    made = requests.post(f"{base}/chats/{chat_id}/shares", json={"expires_in": None}, timeout=30)
+    assert made.status_code == 201, made.text
+    url = made.json()["url"]
+    token = url.removeprefix("/s/")
+    assert requests.get(f"{base}{url}?format=json", timeout=30).status_code == 200
+    assert requests.get(f"{base}/s%2F{token}", timeout=30).status_code == 200
+    from_the_page = {"Referer": f"{base}{url}#top"}
+    assert requests.get(f"{base}/static/favicon.svg", headers=from_the_page, timeout=30).status_code == 200
+    assert requests.get(f"{base}/chats/{chat_id}", timeout=30).status_code == 200  # the last request
+
+    wait_for(lambda: f"GET /chats/{chat_id} " in deployment.nginx.redacted_log(), 10, "nginx's last line")
+    log = deployment.nginx.redacted_log()
+    assert token not in log and token[:12] not in log
+    assert '"GET /s/...?format=json HTTP/1.1" 200' in log and '"GET /s%2F... HTTP/1.1" 200' in log
+    assert f'"{base}/s/...#top"' in log  # the Referer

@@ -14,6 +14,7 @@ DEPLOY_CONF = ROOT / "deploy" / "nginx.conf"
 STARTUP_SECONDS = 30
 UPSTREAM_SERVER = re.compile(r"^(\s*)server \S+:\d+( [^;]*)?;\n", re.MULTILINE)
 LISTEN = re.compile(r"^(\s*)listen \d+;$", re.MULTILINE)
+ACCESS_LOG = re.compile(r"^(\s*)access_log \S+ chatapi_redacted;$", re.MULTILINE)
 # Which instances each request went to, and how it ended (nginx writes a line when a response is over); tabs
 # between the fields, since $upstream_addr lists the instances tried as "a, b".
 LOG_FIELDS = ("method", "uri", "status", "upstream", "upstream_status")
@@ -26,7 +27,7 @@ def nginx_binary() -> str:
     return found
 
 
-def render(conf: str, port: int, servers: list[str]) -> str:
+def render(conf: str, port: int, servers: list[str], directory: Path) -> str:
     """deploy/nginx.conf listening on 127.0.0.1:port, its upstream the given HOST:PORTs (the options of its
     first `server` line kept)."""
     first = UPSTREAM_SERVER.search(conf)
@@ -34,7 +35,11 @@ def render(conf: str, port: int, servers: list[str]) -> str:
     indent, options = first.group(1), first.group(2) or ""
     lines = "".join(f"{indent}server {server}{options};\n" for server in servers)
     conf = conf[: first.start()] + lines + UPSTREAM_SERVER.sub("", conf[first.start() :])
-    return LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", conf)
+    conf = LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", conf)
+    # Its own access log, in this directory, beside the tests' (the server's access_log would replace theirs).
+    assert len(ACCESS_LOG.findall(conf)) == 1, "deploy/nginx.conf lost its redacting access log"
+    logs = r"\1access_log {0}/access.log deployment;\n\1access_log {0}/redacted.log chatapi_redacted;"
+    return ACCESS_LOG.sub(logs.format(directory), conf)
 
 
 class Nginx:
@@ -46,7 +51,7 @@ class Nginx:
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "chatapi.conf").write_text(render(DEPLOY_CONF.read_text(), self.port, servers))
+        (directory / "chatapi.conf").write_text(render(DEPLOY_CONF.read_text(), self.port, servers, directory))
         temp = "\n".join(
             f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
         )
@@ -80,6 +85,11 @@ class Nginx:
             for name in ("stderr.log", "error.log")
             if (self.dir / name).exists()
         )
+
+    def redacted_log(self) -> str:
+        """deploy/nginx.conf's own access log (chatapi_redacted), as nginx wrote it."""
+        path = self.dir / "redacted.log"
+        return path.read_text() if path.exists() else ""
 
     def access_log(self) -> list[dict]:
         """The requests nginx has finished, oldest first: method, uri, status, upstream (the instances tried,
