@@ -34,13 +34,18 @@ def owned(query: sa.Select) -> sa.Select:
     return query if person_id is None else query.where(Chat.owner_id == person_id)
 
 
+def uuid_or_none(ident: str | uuid.UUID) -> uuid.UUID | None:
+    """An id from a URL as a UUID; None when it is malformed (a 404 then, as for an unknown one)."""
+    try:
+        return ident if isinstance(ident, uuid.UUID) else uuid.UUID(ident)
+    except ValueError:
+        return None
+
+
 def owned_or_404(model: type, ident: str | uuid.UUID):
     """The asking person's chat, or message (a Conversation of one of their chats), with this id; a 404 for an
     unknown or malformed id and for anyone else's, the same 404."""
-    try:
-        key = ident if isinstance(ident, uuid.UUID) else uuid.UUID(ident)
-    except ValueError:
-        key = None
+    key = uuid_or_none(ident)
     query = sa.select(model).where(model.id == key)
     if model is Conversation:
         query = query.join(Chat, Conversation.chat_id == Chat.id)

@@ -20,7 +20,7 @@ from flask_smorest import abort
 
 from . import people, transfer
 from .extensions import db
-from .models import Chat, owned_or_404, utcnow
+from .models import Chat, owned_or_404, utcnow, uuid_or_none
 from .openapi import Blueprint, ErrorSchema
 from .pages import CONTENT_SECURITY_POLICY
 from .schemas import ChatExportSchema, DeletedSchema
@@ -154,10 +154,7 @@ def list_shares(chat_id):
 def delete_share(chat_id, share_id):
     """Revoke a link: it stops working at once (a 404, as for a link that never was)."""
     chat = owned_or_404(Chat, chat_id)
-    try:
-        key = uuid.UUID(share_id)
-    except ValueError:
-        key = None
+    key = uuid_or_none(share_id)
     share = db.session.get(Share, key) if key else None
     if share is None or share.chat_id != chat.id:
         abort(404, message=f"share link {share_id} not found in chat {chat.id}")
